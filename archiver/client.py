@@ -1,0 +1,247 @@
+"""The one HTTP choke point: auth, timeouts, retries, Retry-After and credit accounting.
+
+Knows nothing of SQL. Returns raw JSON (already decoded, strictly) or raises an
+ApiError subclass. requests has no default timeout and urllib3 does not retry
+errors raised while a body is read, so the retry policy lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from archiver import __version__
+from archiver.config import Secret
+from archiver.errors import ApiError, AuthError, DeadlineExceeded, InvalidPayload, NotFound, RateLimited
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/vnd.xplenty+json"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+AUTH_STATUSES = frozenset({401, 402, 403})
+TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError)
+
+
+@dataclasses.dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    backoff_base: float = 0.5      # seconds; doubles per attempt, with full jitter
+    backoff_max: float = 30.0
+    min_429_wait: float = 2.0      # a 429 without Retry-After still waits at least this long
+    max_retry_after: float = 300.0  # a longer Retry-After ends the run instead of sleeping
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+@dataclasses.dataclass
+class Usage:
+    """What the run has spent: calls sent, credits charged, retries and faults seen."""
+
+    calls: int = 0
+    credits: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    remaining: int | None = None
+    limit: int | None = None
+
+
+@dataclasses.dataclass
+class Page:
+    jobs: list[dict]
+    next_url: str | None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def decode_json(body: bytes) -> Any:
+    """Strict JSON: valid UTF-8, no NaN/Infinity; huge numbers raise ValueError."""
+    return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_message(resp: requests.Response) -> str:
+    """The API's own `message`, or a generic text; never the raw body."""
+    try:
+        msg = decode_json(resp.content).get("message")
+    except Exception:
+        msg = None
+    if isinstance(msg, str) and msg:
+        return msg[:300]
+    return resp.reason or f"HTTP {resp.status_code}"
+
+
+class XplentyClient:
+    """Talks to one account of the jobs API. Thread-safe: one Session per thread."""
+
+    def __init__(self, api_url: str, account: str, api_key: Secret, *,
+                 policy: RetryPolicy | None = None, reserve: int = 0,
+                 deadline: float | None = None, version: int | None = None,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+        self.base = f"{api_url.rstrip('/')}/{account}/api"
+        self.api_url = api_url.rstrip("/")
+        self._key = api_key
+        self.policy = policy or RetryPolicy()
+        self.reserve = reserve
+        self.deadline = deadline
+        self.accept = ACCEPT if version is None else f"{ACCEPT}; version={version}"
+        self.usage = Usage()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: list[requests.Session] = []
+
+    # -- public calls -------------------------------------------------------------------------
+    def get_job(self, job_id: int, *, include_log_summary: bool = False) -> dict:
+        params = {"include": "log_summary"} if include_log_summary else None
+        data = self._get_json(f"{self.base}/jobs/{job_id}", params, job_id=job_id)
+        if not isinstance(data, dict):
+            raise InvalidPayload(job_id, "<body>", "expected a JSON object", kind="bad_shape")
+        return data
+
+    def list_jobs(self, params: dict[str, Any] | None = None, url: str | None = None) -> Page:
+        """One page of List jobs; `url` is a next link from the previous page."""
+        resp_holder: list[requests.Response] = []
+        data = self._get_json(url or f"{self.base}/jobs", None if url else params, keep=resp_holder)
+        if not isinstance(data, list) or not all(isinstance(j, dict) for j in data):
+            raise InvalidPayload(None, "<body>", "List jobs did not return an array of objects",
+                                 kind="bad_shape")
+        next_link = resp_holder[0].links.get("next", {}).get("url") if resp_holder else None
+        return Page(jobs=data, next_url=next_link)
+
+    def rate_limit_status(self) -> dict:
+        return self._get_json(f"{self.api_url}/rate_limit_status", None, charge=False)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._sessions:
+                s.close()
+            self._sessions.clear()
+
+    # -- machinery ----------------------------------------------------------------------------
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = requests.Session()
+            s.auth = (self._key.reveal(), "")
+            s.headers.update({"Accept": self.accept, "User-Agent": f"xplenty-archiver/{__version__}"})
+            self._local.session = s
+            with self._lock:
+                self._sessions.append(s)
+        return s
+
+    def _check_budget(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded("the run reached its --max-runtime deadline")
+        remaining = self.usage.remaining
+        if self.reserve and remaining is not None and remaining <= self.reserve:
+            raise RateLimited(f"rate budget down to {remaining} credits (reserve {self.reserve}); "
+                              "stopping before the API starts refusing")
+
+    def _record(self, resp: requests.Response, charge: bool) -> None:
+        with self._lock:
+            self.usage.calls += 1
+            if charge and resp.status_code != 429:
+                self.usage.credits += 1
+            for header, attr in (("X-RateLimit-Remaining", "remaining"), ("X-RateLimit-Limit", "limit")):
+                value = resp.headers.get(header)
+                if value is not None and value.strip().isdigit():
+                    setattr(self.usage, attr, int(value))
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.policy.backoff_max, self.policy.backoff_base * (2 ** attempt))
+        return self._rng.uniform(cap / 2, cap)
+
+    def _wait(self, seconds: float) -> None:
+        if self.deadline is not None and time.monotonic() + seconds >= self.deadline:
+            raise DeadlineExceeded("the run reached its --max-runtime deadline while backing off")
+        with self._lock:
+            self.usage.retries += 1
+        self._sleep(seconds)
+
+    def _get_json(self, url: str, params: dict | None, *, job_id: int | None = None,
+                  charge: bool = True, keep: list | None = None) -> Any:
+        policy = self.policy
+        last: Exception | None = None
+        for attempt in range(policy.max_attempts):
+            if attempt:
+                self._wait(self._retry_delay(last, attempt))
+            self._check_budget()
+            try:
+                resp = self._session().get(url, params=params,
+                                           timeout=(policy.connect_timeout, policy.read_timeout))
+                body = resp.content  # read inside the try: a cut body raises here
+            except TRANSPORT_ERRORS as exc:
+                log.info("transport error on %s: %s (attempt %d)", url, type(exc).__name__, attempt + 1)
+                last = ApiError(None, f"connection failed: {type(exc).__name__}", kind="transport")
+                continue
+            self._record(resp, charge)
+            status = resp.status_code
+            if status in AUTH_STATUSES:
+                raise AuthError(status, error_message(resp))
+            if status == 404:
+                raise NotFound(error_message(resp))
+            if status in RETRY_STATUSES:
+                last = self._retryable_status(resp)
+                log.info("HTTP %d on %s (attempt %d)", status, url, attempt + 1)
+                continue
+            if status >= 400:
+                raise ApiError(status, error_message(resp), kind="http_error")
+            try:
+                data = decode_json(body)
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                reason = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
+                last = InvalidPayload(job_id, "<body>", f"response body is {reason}", kind="bad_json")
+                log.info("unparseable body on %s (attempt %d)", url, attempt + 1)
+                continue
+            if keep is not None:
+                keep.append(resp)
+            return data
+        assert last is not None
+        raise last
+
+    def _retryable_status(self, resp: requests.Response) -> ApiError:
+        message = error_message(resp)
+        if resp.status_code == 429:
+            with self._lock:
+                self.usage.rate_limited += 1
+            wait = parse_retry_after(resp.headers.get("Retry-After"))
+            if wait is not None and wait > self.policy.max_retry_after:
+                raise RateLimited(f"rate limited; the API asks to wait {wait:.0f}s, more than the "
+                                  f"{self.policy.max_retry_after:.0f}s allowed", retry_after=wait)
+            return RateLimited(message, retry_after=wait)
+        return ApiError(resp.status_code, message, kind="server_error")
+
+    def _retry_delay(self, last: Exception | None, attempt: int) -> float:
+        if isinstance(last, RateLimited):
+            if last.retry_after is not None:
+                return max(last.retry_after, 0.1) + self._rng.uniform(0, 0.25)
+            return max(self.policy.min_429_wait, self._backoff(attempt))
+        return self._backoff(attempt - 1)

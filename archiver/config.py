@@ -1,0 +1,115 @@
+"""Settings: command-line flags override the environment, which overrides defaults.
+
+The API key is only ever read from the environment or a file, and no repr,
+log line or exception shows it. Database URLs are shown with the password masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from archiver.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.xplenty.com"
+DEFAULT_DATABASE_URL = "sqlite:///xplenty_archive.db"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Secret:
+    """Holds a secret string; its str and repr never show it. Read it with .reveal()."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    account: str | None
+    api_key: Secret | None = dataclasses.field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+    database_url: str = DEFAULT_DATABASE_URL
+
+    def __repr__(self) -> str:
+        key = "set" if self.api_key else "missing"
+        return (f"Settings(account={self.account!r}, api_key=<{key}>, api_url={self.api_url!r}, "
+                f"database_url={mask_url(self.database_url)!r})")
+
+    def require_api(self) -> "Settings":
+        """Fail with a one-line usage error unless the account and key are known."""
+        if not self.account:
+            raise ConfigError("no Xplenty account: set XPLENTY_ACCOUNT_ID or pass --account")
+        if not self.api_key:
+            raise ConfigError("no API key: set XPLENTY_API_KEY or XPLENTY_API_KEY_FILE "
+                              "(the key is never accepted on the command line)")
+        return self
+
+
+def database_url(flag: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The database URL: --db flag, else ARCHIVER_DATABASE_URL, else the SQLite default."""
+    env = os.environ if environ is None else environ
+    return flag or env.get("ARCHIVER_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def read_api_key(environ: Mapping[str, str]) -> Secret | None:
+    key = environ.get("XPLENTY_API_KEY")
+    if key:
+        return Secret(key.strip())
+    path = environ.get("XPLENTY_API_KEY_FILE")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read XPLENTY_API_KEY_FILE {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"XPLENTY_API_KEY_FILE {path} is empty")
+    return Secret(text)
+
+
+def load_settings(*, account: str | None = None, api_url: str | None = None,
+                  db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    url = (api_url or env.get("XPLENTY_API_URL") or DEFAULT_API_URL).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"API URL must start with http:// or https://, got {url!r}")
+    return Settings(
+        account=account or env.get("XPLENTY_ACCOUNT_ID") or None,
+        api_key=read_api_key(env),
+        api_url=url,
+        database_url=database_url(db, env),
+    )
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print and log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL we can parse: show nothing that could be secret
+        return "<unparseable database URL>"
+
+
+def log_level(flag: str | None = None, environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    name = (flag or env.get("ARCHIVER_LOG_LEVEL") or "warning").lower()
+    if name not in LOG_LEVELS:
+        raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {name!r}")
+    return getattr(logging, name.upper())

@@ -1,0 +1,76 @@
+"""Errors as data: the CLI maps them to exit codes in one place."""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Base class for every error the archiver raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ArchiverError):
+    """Missing or invalid configuration or usage (exit code 2)."""
+
+    exit_code = 2
+
+
+class SchemaOutOfDate(ArchiverError):
+    """The database is at an older migration revision than this archiver needs."""
+
+    exit_code = 2
+
+
+class RunLocked(ArchiverError):
+    """Another run holds the per-account lock (exit code 4)."""
+
+    exit_code = 4
+
+
+class ApiError(ArchiverError):
+    """The API answered with an error status (or not at all)."""
+
+    def __init__(self, status: int | None, message: str, kind: str = "api_error"):
+        self.status = status
+        self.message = message
+        self.kind = kind
+        where = f"HTTP {status}" if status else "no HTTP status"
+        super().__init__(f"{message} ({where})")
+
+
+class AuthError(ApiError):
+    """401/402/403: the credentials were refused; the run stops at once (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message, kind="auth")
+
+
+class NotFound(ApiError):
+    def __init__(self, message: str = "Item not found."):
+        super().__init__(404, message, kind="not_found")
+
+
+class RateLimited(ApiError):
+    """The rate budget ran out and waiting longer than allowed would be needed."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(429, message, kind="rate_limited")
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(ArchiverError):
+    """The whole-run deadline (--max-runtime) passed."""
+
+
+class InvalidPayload(ArchiverError):
+    """A payload that cannot be archived; names the job and the field, never the raw value."""
+
+    def __init__(self, job_id: int | None, field: str, reason: str, kind: str = "invalid_payload"):
+        self.job_id = job_id
+        self.field = field
+        self.reason = reason
+        self.kind = kind
+        who = f"job {job_id}" if job_id is not None else "payload"
+        super().__init__(f"{who}: field {field!r}: {reason}")

@@ -1,0 +1,352 @@
+"""Raw v1/v2 job JSON -> small typed records, validated once at the edge.
+
+Pure functions, no I/O. An invalid payload raises InvalidPayload naming the job
+and the field, never echoing the value. A key the payload leaves out is recorded
+as absent (not as null), so the store never wipes what an earlier, fuller
+payload brought.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from archiver.errors import InvalidPayload
+
+log = logging.getLogger(__name__)
+
+KNOWN_STATUSES = frozenset({"idle", "pending", "queued", "running", "completed", "failed",
+                            "pending_stoppage", "stopping", "stopped"})
+TERMINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
+OPEN_STATUSES = KNOWN_STATUSES - TERMINAL_STATUSES
+BIGINT_MIN, BIGINT_MAX = -(2 ** 63), 2 ** 63 - 1
+MAX_STATUS_LEN = 64
+MAX_VARIABLE_NAME_LEN = 255
+
+# jobs columns taken from top-level payload keys of the same name, by kind
+INT_FIELDS = ("owner_id", "outputs_count", "package_id", "cluster_id", "runtime_in_seconds",
+              "attempts", "master_auto_retry_attempts")
+TEXT_FIELDS = ("errors", "url", "html_url", "log_url")
+TIME_FIELDS = ("created_at", "started_at", "failed_at", "updated_at", "completed_at")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    id: int
+    job_id: int
+    name: str | None
+    component_name: str | None
+    component_type: str | None
+    records_count: int | None
+    progress: float | None
+    preview_type: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    url: str | None
+    preview_url: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Package:
+    id: int
+    name: str | None
+    description: str | None
+    owner_id: int | None
+    status: str | None
+    url: str | None
+    html_url: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cluster:
+    id: int
+    name: str | None
+    description: str | None
+    status: str | None
+    owner_id: int | None
+    plan_id: int | None
+    nodes: int | None
+    type: str | None
+    region: str | None
+    zone: str | None
+    master_instance_type: str | None
+    slave_instance_type: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    available_since: datetime | None
+    terminated_at: datetime | None
+    url: str | None
+    html_url: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Creator:
+    type: str
+    id: int
+    display_name: str | None
+    url: str | None
+    html_url: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogSummary:
+    job_id: int
+    id: int | None
+    body: str | None
+    error_summary: str | None
+    action_items: tuple[str, ...]
+    created_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One accepted job snapshot.
+
+    `columns` holds the jobs-table values for the keys the payload carried (a key
+    left out is absent here, not None). `outputs` / `variables` are None when the
+    payload has no such key, so stored ones are kept.
+    """
+
+    id: int
+    status: str | None
+    updated_at: datetime | None
+    columns: dict[str, Any]
+    outputs: tuple[Output, ...] | None
+    variables: dict[str, str] | None
+    package: Package | None
+    cluster: Cluster | None
+    creator: Creator | None
+    log_summary: LogSummary | None
+    payload: dict
+    payload_text: str
+    payload_hash: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class _Fields:
+    """Typed, named access to one JSON object; every error names job and field."""
+
+    def __init__(self, obj: Any, job_id: int | None, prefix: str = ""):
+        self.job_id, self.prefix = job_id, prefix
+        if not isinstance(obj, dict):
+            raise self.error("", "expected a JSON object")
+        self.obj = obj
+
+    def error(self, key: str, reason: str) -> InvalidPayload:
+        name = f"{self.prefix}{key}" if key else (self.prefix.rstrip(".") or "<body>")
+        return InvalidPayload(self.job_id, name, reason, kind="bad_field")
+
+    def has(self, key: str) -> bool:
+        return key in self.obj
+
+    def int(self, key: str, required: bool = False) -> int | None:
+        value = self.obj.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {type(value).__name__}")
+        if not BIGINT_MIN <= value <= BIGINT_MAX:
+            raise self.error(key, "integer out of the 64-bit range")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"expected a number, got {type(value).__name__}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise self.error(key, "number out of range") from None
+
+    def text(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        raise self.error(key, f"expected a string, got {type(value).__name__}")
+
+    def time(self, key: str) -> datetime | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.error(key, f"expected an ISO 8601 timestamp string, got {type(value).__name__}")
+        return parse_timestamp(value, self, key)
+
+    def sub(self, key: str) -> "_Fields | None":
+        value = self.obj.get(key)
+        return None if value is None else _Fields(value, self.job_id, f"{self.prefix}{key}.")
+
+
+def parse_timestamp(value: str, fields: _Fields | None = None, key: str = "") -> datetime:
+    """ISO 8601 with Z or any offset -> aware UTC datetime (naive is taken as UTC)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        if fields is None:
+            raise
+        raise fields.error(key, "not an ISO 8601 timestamp") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def canonical_json(payload: dict) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_variable(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def parse_job(raw: Any, expected_id: int | None = None) -> Job:
+    """Validate one job payload (v1 or v2 shape) and turn it into a Job record."""
+    probe_id = expected_id if expected_id is not None else _guess_id(raw)
+    f = _Fields(raw, probe_id)
+    job_id = f.int("id", required=True)
+    if expected_id is not None and job_id != expected_id:
+        raise InvalidPayload(expected_id, "id", "the payload is for another job than the one asked for",
+                             kind="wrong_id")
+    f.job_id = job_id
+    status = _status(f)
+    columns: dict[str, Any] = {}
+    if f.has("status"):
+        columns["status"] = status
+    for key in INT_FIELDS:
+        if f.has(key):
+            columns[key] = f.int(key)
+    for key in TEXT_FIELDS:
+        if f.has(key):
+            columns[key] = f.text(key)
+    for key in TIME_FIELDS:
+        if f.has(key):
+            columns[key] = f.time(key)
+    if f.has("progress"):
+        columns["progress"] = f.number("progress")
+    creator = _creator(f.sub("creator"))
+    if f.has("creator"):
+        columns["creator_type"] = creator.type if creator else None
+        columns["creator_id"] = creator.id if creator else None
+    text = canonical_json(raw)
+    return Job(
+        id=job_id,
+        status=status,
+        updated_at=columns.get("updated_at"),
+        columns=columns,
+        outputs=_outputs(f, job_id),
+        variables=_variables(f),
+        package=_package(f.sub("package")),
+        cluster=_cluster(f.sub("cluster")),
+        creator=creator,
+        log_summary=_log_summary(f.sub("log_summary"), job_id),
+        payload=raw,
+        payload_text=text,
+        payload_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
+
+
+def _guess_id(raw: Any) -> int | None:
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _status(f: _Fields) -> str | None:
+    status = f.text("status")
+    if status is None:
+        return None
+    if not status or len(status) > MAX_STATUS_LEN:
+        raise f.error("status", f"must be 1 to {MAX_STATUS_LEN} characters")
+    if status not in KNOWN_STATUSES:
+        log.warning("job %s has an unknown status %r; stored as it is", f.job_id, status[:MAX_STATUS_LEN])
+    return status
+
+
+def _outputs(f: _Fields, job_id: int) -> tuple[Output, ...] | None:
+    items = f.obj.get("outputs")
+    if items is None:
+        return None  # absent (or null): keep what is stored
+    if not isinstance(items, list):
+        raise f.error("outputs", "expected an array")
+    outputs = []
+    for i, item in enumerate(items):
+        o = _Fields(item, job_id, f"outputs[{i}].")
+        component = o.sub("component")
+        outputs.append(Output(
+            id=o.int("id", required=True), job_id=job_id, name=o.text("name"),
+            component_name=component.text("name") if component else o.text("component_name"),
+            component_type=component.text("type") if component else o.text("component_type"),
+            records_count=o.int("records_count"), progress=o.number("progress"),
+            preview_type=o.text("preview_type"), created_at=o.time("created_at"),
+            updated_at=o.time("updated_at"), url=o.text("url"), preview_url=o.text("preview_url"),
+        ))
+    ids = [o.id for o in outputs]
+    if len(set(ids)) != len(ids):
+        raise f.error("outputs", "the same output id appears twice")
+    return tuple(outputs)
+
+
+def _variables(f: _Fields) -> dict[str, str] | None:
+    value = f.obj.get("variables")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise f.error("variables", "expected an object of name -> value")
+    for name in value:
+        if not name or len(name) > MAX_VARIABLE_NAME_LEN:
+            raise f.error("variables", f"a variable name must be 1 to {MAX_VARIABLE_NAME_LEN} characters")
+    return {name: encode_variable(v) for name, v in value.items()}
+
+
+def _creator(c: _Fields | None) -> Creator | None:
+    if c is None:
+        return None
+    kind = c.text("type")
+    if not kind:
+        raise c.error("type", "is required")
+    return Creator(type=kind[:64], id=c.int("id", required=True), display_name=c.text("display_name"),
+                   url=c.text("url"), html_url=c.text("html_url"))
+
+
+def _package(p: _Fields | None) -> Package | None:
+    if p is None:
+        return None
+    return Package(id=p.int("id", required=True), name=p.text("name"), description=p.text("description"),
+                   owner_id=p.int("owner_id"), status=p.text("status"), url=p.text("url"),
+                   html_url=p.text("html_url"), created_at=p.time("created_at"),
+                   updated_at=p.time("updated_at"))
+
+
+def _cluster(c: _Fields | None) -> Cluster | None:
+    if c is None:
+        return None
+    return Cluster(
+        id=c.int("id", required=True), name=c.text("name"), description=c.text("description"),
+        status=c.text("status"), owner_id=c.int("owner_id"), plan_id=c.int("plan_id"),
+        nodes=c.int("nodes"), type=c.text("type"), region=c.text("region"), zone=c.text("zone"),
+        master_instance_type=c.text("master_instance_type"),
+        slave_instance_type=c.text("slave_instance_type"), created_at=c.time("created_at"),
+        updated_at=c.time("updated_at"), available_since=c.time("available_since"),
+        terminated_at=c.time("terminated_at"), url=c.text("url"), html_url=c.text("html_url"))
+
+
+def _log_summary(s: _Fields | None, job_id: int) -> LogSummary | None:
+    if s is None:
+        return None
+    items = s.obj.get("action_items") or []
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise s.error("action_items", "expected an array of strings")
+    return LogSummary(job_id=job_id, id=s.int("id"), body=s.text("body"),
+                      error_summary=s.text("error_summary"), action_items=tuple(items),
+                      created_at=s.time("created_at"))

@@ -1,0 +1,402 @@
+"""The archive: engine, schema revision check, and writing jobs whole, newer-wins.
+
+Every SQL dialect difference is delegated to archiver.dialect. Counts (inserted,
+updated, unchanged, stale) are decided here from the stored rows read first,
+never from a driver's rowcount (MySQL reports an unchanged row like an insert).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.resources import files
+from typing import Any, Iterator
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (Connection, Engine, and_, create_engine, delete, event, inspect, literal_column,
+                        not_, or_, select, update)
+from sqlalchemy.engine import make_url
+
+from archiver import __version__, dialect, models
+from archiver.config import mask_url
+from archiver.errors import ArchiverError, SchemaOutOfDate
+from archiver.parse import TERMINAL_STATUSES, Job
+
+log = logging.getLogger(__name__)
+
+jobs_t = models.Job.__table__
+outputs_t = models.JobOutput.__table__
+variables_t = models.JobVariable.__table__
+changes_t = models.JobStatusChange.__table__
+runs_t = models.SyncRun.__table__
+errors_t = models.SyncError.__table__
+state_t = models.SyncState.__table__
+packages_t = models.Package.__table__
+clusters_t = models.Cluster.__table__
+creators_t = models.Creator.__table__
+summaries_t = models.JobLogSummary.__table__
+
+# Columns that mean "what happened" go last: MySQL's guarded update reads them.
+GUARD_COLUMNS = ("status", "updated_at")
+# Inlined as SQL literals: bound IN lists cannot be used with executemany().
+TERMINAL = [literal_column(f"'{s}'") for s in sorted(TERMINAL_STATUSES)]
+
+
+class RawJSON(str):
+    """JSON text already serialized by the parser; the engine passes it through."""
+
+
+def serialize_json(value: Any) -> str:
+    if isinstance(value, RawJSON):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- engine and schema ----------------------------------------------------------------------------
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"json_serializer": serialize_json, "pool_pre_ping": True}
+    backend = parsed.get_backend_name()
+    if dialect.is_mysql(backend) and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    engine = create_engine(parsed, **kwargs)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("archiver.migrations")))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(connection=conn), revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Migrate an empty database; refuse one at another revision than ours."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    if current is None:
+        if inspect(engine).get_table_names():
+            raise SchemaOutOfDate(f"{mask_url(str(engine.url))} has tables but no archiver schema "
+                                  "revision; point --db at an empty database or an archive")
+        log.info("empty database: migrating to %s", head)
+        upgrade(engine)
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise SchemaOutOfDate(f"the database schema is at revision {current}, newer than this "
+                              "archiver knows; upgrade xplenty-archiver")
+    raise SchemaOutOfDate(f"the database schema is at revision {current}, this archiver needs "
+                          f"{head}: run `archiver db upgrade`")
+
+
+# -- deciding what to write ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stored:
+    updated_at: datetime | None
+    status: str | None
+    payload_hash: str | None
+
+
+def decide(stored: Stored | None, job: Job) -> str:
+    """What to do with a snapshot: 'insert', 'update', 'unchanged' or 'stale'.
+
+    Newer wins; a null updated_at never replaces a stored one; at an equal
+    updated_at, other changes (progress, runtime) apply, but a terminal job never
+    goes back to a non-terminal status.
+    """
+    if stored is None:
+        return "insert"
+    if stored.payload_hash == job.payload_hash:
+        return "unchanged"
+    if stored.updated_at is None:
+        return "update"
+    if job.updated_at is None or job.updated_at < stored.updated_at:
+        return "stale"
+    if job.updated_at == stored.updated_at and stored.status in TERMINAL_STATUSES \
+            and job.status not in TERMINAL_STATUSES:
+        return "stale"
+    return "update"
+
+
+def newer_wins(old, new):
+    """SQL twin of decide() for rows written concurrently by another run."""
+    return or_(
+        old.updated_at.is_(None),
+        and_(new.updated_at.is_not(None), new.updated_at >= old.updated_at,
+             not_(and_(new.updated_at == old.updated_at, old.status.in_(TERMINAL),
+                       or_(new.status.is_(None), new.status.not_in(TERMINAL)))))
+    )
+
+
+def newest_per_id(jobs: Iterable[Job]) -> list[Job]:
+    """One snapshot per job id (the newest), in id order."""
+    best: dict[int, Job] = {}
+    floor = datetime.min.replace(tzinfo=timezone.utc)
+    for job in jobs:
+        held = best.get(job.id)
+        if held is None or (job.updated_at or floor) >= (held.updated_at or floor):
+            best[job.id] = job
+    return [best[i] for i in sorted(best)]
+
+
+@dataclasses.dataclass
+class BatchResult:
+    inserted: list[int] = dataclasses.field(default_factory=list)
+    updated: list[int] = dataclasses.field(default_factory=list)
+    unchanged: list[int] = dataclasses.field(default_factory=list)
+    stale: list[int] = dataclasses.field(default_factory=list)
+
+    def add(self, other: "BatchResult") -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
+
+
+# -- the archive -----------------------------------------------------------------------------------
+class Archive:
+    """An archive database: write batches of jobs whole, record runs and errors."""
+
+    def __init__(self, engine: Engine, account: str | None = None):
+        self.engine = engine
+        self.account = account
+        self.lock_rows = engine.dialect.name != "sqlite"
+
+    @classmethod
+    def open(cls, url: str, account: str | None = None, migrate: bool = True) -> "Archive":
+        engine = make_engine(url)
+        if migrate:
+            ensure_schema(engine)
+        return cls(engine, account)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def run_lock(self, wait: float = 0.0) -> Iterator[None]:
+        with dialect.run_lock(self.engine, self.account or "-", wait=wait):
+            yield
+
+    # jobs
+    def read_stored(self, conn: Connection, ids: Sequence[int]) -> dict[int, Stored]:
+        found: dict[int, Stored] = {}
+        for start in range(0, len(ids), 1000):
+            part = ids[start:start + 1000]
+            query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash)
+                     .where(jobs_t.c.id.in_(part)).order_by(jobs_t.c.id))
+            if self.lock_rows:
+                query = query.with_for_update()
+            for row in conn.execute(query):
+                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash)
+        return found
+
+    def plan(self, jobs: Sequence[Job]) -> tuple[list[Job], BatchResult]:
+        """Dry run: what writing these jobs would do, without writing."""
+        unique = newest_per_id(jobs)
+        with self.engine.connect() as conn:
+            stored = self.read_stored(conn, [j.id for j in unique])
+        result = BatchResult()
+        for job in unique:
+            getattr(result, _bucket(decide(stored.get(job.id), job))).append(job.id)
+        return unique, result
+
+    def write_jobs(self, jobs: Sequence[Job], run_id: int | None = None,
+                   after: "Any | None" = None) -> BatchResult:
+        """Write a batch in one transaction (retried on deadlock); `after(conn)` runs inside it."""
+        unique = newest_per_id(jobs)
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    result = self._write(conn, unique, run_id)
+                    if after is not None:
+                        after(conn)
+                    return result
+            except Exception as exc:
+                if not dialect.is_retryable(exc) or attempt == 4:
+                    raise
+                log.warning("transaction conflict (%s); retrying the batch", type(exc).__name__)
+        raise AssertionError("unreachable")
+
+    def _write(self, conn: Connection, jobs: list[Job], run_id: int | None) -> BatchResult:
+        now = utcnow()
+        stored = self.read_stored(conn, [j.id for j in jobs])
+        result = BatchResult()
+        writes: list[Job] = []
+        for job in jobs:
+            action = decide(stored.get(job.id), job)
+            getattr(result, _bucket(action)).append(job.id)
+            if action in ("insert", "update"):
+                writes.append(job)
+        if not writes:
+            return result
+        self._upsert_dimensions(conn, writes, now)
+        self._upsert_job_rows(conn, writes, now)
+        self._replace_children(conn, writes)
+        self._record_status_changes(conn, writes, stored, now, run_id)
+        return result
+
+    def _upsert_job_rows(self, conn: Connection, jobs: list[Job], now: datetime) -> None:
+        groups: dict[tuple[str, ...], list[dict]] = {}
+        for job in jobs:
+            row = {"id": job.id, **job.columns, "payload": RawJSON(job.payload_text),
+                   "payload_hash": job.payload_hash, "first_seen_at": now, "last_synced_at": now}
+            if self.account:
+                row["account_id"] = self.account
+            groups.setdefault(tuple(row), []).append(row)
+        for columns, rows in groups.items():
+            update_cols = [c for c in columns if c not in ("id", "first_seen_at") + GUARD_COLUMNS]
+            update_cols += [c for c in GUARD_COLUMNS if c in columns]
+            dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins)
+
+    def _replace_children(self, conn: Connection, jobs: list[Job]) -> None:
+        with_outputs = [j for j in jobs if j.outputs is not None]
+        with_vars = [j for j in jobs if j.variables is not None]
+        with_summary = [j for j in jobs if j.log_summary is not None]
+        self._delete_where_job(conn, outputs_t, [j.id for j in with_outputs])
+        rows = sorted((dataclasses.asdict(o) for j in with_outputs for o in j.outputs), key=lambda r: r["id"])
+        if rows:
+            cols = [c for c in rows[0] if c != "id"]
+            dialect.upsert(conn, outputs_t, rows, keys=("id",), update=cols)
+        self._delete_where_job(conn, variables_t, [j.id for j in with_vars])
+        var_rows = [{"job_id": j.id, "name": n, "value": v} for j in with_vars for n, v in sorted(j.variables.items())]
+        if var_rows:
+            for part in dialect.chunks(var_rows, 3):
+                conn.execute(variables_t.insert(), list(part))
+        summary_rows = [_summary_row(j) for j in with_summary]
+        if summary_rows:
+            dialect.upsert(conn, summaries_t, summary_rows, keys=("job_id",),
+                           update=[c for c in summary_rows[0] if c != "job_id"])
+
+    @staticmethod
+    def _delete_where_job(conn: Connection, table, ids: list[int]) -> None:
+        for start in range(0, len(ids), 1000):
+            conn.execute(delete(table).where(table.c.job_id.in_(ids[start:start + 1000])))
+
+    def _upsert_dimensions(self, conn: Connection, jobs: list[Job], now: datetime) -> None:
+        """Packages, clusters and creators: full rows from v2 objects, bare ids otherwise."""
+        for table, attr, id_col in ((packages_t, "package", "package_id"), (clusters_t, "cluster", "cluster_id")):
+            full = {getattr(j, attr).id: getattr(j, attr) for j in jobs if getattr(j, attr) is not None}
+            bare = {j.columns.get(id_col) for j in jobs} - set(full) - {None}
+            rows = [{**dataclasses.asdict(full[i]), "last_synced_at": now} for i in sorted(full)]
+            if rows:
+                cols = [c for c in rows[0] if c != "id" and c != "updated_at"] + ["updated_at"]
+                dialect.upsert(conn, table, rows, keys=("id",), update=cols, guard=_dimension_newer)
+            dialect.insert_missing(conn, table, [{"id": i} for i in sorted(bare)], keys=("id",))
+        creators = {(j.creator.type, j.creator.id): j.creator for j in jobs if j.creator is not None}
+        rows = [{**dataclasses.asdict(creators[k]), "last_synced_at": now} for k in sorted(creators)]
+        if rows:
+            dialect.upsert(conn, creators_t, rows, keys=("type", "id"),
+                           update=["display_name", "url", "html_url", "last_synced_at"])
+
+    @staticmethod
+    def _record_status_changes(conn: Connection, jobs: list[Job], stored: dict[int, Stored],
+                               now: datetime, run_id: int | None) -> None:
+        rows = []
+        for job in jobs:
+            before = stored.get(job.id)
+            from_status = before.status if before else None
+            if "status" in job.columns and (before is None or from_status != job.status):
+                rows.append({"job_id": job.id, "from_status": from_status, "to_status": job.status,
+                             "observed_at": now, "api_updated_at": job.updated_at, "run_id": run_id})
+        if rows:
+            conn.execute(changes_t.insert(), rows)
+
+    # runs
+    def start_run(self, mode: str, requested: int = 0) -> int:
+        """Open a sync_runs row; any older run still marked running is abandoned (we hold the lock)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(runs_t)
+                         .where(runs_t.c.outcome == "running", _same_account(self.account))
+                         .values(outcome="abandoned", message="the process ended without finishing the run"))
+            row = {"account_id": self.account, "started_at": utcnow(), "mode": mode, "requested": requested,
+                   "outcome": "running", "pid": os.getpid(), "hostname": socket.gethostname()[:255],
+                   "archiver_version": __version__,
+                   **{c: 0 for c in ("inserted", "updated", "unchanged", "stale", "not_found", "failed",
+                                     "credits_used", "api_calls")}}
+            return conn.execute(runs_t.insert().values(**row)).inserted_primary_key[0]
+
+    def update_run(self, run_id: int, conn: Connection | None = None, **values: Any) -> None:
+        if conn is None:
+            with self.engine.begin() as own:
+                own.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+        else:
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+
+    def record_errors(self, run_id: int, errors: Sequence[dict]) -> None:
+        if not errors:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(errors_t.insert(), [{"run_id": run_id, "occurred_at": now, **e} for e in errors])
+
+
+def _same_account(account: str | None):
+    return runs_t.c.account_id.is_(None) if account is None else runs_t.c.account_id == account
+
+
+def _dimension_newer(old, new):
+    return or_(old.updated_at.is_(None), new.updated_at.is_(None), new.updated_at >= old.updated_at)
+
+
+def _summary_row(job: Job) -> dict:
+    s = job.log_summary
+    return {"job_id": job.id, "log_id": s.id, "error_summary": s.error_summary,
+            "action_items": list(s.action_items), "body": s.body, "created_at": s.created_at}
+
+
+def _bucket(action: str) -> str:
+    return {"insert": "inserted", "update": "updated", "unchanged": "unchanged", "stale": "stale"}[action]
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, value-free description of a database error for sync_errors."""
+    if isinstance(exc, ArchiverError):
+        return str(exc)
+    orig = getattr(exc, "orig", None)
+    name = type(orig).__name__ if orig is not None else type(exc).__name__
+    return f"database error: {name}"

@@ -1,0 +1,48 @@
+"""Alembic environment shared by `alembic` in the repo and `archiver db ...`.
+
+The URL comes from the caller (config.attributes["database_url"]), else from the
+same place the archiver reads it (ARCHIVER_DATABASE_URL or the SQLite default).
+A caller may also hand over an open connection (config.attributes["connection"]).
+"""
+
+from alembic import context
+
+from archiver import config as archiver_config
+from archiver import store
+from archiver.dialect import compare_type
+from archiver.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=compare_type,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run_migrations(connection)
+        return
+    url = config.attributes.get("database_url") or archiver_config.database_url()
+    engine = store.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            run_migrations(conn)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run against a database")
+run_online()

@@ -1,0 +1,169 @@
+"""Shared fixtures: sample payloads and one archive fixture over every backend.
+
+Database tests run on SQLite always, and on PostgreSQL and MariaDB/MySQL at the
+URLs in ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL (defaults: the local
+servers, database archiver_test). A server that does not answer is a skip on a
+laptop and a failure in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from archiver import store
+
+PAYLOADS = Path(__file__).parent / "payloads"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+SERVER_URLS = {
+    "postgresql": os.environ.get("ARCHIVER_TEST_POSTGRES_URL",
+                                 "postgresql+psycopg://postgres@127.0.0.1:5432/archiver_test"),
+    "mysql": os.environ.get("ARCHIVER_TEST_MYSQL_URL",
+                            "mysql+pymysql://root@127.0.0.1:3306/archiver_test"),
+}
+BACKENDS = ["sqlite", "postgresql", "mysql"]
+
+
+def load_payload(name: str) -> dict:
+    return json.loads((PAYLOADS / name).read_text())
+
+
+@pytest.fixture
+def payload():
+    """payload("job-v1-completed.json") -> a fresh deep copy of that sample."""
+    return lambda name: copy.deepcopy(load_payload(name))
+
+
+def server_url(backend: str, database: str | None = None) -> str:
+    """The URL of a test database on that server, created if missing; skip/fail if no server."""
+    url = make_url(SERVER_URLS[backend])
+    if database:
+        url = url.set(database=database)
+    try:
+        ensure_database(url)
+    except Exception as exc:  # no server here
+        message = f"{backend} test server not reachable at {url.render_as_string()}: {type(exc).__name__}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing backend is a failure)")
+        pytest.skip(message)
+    return url.render_as_string(hide_password=False)
+
+
+def ensure_database(url) -> None:
+    admin = url.set(database="postgres" if url.get_backend_name() == "postgresql" else "mysql")
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if url.get_backend_name() == "postgresql":
+                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"),
+                                      {"d": url.database}).scalar()
+                if not exists:
+                    conn.execute(text(f'CREATE DATABASE "{url.database}"'))
+            else:
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{url.database}` "
+                                  "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+    finally:
+        engine.dispose()
+
+
+def drop_everything(url: str) -> None:
+    """Leave the database with no tables or views at all."""
+    engine = store.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            insp = inspect(conn)
+            name = conn.dialect.name
+            for view in insp.get_view_names():
+                conn.execute(text(f"DROP VIEW IF EXISTS {view}"))
+            if name == "postgresql":
+                for table in insp.get_table_names():
+                    conn.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
+            else:
+                if name != "sqlite":
+                    conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))
+                for table in insp.get_table_names():
+                    conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+                if name != "sqlite":
+                    conn.execute(text("SET FOREIGN_KEY_CHECKS=1"))
+    finally:
+        engine.dispose()
+
+
+def truncate_all(url: str) -> None:
+    engine = store.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+            else:
+                conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))
+                for table in tables:
+                    conn.execute(text(f"TRUNCATE TABLE {table}"))
+                conn.execute(text("SET FOREIGN_KEY_CHECKS=1"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_servers():
+    """Each server database migrated to head once per session (lazily)."""
+    done: dict[str, str] = {}
+
+    def get(backend: str) -> str:
+        if backend not in done:
+            url = server_url(backend)
+            drop_everything(url)
+            engine = store.make_engine(url)
+            store.upgrade(engine)
+            engine.dispose()
+            done[backend] = url
+        return done[backend]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "archive.db"
+    engine = store.make_engine(f"sqlite:///{path}")
+    store.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path, sqlite_template, migrated_servers) -> str:
+    """A migrated, empty archive on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "archive.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url = migrated_servers(request.param)
+    truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, sqlite_template) -> str:
+    path = tmp_path / "archive.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request, tmp_path) -> str:
+    """A database with no tables at all, on each backend (for migration tests)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    url = server_url(request.param, database="archiver_test_migrations")
+    drop_everything(url)
+    return url

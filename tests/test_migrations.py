@@ -1,0 +1,67 @@
+"""One migration history for all three databases; models and migrations never drift."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from archiver import store
+from archiver.dialect import compare_type
+from archiver.errors import SchemaOutOfDate
+from archiver.models import Base
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = {"jobs", "job_outputs", "job_variables", "sync_runs", "sync_errors", "sync_state",
+          "job_status_changes", "packages", "clusters", "creators", "job_log_summaries"}
+
+
+def test_upgrade_to_head_and_downgrade_to_base(empty_db_url):
+    engine = store.make_engine(empty_db_url)
+    store.upgrade(engine)
+    assert TABLES <= set(inspect(engine).get_table_names())
+    assert store.current_revision(engine) == store.head_revision()
+    store.downgrade(engine, "base")
+    assert set(inspect(engine).get_table_names()) - {"alembic_version"} == set()
+    store.upgrade(engine)
+    assert store.current_revision(engine) == store.head_revision()
+    engine.dispose()
+
+
+def test_models_match_migrations(empty_db_url):
+    """Alembic's autogenerate comparison finds no difference (what `alembic check` runs)."""
+    engine = store.make_engine(empty_db_url)
+    store.upgrade(engine)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": compare_type})
+        diff = compare_metadata(ctx, Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_plain_alembic_from_the_repo_reads_the_archiver_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    env = {**os.environ, "ARCHIVER_DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    check = subprocess.run([sys.executable, "-m", "alembic", "check"], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert store.current_revision(store.make_engine(url)) == store.head_revision()
+
+
+def test_empty_database_is_migrated_on_open(tmp_path):
+    archive = store.Archive.open(f"sqlite:///{tmp_path / 'new.db'}")
+    assert TABLES <= set(inspect(archive.engine).get_table_names())
+    archive.close()
+
+
+def test_older_revision_is_refused_with_the_command_to_run(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store.upgrade(store.make_engine(url), "0001")
+    with pytest.raises(SchemaOutOfDate, match="archiver db upgrade"):
+        store.Archive.open(url)

@@ -1,0 +1,204 @@
+"""The archive's write rules, on every backend."""
+
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from archiver import models
+from archiver.parse import parse_job
+from archiver.store import Archive
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+def archive(db_url):
+    a = Archive.open(db_url, "acme")
+    yield a
+    a.close()
+
+
+def write(archive, *raws):
+    return archive.write_jobs([parse_job(r) for r in raws])
+
+
+def rows(archive, model, **where):
+    with archive.engine.connect() as conn:
+        query = select(model.__table__)
+        for key, value in where.items():
+            query = query.where(model.__table__.c[key] == value)
+        return [r._asdict() for r in conn.execute(query.order_by(*model.__table__.primary_key.columns))]
+
+
+def count(archive, model):
+    with archive.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(model.__table__)).scalar()
+
+
+def test_seed_payload_round_trips_field_by_field(archive, payload):
+    raw = payload("job-v1-completed.json")
+    assert write(archive, raw).inserted == [157]
+    [job] = rows(archive, models.Job)
+    expected = {k: raw[k] for k in ("id", "status", "owner_id", "outputs_count", "cluster_id", "package_id",
+                                    "errors", "url", "runtime_in_seconds", "failed_at")}
+    assert {k: job[k] for k in expected} == expected
+    assert job["progress"] == 1.0 and job["account_id"] == "acme"
+    assert job["created_at"] == datetime(2012, 12, 30, 14, 21, 18, tzinfo=UTC)
+    assert job["started_at"] == datetime(2012, 12, 30, 14, 21, 29, tzinfo=UTC)
+    assert job["updated_at"] == job["completed_at"] == datetime(2012, 12, 30, 14, 29, 29, tzinfo=UTC)
+    assert job["html_url"] is None and job["creator_type"] is None
+    assert job["payload"] == raw
+    assert job["first_seen_at"] == job["last_synced_at"] and job["first_seen_at"].tzinfo is not None
+    outputs = rows(archive, models.JobOutput)
+    assert [(o["id"], o["job_id"], o["name"], o["component_name"], o["records_count"]) for o in outputs] == [
+        (521, 157, "projected_results", "destination1", 10415234),
+        (522, 157, "projected_results2", "destination2", 423)]
+    assert outputs[0]["preview_url"] == raw["outputs"][0]["preview_url"]
+    assert outputs[1]["created_at"] == datetime(2013, 3, 4, 7, 14, 44, tzinfo=UTC)
+    assert rows(archive, models.JobVariable) == []
+
+
+def test_v2_payload_fills_every_table(archive, payload):
+    raw = payload("job-v2-failed-with-log-summary.json")
+    write(archive, raw)
+    [job] = rows(archive, models.Job)
+    assert (job["html_url"], job["log_url"], job["attempts"], job["master_auto_retry_attempts"]) == \
+        (raw["html_url"], raw["log_url"], 2, 3)
+    assert (job["creator_type"], job["creator_id"], job["progress"]) == ("Schedule", 12, 0.42)
+    [out] = rows(archive, models.JobOutput)
+    assert (out["records_count"], out["component_type"], out["progress"]) == \
+        (3_000_000_000, "database_destination_component", 0.42)
+    assert {(v["name"], v["value"]) for v in rows(archive, models.JobVariable)} == \
+        {("InputPath", "'/2026/11/27'"), ("batch_size", "500")}
+    [pkg] = rows(archive, models.Package)
+    assert (pkg["id"], pkg["name"], pkg["status"]) == (2373, "NetSuite customers to warehouse", "active")
+    [cluster] = rows(archive, models.Cluster)
+    assert (cluster["id"], cluster["nodes"], cluster["type"], cluster["zone"]) == (99, 2, "production", "us-east-1b")
+    [creator] = rows(archive, models.Creator)
+    assert (creator["type"], creator["id"], creator["display_name"]) == ("Schedule", 12, "Nightly NetSuite")
+    [summary] = rows(archive, models.JobLogSummary)
+    assert summary["error_summary"] == "Customer ID missing"
+    assert summary["action_items"] == ["Validate the Customer ID.", "Retry the job."]
+
+
+def test_v1_payloads_leave_bare_dimension_ids(archive, payload):
+    write(archive, payload("job-v1-completed.json"))
+    assert [(p["id"], p["name"]) for p in rows(archive, models.Package)] == [(434, None)]
+    assert [c["id"] for c in rows(archive, models.Cluster)] == [52]
+
+
+def test_syncing_again_changes_nothing(archive, payload):
+    raws = [payload("job-v1-completed.json"), payload("job-v1-failed.json"),
+            payload("job-v2-failed-with-log-summary.json")]
+    write(archive, *raws)
+    before = rows(archive, models.Job)
+    result = write(archive, *raws)
+    assert (result.inserted, result.updated, sorted(result.unchanged)) == ([], [], [157, 304, 90412])
+    assert rows(archive, models.Job) == before
+    assert count(archive, models.JobOutput) == 3 and count(archive, models.JobVariable) == 3
+    assert count(archive, models.JobStatusChange) == 3
+
+
+def test_older_snapshot_never_overwrites_newer(archive, payload):
+    new = payload("job-v1-completed.json")
+    old = payload("job-v1-completed.json")
+    old.update(status="running", progress=0.5, updated_at="2012-12-30T14:25:00Z", completed_at=None)
+    write(archive, new)
+    assert write(archive, old).stale == [157]
+    [job] = rows(archive, models.Job)
+    assert (job["status"], job["progress"]) == ("completed", 1.0)
+
+
+def test_newer_snapshot_updates_and_records_status_change(archive, payload):
+    running = payload("job-v1-completed.json")
+    running.update(status="running", progress=0.5, updated_at="2012-12-30T14:25:00Z", completed_at=None)
+    write(archive, running)
+    assert write(archive, payload("job-v1-completed.json")).updated == [157]
+    [job] = rows(archive, models.Job)
+    assert (job["status"], job["progress"]) == ("completed", 1.0)
+    changes = [(c["from_status"], c["to_status"]) for c in rows(archive, models.JobStatusChange)]
+    assert changes == [(None, "running"), ("running", "completed")]
+
+
+def test_equal_updated_at_applies_progress_but_never_reopens_a_terminal_job(archive, payload):
+    a = payload("job-v1-completed.json")
+    a.update(status="running", progress=0.2)
+    write(archive, a)
+    b = dict(a, progress=0.7, runtime_in_seconds=500)
+    assert write(archive, b).updated == [157]
+    done = dict(b, status="completed", progress=1.0)
+    assert write(archive, done).updated == [157]
+    reopened = dict(done, status="running")
+    assert write(archive, reopened).stale == [157]
+    [job] = rows(archive, models.Job)
+    assert (job["status"], job["progress"], job["runtime_in_seconds"]) == ("completed", 1.0, 500)
+
+
+def test_null_updated_at_never_overwrites_a_stored_one(archive, payload):
+    write(archive, payload("job-v1-completed.json"))
+    raw = payload("job-v1-completed.json")
+    raw.update(updated_at=None, status="failed")
+    assert write(archive, raw).stale == [157]
+    assert rows(archive, models.Job)[0]["status"] == "completed"
+
+
+def test_v1_after_v2_keeps_v2_fields(archive, payload):
+    v2 = payload("job-v2-failed-with-log-summary.json")
+    write(archive, v2)
+    v1 = {k: v for k, v in v2.items() if k not in ("html_url", "log_url", "creator", "package", "cluster",
+                                                    "attempts", "master_auto_retry_attempts", "log_summary")}
+    v1["updated_at"] = "2026-11-27T03:00:00Z"
+    v1["outputs"] = [{**{k: o[k] for k in o if k != "component"}, "component_name": "destination3"}
+                     for o in v2["outputs"]]
+    assert write(archive, v1).updated == [90412]
+    [job] = rows(archive, models.Job)
+    assert (job["html_url"], job["attempts"], job["creator_type"]) == (v2["html_url"], 2, "Schedule")
+    assert job["updated_at"] == datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+
+
+def test_missing_outputs_key_keeps_outputs_but_empty_list_clears_them(archive, payload):
+    raw = payload("job-v1-completed.json")
+    write(archive, raw)
+    no_key = {k: v for k, v in raw.items() if k != "outputs"}
+    no_key["updated_at"] = "2012-12-30T15:00:00Z"
+    write(archive, no_key)
+    assert count(archive, models.JobOutput) == 2
+    empty = dict(no_key, outputs=[], updated_at="2012-12-30T16:00:00Z")
+    write(archive, empty)
+    assert count(archive, models.JobOutput) == 0
+
+
+def test_variables_are_replaced_as_a_set(archive, payload):
+    raw = payload("job-v1-failed.json")
+    raw["variables"] = {"a": "1", "b": {"x": [1, 2]}}
+    write(archive, raw)
+    raw2 = dict(raw, variables={"b": 3, "c": None}, updated_at="2013-03-04T09:00:00Z")
+    write(archive, raw2)
+    assert [(v["name"], v["value"]) for v in rows(archive, models.JobVariable)] == [("b", "3"), ("c", "null")]
+
+
+def test_same_job_twice_in_a_batch_keeps_the_newest(archive, payload):
+    old = payload("job-v1-completed.json")
+    old.update(status="running", updated_at="2012-12-30T14:25:00Z")
+    result = write(archive, payload("job-v1-completed.json"), old)
+    assert result.inserted == [157]
+    assert rows(archive, models.Job)[0]["status"] == "completed"
+
+
+def test_unicode_and_emoji_survive(archive, payload):
+    raw = payload("job-v1-failed.json")
+    raw["errors"] = "Ошибка: 连接失败 \U0001F4A5 — ünïcödé"
+    raw["variables"] = {"emoji": "\U0001F680"}
+    write(archive, raw)
+    assert rows(archive, models.Job)[0]["errors"] == raw["errors"]
+    assert rows(archive, models.JobVariable)[0]["value"] == "\U0001F680"
+
+
+def test_dry_run_plan_writes_nothing(archive, payload):
+    write(archive, payload("job-v1-completed.json"))
+    changed = payload("job-v1-completed.json")
+    changed["updated_at"] = "2013-01-01T00:00:00Z"
+    _, plan = archive.plan([parse_job(changed), parse_job(payload("job-v1-failed.json"))])
+    assert (plan.updated, plan.inserted) == ([157], [304])
+    assert count(archive, models.Job) == 1
