@@ -29,13 +29,12 @@ def _terminate(signum, _frame):
 @click.version_option(__version__, prog_name="archiver")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
               help="Log verbosity (env ARCHIVER_LOG_LEVEL; default warning). Logs go to stderr.")
-def cli(log_level_name: str | None = None, **kwargs) -> None:
+def cli(**options) -> None:
     """Archive Xplenty (Integrate.io) jobs into a SQL database.
 
     The API key comes from XPLENTY_API_KEY or XPLENTY_API_KEY_FILE, never from a flag.
     """
-    level = log_level(kwargs.get("log_level") or log_level_name)
-    logging.basicConfig(level=level, stream=sys.stderr,
+    logging.basicConfig(level=log_level(options["log_level"]), stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -124,9 +123,9 @@ def db_current(db):
     click.echo(f"{mask_url(url)}: revision {current or 'none (empty)'}; head {store.head_revision()}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=argv, prog_name="archiver", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
