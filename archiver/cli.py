@@ -123,6 +123,67 @@ def db_current(db):
     click.echo(f"{mask_url(url)}: revision {current or 'none (empty)'}; head {store.head_revision()}")
 
 
+def format_rows(rows: list[dict], fmt: str) -> str:
+    """Rows as an aligned text table, CSV or JSON."""
+    if fmt == "json":
+        return json.dumps(rows, default=str, indent=2)
+    if not rows:
+        return "(no rows)" if fmt == "table" else ""
+    columns = list(rows[0])
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue().rstrip("\n")
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.1f}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M")
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(",", "").replace(".", "", 1).lstrip("-").isdigit()
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["failures", "runtimes", "status"]))
+@db_option
+@click.option("--since", default="7d", show_default=True,
+              help="Period: a span back from now (7d, 24h, 2w) or a date (2026-11-01).")
+@click.option("--package", metavar="ID|NAME", help="Only this package (id, or part of its name).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N rows.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def report(name, db, since, package, limit, fmt):
+    """Answers from the archive: failures, runtimes (p50/p95/max and trend) or status counts."""
+    from archiver import store
+    from archiver.report import run_report
+
+    archive = store.Archive.open(load_settings(db=db).database_url, create=False)
+    try:
+        rows = run_report(archive.engine, name, since, package=package, limit=limit)
+    finally:
+        archive.close()
+    click.echo(format_rows(rows, fmt))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="archiver", standalone_mode=False)

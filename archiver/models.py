@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Double, ForeignKey, Index, Integer, MetaData,
+from sqlalchemy import (JSON, BigInteger, Date, DateTime, Double, ForeignKey, Index, Integer, MetaData,
                         String, Text, TypeDecorator)
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -85,6 +85,12 @@ class Job(Base):
     last_synced_at: Mapped[datetime] = mapped_column(UTCDateTime)
     payload: Mapped[dict] = mapped_column(Payload)
     payload_hash: Mapped[str | None] = mapped_column(String(64))
+    # derived by the archiver when it writes the row (so views need no dialect-specific SQL)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queue_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    run_date: Mapped[date | None] = mapped_column(Date, index=True)
+
+    __table_args__ = (Index("ix_jobs_creator_type_creator_id", "creator_type", "creator_id"),)
 
 
 class JobOutput(Base):

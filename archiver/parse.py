@@ -235,6 +235,7 @@ def parse_job(raw: Any, expected_id: int | None = None) -> Job:
             columns[key] = f.time(key)
     if f.has("progress"):
         columns["progress"] = f.number("progress")
+    columns.update(derived_columns(columns))
     creator = _creator(f.sub("creator"))
     if f.has("creator"):
         columns["creator_type"] = creator.type if creator else None
@@ -255,6 +256,22 @@ def parse_job(raw: Any, expected_id: int | None = None) -> Job:
         payload_text=text,
         payload_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
+
+
+def derived_columns(columns: dict[str, Any]) -> dict[str, Any]:
+    """ended_at (completed_at, else failed_at), queue_seconds and run_date (UTC day created),
+    each only when the payload carried what it derives from."""
+    derived: dict[str, Any] = {}
+    if "completed_at" in columns or "failed_at" in columns:
+        derived["ended_at"] = columns.get("completed_at") or columns.get("failed_at")
+    if "created_at" in columns:
+        created = columns["created_at"]
+        derived["run_date"] = created.date() if created else None
+        if "started_at" in columns:
+            started = columns["started_at"]
+            derived["queue_seconds"] = (max(0, round((started - created).total_seconds()))
+                                        if started and created else None)
+    return derived
 
 
 def _guess_id(raw: Any) -> int | None:

@@ -115,11 +115,18 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(alembic_config(connection=conn), revision)
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Migrate an empty database; refuse one at another revision than ours."""
+def ensure_schema(engine: Engine, create: bool = True) -> None:
+    """Migrate an empty database (when `create`); refuse one at another revision than ours."""
+    if not create and engine.dialect.name == "sqlite":
+        path = engine.url.database
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise SchemaOutOfDate(f"no archive at {mask_url(str(engine.url))}: run `archiver sync` first")
     current, head = current_revision(engine), head_revision()
     if current == head:
         return
+    if current is None and not create:
+        raise SchemaOutOfDate(f"{mask_url(str(engine.url))} holds no archive: run `archiver sync` or "
+                              "`archiver db upgrade` first")
     if current is None:
         if inspect(engine).get_table_names():
             raise SchemaOutOfDate(f"{mask_url(str(engine.url))} has tables but no archiver schema "
@@ -208,10 +215,14 @@ class Archive:
         self.lock_rows = engine.dialect.name != "sqlite"
 
     @classmethod
-    def open(cls, url: str, account: str | None = None, migrate: bool = True) -> "Archive":
+    def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
+        """Open an archive; an empty database is migrated first unless `create` is False."""
         engine = make_engine(url)
-        if migrate:
-            ensure_schema(engine)
+        try:
+            ensure_schema(engine, create=create)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine, account)
 
     def close(self) -> None:

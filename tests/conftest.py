@@ -81,8 +81,9 @@ def drop_everything(url: str) -> None:
         with engine.begin() as conn:
             insp = inspect(conn)
             name = conn.dialect.name
+            cascade = " CASCADE" if name == "postgresql" else ""
             for view in insp.get_view_names():
-                conn.execute(text(f"DROP VIEW IF EXISTS {view}"))
+                conn.execute(text(f"DROP VIEW IF EXISTS {view}{cascade}"))
             if name == "postgresql":
                 for table in insp.get_table_names():
                     conn.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
