@@ -51,36 +51,98 @@ def api_options(f):
     return db_option(f)
 
 
+def run_options(f):
+    """Options every fetching or loading command shares."""
+    for decorator in reversed([
+        click.option("--dry-run", is_flag=True, help="Fetch and validate; write nothing; report what "
+                     "would be inserted, updated or left alone."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
+        click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True,
+                     help="Jobs written per transaction."),
+        click.option("--wait", type=click.FloatRange(0), default=0, help="Wait up to SECONDS for "
+                     "another run's lock instead of exiting with code 4."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def print_summary(summary, as_json: bool) -> None:
+    click.echo(json.dumps(summary.as_dict(), default=str) if as_json else summary.line())
+    sys.exit(summary.exit_code)
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("ids", nargs=-1)
 @click.option("--ids-file", type=click.File("r"), help="File of job ids, one per line, # comments "
               "allowed; - for stdin.")
+@click.option("--incremental", is_flag=True, help="Read what changed since the last run through "
+              "List jobs (100 jobs per credit); the first run reads the whole history.")
+@click.option("--refresh-open", is_flag=True, help="Re-fetch the stored jobs that are not finished.")
+@click.option("--since", "since_text", metavar="TIMESTAMP", help="--incremental: start here instead "
+              "of the stored high-water mark.")
+@click.option("--full", is_flag=True, help="--incremental: ignore the mark, read the whole history.")
+@click.option("--status", help="--incremental: only jobs in this status (keeps its own mark).")
+@click.option("--package-id", type=click.IntRange(1), help="--incremental: only this package's jobs.")
 @api_options
-@click.option("--dry-run", is_flag=True, help="Fetch and validate; write nothing; report what would change.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@run_options
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Jobs fetched at once.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True,
-              help="Jobs written per transaction.")
 @click.option("--with-log-summary", is_flag=True, help="Ask for the v2 log_summary of each job.")
-@click.option("--wait", type=click.FloatRange(0), default=0, help="Wait up to SECONDS for another "
-              "run's lock instead of exiting with code 4.")
 @click.option("--max-runtime", type=click.FloatRange(1), default=None,
               help="Stop cleanly after SECONDS.")
-def sync(ids, ids_file, account, api_url, db, dry_run, as_json, concurrency, batch_size,
-         with_log_summary, wait, max_runtime):
-    """Fetch jobs by id (157 304, ranges 100-200) and upsert them into the archive."""
-    from archiver.sync import SyncOptions, parse_id_args, sync_ids
+@click.option("--max-credits", type=click.IntRange(1), default=None,
+              help="Stop cleanly before spending more than N API credits.")
+@click.option("--reserve", type=click.IntRange(0), default=50, show_default=True,
+              help="Stop when X-RateLimit-Remaining falls to N, before the API refuses.")
+def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, package_id, account,
+         api_url, db, dry_run, as_json, batch_size, wait, concurrency, with_log_summary, max_runtime,
+         max_credits, reserve):
+    """Fetch jobs and upsert them into the archive.
 
-    job_ids = parse_id_args(ids, ids_file or ())
-    if not job_ids:
-        raise ConfigError("no job ids given: pass IDS or --ids-file")
+    By id: `archiver sync 157 304 1000-1100`. For cron: `archiver sync --incremental`.
+    """
+    from archiver import sync as runs
+    from archiver.parse import parse_timestamp
+
+    job_ids = runs.parse_id_args(ids, ids_file or ())
+    modes = [bool(job_ids), incremental, refresh_open]
+    if sum(modes) != 1:
+        raise ConfigError("give job ids, --incremental or --refresh-open (exactly one)")
+    if not incremental and (since_text or full or status or package_id):
+        raise ConfigError("--since, --full, --status and --package-id go with --incremental")
+    since = None
+    if since_text:
+        try:
+            since = parse_timestamp(since_text)
+        except ValueError:
+            raise ConfigError(f"--since {since_text!r} is not an ISO 8601 timestamp") from None
     settings = load_settings(account=account, api_url=api_url, db=db).require_api()
-    options = SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
-                          with_log_summary=with_log_summary, wait=wait, max_runtime=max_runtime)
-    summary = sync_ids(settings, job_ids, options)
-    click.echo(json.dumps(summary.as_dict(), default=str) if as_json else summary.line())
-    sys.exit(summary.exit_code)
+    options = runs.SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
+                               with_log_summary=with_log_summary, wait=wait, max_runtime=max_runtime,
+                               max_credits=max_credits, reserve=reserve)
+    if incremental:
+        inc = runs.IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
+        summary = runs.sync_incremental(settings, options, inc)
+    elif refresh_open:
+        summary = runs.sync_refresh_open(settings, options)
+    else:
+        summary = runs.sync_ids(settings, job_ids, options)
+    print_summary(summary, as_json)
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@db_option
+@click.option("--account", metavar="ID", help="Account id to record on the jobs (env XPLENTY_ACCOUNT_ID).")
+@run_options
+def ingest(file, db, account, dry_run, as_json, batch_size, wait):
+    """Load saved job payloads (JSON Lines, or a JSON array as List jobs returns; - for stdin)."""
+    from archiver import sync as runs
+    from archiver.payloads import read_payloads
+
+    settings = load_settings(account=account, db=db)
+    options = runs.SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait)
+    print_summary(runs.ingest(settings, read_payloads(file), options), as_json)
 
 
 @cli.group()
@@ -182,6 +244,76 @@ def report(name, db, since, package, limit, fmt):
     finally:
         archive.close()
     click.echo(format_rows(rows, fmt))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port (0 picks a free one and prints it).")
+@click.option("--jobs", type=click.IntRange(0), default=1000, show_default=True,
+              help="Jobs in the generated history.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the history and faults.")
+@click.option("--account", default="sandbox", show_default=True, help="Account id served.")
+@click.option("--api-key", default="sandbox-key", show_default=True,
+              help="The key clients must send (a sandbox key, not a secret).")
+@click.option("--latency-ms", type=click.FloatRange(0), default=0, help="Delay before each response.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0, help="Share of 500/502/503 answers.")
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0,
+              help="Share of connections closed without a response.")
+@click.option("--bad-json-rate", type=click.FloatRange(0, 1), default=0,
+              help="Share of responses with a truncated body.")
+@click.option("--rate-limit", type=click.IntRange(1), default=None,
+              help="Credits per window; 429 with Retry-After beyond.")
+@click.option("--rate-window", type=click.FloatRange(0.1), default=3600, show_default=True,
+              help="Rate-limit window in seconds.")
+@click.option("--clock-speed", type=click.FloatRange(0), default=0,
+              help="Sandbox seconds per real second (0: the clock moves only via POST /_sandbox/advance).")
+@click.option("--advance", type=click.FloatRange(0), default=0,
+              help="Move the sandbox clock forward by SECONDS before serving.")
+def sandbox(host, port, jobs, seed, account, api_key, latency_ms, error_rate, drop_rate, bad_json_rate,
+            rate_limit, rate_window, clock_speed, advance):
+    """Serve a local Xplenty-compatible jobs API over a generated history."""
+    from archiver.sandbox import Sandbox, serve
+
+    api = Sandbox(jobs=jobs, seed=seed, account=account, api_key=api_key, host=host, port=port,
+                  latency_ms=latency_ms, error_rate=error_rate, drop_rate=drop_rate,
+                  bad_json_rate=bad_json_rate, rate_limit=rate_limit, rate_window_s=rate_window,
+                  clock_speed=clock_speed)
+    api.start()
+    if advance:
+        api.advance(advance)
+    click.echo(f"sandbox API listening on {api.url} (port {api.port}), account {account!r}, "
+               f"{len(api.job_ids())} jobs. Point the archiver at it with:\n"
+               f"  export XPLENTY_API_URL={api.url} XPLENTY_ACCOUNT_ID={account} "
+               f"XPLENTY_API_KEY={api_key}\n"
+               "Ctrl-C stops it.")
+    serve(api)
+
+
+@cli.command()
+@click.option("--jobs", type=click.IntRange(1, 100_000), default=400, show_default=True,
+              help="Jobs in the sandbox history.")
+@click.option("--seed", type=int, default=1, show_default=True)
+def demo(jobs, seed):
+    """Sync a sandbox account into ./demo.db and print a short report. No configuration needed."""
+    from pathlib import Path
+
+    from archiver.demo import FURTHER_SQL, run_demo
+
+    result = run_demo(Path.cwd(), jobs=jobs, seed=seed)
+    s = result.summary
+    click.echo(f"Archived {s.inserted + s.updated + s.unchanged} jobs from a local sandbox API into "
+               f"{result.database} ({s.credits_used} API calls, {s.seconds:.1f}s).\n")
+    click.echo("Jobs by status (last 60 days)\n" + format_rows(result.status, "table") + "\n")
+    click.echo("Packages that fail most\n" + format_rows(
+        [{k: r[k] for k in ("package", "jobs", "failed", "failure_rate", "top_error")} for r in result.failing],
+        "table") + "\n")
+    click.echo("Slowest packages (runtime of finished jobs)\n" + format_rows(
+        [{k: r[k] for k in ("package", "runs", "p50_seconds", "p95_seconds", "max_seconds")}
+         for r in result.slowest], "table") + "\n")
+    click.echo(f"Look further with SQL: sqlite3 {result.database.name}\n\n{FURTHER_SQL}\n\n"
+               f"or: archiver report failures --db sqlite:///{result.database.name} --since 30d")
+    sys.exit(s.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:

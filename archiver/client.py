@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from archiver import __version__
 from archiver.config import Secret
-from archiver.errors import ApiError, AuthError, DeadlineExceeded, InvalidPayload, NotFound, RateLimited
+from archiver.errors import ApiError, BudgetReached, AuthError, DeadlineExceeded, InvalidPayload, NotFound, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class XplentyClient:
     """Talks to one account of the jobs API. Thread-safe: one Session per thread."""
 
     def __init__(self, api_url: str, account: str, api_key: Secret, *,
-                 policy: RetryPolicy | None = None, reserve: int = 0,
+                 policy: RetryPolicy | None = None, reserve: int = 0, max_credits: int | None = None,
                  deadline: float | None = None, version: int | None = None,
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self.base = f"{api_url.rstrip('/')}/{account}/api"
@@ -109,6 +110,7 @@ class XplentyClient:
         self._key = api_key
         self.policy = policy or RetryPolicy()
         self.reserve = reserve
+        self.max_credits = max_credits
         self.deadline = deadline
         self.accept = ACCEPT if version is None else f"{ACCEPT}; version={version}"
         self.usage = Usage()
@@ -134,7 +136,15 @@ class XplentyClient:
             raise InvalidPayload(None, "<body>", "List jobs did not return an array of objects",
                                  kind="bad_shape")
         next_link = resp_holder[0].links.get("next", {}).get("url") if resp_holder else None
+        if next_link and not self._same_origin(next_link):
+            log.warning("ignoring a next-page link to another host; paging by offset instead")
+            next_link = None
         return Page(jobs=data, next_url=next_link)
+
+    def _same_origin(self, url: str) -> bool:
+        """Only follow links to the API's own scheme and host: the session sends the key."""
+        ours, theirs = urlsplit(self.api_url), urlsplit(url)
+        return (ours.scheme, ours.netloc) == (theirs.scheme, theirs.netloc)
 
     def rate_limit_status(self) -> dict:
         return self._get_json(f"{self.api_url}/rate_limit_status", None, charge=False)
@@ -157,7 +167,9 @@ class XplentyClient:
                 self._sessions.append(s)
         return s
 
-    def _check_budget(self) -> None:
+    def _check_budget(self, charge: bool = True) -> None:
+        if charge and self.max_credits is not None and self.usage.credits >= self.max_credits:
+            raise BudgetReached(f"spent the --max-credits budget of {self.max_credits} credits")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DeadlineExceeded("the run reached its --max-runtime deadline")
         remaining = self.usage.remaining
@@ -193,7 +205,7 @@ class XplentyClient:
         for attempt in range(policy.max_attempts):
             if attempt:
                 self._wait(self._retry_delay(last, attempt))
-            self._check_budget()
+            self._check_budget(charge)
             try:
                 resp = self._session().get(url, params=params,
                                            timeout=(policy.connect_timeout, policy.read_timeout))

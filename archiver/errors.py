@@ -60,6 +60,12 @@ class RateLimited(ApiError):
         self.retry_after = retry_after
 
 
+class BudgetReached(ArchiverError):
+    """--max-credits was reached; the run stops cleanly where the next one resumes."""
+
+    exit_code = 0
+
+
 class DeadlineExceeded(ArchiverError):
     """The whole-run deadline (--max-runtime) passed."""
 

@@ -158,9 +158,13 @@ class SyncError(Base):
 
 
 class SyncState(Base):
+    """The incremental high-water mark per account (scope '' = the whole account; a
+    filtered run, e.g. --status failed, keeps a mark of its own)."""
+
     __tablename__ = "sync_state"
 
     account_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(255), primary_key=True, default="")
     high_water_mark: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -23,7 +23,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (Connection, Engine, and_, create_engine, delete, event, inspect, literal_column,
-                        not_, or_, select, update)
+                        not_, or_, select, update, func)
 from sqlalchemy.engine import make_url
 
 from archiver import __version__, dialect, models
@@ -356,6 +356,34 @@ class Archive:
                              "observed_at": now, "api_updated_at": job.updated_at, "run_id": run_id})
         if rows:
             conn.execute(changes_t.insert(), rows)
+
+    # incremental bookmark and open jobs
+    def read_mark(self, scope: str = "") -> datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(state_t.c.high_water_mark).where(
+                state_t.c.account_id == (self.account or ""), state_t.c.scope == scope)).scalar()
+
+    def save_mark(self, conn: Connection, mark: datetime, scope: str = "", run_id: int | None = None) -> None:
+        """Set the mark inside the caller's transaction, so it lands with the page it covers."""
+        row = {"account_id": self.account or "", "scope": scope, "high_water_mark": mark,
+               "last_run_id": run_id, "updated_at": utcnow()}
+        dialect.upsert(conn, state_t, [row], keys=("account_id", "scope"),
+                       update=["high_water_mark", "last_run_id", "updated_at"])
+
+    def open_jobs(self) -> list[tuple[int, datetime | None]]:
+        """Stored jobs in a non-terminal status (any status not terminal): (id, created_at)."""
+        query = (select(jobs_t.c.id, jobs_t.c.created_at)
+                 .where(jobs_t.c.status.is_not(None), jobs_t.c.status.not_in(sorted(TERMINAL_STATUSES)))
+                 .order_by(jobs_t.c.id))
+        if self.account:
+            query = query.where(or_(jobs_t.c.account_id == self.account, jobs_t.c.account_id.is_(None)))
+        with self.engine.connect() as conn:
+            return [(r.id, r.created_at) for r in conn.execute(query)]
+
+    def count_created_since(self, moment: datetime) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(jobs_t)
+                                .where(jobs_t.c.created_at >= moment)).scalar()
 
     # runs
     def start_run(self, mode: str, requested: int = 0) -> int:

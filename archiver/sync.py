@@ -1,24 +1,32 @@
-"""The order of steps of a run: lock, open a sync_runs row, fetch -> parse -> store, summary."""
+"""The order of steps of a run: lock, open a sync_runs row, fetch -> parse -> store, summary.
+
+Three ways in, one way to the archive: by id (`sync ID ...`), incrementally through
+List jobs (`sync --incremental`, `--refresh-open`) and from saved payloads (`ingest`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from archiver.client import XplentyClient
 from archiver.config import Settings
-from archiver.errors import (ApiError, ArchiverError, AuthError, ConfigError, DeadlineExceeded,
+from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              InvalidPayload, NotFound, RateLimited)
-from archiver.parse import Job, parse_job
-from archiver.store import Archive, BatchResult, describe_error
+from archiver.parse import OPEN_STATUSES, Job, parse_job
+from archiver.store import Archive, BatchResult, describe_error, utcnow
 
 log = logging.getLogger(__name__)
 
 NOT_FOUND_PROBE = 20  # this many 404s in a row at the start of a run means a wrong account/URL
+PAGE_LIMIT = 100      # List jobs' maximum page size: 100 jobs for one credit
+STOPPING = (RateLimited, DeadlineExceeded, BudgetReached)
 
 
 @dataclasses.dataclass
@@ -29,7 +37,25 @@ class SyncOptions:
     with_log_summary: bool = False
     wait: float = 0.0
     max_runtime: float | None = None
+    max_credits: int | None = None
+    reserve: int = 0
     progress: Callable[["SyncSummary"], None] | None = None
+
+
+@dataclasses.dataclass
+class IncrementalOptions:
+    since: datetime | None = None
+    full: bool = False
+    status: str | None = None
+    package_id: int | None = None
+    refresh_open: bool = True
+
+    @property
+    def scope(self) -> str:
+        """The bookmark's scope: '' for the whole account, else the filters."""
+        parts = [f"status={self.status}" if self.status else "",
+                 f"package_id={self.package_id}" if self.package_id else ""]
+        return "&".join(p for p in parts if p)
 
 
 @dataclasses.dataclass
@@ -50,13 +76,16 @@ class SyncSummary:
     message: str | None = None
     run_id: int | None = None
     seconds: float = 0.0
+    high_water_mark: datetime | None = None
     errors: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         if self.outcome == "auth_failed":
             return 3
-        return 1 if (self.failed or self.not_found or self.outcome != "ok") else 0
+        if self.outcome in ("ok", "budget") and not (self.failed or self.not_found):
+            return 0
+        return 1
 
     def add_batch(self, result: BatchResult) -> None:
         self.inserted += len(result.inserted)
@@ -66,24 +95,26 @@ class SyncSummary:
 
     def line(self) -> str:
         verb = "would be " if self.dry_run else ""
-        text = (f"requested {self.requested}, {verb}inserted {self.inserted}, {verb}updated {self.updated}, "
-                f"unchanged {self.unchanged}, stale {self.stale}, not found {self.not_found}, "
-                f"failed {self.failed}; {self.credits_used} API credits, {self.seconds:.1f}s")
-        if self.outcome not in ("ok",):
+        text = (f"{self.mode}: requested {self.requested}, {verb}inserted {self.inserted}, "
+                f"{verb}updated {self.updated}, unchanged {self.unchanged}, stale {self.stale}, "
+                f"not found {self.not_found}, failed {self.failed}; "
+                f"{self.credits_used} API credits, {self.seconds:.1f}s")
+        if self.outcome != "ok":
             text += f" [{self.outcome}" + (f": {self.message}]" if self.message else "]")
         return ("dry run: " if self.dry_run else "") + text
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["exit_code"] = self.exit_code
-        data["errors"] = [{k: v for k, v in e.items()} for e in self.errors[:100]]
+        data["errors"] = self.errors[:100]
         return data
 
 
 def make_client(settings: Settings, options: SyncOptions) -> XplentyClient:
     settings.require_api()
     deadline = time.monotonic() + options.max_runtime if options.max_runtime else None
-    return XplentyClient(settings.api_url, settings.account, settings.api_key, deadline=deadline)
+    return XplentyClient(settings.api_url, settings.account, settings.api_key, deadline=deadline,
+                         reserve=options.reserve, max_credits=options.max_credits)
 
 
 def error_row(job_id: int | None, exc: BaseException) -> dict:
@@ -113,36 +144,50 @@ class Run:
         log.warning("job %s: %s", job_id, row["message"])
         self.summary.errors.append(row)
 
+    def parse(self, raw: Any, expected_id: int | None = None) -> Job | None:
+        try:
+            return parse_job(raw, expected_id=expected_id)
+        except InvalidPayload as bad:
+            self.fail(bad.job_id if bad.job_id is not None else expected_id, bad)
+            return None
+
     def add(self, job: Job) -> None:
+        """Queue a job; a full batch is written."""
         self.pending.append(job)
         if len(self.pending) >= self.options.batch_size:
             self.flush()
 
-    def flush(self, after: Callable | None = None) -> None:
+    def flush(self) -> None:
         batch, self.pending = self.pending, []
-        if not batch and after is None:
-            return
+        if batch:
+            self.write(batch)
+
+    def write(self, batch: list[Job], after: Callable | None = None) -> None:
+        """Write a batch whole; `after(conn)` (the bookmark) commits with it or not at all.
+
+        A failed batch without a bookmark falls back to job-by-job writes, so one bad
+        job never sinks its neighbours; with a bookmark the error stops the run.
+        """
         if self.options.dry_run:
             self.summary.add_batch(self.archive.plan(batch)[1])
             return
         try:
             self.summary.add_batch(self.archive.write_jobs(batch, self.summary.run_id, after=after))
-        except Exception as exc:  # one bad job must not sink its neighbours
-            if len(batch) <= 1 or after is not None:
-                for job in batch:
-                    self.fail(job.id, exc)
-                if after is not None:
-                    raise
+        except Exception as exc:
+            if after is not None:
+                raise
+            if len(batch) == 1:
+                self.fail(batch[0].id, exc)
                 return
             log.warning("batch of %d failed (%s); writing job by job", len(batch), describe_error(exc))
             for job in batch:
-                self.pending = [job]
-                self.flush()
+                self.write([job])
         if self.options.progress:
             self.options.progress(self.summary)
 
 
-def fetch_by_id(client: XplentyClient, ids: list[int], concurrency: int,
+# -- by id ----------------------------------------------------------------------------------------
+def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
                 with_log_summary: bool) -> Iterator[tuple[int, dict | None, BaseException | None]]:
     """Get each job, `concurrency` at a time, yielding results as they arrive."""
 
@@ -171,40 +216,252 @@ def fetch_by_id(client: XplentyClient, ids: list[int], concurrency: int,
                 future.cancel()
 
 
+def archive_ids(run: Run, client: XplentyClient, ids: list[int], settings: Settings) -> None:
+    answered_404 = seen = 0
+    options = run.options
+    for job_id, raw, exc in fetch_by_id(client, ids, options.concurrency, options.with_log_summary):
+        seen += 1
+        if isinstance(exc, (AuthError, *STOPPING)):
+            raise exc
+        if exc is not None:
+            answered_404 += isinstance(exc, NotFound)
+            run.fail(job_id, exc)
+            if seen == answered_404 == NOT_FOUND_PROBE:
+                raise ConfigError(f"the first {NOT_FOUND_PROBE} jobs all answered 404: the account id "
+                                  f"({settings.account!r}), the API URL or the Accept header is "
+                                  "probably wrong")
+            continue
+        job = run.parse(raw, expected_id=job_id)
+        if job is not None:
+            run.add(job)
+    run.flush()
+
+
 def sync_ids(settings: Settings, ids: list[int], options: SyncOptions,
              client: XplentyClient | None = None) -> SyncSummary:
     """Archive the named jobs (`archiver sync ID ...`)."""
     client = client or make_client(settings, options)
     summary = SyncSummary(mode="ids", requested=len(ids), dry_run=options.dry_run)
+    return execute(settings, summary, options, client, lambda run: archive_ids(run, client, ids, settings))
+
+
+# -- incremental ----------------------------------------------------------------------------------
+def iso_z(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def floor_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
+
+
+class PagedRead:
+    """Pages of List jobs sorted by updated_at ascending, from `since` on.
+
+    Follows the Link header (or offsets). An update landing during the read moves an
+    already-read job to the end and shifts every later offset down by one, so the job
+    at the next page boundary would be skipped. Such a job shows up again with a newer
+    updated_at: then the read is repeated from the page boundary where it was first
+    seen, and the bookmark is held there until that re-read is committed.
+    """
+
+    MAX_PASSES = 3
+
+    def __init__(self, client: XplentyClient, since: datetime | None, status: str | None,
+                 package_id: int | None):
+        self.client, self.since, self.status, self.package_id = client, since, status, package_id
+        self.pages = 0
+
+    def params(self, since: datetime | None, offset: int) -> dict:
+        params: dict[str, Any] = {"sort": "updated", "direction": "asc", "limit": PAGE_LIMIT,
+                                  "status": self.status or "all"}
+        if since is not None:
+            params["since"] = iso_z(since)
+        if self.package_id is not None:
+            params["package_id"] = self.package_id
+        if offset:
+            params["offset"] = offset
+        return params
+
+    def passes(self) -> Iterator[Iterator[list[dict]]]:
+        since = self.since
+        for _ in range(self.MAX_PASSES):
+            self.rescan_from: datetime | None = None
+            yield self._one_pass(since)
+            if self.rescan_from is None:
+                return
+            log.info("jobs changed during the paged read; re-reading from %s", iso_z(self.rescan_from))
+            since = floor_second(self.rescan_from)
+
+    def _one_pass(self, since: datetime | None) -> Iterator[list[dict]]:
+        offset, next_url = 0, None
+        while True:
+            page = self.client.list_jobs(self.params(since, offset), url=next_url)
+            self.pages += 1
+            yield page.jobs
+            if len(page.jobs) < PAGE_LIMIT:
+                return
+            offset += len(page.jobs)
+            next_url = page.next_url
+
+
+def page_mark(jobs: list[Job]) -> datetime | None:
+    marks = [j.updated_at for j in jobs if j.updated_at is not None]
+    return max(marks) if marks else None
+
+
+def archive_incremental(run: Run, client: XplentyClient, inc: IncrementalOptions) -> None:
+    archive = run.archive
+    stored_mark = archive.read_mark(inc.scope)
+    start = None if inc.full else (inc.since or (floor_second(stored_mark) if stored_mark else None))
+    may_advance = inc.full or inc.since is None or stored_mark is None or inc.since <= stored_mark
+    reader = PagedRead(client, start, inc.status, inc.package_id)
+    brought: set[int] = set()
+    saved: datetime | None = stored_mark if may_advance else None
+    frozen = False  # once a job could not be archived, the mark stays before it
+    for pages in reader.passes():
+        seen: dict[int, tuple[datetime | None, datetime | None]] = {}  # id -> (updated_at, page mark)
+        for raw_page in pages:
+            run.summary.requested += len(raw_page)
+            jobs, clean = parse_page(run, raw_page)
+            mark = page_mark(jobs)
+            _note_reappearances(reader, seen, jobs, mark)
+            brought.update(j.id for j in jobs)
+            if not frozen and clean is not None:
+                mark, frozen = (page_mark(clean) or saved), True
+            elif frozen:
+                mark = saved
+            if reader.rescan_from is not None and mark is not None:
+                mark = min(mark, reader.rescan_from)
+            save = None
+            if may_advance and mark is not None and mark != saved:
+                save, saved = _mark_saver(archive, mark, inc.scope, run.summary), mark
+            run.write(jobs, after=save)
+    if inc.refresh_open and not (inc.status or inc.package_id):
+        refresh_open(run, client, exclude=brought)
+
+
+def _note_reappearances(reader: PagedRead, seen: dict, jobs: list[Job], mark: datetime | None) -> None:
+    """A job read again with a newer updated_at moved behind the read: re-read from where it was."""
+    for job in jobs:
+        earlier = seen.get(job.id)
+        if earlier and job.updated_at and earlier[0] and job.updated_at > earlier[0]:
+            boundary = earlier[1] or earlier[0]
+            reader.rescan_from = min(reader.rescan_from or boundary, boundary)
+    for job in jobs:
+        seen[job.id] = (job.updated_at, mark)
+
+
+def parse_page(run: Run, raw_page: list[dict]) -> tuple[list[Job], list[Job] | None]:
+    """Parse a page: the jobs that are valid, and (when some job is not) those before it."""
+    jobs: list[Job] = []
+    clean: list[Job] | None = None
+    for raw in raw_page:
+        job = run.parse(raw)
+        if job is None:
+            if clean is None:
+                clean = list(jobs)
+            continue
+        jobs.append(job)
+    return jobs, clean
+
+
+def _mark_saver(archive: Archive, mark: datetime, scope: str, summary: SyncSummary) -> Callable | None:
+    if summary.dry_run:
+        return None
+
+    def save(conn) -> None:
+        archive.save_mark(conn, mark, scope, summary.run_id)
+        summary.high_water_mark = mark
+
+    return save
+
+
+def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset()) -> None:
+    """Re-fetch stored non-terminal jobs (a status change may not move updated_at).
+
+    The cheapest way wins: open jobs are the newest ones, so List jobs by creation
+    date, newest first, usually covers them all in one call; when the open jobs are
+    fewer than the pages that would take, a Get per job is cheaper.
+    """
+    open_jobs = [(i, created) for i, created in run.archive.open_jobs() if i not in exclude]
+    if not open_jobs:
+        return
+    wanted = {i for i, _ in open_jobs}
+    oldest = min((c for _, c in open_jobs if c is not None), default=None)
+    pages_needed = math.ceil(run.archive.count_created_since(oldest) / PAGE_LIMIT) if oldest else math.inf
+    if pages_needed < len(wanted):
+        wanted -= _refresh_by_listing(run, client, wanted, oldest, pages_needed)
+    for job_id, raw, exc in fetch_by_id(client, sorted(wanted), run.options.concurrency, False):
+        if isinstance(exc, (AuthError, *STOPPING)):
+            raise exc
+        if exc is not None:
+            run.fail(job_id, exc)
+            continue
+        job = run.parse(raw, expected_id=job_id)
+        if job is not None:
+            run.add(job)
+    run.flush()
+
+
+def _refresh_by_listing(run: Run, client: XplentyClient, wanted: set[int], oldest: datetime,
+                        max_pages: int) -> set[int]:
+    found: set[int] = set()
+    url = None
+    for page_no in range(max_pages + 1):
+        params = {"sort": "created", "direction": "desc", "limit": PAGE_LIMIT, "status": "all",
+                  "offset": page_no * PAGE_LIMIT}
+        page = client.list_jobs(params, url=url)
+        jobs = [j for j in (run.parse(raw) for raw in page.jobs) if j is not None]
+        found |= {j.id for j in jobs} & wanted
+        run.write(jobs)
+        created = [j.columns.get("created_at") for j in jobs if j.columns.get("created_at")]
+        if found == wanted or len(page.jobs) < PAGE_LIMIT or (created and min(created) < oldest):
+            break
+        url = page.next_url
+    return found
+
+
+def sync_incremental(settings: Settings, options: SyncOptions, inc: IncrementalOptions,
+                     client: XplentyClient | None = None) -> SyncSummary:
+    """Archive what changed since the bookmark through List jobs (`sync --incremental`)."""
+    client = client or make_client(settings, options)
+    summary = SyncSummary(mode="incremental", dry_run=options.dry_run)
+    return execute(settings, summary, options, client, lambda run: archive_incremental(run, client, inc))
+
+
+def sync_refresh_open(settings: Settings, options: SyncOptions,
+                      client: XplentyClient | None = None) -> SyncSummary:
+    """Re-fetch every stored job in a non-terminal state (`sync --refresh-open`)."""
+    client = client or make_client(settings, options)
+    summary = SyncSummary(mode="refresh_open", dry_run=options.dry_run)
+    return execute(settings, summary, options, client, lambda run: refresh_open(run, client))
+
+
+# -- saved payloads -------------------------------------------------------------------------------
+def ingest(settings: Settings, records: Iterable[Any], options: SyncOptions) -> SyncSummary:
+    """Load saved job payloads through the same parse -> store path (`archiver ingest`)."""
+    summary = SyncSummary(mode="ingest", dry_run=options.dry_run)
 
     def body(run: Run) -> None:
-        answered_404 = 0
-        seen = 0
-        for job_id, raw, exc in fetch_by_id(client, ids, options.concurrency, options.with_log_summary):
-            seen += 1
-            if isinstance(exc, (AuthError, RateLimited, DeadlineExceeded)):
-                raise exc
-            if exc is not None:
-                answered_404 += isinstance(exc, NotFound)
-                run.fail(job_id, exc)
-                if seen == answered_404 == NOT_FOUND_PROBE:
-                    raise ConfigError(f"the first {NOT_FOUND_PROBE} jobs all answered 404: the account id "
-                                      f"({settings.account!r}), the API URL or the Accept header is "
-                                      "probably wrong")
+        for raw in records:
+            summary.requested += 1
+            if isinstance(raw, InvalidPayload):
+                run.fail(None, raw)
                 continue
-            try:
-                run.add(parse_job(raw, expected_id=job_id))
-            except InvalidPayload as bad:
-                run.fail(job_id, bad)
+            job = run.parse(raw)
+            if job is not None:
+                run.add(job)
+        run.flush()
 
-    return execute(settings, summary, options, client, body)
+    return execute(settings, summary, options, None, body)
 
 
-def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, client: XplentyClient,
-            body: Callable[[Run], None], archive: Archive | None = None) -> SyncSummary:
+# -- the frame every run shares -------------------------------------------------------------------
+def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, client: XplentyClient | None,
+            body: Callable[[Run], None]) -> SyncSummary:
     """Run `body` under the account lock with a sync_runs row, however it ends."""
     started = time.monotonic()
-    archive = archive or Archive.open(settings.database_url, settings.account)
+    archive = Archive.open(settings.database_url, settings.account)
     try:
         with archive.run_lock(options.wait):
             if not options.dry_run:
@@ -212,43 +469,47 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             run = Run(archive, summary, options)
             try:
                 body(run)
-                run.flush()
                 summary.outcome = "ok" if not (summary.failed or summary.not_found) else "partial"
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
                 summary.errors.append(error_row(None, exc))
-            except (RateLimited, DeadlineExceeded) as exc:
+            except STOPPING as exc:
                 run.flush()
-                summary.outcome, summary.message = "stopped", str(exc)
-            except ConfigError as exc:
-                summary.outcome, summary.message = "failed", str(exc)
-                raise
+                summary.outcome = "budget" if isinstance(exc, BudgetReached) else "stopped"
+                summary.message = str(exc)
             except BaseException as exc:
-                summary.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                summary.message = describe_error(exc) if not isinstance(exc, KeyboardInterrupt) else None
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                summary.outcome = "interrupted" if interrupted else "failed"
+                summary.message = None if interrupted else describe_error(exc)
                 raise
             finally:
                 summary.seconds = time.monotonic() - started
-                summary.credits_used, summary.api_calls = client.usage.credits, client.usage.calls
-                summary.retries = client.usage.retries
+                if client is not None:
+                    usage = client.usage
+                    summary.credits_used, summary.api_calls, summary.retries = \
+                        usage.credits, usage.calls, usage.retries
                 if summary.run_id is not None:
                     _finish_run(archive, summary)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         archive.close()
     return summary
 
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
-    from archiver.store import utcnow
     try:
         archive.record_errors(summary.run_id, summary.errors)
         archive.update_run(summary.run_id, finished_at=utcnow(), outcome=summary.outcome,
                            message=summary.message, **{k: getattr(summary, k) for k in (
-                               "inserted", "updated", "unchanged", "stale", "not_found", "failed",
-                               "credits_used", "api_calls", "requested")})
+                               "requested", "inserted", "updated", "unchanged", "stale", "not_found",
+                               "failed", "credits_used", "api_calls")})
     except Exception:  # the run row is bookkeeping; never hide the run's own result
         log.exception("could not record the run's outcome in sync_runs")
+
+
+# -- job id arguments -----------------------------------------------------------------------------
+MAX_RANGE = 1_000_000
 
 
 def parse_id_args(args: Iterable[str], lines: Iterable[str] = ()) -> list[int]:
@@ -258,14 +519,9 @@ def parse_id_args(args: Iterable[str], lines: Iterable[str] = ()) -> list[int]:
     """
     ids: dict[int, None] = {}
     for token in list(args) + [ln.split("#", 1)[0].strip() for ln in lines]:
-        if not token:
-            continue
-        for job_id in _expand(token):
-            ids[job_id] = None
+        if token:
+            ids.update(dict.fromkeys(_expand(token)))
     return list(ids)
-
-
-MAX_RANGE = 1_000_000
 
 
 def _expand(token: str) -> range | list[int]:

@@ -55,10 +55,11 @@ def upgrade() -> None:
     op.create_table(
         "sync_state",
         sa.Column("account_id", sa.String(255), nullable=False),
+        sa.Column("scope", sa.String(255), nullable=False),
         sa.Column("high_water_mark", UTCDateTime()),
         sa.Column("last_run_id", sa.BigInteger()),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("account_id", name="pk_sync_state"),
+        sa.PrimaryKeyConstraint("account_id", "scope", name="pk_sync_state"),
     )
 
     op.create_table(

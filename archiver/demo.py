@@ -1,0 +1,54 @@
+"""`archiver demo`: the sandbox API, a SQLite archive and a short report, with no configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from archiver.config import Secret, Settings
+from archiver.report import failures_report, parse_since, runtimes_report, status_report
+from archiver.sandbox import Sandbox
+from archiver.store import Archive
+from archiver.sync import IncrementalOptions, SyncOptions, SyncSummary, sync_incremental
+
+SANDBOX_KEY = "sandbox-key"
+FURTHER_SQL = """\
+-- failure rate per package over the last 30 days
+SELECT package_name, SUM(jobs) AS jobs, SUM(failed) AS failed,
+       ROUND(1.0 * SUM(failed) / SUM(completed + failed + stopped), 3) AS failure_rate
+FROM daily_package_stats WHERE day >= DATE('now', '-30 day')
+GROUP BY package_name ORDER BY failed DESC;
+
+-- what failed, and why
+SELECT job_id, package_name, failed_at, error_summary, errors FROM job_failures
+ORDER BY failed_at DESC LIMIT 20;
+
+-- scheduled runs that failed but recovered on a retry
+SELECT schedule_name, package_name, scheduled_at, attempts, outcome FROM schedule_attempts
+WHERE outcome = 'recovered_on_retry' ORDER BY scheduled_at DESC;"""
+
+
+@dataclasses.dataclass
+class DemoResult:
+    database: Path
+    summary: SyncSummary
+    status: list[dict]
+    failing: list[dict]
+    slowest: list[dict]
+
+
+def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -> DemoResult:
+    database = folder / "demo.db"
+    with Sandbox(jobs=jobs, seed=seed, api_key=SANDBOX_KEY) as api:
+        settings = Settings(account=api.account, api_key=Secret(SANDBOX_KEY), api_url=api.url,
+                            database_url=f"sqlite:///{database}")
+        summary = sync_incremental(settings, SyncOptions(), IncrementalOptions())
+    archive = Archive.open(settings.database_url)
+    try:
+        period = parse_since(since)
+        return DemoResult(database=database, summary=summary,
+                          status=status_report(archive.engine, period),
+                          failing=failures_report(archive.engine, period, limit=5),
+                          slowest=runtimes_report(archive.engine, period, limit=5))
+    finally:
+        archive.close()
