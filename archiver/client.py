@@ -60,6 +60,7 @@ class Usage:
 class Page:
     jobs: list[dict]
     next_url: str | None
+    paged_by_links: bool = False  # the API announced pages in a Link header (v2)
 
 
 def _reject_constant(name: str) -> None:
@@ -135,11 +136,12 @@ class XplentyClient:
         if not isinstance(data, list) or not all(isinstance(j, dict) for j in data):
             raise InvalidPayload(None, "<body>", "List jobs did not return an array of objects",
                                  kind="bad_shape")
-        next_link = resp_holder[0].links.get("next", {}).get("url") if resp_holder else None
+        links = resp_holder[0].links if resp_holder else {}
+        next_link = links.get("next", {}).get("url")
         if next_link and not self._same_origin(next_link):
             log.warning("ignoring a next-page link to another host; paging by offset instead")
-            next_link = None
-        return Page(jobs=data, next_url=next_link)
+            return Page(jobs=data, next_url=None)
+        return Page(jobs=data, next_url=next_link, paged_by_links=bool(links))
 
     def _same_origin(self, url: str) -> bool:
         """Only follow links to the API's own scheme and host: the session sends the key."""

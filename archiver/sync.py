@@ -298,7 +298,7 @@ class PagedRead:
             page = self.client.list_jobs(self.params(since, offset), url=next_url)
             self.pages += 1
             yield page.jobs
-            if len(page.jobs) < PAGE_LIMIT:
+            if len(page.jobs) < PAGE_LIMIT or (page.paged_by_links and not page.next_url):
                 return
             offset += len(page.jobs)
             next_url = page.next_url
@@ -386,11 +386,13 @@ def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset(
     open_jobs = [(i, created) for i, created in run.archive.open_jobs() if i not in exclude]
     if not open_jobs:
         return
+    log.info("refreshing %d stored jobs that are not finished", len(open_jobs))
     wanted = {i for i, _ in open_jobs}
     oldest = min((c for _, c in open_jobs if c is not None), default=None)
     pages_needed = math.ceil(run.archive.count_created_since(oldest) / PAGE_LIMIT) if oldest else math.inf
     if pages_needed < len(wanted):
         wanted -= _refresh_by_listing(run, client, wanted, oldest, pages_needed)
+    run.summary.requested += len(wanted)
     for job_id, raw, exc in fetch_by_id(client, sorted(wanted), run.options.concurrency, False):
         if isinstance(exc, (AuthError, *STOPPING)):
             raise exc
@@ -411,11 +413,13 @@ def _refresh_by_listing(run: Run, client: XplentyClient, wanted: set[int], oldes
         params = {"sort": "created", "direction": "desc", "limit": PAGE_LIMIT, "status": "all",
                   "offset": page_no * PAGE_LIMIT}
         page = client.list_jobs(params, url=url)
+        run.summary.requested += len(page.jobs)
         jobs = [j for j in (run.parse(raw) for raw in page.jobs) if j is not None]
         found |= {j.id for j in jobs} & wanted
         run.write(jobs)
         created = [j.columns.get("created_at") for j in jobs if j.columns.get("created_at")]
-        if found == wanted or len(page.jobs) < PAGE_LIMIT or (created and min(created) < oldest):
+        if found == wanted or len(page.jobs) < PAGE_LIMIT or (created and min(created) < oldest) \
+                or (page.paged_by_links and not page.next_url):
             break
         url = page.next_url
     return found

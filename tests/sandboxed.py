@@ -1,0 +1,33 @@
+"""Helpers to point the archiver at an in-process sandbox API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from archiver.config import Secret, Settings
+from archiver.sandbox import Sandbox
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+KEY = "sandbox-key"
+
+
+def settings_for(api: Sandbox, db_url: str, key: str = KEY) -> Settings:
+    return Settings(account=api.account, api_key=Secret(key), api_url=api.url, database_url=db_url)
+
+
+def cli_env(api: Sandbox, db_url: str, key: str = KEY) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XPLENTY_", "ARCHIVER_"))}
+    return env | {"XPLENTY_ACCOUNT_ID": api.account, "XPLENTY_API_KEY": key, "XPLENTY_API_URL": api.url,
+                  "ARCHIVER_DATABASE_URL": db_url}
+
+
+def archiver_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "archiver", *args]
+
+
+def run_archiver(api: Sandbox, db_url: str, *args: str, key: str = KEY, timeout: float = 120):
+    return subprocess.run(archiver_cmd(*args), env=cli_env(api, db_url, key), capture_output=True,
+                          text=True, timeout=timeout)

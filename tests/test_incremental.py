@@ -1,0 +1,198 @@
+"""`archiver sync --incremental`, `--refresh-open` and `archiver ingest`, against the sandbox."""
+
+import io
+import json
+import math
+
+import pytest
+from sqlalchemy import func, select
+
+from archiver import models
+from archiver.errors import InvalidPayload
+from archiver.payloads import read_payloads
+from archiver.sandbox import Sandbox
+from archiver.store import Archive
+from archiver.sync import IncrementalOptions, SyncOptions, ingest, sync_incremental, sync_refresh_open
+from tests.sandboxed import NOW, run_archiver, settings_for
+
+
+@pytest.fixture
+def api():
+    with Sandbox(jobs=1000, seed=5, now=NOW) as sandbox:
+        yield sandbox
+
+
+def stored(db_url, model=models.Job, column="id"):
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        values = conn.execute(select(model.__table__.c[column])).scalars().all()
+    archive.close()
+    return values
+
+
+def mark(db_url, scope=""):
+    archive = Archive.open(db_url, "sandbox")
+    value = archive.read_mark(scope)
+    archive.close()
+    return value
+
+
+def incremental(api, db_url, **inc):
+    return sync_incremental(settings_for(api, db_url), SyncOptions(), IncrementalOptions(**inc))
+
+
+def test_first_run_archives_everything_in_at_most_11_list_calls(api, db_url):
+    summary = incremental(api, db_url)
+    assert summary.exit_code == 0
+    assert summary.inserted == 1000 and sorted(stored(db_url)) == api.job_ids()
+    assert api.stats.by_endpoint["get_job"] == 0
+    assert api.stats.by_endpoint["list_jobs"] <= 11 and summary.credits_used <= 11
+    newest = max(api.job(i)["updated_at"] for i in api.job_ids())
+    assert mark(db_url).strftime("%Y-%m-%dT%H:%M:%SZ") == newest
+
+
+def test_second_run_reads_only_the_changes(api, db_url):
+    incremental(api, db_url)
+    api.stats.reset()
+    changed = api.job_ids()[200:205]
+    api.touch(changed)
+    summary = incremental(api, db_url)
+    assert api.stats.by_endpoint["list_jobs"] + api.stats.by_endpoint["get_job"] <= 2
+    assert summary.updated == 5 and summary.inserted == 0
+    assert len(stored(db_url)) == 1000
+
+
+def test_status_changes_are_picked_up_as_time_passes(api, sqlite_url):
+    incremental(api, sqlite_url)
+    open_before = {i for i in api.job_ids() if api.job(i)["status"] not in ("completed", "failed", "stopped")}
+    assert open_before
+    api.advance(6 * 3600)
+    summary = incremental(api, sqlite_url)
+    assert sorted(stored(sqlite_url)) == api.job_ids()
+    assert summary.inserted == len(api.job_ids()) - 1000
+    archive = Archive.open(sqlite_url)
+    with archive.engine.connect() as conn:
+        rows = conn.execute(select(models.Job.id, models.Job.status)).all()
+    archive.close()
+    assert {i: s for i, s in rows} == {i: api.job(i)["status"] for i in api.job_ids()}
+
+
+def test_max_credits_stops_cleanly_and_the_next_run_resumes(api, sqlite_url):
+    first = incremental_with(api, sqlite_url, SyncOptions(max_credits=3))
+    assert first.outcome == "budget" and first.exit_code == 0 and first.credits_used == 3
+    assert len(stored(sqlite_url)) == 300
+    rest = incremental(api, sqlite_url)
+    assert rest.inserted == 700 and sorted(stored(sqlite_url)) == api.job_ids()
+
+
+def incremental_with(api, db_url, options, **inc):
+    return sync_incremental(settings_for(api, db_url), options, IncrementalOptions(**inc))
+
+
+def test_since_override_and_full(api, sqlite_url):
+    incremental(api, sqlite_url)
+    api.stats.reset()
+    recent = sorted(api.job(i)["updated_at"] for i in api.job_ids())[-150]
+    from archiver.parse import parse_timestamp
+    summary = incremental(api, sqlite_url, since=parse_timestamp(recent))
+    assert 150 <= summary.requested <= 260 and summary.unchanged == summary.requested
+    full = incremental(api, sqlite_url, full=True)
+    assert full.unchanged == 1000 and full.inserted == 0
+
+
+def test_filtered_runs_keep_their_own_mark(api, sqlite_url):
+    summary = incremental(api, sqlite_url, status="failed")
+    failed = [i for i in api.job_ids() if api.job(i)["status"] == "failed"]
+    assert summary.inserted == len(failed) and sorted(stored(sqlite_url)) == failed
+    assert mark(sqlite_url) is None and mark(sqlite_url, "status=failed") is not None
+
+
+def test_an_update_landing_during_the_read_never_loses_a_job(api, sqlite_url, monkeypatch):
+    """A job read on page 1 and updated before page 3 moves to the end and shifts offsets."""
+    from archiver.client import XplentyClient
+    real = XplentyClient.list_jobs
+    calls = []
+
+    def list_jobs(self, params=None, url=None):
+        calls.append(1)
+        if len(calls) == 3:
+            first_page = sorted(api.job_ids(), key=lambda i: (api.job(i)["updated_at"], i))[:100]
+            api.touch(first_page[40:43])
+        return real(self, params, url)
+
+    monkeypatch.setattr(XplentyClient, "list_jobs", list_jobs)
+    summary = incremental(api, sqlite_url)
+    assert sorted(stored(sqlite_url)) == api.job_ids()
+    assert summary.inserted == 1000
+
+
+def test_refresh_open_refetches_unfinished_jobs(api, sqlite_url):
+    incremental(api, sqlite_url)
+    open_ids = sorted(i for i in api.job_ids() if api.job(i)["status"] not in ("completed", "failed", "stopped"))
+    api.stats.reset()
+    summary = sync_refresh_open(settings_for(api, sqlite_url), SyncOptions())
+    calls = api.stats.by_endpoint["list_jobs"] + api.stats.by_endpoint["get_job"]
+    assert summary.exit_code == 0 and 0 < calls <= len(open_ids)
+    assert summary.updated == 0 and summary.failed == 0
+
+
+def test_cli_incremental_then_kill_midway_then_rerun_archives_each_job_once(sqlite_url):
+    import signal
+    import subprocess
+    import time
+
+    from tests.sandboxed import archiver_cmd, cli_env
+
+    with Sandbox(jobs=1000, seed=9, now=NOW, latency_ms=30) as api:
+        proc = subprocess.Popen(archiver_cmd("sync", "--incremental"), env=cli_env(api, sqlite_url),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while api.stats.by_endpoint["list_jobs"] < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        partial = stored(sqlite_url)
+        assert len(partial) < 1000
+        again = run_archiver(api, sqlite_url, "sync", "--incremental", "--json")
+        assert again.returncode == 0, again.stderr
+        ids = stored(sqlite_url)
+        assert sorted(ids) == api.job_ids() and len(ids) == len(set(ids))
+        outcomes = stored(sqlite_url, models.SyncRun, "outcome")
+        assert outcomes == ["abandoned", "ok"]
+
+
+def test_ingest_json_lines_and_arrays_through_the_same_path(payload, db_url, tmp_path):
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text("\n".join(json.dumps(payload(n)) for n in
+                               ("job-v1-completed.json", "job-v1-failed.json")) + "\n{not json}\n")
+    from archiver.config import Settings
+    settings = Settings(account="acme", database_url=db_url)
+    with lines.open("rb") as f:
+        summary = ingest(settings, read_payloads(f), SyncOptions())
+    assert (summary.inserted, summary.failed, summary.exit_code) == (2, 1, 1)
+    array = io.BytesIO(json.dumps([payload("job-v2-failed-with-log-summary.json"),
+                                   payload("job-v1-completed.json")]).encode())
+    summary = ingest(settings, read_payloads(array), SyncOptions())
+    assert (summary.inserted, summary.unchanged) == (1, 1)
+    assert sorted(stored(db_url)) == [157, 304, 90412]
+
+
+def test_read_payloads_streams_large_arrays_in_chunks(payload, monkeypatch):
+    import archiver.payloads as payloads
+    monkeypatch.setattr(payloads, "CHUNK", 64)
+    items = [dict(payload("job-v1-completed.json"), id=i) for i in range(1, 30)]
+    got = list(read_payloads(io.BytesIO(json.dumps(items).encode())))
+    assert [g["id"] for g in got] == list(range(1, 30))
+    cut = list(read_payloads(io.BytesIO(json.dumps(items).encode()[:-300])))
+    assert isinstance(cut[-1], InvalidPayload) and all(isinstance(g, dict) for g in cut[:-1])
+
+
+def test_cli_ingest_from_stdin(payload, sqlite_url):
+    import subprocess
+    import sys
+    data = "\n".join(json.dumps(payload(n)) for n in ("job-v1-completed.json", "job-v1-failed.json"))
+    result = subprocess.run([sys.executable, "-m", "archiver", "ingest", "-", "--db", sqlite_url],
+                            input=data, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "inserted 2" in result.stdout
