@@ -50,6 +50,7 @@ class UTCDateTime(TypeDecorator):
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # autoincrement keys (SQLite needs INTEGER)
 Payload = JSON().with_variant(postgresql.JSONB(), "postgresql")
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")  # MySQL TEXT stops at 64 KB
 
 
 class Base(DeclarativeBase):
@@ -67,7 +68,7 @@ class Job(Base):
     outputs_count: Mapped[int | None] = mapped_column(BigInteger)
     package_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     cluster_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    errors: Mapped[str | None] = mapped_column(Text)
+    errors: Mapped[str | None] = mapped_column(LongText)
     url: Mapped[str | None] = mapped_column(Text)
     runtime_in_seconds: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -153,7 +154,7 @@ class SyncError(Base):
     kind: Mapped[str] = mapped_column(String(32))
     http_status: Mapped[int | None] = mapped_column(Integer)
     field: Mapped[str | None] = mapped_column(String(255))
-    message: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(LongText)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -241,7 +242,7 @@ class JobLogSummary(Base):
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
                                         primary_key=True, autoincrement=False)
     log_id: Mapped[int | None] = mapped_column(BigInteger)
-    error_summary: Mapped[str | None] = mapped_column(Text)
+    error_summary: Mapped[str | None] = mapped_column(LongText)
     action_items: Mapped[list | None] = mapped_column(Payload)
-    body: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(LongText)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -11,12 +11,14 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.resources import files
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -32,6 +34,8 @@ from archiver.errors import ArchiverError, SchemaOutOfDate
 from archiver.parse import TERMINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+TRANSACTION_ATTEMPTS = 5
 
 jobs_t = models.Job.__table__
 outputs_t = models.JobOutput.__table__
@@ -256,22 +260,31 @@ class Archive:
             getattr(result, _bucket(decide(stored.get(job.id), job))).append(job.id)
         return unique, result
 
-    def write_jobs(self, jobs: Sequence[Job], run_id: int | None = None,
-                   after: "Any | None" = None) -> BatchResult:
-        """Write a batch in one transaction (retried on deadlock); `after(conn)` runs inside it."""
-        unique = newest_per_id(jobs)
-        for attempt in range(5):
+    def transact(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction, retried whole on a deadlock or lock timeout."""
+        for attempt in range(TRANSACTION_ATTEMPTS):
             try:
                 with self.engine.begin() as conn:
-                    result = self._write(conn, unique, run_id)
-                    if after is not None:
-                        after(conn)
-                    return result
+                    return work(conn)
             except Exception as exc:
-                if not dialect.is_retryable(exc) or attempt == 4:
+                if not dialect.is_retryable(exc) or attempt == TRANSACTION_ATTEMPTS - 1:
                     raise
-                log.warning("transaction conflict (%s); retrying the batch", type(exc).__name__)
+                log.warning("transaction conflict (%s); retrying it", describe_error(exc))
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def write_jobs(self, jobs: Sequence[Job], run_id: int | None = None,
+                   after: Callable[[Connection], None] | None = None) -> BatchResult:
+        """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) commits with it."""
+        unique = newest_per_id(jobs)
+
+        def work(conn: Connection) -> BatchResult:
+            result = self._write(conn, unique, run_id)
+            if after is not None:
+                after(conn)
+            return result
+
+        return self.transact(work)
 
     def _write(self, conn: Connection, jobs: list[Job], run_id: int | None) -> BatchResult:
         now = utcnow()
@@ -388,30 +401,29 @@ class Archive:
     # runs
     def start_run(self, mode: str, requested: int = 0) -> int:
         """Open a sync_runs row; any older run still marked running is abandoned (we hold the lock)."""
-        with self.engine.begin() as conn:
-            conn.execute(update(runs_t)
-                         .where(runs_t.c.outcome == "running", _same_account(self.account))
-                         .values(outcome="abandoned", message="the process ended without finishing the run"))
-            row = {"account_id": self.account, "started_at": utcnow(), "mode": mode, "requested": requested,
-                   "outcome": "running", "pid": os.getpid(), "hostname": socket.gethostname()[:255],
-                   "archiver_version": __version__,
-                   **{c: 0 for c in ("inserted", "updated", "unchanged", "stale", "not_found", "failed",
-                                     "credits_used", "api_calls")}}
-            return conn.execute(runs_t.insert().values(**row)).inserted_primary_key[0]
+        return self.transact(lambda conn: self._start_run(conn, mode, requested))
 
-    def update_run(self, run_id: int, conn: Connection | None = None, **values: Any) -> None:
-        if conn is None:
-            with self.engine.begin() as own:
-                own.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
-        else:
-            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+    def _start_run(self, conn: Connection, mode: str, requested: int) -> int:
+        conn.execute(update(runs_t)
+                     .where(runs_t.c.outcome == "running", _same_account(self.account))
+                     .values(outcome="abandoned", message="the process ended without finishing the run"))
+        row = {"account_id": self.account, "started_at": utcnow(), "mode": mode, "requested": requested,
+               "outcome": "running", "pid": os.getpid(), "hostname": socket.gethostname()[:255],
+               "archiver_version": __version__,
+               **{c: 0 for c in ("inserted", "updated", "unchanged", "stale", "not_found", "failed",
+                                 "credits_used", "api_calls")}}
+        return conn.execute(runs_t.insert().values(**row)).inserted_primary_key[0]
 
-    def record_errors(self, run_id: int, errors: Sequence[dict]) -> None:
-        if not errors:
-            return
+    def finish_run(self, run_id: int, errors: Sequence[dict], **values: Any) -> None:
+        """Close the run's row and record the jobs it could not archive, in one transaction."""
         now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(errors_t.insert(), [{"run_id": run_id, "occurred_at": now, **e} for e in errors])
+
+        def work(conn: Connection) -> None:
+            if errors:
+                conn.execute(errors_t.insert(), [{"run_id": run_id, "occurred_at": now, **e} for e in errors])
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(finished_at=now, **values))
+
+        self.transact(work)
 
 
 def _same_account(account: str | None):

@@ -20,7 +20,7 @@ from archiver.config import Settings
 from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              InvalidPayload, NotFound, RateLimited)
 from archiver.parse import OPEN_STATUSES, Job, parse_job
-from archiver.store import Archive, BatchResult, describe_error, utcnow
+from archiver.store import Archive, BatchResult, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -503,8 +503,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
     try:
-        archive.record_errors(summary.run_id, summary.errors)
-        archive.update_run(summary.run_id, finished_at=utcnow(), outcome=summary.outcome,
+        archive.finish_run(summary.run_id, summary.errors, outcome=summary.outcome,
                            message=summary.message, **{k: getattr(summary, k) for k in (
                                "requested", "inserted", "updated", "unchanged", "stale", "not_found",
                                "failed", "credits_used", "api_calls")})

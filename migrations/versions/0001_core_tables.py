@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
-from archiver.models import Payload, UTCDateTime
+from archiver.models import LongText, Payload, UTCDateTime
 
 revision = "0001"
 down_revision = None
@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("outputs_count", sa.BigInteger()),
         sa.Column("package_id", sa.BigInteger()),
         sa.Column("cluster_id", sa.BigInteger()),
-        sa.Column("errors", sa.Text()),
+        sa.Column("errors", LongText),
         sa.Column("url", sa.Text()),
         sa.Column("runtime_in_seconds", sa.BigInteger()),
         sa.Column("created_at", UTCDateTime()),

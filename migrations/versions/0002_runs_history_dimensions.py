@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
-from archiver.models import BigId, Payload, UTCDateTime
+from archiver.models import BigId, LongText, Payload, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"
@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("http_status", sa.Integer()),
         sa.Column("field", sa.String(255)),
-        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("message", LongText, nullable=False),
         sa.Column("occurred_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(["run_id"], ["sync_runs.id"], name="fk_sync_errors_run_id_sync_runs",
                                 ondelete="CASCADE"),
@@ -132,9 +132,9 @@ def upgrade() -> None:
         "job_log_summaries",
         sa.Column("job_id", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("log_id", sa.BigInteger()),
-        sa.Column("error_summary", sa.Text()),
+        sa.Column("error_summary", LongText),
         sa.Column("action_items", Payload),
-        sa.Column("body", sa.Text()),
+        sa.Column("body", LongText),
         sa.Column("created_at", UTCDateTime()),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_job_log_summaries_job_id_jobs",
                                 ondelete="CASCADE"),

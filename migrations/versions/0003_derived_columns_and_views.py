@@ -18,6 +18,7 @@ branch_labels = None
 depends_on = None
 
 TERMINAL = "('completed', 'failed', 'stopped')"
+# 1e0 is a floating-point literal everywhere: MySQL's decimal division keeps only 4 digits.
 
 JOB_RUNS = f"""
 SELECT j.id AS job_id, j.account_id, j.package_id, p.name AS package_name,
@@ -35,17 +36,17 @@ LEFT JOIN creators cr ON cr.type = j.creator_type AND cr.id = j.creator_id
 """
 
 DAILY_PACKAGE_STATS = """
-SELECT day, package_id, MAX(package_name) AS package_name,
+SELECT account_id, day, package_id, MAX(package_name) AS package_name,
        COUNT(*) AS jobs,
        SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed,
        SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
        SUM(CASE WHEN status = 'stopped' THEN 1 ELSE 0 END) AS stopped,
-       SUM(CASE WHEN status = 'failed' THEN 1.0 ELSE 0.0 END)
+       SUM(CASE WHEN status = 'failed' THEN 1e0 ELSE 0e0 END)
            / NULLIF(SUM(is_terminal), 0) AS failure_rate,
-       AVG(CASE WHEN is_terminal = 1 THEN run_seconds END) AS avg_runtime_seconds,
+       AVG(CASE WHEN is_terminal = 1 THEN run_seconds * 1e0 END) AS avg_runtime_seconds,
        MAX(CASE WHEN is_terminal = 1 THEN run_seconds END) AS max_runtime_seconds
 FROM job_runs
-GROUP BY day, package_id
+GROUP BY account_id, day, package_id
 """
 
 JOB_FAILURES = """
@@ -58,31 +59,36 @@ LEFT JOIN job_log_summaries s ON s.job_id = r.job_id
 WHERE r.status = 'failed'
 """
 
-# A scheduled run is the first attempt (attempt 0) of a schedule and package and the
-# retries that follow it; run_seq numbers the runs, the last attempt gives the outcome.
+# A scheduled run is a schedule's first attempt (attempt 0) of a package and the retries
+# that follow it. A retry belongs to the latest failed first attempt of the same schedule
+# and package created before it (retries are only queued after a failure).
 SCHEDULE_ATTEMPTS = """
-SELECT creator_id AS schedule_id, creator_name AS schedule_name, package_id, package_name,
-       run_seq, first_job_id, job_id AS last_job_id, scheduled_at, ended_at,
+SELECT account_id, creator_id AS schedule_id, creator_name AS schedule_name, package_id,
+       package_name, run_job_id AS first_job_id, job_id AS last_job_id, scheduled_at, ended_at,
        attempts, failed_attempts, status AS final_status,
        CASE WHEN status = 'completed' AND failed_attempts > 0 THEN 'recovered_on_retry'
             ELSE status END AS outcome
 FROM (
     SELECT n.*,
-           ROW_NUMBER() OVER (PARTITION BY creator_id, package_id, run_seq
+           ROW_NUMBER() OVER (PARTITION BY run_job_id
                               ORDER BY attempt DESC, created_at DESC, job_id DESC) AS from_last,
-           COUNT(*) OVER (PARTITION BY creator_id, package_id, run_seq) AS attempts,
+           COUNT(*) OVER (PARTITION BY run_job_id) AS attempts,
            SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END)
-               OVER (PARTITION BY creator_id, package_id, run_seq) AS failed_attempts,
-           MIN(job_id) OVER (PARTITION BY creator_id, package_id, run_seq) AS first_job_id,
-           MIN(created_at) OVER (PARTITION BY creator_id, package_id, run_seq) AS scheduled_at
+               OVER (PARTITION BY run_job_id) AS failed_attempts,
+           MIN(created_at) OVER (PARTITION BY run_job_id) AS scheduled_at
     FROM (
         SELECT r.*,
-               SUM(CASE WHEN r.attempt = 0 THEN 1 ELSE 0 END)
-                   OVER (PARTITION BY r.creator_id, r.package_id ORDER BY r.created_at, r.job_id
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run_seq
+               CASE WHEN r.attempt = 0 THEN r.job_id ELSE (
+                   SELECT MAX(f.job_id) FROM job_runs f
+                   WHERE f.creator_type = 'Schedule' AND f.creator_id = r.creator_id
+                     AND f.package_id = r.package_id AND f.attempt = 0 AND f.status = 'failed'
+                     AND f.created_at <= r.created_at AND f.job_id < r.job_id
+                     AND (f.account_id = r.account_id OR f.account_id IS NULL AND r.account_id IS NULL))
+               END AS run_job_id
         FROM job_runs r
         WHERE r.creator_type = 'Schedule'
     ) n
+    WHERE run_job_id IS NOT NULL
 ) ranked
 WHERE from_last = 1
 """

@@ -1,0 +1,13 @@
+"""A local stand-in for the Xplenty (Integrate.io) jobs API, for tests and demos.
+
+    with Sandbox(jobs=2000, seed=7) as api:
+        requests.get(f"{api.url}/{api.account}/api/jobs", auth=("sandbox-key", ""))
+
+history.py generates a deterministic job history whose state follows the
+sandbox clock; render.py turns it into v1/v2 payloads; server.py serves them
+with rate limiting and injected faults (faults.py).
+"""
+from .faults import SandboxStats
+from .server import Sandbox, serve
+
+__all__ = ["Sandbox", "SandboxStats", "serve"]

@@ -1,0 +1,470 @@
+"""The sandbox's deterministic job history.
+
+A job is a *plan*: a time line fixed when it is generated (created -> pending
+-> queued -> started -> ended, or a stop request on the way). The status a
+client sees is read off the plan at the sandbox clock, so moving the clock
+finishes running jobs and makes newly created ones appear without any
+bookkeeping.
+
+Times inside the history are *history seconds*: integers where 0 is the first
+job's creation. `History.offset` maps them to Unix time. Plans are stored
+column-wise in arrays (about 100 bytes a job) and payloads are rendered per
+request (render.py).
+
+The generator runs forward in time, forever: the first `jobs` plans end at the
+start clock (the *anchor*); the ones after it are the future the clock walks
+into. It is extended on demand, from the same random stream, so the history
+is the same however far and in which steps the clock is moved.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import threading
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import islice
+from typing import Iterator, NamedTuple
+
+from .catalog import DAY, ERRORS, Catalog, build_catalog
+
+STATUSES = ("idle", "pending", "queued", "running", "completed", "failed",
+            "pending_stoppage", "stopping", "stopped")
+(IDLE, PENDING, QUEUED, RUNNING, COMPLETED, FAILED,
+ PENDING_STOPPAGE, STOPPING, STOPPED) = range(len(STATUSES))
+TERMINAL = frozenset({COMPLETED, FAILED, STOPPED})
+
+CREATED_BY_USER, CREATED_BY_SCHEDULE = 0, 1
+NO_TIME = -1                      # in time columns: "never happens"
+STOP_ERROR = len(ERRORS)          # error index of the "stopped by user" text
+FULL_HISTORY_SPAN = 60 * DAY      # a large history spans about this
+BUSIEST_MEAN_GAP = 600            # ...but a small one is the recent past of a ~6 jobs/hour account
+FUTURE_HORIZON = DAY              # plans are generated this far past the clock
+KEPT_RUNNING = 3                  # the last jobs before the start clock are kept unfinished
+
+# column name -> array type code
+_COLUMNS = (
+    ("id", "q"), ("created", "q"), ("pending_at", "q"), ("queued_at", "q"),
+    ("started", "q"), ("stop_requested", "q"), ("stopping_at", "q"), ("ended", "q"),
+    ("planned_runtime", "q"), ("final", "b"), ("package", "h"), ("cluster", "h"),
+    ("creator_kind", "b"), ("creator", "h"), ("owner", "h"), ("attempts", "b"),
+    ("max_attempts", "b"), ("error", "b"), ("failed_at_null", "b"), ("seed", "L"),
+    ("first_output_id", "q"),
+)
+
+
+class JobPlan(NamedTuple):
+    """One job's fixed time line and attributes (indices point into the Catalog)."""
+    id: int
+    created: int
+    pending_at: int
+    queued_at: int
+    started: int            # NO_TIME if stopped before it started
+    stop_requested: int     # NO_TIME unless the final status is stopped
+    stopping_at: int
+    ended: int              # when it reached its final status
+    planned_runtime: int    # run time it would have needed to complete
+    final: int              # status code
+    package: int
+    cluster: int
+    creator_kind: int
+    creator: int            # user or schedule index
+    owner: int              # user index
+    attempts: int
+    max_attempts: int
+    error: int              # index into ERRORS, STOP_ERROR, or -1
+    failed_at_null: int     # 1: a failed job reported with failed_at null (as some API examples do)
+    seed: int               # seeds the per-job details drawn at render time
+    first_output_id: int
+
+
+class JobState(NamedTuple):
+    """What a job looks like at one clock second."""
+    status: str
+    updated: int            # history seconds
+    started: int | None
+    progress: float
+    runtime: int
+
+
+class JobTable:
+    """Plans stored column-wise; `table[i]` gives back a JobPlan."""
+
+    def __init__(self) -> None:
+        self._columns = tuple(array(code) for _, code in _COLUMNS)
+        by_name = dict(zip((name for name, _ in _COLUMNS), self._columns))
+        self.ids, self.created, self.ended = by_name["id"], by_name["created"], by_name["ended"]
+        self.final, self.package = by_name["final"], by_name["package"]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> JobPlan:
+        return JobPlan._make(column[index] for column in self._columns)
+
+    def append(self, plan: JobPlan) -> None:
+        for column, value in zip(self._columns, plan):
+            column.append(value)
+
+    def replace(self, index: int, plan: JobPlan) -> None:
+        for column, value in zip(self._columns, plan):
+            column[index] = value
+
+
+def phase_at(plan: JobPlan, t: int) -> tuple[int, int]:
+    """(status code, time it was entered) of a job that exists at t."""
+    if t >= plan.ended:
+        return plan.final, plan.ended
+    if plan.stop_requested != NO_TIME and t >= plan.stop_requested:
+        if t >= plan.stopping_at:
+            return STOPPING, plan.stopping_at
+        return PENDING_STOPPAGE, plan.stop_requested
+    if plan.started != NO_TIME and t >= plan.started:
+        return RUNNING, plan.started
+    if t >= plan.queued_at:
+        return QUEUED, plan.queued_at
+    if t >= plan.pending_at:
+        return PENDING, plan.pending_at
+    return IDLE, plan.created
+
+
+def work_ended_at(plan: JobPlan) -> int:
+    """When the job stopped making progress: failure, stop request or completion."""
+    if plan.final == FAILED:
+        return plan.ended - 1
+    if plan.final == STOPPED:
+        return plan.stop_requested
+    return plan.ended
+
+
+def state_at(plan: JobPlan, t: int, touched: int | None = None) -> JobState:
+    code, entered = phase_at(plan, t)
+    updated = entered if touched is None else max(entered, touched)
+    started = plan.started if plan.started != NO_TIME and t >= plan.started else None
+    if started is None:
+        return JobState(STATUSES[code], updated, None, 0, 0)
+    runtime = min(t, plan.ended) - started
+    if code == COMPLETED:
+        return JobState(STATUSES[code], updated, started, 1, runtime)
+    worked = min(t, work_ended_at(plan)) - started
+    progress = min(0.99, round(worked / max(plan.planned_runtime, 1), 2))
+    return JobState(STATUSES[code], updated, started, progress if progress > 0 else 0, runtime)
+
+
+class _Run(NamedTuple):
+    """Who runs what: the part of a job a retry copies from the run it retries."""
+    package: int
+    cluster: int
+    schedule: int           # -1: run by a user
+    owner: int
+    attempts: int
+    max_attempts: int
+
+
+class _Generator:
+    """Produces job plans in creation order, forever, from one random stream.
+
+    Arrivals are a Poisson stream over the packages (by weight); a failed
+    scheduled run whose schedule retries queues a retry run a few minutes
+    after it failed, which is created in its turn like any other job.
+    """
+
+    def __init__(self, rng: random.Random, catalog: Catalog, mean_gap: float,
+                 must_succeed: range) -> None:
+        self.rng, self.catalog, self.mean_gap = rng, catalog, mean_gap
+        self.must_succeed = must_succeed
+        self.count = 0
+        self.next_id = 10_000 + rng.randint(0, 99)
+        self.next_output_id = 500_000 + rng.randint(0, 999)
+        self.next_arrival = self._gap()
+        self.retries: list[tuple[int, int, _Run]] = []   # heap of (created, count, retry)
+        self.package_order = range(len(catalog.packages))
+        total = 0.0
+        self.cumulative_weights = [total := total + w for w in catalog.package_weights]
+
+    def peek_time(self) -> int:
+        """Creation time of the next job."""
+        if self.retries and self.retries[0][0] <= self.next_arrival:
+            return self.retries[0][0]
+        return self.next_arrival
+
+    def next_plan(self) -> JobPlan:
+        if self.retries and self.retries[0][0] <= self.next_arrival:
+            created, _, run = heapq.heappop(self.retries)
+        else:
+            created, run = self.next_arrival, self._new_run()
+            self.next_arrival += self._gap()
+        plan = self._plan(created, run)
+        self.count += 1
+        return plan
+
+    def _gap(self) -> int:
+        return 1 + int(self.rng.expovariate(1 / self.mean_gap))
+
+    def _new_run(self) -> _Run:
+        """A first run (attempts 0) of a package picked by weight, by its schedule or a user."""
+        rng, catalog = self.rng, self.catalog
+        index = rng.choices(self.package_order, cum_weights=self.cumulative_weights)[0]
+        package = catalog.packages[index]
+        cluster = package.spec.cluster if rng.random() < 0.9 else rng.randrange(len(catalog.clusters))
+        if package.schedule is not None and rng.random() < 0.85:
+            schedule = catalog.schedules[package.schedule]
+            return _Run(index, cluster, package.schedule, schedule.owner, 0, schedule.retries)
+        user = package.owner if rng.random() < 0.6 else rng.randrange(len(catalog.users))
+        return _Run(index, cluster, -1, user, 0, 0)
+
+    def _plan(self, created: int, run: _Run) -> JobPlan:
+        rng = self.rng
+        spec = self.catalog.packages[run.package].spec
+        pending_at = created + rng.randint(1, 4)
+        queued_at = pending_at + rng.randint(5, 40)
+        wait = 5 + int(rng.expovariate(1 / 45)) + (rng.randint(300, 1500) if rng.random() < 0.05 else 0)
+        planned = min(4 * 3600, max(15, int(spec.runtime_s * math.exp(rng.gauss(0, 0.45)))))
+        started, stop_requested, stopping_at, ended, final = self._outcome(
+            spec.failure_rate, queued_at, queued_at + wait, planned)
+        error, failed_at_null = self._error(final, spec.errors)
+        plan = JobPlan(
+            id=self.next_id, created=created, pending_at=pending_at, queued_at=queued_at,
+            started=started, stop_requested=stop_requested, stopping_at=stopping_at, ended=ended,
+            planned_runtime=planned, final=final, package=run.package, cluster=run.cluster,
+            creator_kind=CREATED_BY_SCHEDULE if run.schedule >= 0 else CREATED_BY_USER,
+            creator=run.schedule if run.schedule >= 0 else run.owner, owner=run.owner,
+            attempts=run.attempts, max_attempts=run.max_attempts, error=error,
+            failed_at_null=failed_at_null, seed=rng.getrandbits(32),
+            first_output_id=self.next_output_id)
+        self.next_id += rng.randint(1, 3)
+        self.next_output_id += len(spec.outputs) + rng.randint(0, 3)
+        self._queue_retry(plan, run)
+        return plan
+
+    def _outcome(self, failure_rate: float, queued_at: int, started: int,
+                 planned: int) -> tuple[int, int, int, int, int]:
+        """(started, stop_requested, stopping_at, ended, final status)."""
+        rng = self.rng
+        roll = rng.random()
+        if self.count in self.must_succeed:
+            roll = 1.0
+        if roll < failure_rate:
+            ended = started + max(5, int(planned * rng.uniform(0.05, 0.95))) + 1
+            return started, NO_TIME, NO_TIME, ended, FAILED
+        if roll < failure_rate + 0.03:
+            if rng.random() < 0.2:   # stopped while still queued: never started
+                stop = queued_at + rng.randrange(started - queued_at)
+                started = NO_TIME
+            else:
+                stop = started + int(planned * rng.uniform(0.05, 0.9))
+            stopping = stop + rng.randint(1, 5)
+            return started, stop, stopping, stopping + rng.randint(3, 40), STOPPED
+        return started, NO_TIME, NO_TIME, started + planned, COMPLETED
+
+    def _error(self, final: int, errors: tuple[int, ...]) -> tuple[int, int]:
+        """(error index, failed_at_null)."""
+        if final == FAILED:
+            return self.rng.choice(errors), int(self.rng.random() < 0.08)
+        if final == STOPPED and self.rng.random() < 0.4:
+            return STOP_ERROR, 0
+        return -1, 0
+
+    def _queue_retry(self, plan: JobPlan, run: _Run) -> None:
+        if plan.final == FAILED and run.schedule >= 0 and run.attempts < run.max_attempts:
+            retry = run._replace(attempts=run.attempts + 1)
+            created = plan.ended + self.rng.randint(60, 600)
+            heapq.heappush(self.retries, (created, self.count, retry))
+
+
+class View:
+    """Status code and updated_at (history seconds) of every job existing at one clock second."""
+
+    def __init__(self, status: list[int], updated: list[int]) -> None:
+        self.status, self.updated = status, updated
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    @cached_property
+    def by_updated(self) -> list[int]:
+        """Job indices by (updated_at, id); the sort is stable and indices follow ids."""
+        return sorted(range(len(self.updated)), key=self.updated.__getitem__)
+
+    @cached_property
+    def updated_sorted(self) -> list[int]:
+        return [self.updated[i] for i in self.by_updated]
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    status: str | None = None        # None: all
+    sort: str = "created"            # or "updated"
+    direction: str = "desc"          # or "asc"
+    since: float | None = None       # Unix time; only jobs updated at or after it
+    offset: int = 0
+    limit: int = 20
+    package_id: int | None = None
+
+
+class History:
+    """All jobs of the sandbox account, past and future, readable at any clock time.
+
+    Public methods take Unix times (floats) and are thread-safe.
+    """
+
+    def __init__(self, jobs: int, seed: int, start: float) -> None:
+        rng = random.Random(seed)
+        self.catalog = build_catalog(rng)
+        self.table = JobTable()
+        self._latest_end = array("q")   # running maximum of `ended`: jobs before a point are all finished
+        self._index: dict[int, int] = {}
+        self._touched: dict[int, int] = {}   # job index -> history second it was touched
+        self._lock = threading.RLock()
+        self._view_key: tuple[int, int] | None = None   # (clock second, touch count)
+        self._touches = 0
+        self._view: View | None = None
+        self._package_index = {p.id: i for i, p in enumerate(self.catalog.packages)}
+        mean_gap = min(FULL_HISTORY_SPAN / max(jobs, 1), BUSIEST_MEAN_GAP)
+        self._gen = _Generator(rng, self.catalog, mean_gap, range(jobs - KEPT_RUNNING, jobs))
+        for _ in range(jobs):
+            self._append(self._gen.next_plan())
+        anchor = self._anchor()
+        self.offset = math.floor(start) - anchor
+        self._keep_last_jobs_running(anchor)
+        self._generate_until(anchor + FUTURE_HORIZON)
+
+    # -- generation -------------------------------------------------------
+    def _append(self, plan: JobPlan) -> None:
+        self._index[plan.id] = len(self.table)
+        self.table.append(plan)
+        previous = self._latest_end[-1] if self._latest_end else plan.ended
+        self._latest_end.append(max(previous, plan.ended))
+
+    def _anchor(self) -> int:
+        """History second of the start clock: just after the last initial job, before the next."""
+        if not len(self.table):
+            return 0
+        last, following = self.table.created[-1], self._gen.peek_time()
+        return last + min(self._gen.rng.randint(0, 45), (following - last) // 2)
+
+    def _keep_last_jobs_running(self, anchor: int) -> None:
+        """Stretch the last few initial runs so the start clock always has some in flight.
+
+        These runs were generated as successes (no retries hang off them), so
+        lengthening them changes nothing else.
+        """
+        for index in range(max(0, len(self.table) - KEPT_RUNNING), len(self.table)):
+            plan = self.table[index]
+            if plan.started != NO_TIME and plan.started <= anchor and plan.ended <= anchor:
+                ended = anchor + self._gen.rng.randint(120, 1800)
+                self.table.replace(index, plan._replace(ended=ended, planned_runtime=ended - plan.started))
+        self._latest_end = array("q")
+        for ended in self.table.ended:
+            self._latest_end.append(max(self._latest_end[-1], ended) if self._latest_end else ended)
+
+    def _generate_until(self, t: int) -> None:
+        while self._gen.peek_time() <= t:
+            self._append(self._gen.next_plan())
+
+    def _at(self, when: float) -> int:
+        """History second of a Unix time, with plans generated well past it."""
+        t = math.floor(when) - self.offset
+        if self._gen.peek_time() <= t + FUTURE_HORIZON // 2:
+            self._generate_until(t + FUTURE_HORIZON)
+        return t
+
+    # -- reading ------------------------------------------------------------
+    def existing_count(self, when: float) -> int:
+        with self._lock:
+            return bisect_right(self.table.created, self._at(when))
+
+    def job_ids(self, when: float) -> list[int]:
+        with self._lock:
+            return self.table.ids[:self.existing_count(when)].tolist()
+
+    def find(self, job_id: int, when: float) -> int | None:
+        """Index of the job if it exists at that time."""
+        with self._lock:
+            index = self._index.get(job_id)
+            if index is None or self.table.created[index] > self._at(when):
+                return None
+            return index
+
+    def plan(self, index: int) -> JobPlan:
+        with self._lock:
+            return self.table[index]
+
+    def state(self, index: int, when: float) -> JobState:
+        with self._lock:
+            return state_at(self.table[index], self._at(when), self._touched.get(index))
+
+    def touch(self, job_ids, when: float) -> None:
+        """Mark jobs changed at `when`. Raises KeyError (and touches none) if one does not exist."""
+        with self._lock:
+            indices = [self.find(int(job_id), when) for job_id in job_ids]
+            missing = [job_id for job_id, index in zip(job_ids, indices) if index is None]
+            if missing:
+                raise KeyError(f"no such job: {missing}")
+            t = self._at(when)
+            for index in indices:
+                self._touched[index] = t
+            self._touches += 1
+
+    def view(self, when: float) -> View:
+        with self._lock:
+            t = self._at(when)
+            key = (t, self._touches)
+            if key != self._view_key or self._view is None:
+                self._view, self._view_key = self._build_view(t), key
+            return self._view
+
+    def _build_view(self, t: int) -> View:
+        existing = bisect_right(self.table.created, t)
+        settled = min(bisect_right(self._latest_end, t), existing)
+        status = self.table.final[:settled].tolist()
+        updated = self.table.ended[:settled].tolist()
+        for index in range(settled, existing):
+            code, entered = phase_at(self.table[index], t)
+            status.append(code)
+            updated.append(entered)
+        for index, touched in self._touched.items():
+            if index < existing and touched > updated[index]:
+                updated[index] = touched
+        return View(status, updated)
+
+    # -- listing ------------------------------------------------------------
+    def select(self, query: ListQuery, when: float) -> tuple[list[int], bool]:
+        """One page of job indices for List jobs, and whether more follow."""
+        view = self.view(when)
+        since = None if query.since is None else math.ceil(query.since) - self.offset
+        keep = self._filter(view, query, since)
+        ordered = self._ordered(view, query, since)
+        page = list(islice(filter(keep, ordered) if keep else ordered,
+                           query.offset, query.offset + query.limit + 1))
+        return page[:query.limit], len(page) > query.limit
+
+    def _ordered(self, view: View, query: ListQuery, since: int | None) -> Iterator[int]:
+        if query.sort == "created":
+            indices = range(len(view))
+            return iter(indices) if query.direction == "asc" else reversed(indices)
+        first = 0 if since is None else bisect_left(view.updated_sorted, since)
+        positions = range(first, len(view))
+        if query.direction == "desc":
+            positions = reversed(positions)
+        return map(view.by_updated.__getitem__, positions)
+
+    def _filter(self, view: View, query: ListQuery, since: int | None):
+        """A predicate on job indices, or None when every job qualifies."""
+        tests = []
+        if query.status is not None:
+            code = STATUSES.index(query.status)
+            tests.append(lambda i: view.status[i] == code)
+        if query.package_id is not None:
+            package = self._package_index.get(query.package_id, -1)
+            tests.append(lambda i: self.table.package[i] == package)
+        if since is not None and query.sort == "created":   # sort=updated starts at `since` instead
+            tests.append(lambda i: view.updated[i] >= since)
+        if not tests:
+            return None
+        if len(tests) == 1:
+            return tests[0]
+        return lambda i: all(test(i) for test in tests)

@@ -1,0 +1,540 @@
+"""The sandbox HTTP server: a local stand-in for the Xplenty jobs API.
+
+`Sandbox` owns a generated History, a clock, the rate limiter and the fault
+injector, and serves them over HTTP/1.1 with keep-alive from a
+ThreadingHTTPServer (one daemon thread per connection).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, NamedTuple
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from .faults import FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
+from .history import STATUSES, History, ListQuery
+from .render import Renderer
+
+CONTENT_TYPE = "application/vnd.xplenty+json; charset=utf-8"
+MEDIA_TYPE = "application/vnd.xplenty+json"
+MAX_LIMIT = 100
+NOT_FOUND = {"message": "Item not found."}
+
+
+class Reply(NamedTuple):
+    status: int
+    body: object                   # JSON-able, or bytes sent as they are
+    headers: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------------------
+# request parsing
+
+def parse_time(text: str) -> float:
+    """ISO 8601 with Z or an offset (naive means UTC) -> Unix time.
+
+    A '+' in an unencoded query string arrives as a space; put it back if that helps.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        value = datetime.fromisoformat(text.strip().replace(" ", "+"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def _choice(params: dict[str, list[str]], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = params.get(name, [default])[-1]
+    if value not in allowed:
+        raise ValueError(f"Invalid {name} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _integer(params: dict[str, list[str]], name: str, default: int | None, minimum: int) -> int | None:
+    if name not in params:
+        return default
+    text = params[name][-1]
+    if not text.isdigit() or int(text) < minimum:
+        raise ValueError(f"Invalid {name} {text!r}: expected an integer >= {minimum}")
+    return int(text)
+
+
+def parse_list_query(params: dict[str, list[str]]) -> ListQuery:
+    """List jobs parameters -> ListQuery; ValueError (-> 400) names the bad one."""
+    status = _choice(params, "status", STATUSES + ("all",), "all")
+    since = None
+    if "since" in params:
+        try:
+            since = parse_time(params["since"][-1])
+        except ValueError:
+            raise ValueError(f"Invalid since {params['since'][-1]!r}: expected an ISO 8601 time") from None
+    return ListQuery(
+        status=None if status == "all" else status,
+        sort=_choice(params, "sort", ("created", "updated"), "created"),
+        direction=_choice(params, "direction", ("asc", "desc"), "desc"),
+        since=since,
+        offset=_integer(params, "offset", 0, 0),
+        limit=min(_integer(params, "limit", 20, 1), MAX_LIMIT),
+        package_id=_integer(params, "package_id", None, 0),
+    )
+
+
+def api_version(accept: str | None, default: int) -> int | None:
+    """The version an Accept header asks for; None if it names one we do not serve."""
+    for media_range in (accept or "").split(","):
+        media, *options = (part.strip() for part in media_range.split(";"))
+        if media.lower() != MEDIA_TYPE:
+            continue
+        for option in options:
+            name, _, value = option.partition("=")
+            if name.strip().lower() == "version":
+                return int(value) if value.strip() in ("1", "2") else None
+        return default
+    return default   # */*, application/json or nothing: be lenient
+
+
+def link_header(base: str, path: str, params: dict[str, list[str]], query: ListQuery,
+                has_more: bool) -> str | None:
+    """RFC 5988 Link header with absolute next/prev page URLs (same parameters, other offset)."""
+    def page(offset: int) -> str:
+        fields = {**params, "offset": [str(offset)], "limit": [str(query.limit)]}
+        if query.since is not None:   # canonical form: no '+' to get mangled on the way back
+            moment = datetime.fromtimestamp(query.since, timezone.utc)
+            fields["since"] = [moment.isoformat().replace("+00:00", "Z")]
+        return f"<{base}{path}?{urlencode(fields, doseq=True)}>"
+    links = []
+    if has_more:
+        links.append(f'{page(query.offset + query.limit)}; rel="next"')
+    if query.offset > 0:
+        links.append(f'{page(max(0, query.offset - query.limit))}; rel="prev"')
+    return ", ".join(links) or None
+
+
+# ---------------------------------------------------------------------------
+# routing
+
+class Route(NamedTuple):
+    method: str
+    pattern: re.Pattern
+    endpoint: str
+    handler: str     # name of a _Handler method
+
+
+def _route(method: str, pattern: str, endpoint: str, handler: str) -> Route:
+    return Route(method, re.compile(pattern), endpoint, handler)
+
+
+_ACCOUNT = r"/(?P<account>[^/]+)/api"
+ROUTES = (
+    _route("GET", r"/_sandbox/stats", "control", "control_stats"),
+    _route("POST", r"/_sandbox/stats/reset", "control", "control_reset_stats"),
+    _route("POST", r"/_sandbox/advance", "control", "control_advance"),
+    _route("POST", r"/_sandbox/touch", "control", "control_touch"),
+    _route("GET", r"/rate_limit_status", "rate_limit_status", "rate_limit_status"),
+    _route("GET", _ACCOUNT + r"/rate_limit_status", "rate_limit_status", "rate_limit_status"),
+    _route("GET", _ACCOUNT + r"/jobs", "list_jobs", "list_jobs"),
+    _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)", "get_job", "get_job"),
+    _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)/log", "job_log", "job_log"),
+    _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)/variables", "job_variables", "job_variables"),
+)
+
+
+def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str]]:
+    for route in ROUTES:
+        found = route.pattern.fullmatch(path)
+        if found and route.method == method:
+            return route, found.groupdict()
+    return None, {}
+
+
+# ---------------------------------------------------------------------------
+# the handler
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True    # without it keep-alive responses stall ~40 ms (Nagle + delayed ACK)
+    server: "_Server"
+
+    def version_string(self) -> str:
+        return "xplenty-sandbox"
+
+    def log_message(self, format, *args) -> None:   # quiet: no request log on stderr
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:      # no such endpoints here: a JSON 401/404, not http.server's HTML 501
+        self._dispatch("PUT")
+
+    do_PATCH = do_DELETE = do_PUT
+
+    @property
+    def sandbox(self) -> "Sandbox":
+        return self.server.sandbox
+
+    # -- flow -----------------------------------------------------------------
+    def _dispatch(self, method: str) -> None:
+        self._discard_body()
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        params = parse_qs(parts.query, keep_blank_values=True)
+        route, groups = match_route(method, path)
+        self.sandbox.stats.count_request(route.endpoint if route else None)
+        try:
+            if route is not None and route.endpoint == "control":
+                self._send(getattr(self, route.handler)(params))
+            else:
+                sleep_ms(self.sandbox.latency_ms)
+                self._serve_api(route, groups, params, path)
+        except OSError:     # the client went away: nothing to say, to anyone
+            raise
+        except Exception:   # a sandbox bug: say so, on stderr and to the client
+            traceback.print_exc(file=sys.stderr)
+            self._send(Reply(500, {"message": "Sandbox internal error"}))
+
+    def _serve_api(self, route: Route | None, groups: dict, params: dict, path: str) -> None:
+        sandbox = self.sandbox
+        if not self._authorized():
+            sandbox.stats.count_fault("unauthorized")
+            return self._send(Reply(401, {"message": "Unauthorized"},
+                                    {"WWW-Authenticate": 'Basic realm="Xplenty API"'}))
+        if route is None or groups.pop("account", sandbox.account) != sandbox.account:
+            return self._send(Reply(404, NOT_FOUND))
+        version = api_version(self.headers.get("Accept"), sandbox.default_version)
+        if version is None:
+            return self._send(Reply(406, {"message": "Unsupported API version"}))
+        if route.endpoint == "rate_limit_status":
+            return self._send(self.rate_limit_status())
+        self._serve_charged(route, groups, params, path, version)
+
+    def _serve_charged(self, route: Route, groups: dict, params: dict, path: str, version: int) -> None:
+        """Calls that cost a credit: rate limit, then faults, then the real answer."""
+        sandbox = self.sandbox
+        charge = sandbox._limiter.acquire()
+        if not charge.granted:
+            sandbox.stats.count_fault("rate_limited")
+            return self._send(Reply(429, {"message": "Rate Limit Exceeded"},
+                                    {"Retry-After": str(charge.retry_after)}))
+        fault = sandbox._faults.draw()
+        if fault is not None:
+            sandbox._limiter.refund(charge)
+            sandbox.stats.count_fault(fault)
+        if fault == "drop":
+            return self._drop()
+        if fault == "error":
+            status, message = sandbox._faults.error()
+            return self._send(Reply(status, {"message": message}))
+        handler: Callable[..., Reply] = getattr(self, route.handler)
+        reply = handler(params, version=version, path=path, **groups)
+        if fault == "bad_json" and reply.status == 200:
+            reply = reply._replace(body=truncated(_encode(reply.body)))
+        if fault is None:
+            sandbox.stats.count_credit()
+        self._send(reply)
+
+    # -- endpoints --------------------------------------------------------------
+    def rate_limit_status(self, *_args, **_kwargs) -> Reply:
+        status = self.sandbox._limiter.status()
+        return Reply(200, status._asdict())
+
+    def get_job(self, params: dict, version: int, job_id: str, **_) -> Reply:
+        index = self._find(job_id)
+        if index is None:
+            return Reply(404, NOT_FOUND)
+        includes = ",".join(params.get("include", [])).split(",")
+        log_summary = version == 2 and "log_summary" in includes
+        return Reply(200, self.sandbox._render_job(index, version, log_summary))
+
+    def list_jobs(self, params: dict, version: int, path: str, **_) -> Reply:
+        try:
+            query = parse_list_query(params)
+        except ValueError as error:
+            return Reply(400, {"message": str(error)})
+        sandbox = self.sandbox
+        now = sandbox._clock.timestamp()
+        indices, has_more = sandbox.history.select(query, now)
+        jobs = [sandbox._renderer.job(index, now, version) for index in indices]
+        link = link_header(sandbox.url, path, params, query, has_more)
+        return Reply(200, jobs, {"Link": link} if link else {})
+
+    def job_log(self, params: dict, version: int, job_id: str, **_) -> Reply:
+        index = self._find(job_id)
+        if index is None:
+            return Reply(404, NOT_FOUND)
+        return Reply(200, self.sandbox._renderer.log(index, self.sandbox._clock.timestamp()))
+
+    def job_variables(self, params: dict, version: int, job_id: str, **_) -> Reply:
+        index = self._find(job_id)
+        if index is None:
+            return Reply(404, NOT_FOUND)
+        return Reply(200, self.sandbox._renderer.variables(self.sandbox.history.plan(index)))
+
+    def control_stats(self, params: dict) -> Reply:
+        return Reply(200, self.sandbox.stats.snapshot())
+
+    def control_reset_stats(self, params: dict) -> Reply:
+        self.sandbox.stats.reset()
+        return Reply(200, self.sandbox.stats.snapshot())
+
+    def control_advance(self, params: dict) -> Reply:
+        try:
+            seconds = float(params.get("seconds", [""])[-1])
+            self.sandbox.advance(seconds)
+        except ValueError:
+            return Reply(400, {"message": "seconds must be a number >= 0"})
+        return Reply(200, {"now": _iso(self.sandbox.now)})
+
+    def control_touch(self, params: dict) -> Reply:
+        try:
+            ids = [int(part) for part in ",".join(params.get("ids", [])).split(",") if part.strip()]
+        except ValueError:
+            return Reply(400, {"message": "ids must be comma-separated job ids"})
+        try:
+            self.sandbox.touch(ids)
+        except KeyError:
+            return Reply(404, NOT_FOUND)
+        return Reply(200, {"touched": ids, "now": _iso(self.sandbox.now)})
+
+    # -- helpers ----------------------------------------------------------------
+    def _find(self, job_id: str) -> int | None:
+        return self.sandbox.history.find(int(job_id), self.sandbox._clock.timestamp())
+
+    def _authorized(self) -> bool:
+        """HTTP Basic with the API key as user name and an empty password."""
+        scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(user.encode(), self.sandbox._api_key.encode()) and password == ""
+
+    def _discard_body(self) -> None:
+        """Read any request body so the next request on the connection parses."""
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit():
+            self.rfile.read(int(length))
+
+    def _drop(self) -> None:
+        """Close the connection without sending a byte."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send(self, reply: Reply) -> None:
+        body = reply.body if isinstance(reply.body, bytes) else _encode(reply.body)
+        limits = self.sandbox._limiter.status()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-RateLimit-Limit", str(limits.limit))
+        self.send_header("X-RateLimit-Remaining", str(limits.remaining))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _encode(body: object) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128     # many concurrent clients connecting at once
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], sandbox: "Sandbox") -> None:
+        self.sandbox = sandbox
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's getfqdn(), a reverse DNS lookup that can take seconds."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):   # a client hanging up is not news
+            super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        """End kept-alive connections, so their handler threads finish."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------
+# the public object
+
+class _Clock:
+    """Sandbox time: a start, plus advance() calls, plus clock_speed x real time elapsed."""
+
+    def __init__(self, start: datetime, speed: float) -> None:
+        if speed < 0:
+            raise ValueError("clock_speed must be >= 0")
+        self._base = start.timestamp()
+        self._speed = speed
+        self._real_origin = time.monotonic()
+        self._lock = threading.Lock()
+
+    def timestamp(self) -> float:
+        with self._lock:
+            return self._base + self._speed * (time.monotonic() - self._real_origin)
+
+    def advance(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError("the sandbox clock only moves forward")
+        with self._lock:
+            self._base += seconds
+
+
+def _start_time(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    if now.tzinfo is None:
+        return now.replace(tzinfo=timezone.utc)
+    return now.astimezone(timezone.utc)
+
+
+class Sandbox:
+    """A local Xplenty jobs API over a deterministic generated history.
+
+    Use as a context manager (or start()/stop()); `url` is the API base, job
+    URLs are f"{url}/{account}/api/jobs/{id}".
+    """
+
+    def __init__(self, *, jobs: int = 500, seed: int = 1, account: str = "sandbox",
+                 api_key: str = "sandbox-key", host: str = "127.0.0.1", port: int = 0,
+                 now: datetime | None = None, latency_ms: float = 0, error_rate: float = 0,
+                 drop_rate: float = 0, bad_json_rate: float = 0, rate_limit: int | None = None,
+                 rate_window_s: float = 3600, default_version: int = 2,
+                 clock_speed: float = 0) -> None:
+        if jobs < 0:
+            raise ValueError("jobs must be >= 0")
+        if default_version not in (1, 2):
+            raise ValueError("default_version must be 1 or 2")
+        self.account, self.host, self.port = account, host, port
+        self.latency_ms, self.default_version = latency_ms, default_version
+        self._api_key = api_key
+        self._clock = _Clock(_start_time(now), clock_speed)
+        self.history = History(jobs, seed, self._clock.timestamp())
+        self.stats = SandboxStats()
+        self._limiter = RateLimiter(rate_limit, rate_window_s)
+        self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._set_url()
+
+    def __repr__(self) -> str:   # never shows the API key
+        return f"Sandbox(url={self.url!r}, account={self.account!r})"
+
+    def _set_url(self) -> None:
+        self.url = f"http://{self.host}:{self.port}"
+        self._renderer = Renderer(self.history, self.url, self.account)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> "Sandbox":
+        if self._server is not None:
+            return self
+        self._server = _Server((self.host, self.port), self)
+        self.port = self._server.server_address[1]
+        self._set_url()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"sandbox:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- clock and history ----------------------------------------------------------
+    @property
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.timestamp(), timezone.utc)
+
+    def advance(self, seconds: float) -> None:
+        self._clock.advance(seconds)
+
+    def touch(self, job_ids) -> None:
+        """Mark jobs changed now (their updated_at becomes the clock's now). KeyError for unknown ids."""
+        self.history.touch(list(job_ids), self._clock.timestamp())
+
+    def job_ids(self) -> list[int]:
+        return self.history.job_ids(self._clock.timestamp())
+
+    def job(self, job_id: int, version: int = 2, *, log_summary: bool = False) -> dict:
+        """The payload Get job returns now (with log_summary: as with ?include=log_summary)."""
+        if version not in (1, 2):
+            raise ValueError("version must be 1 or 2")
+        index = self.history.find(job_id, self._clock.timestamp())
+        if index is None:
+            raise KeyError(job_id)
+        return self._render_job(index, version, log_summary)
+
+    def _render_job(self, index: int, version: int, log_summary: bool = False) -> dict:
+        return self._renderer.job(index, self._clock.timestamp(), version, log_summary and version == 2)
+
+
+def serve(sandbox: Sandbox) -> None:
+    """Serve until KeyboardInterrupt (Ctrl-C), then stop."""
+    sandbox.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()

@@ -1,0 +1,93 @@
+"""Overlapping runs: the per-account lock, --wait, and concurrent writers without deadlocks."""
+
+import subprocess
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from archiver import models
+from archiver.errors import RunLocked
+from archiver.sandbox import Sandbox
+from archiver.store import Archive
+from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver
+
+
+def job_ids(db_url):
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        ids = conn.execute(select(models.Job.id)).scalars().all()
+    archive.close()
+    return ids
+
+
+def test_lock_is_exclusive_per_account_and_released(db_url):
+    first, second, other = Archive.open(db_url, "acme"), Archive.open(db_url, "acme"), Archive.open(db_url, "zeta")
+    try:
+        with first.run_lock():
+            with pytest.raises(RunLocked, match="--wait"):
+                with second.run_lock():
+                    pass
+            with other.run_lock():  # another account is not blocked
+                pass
+        with second.run_lock():  # released
+            pass
+    finally:
+        for a in (first, second, other):
+            a.close()
+
+
+def test_wait_gives_up_after_the_timeout(db_url):
+    holder, waiter = Archive.open(db_url, "acme"), Archive.open(db_url, "acme")
+    try:
+        with holder.run_lock():
+            started = time.monotonic()
+            with pytest.raises(RunLocked):
+                with waiter.run_lock(wait=0.3):
+                    pass
+            assert time.monotonic() - started >= 0.3
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_overlapping_cli_runs_second_exits_4_or_waits(db_url):
+    with Sandbox(jobs=400, seed=21, now=NOW, latency_ms=20) as api:
+        ids = [str(i) for i in api.job_ids()]
+        env = cli_env(api, db_url)
+        first = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "2"), env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while api.stats.by_endpoint["get_job"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        refused = run_archiver(api, db_url, "sync", *ids[:10])
+        waiting = subprocess.Popen(archiver_cmd("sync", *ids, "--wait", "120"), env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out1, err1 = first.communicate(timeout=120)
+        out2, err2 = waiting.communicate(timeout=120)
+    assert refused.returncode == 4 and "another archiver run" in refused.stderr
+    assert first.returncode == 0, err1
+    assert waiting.returncode == 0 and "unchanged 400" in out2, err2
+    stored = job_ids(db_url)
+    assert len(stored) == 400 == len(set(stored))
+
+
+def test_concurrent_writers_of_the_same_jobs_neither_deadlock_nor_duplicate(db_url):
+    """Two accounts' runs (so no shared lock) upserting the very same job ids at once."""
+    with Sandbox(jobs=300, seed=22, now=NOW, account="one") as one, \
+            Sandbox(jobs=300, seed=22, now=NOW, account="two") as two:
+        ids = [str(i) for i in one.job_ids()]
+        procs = [subprocess.Popen(archiver_cmd("sync", *ids, "--batch-size", "50", "--concurrency", "4"),
+                                  env=cli_env(api, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for api in (one, two)]
+        results = [p.communicate(timeout=180) + (p.returncode,) for p in procs]
+    for out, err, code in results:
+        assert code == 0, err
+    stored = job_ids(db_url)
+    assert len(stored) == 300 == len(set(stored))
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        outputs = conn.execute(select(func.count()).select_from(models.JobOutput)).scalar()
+        distinct = conn.execute(select(func.count(func.distinct(models.JobOutput.id)))).scalar()
+    archive.close()
+    assert outputs == distinct > 0

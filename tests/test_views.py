@@ -1,0 +1,169 @@
+"""The BI views and `archiver report`, on every backend, against counts computed here."""
+
+import json
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import select, text
+
+from archiver import models
+from archiver.config import Settings
+from archiver.parse import TERMINAL_STATUSES, parse_timestamp
+from archiver.report import failures_report, parse_since, percentile, runtimes_report, status_report
+from archiver.sandbox import Sandbox
+from archiver.store import Archive
+from archiver.sync import IncrementalOptions, SyncOptions, sync_incremental
+from tests.clirun import run_cli
+from tests.sandboxed import NOW, settings_for
+
+
+@pytest.fixture(scope="module")
+def history():
+    with Sandbox(jobs=600, seed=31, now=NOW) as api:
+        yield api, {i: api.job(i) for i in api.job_ids()}
+
+
+@pytest.fixture
+def synced(history, db_url):
+    api, jobs = history
+    summary = sync_incremental(settings_for(api, db_url), SyncOptions(), IncrementalOptions())
+    assert summary.exit_code == 0
+    archive = Archive.open(db_url)
+    yield archive, jobs
+    archive.close()
+
+
+def query(archive, sql):
+    with archive.engine.connect() as conn:
+        return [r._asdict() for r in conn.execute(text(sql))]
+
+
+def day_of(value: str) -> str:
+    return parse_timestamp(value).date().isoformat()
+
+
+def test_job_runs_has_one_row_per_job_with_derived_times(synced):
+    archive, jobs = synced
+    rows = {r["job_id"]: r for r in query(archive, "SELECT * FROM job_runs")}
+    assert set(rows) == set(jobs)
+    for job_id, job in list(jobs.items())[:50]:
+        row = rows[job_id]
+        assert row["package_name"] == job["package"]["name"]
+        assert row["cluster_name"] == job["cluster"]["name"]
+        assert row["is_terminal"] == (job["status"] in TERMINAL_STATUSES)
+        assert row["run_seconds"] == job["runtime_in_seconds"]
+        assert str(row["day"])[:10] == day_of(job["created_at"])
+        if job["started_at"]:
+            queue = parse_timestamp(job["started_at"]) - parse_timestamp(job["created_at"])
+            assert row["queue_seconds"] == round(queue.total_seconds())
+        assert row["creator_name"] == job["creator"]["display_name"]
+        assert row["attempt"] == job["attempts"]
+
+
+def test_daily_package_stats_match_independent_counts(synced):
+    archive, jobs = synced
+    expected = defaultdict(Counter)
+    runtimes = defaultdict(list)
+    for job in jobs.values():
+        key = (day_of(job["created_at"]), job["package_id"])
+        expected[key]["jobs"] += 1
+        expected[key][job["status"]] += 1
+        if job["status"] in TERMINAL_STATUSES:
+            runtimes[key].append(job["runtime_in_seconds"])
+    rows = query(archive, "SELECT * FROM daily_package_stats")
+    assert len(rows) == len(expected)
+    for row in rows:
+        key = (str(row["day"])[:10], row["package_id"])
+        want = expected[key]
+        assert (row["jobs"], row["completed"], row["failed"], row["stopped"]) == \
+            (want["jobs"], want["completed"], want["failed"], want["stopped"])
+        finished = want["completed"] + want["failed"] + want["stopped"]
+        if finished:
+            assert float(row["failure_rate"]) == pytest.approx(want["failed"] / finished)
+            assert float(row["avg_runtime_seconds"]) == pytest.approx(sum(runtimes[key]) / len(runtimes[key]))
+            assert row["max_runtime_seconds"] == max(runtimes[key])
+
+
+def test_job_failures_lists_every_failed_job(synced):
+    archive, jobs = synced
+    rows = query(archive, "SELECT job_id, package_name, errors FROM job_failures")
+    failed = {i: j for i, j in jobs.items() if j["status"] == "failed"}
+    assert {r["job_id"] for r in rows} == set(failed)
+    assert all(r["errors"] == failed[r["job_id"]]["errors"] for r in rows)
+
+
+def test_schedule_attempts_group_retries_into_runs(synced):
+    archive, jobs = synced
+    rows = query(archive, "SELECT * FROM schedule_attempts")
+    scheduled = [j for j in jobs.values() if j["creator"]["type"] == "Schedule"]
+    assert sum(int(r["attempts"]) for r in rows) == len(scheduled)
+    firsts = [j for j in scheduled if j["attempts"] == 0]
+    assert len(rows) == len(firsts)
+    recovered = [r for r in rows if r["outcome"] == "recovered_on_retry"]
+    assert recovered, "the sandbox history has schedule retries that succeed"
+    for r in recovered:
+        assert r["final_status"] == "completed" and int(r["failed_attempts"]) >= 1
+        assert jobs[r["last_job_id"]]["status"] == "completed" and jobs[r["first_job_id"]]["status"] == "failed"
+
+
+def test_reports_agree_with_the_history(synced):
+    archive, jobs = synced
+    period = parse_since("90d", now=NOW)
+    status = {r["status"]: r["jobs"] for r in status_report(archive.engine, period)}
+    assert status == dict(Counter(j["status"] for j in jobs.values()))
+    failures = failures_report(archive.engine, period)
+    by_package = Counter(j["package"]["name"] for j in jobs.values() if j["status"] == "failed")
+    assert {r["package"]: r["failed"] for r in failures} == dict(by_package)
+    runtimes = {r["package"]: r for r in runtimes_report(archive.engine, period)}
+    some = next(iter(runtimes))
+    values = [j["runtime_in_seconds"] for j in jobs.values()
+              if j["package"]["name"] == some and j["status"] in TERMINAL_STATUSES]
+    assert runtimes[some]["p50_seconds"] == round(percentile(values, 50))
+    assert runtimes[some]["max_seconds"] == max(values)
+
+
+def test_status_change_is_recorded_once_across_running_to_completed(db_url):
+    with Sandbox(jobs=200, seed=32, now=NOW) as api:
+        running = [i for i in api.job_ids() if api.job(i)["status"] == "running"]
+        assert running
+        settings = settings_for(api, db_url)
+        from archiver.sync import sync_ids
+        sync_ids(settings, running[:1], SyncOptions())
+        sync_ids(settings, running[:1], SyncOptions())  # no change: no row
+        api.advance(12 * 3600)
+        final = api.job(running[0])["status"]
+        sync_ids(settings, running[:1], SyncOptions())
+    archive = Archive.open(db_url)
+    rows = query(archive, f"SELECT from_status, to_status FROM job_status_changes WHERE job_id = {running[0]} "
+                          "ORDER BY id")
+    runs = query(archive, "SELECT outcome FROM sync_runs")
+    archive.close()
+    assert [(r["from_status"], r["to_status"]) for r in rows] == [(None, "running"), ("running", final)]
+    assert len(runs) == 3 and {r["outcome"] for r in runs} == {"ok"}
+
+
+def test_report_command_formats(capsys, monkeypatch, synced, db_url):
+    table = run_cli(capsys, monkeypatch, ["report", "failures", "--db", db_url, "--since", "3650d"])
+    assert table.code == 0 and "failure_rate" in table.out.splitlines()[0]
+    as_json = run_cli(capsys, monkeypatch, ["report", "runtimes", "--db", db_url, "--since", "2020-01-01",
+                                            "--format", "json", "--limit", "3"])
+    rows = json.loads(as_json.out)
+    assert len(rows) == 3 and {"p50_seconds", "p95_seconds", "max_seconds", "p50_change"} <= set(rows[0])
+    csv = run_cli(capsys, monkeypatch, ["report", "status", "--db", db_url, "--since", "3650d", "--format", "csv"])
+    assert csv.out.splitlines()[0] == "status,jobs,share"
+    bad = run_cli(capsys, monkeypatch, ["report", "status", "--db", db_url, "--since", "yesterday"])
+    assert bad.code == 2 and "--since" in bad.err
+
+
+def test_report_on_a_missing_archive_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    result = run_cli(capsys, monkeypatch, ["report", "status", "--db", f"sqlite:///{tmp_path / 'nope.db'}"])
+    assert result.code == 2 and "no archive" in result.err
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_parse_since():
+    now = datetime(2026, 11, 29, tzinfo=timezone.utc)
+    assert parse_since("7d", now).start == datetime(2026, 11, 22, tzinfo=timezone.utc)
+    assert parse_since("2026-11-01", now).start == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert parse_since("24h", now).previous.start == datetime(2026, 11, 27, tzinfo=timezone.utc)
