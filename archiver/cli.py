@@ -21,8 +21,13 @@ EXIT_CODES_HELP = ("Exit codes: 0 every job archived or unchanged; 1 some jobs f
                    "the credentials; 4 another run holds the lock.")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwind like Ctrl-C (the transaction in flight rolls back, the run is marked
+    interrupted, the lock is freed), then exit 143."""
+
+
 def _terminate(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -61,12 +66,35 @@ def run_options(f):
                      help="Jobs written per transaction."),
         click.option("--wait", type=click.FloatRange(0), default=0, help="Wait up to SECONDS for "
                      "another run's lock instead of exiting with code 4."),
+        click.option("--no-lock", is_flag=True, help="Do not take the per-account run lock (for "
+                     "tests and experts: overlapping runs stay correct, only slower)."),
     ]):
         f = decorator(f)
     return f
 
 
-def print_summary(summary, as_json: bool) -> None:
+def progress_printer(quiet: bool):
+    """A progress line on stderr when it is a terminal; nothing for cron, pipes or --quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    import time
+
+    started = time.monotonic()
+
+    def show(summary) -> None:
+        done = summary.inserted + summary.updated + summary.unchanged + summary.stale
+        rate = done / max(time.monotonic() - started, 1e-6)
+        total = f"/{summary.requested}" if summary.mode == "ids" else ""
+        click.echo(f"\r{done}{total} jobs, {rate:,.0f}/s, {summary.failed + summary.not_found} errors ",
+                   nl=False, err=True)
+        show.used = True
+
+    return show
+
+
+def print_summary(summary, as_json: bool, progress=None) -> None:
+    if getattr(progress, "used", False):
+        click.echo(err=True)  # end the progress line
     click.echo(json.dumps(summary.as_dict(), default=str) if as_json else summary.line())
     sys.exit(summary.exit_code)
 
@@ -94,9 +122,12 @@ def print_summary(summary, as_json: bool) -> None:
               help="Stop cleanly before spending more than N API credits.")
 @click.option("--reserve", type=click.IntRange(0), default=50, show_default=True,
               help="Stop when X-RateLimit-Remaining falls to N, before the API refuses.")
+@click.option("--allow-insecure-http", is_flag=True,
+              help="Allow a plain http:// API URL on a non-loopback host (the key travels unencrypted).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
 def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, package_id, account,
-         api_url, db, dry_run, as_json, batch_size, wait, concurrency, with_log_summary, max_runtime,
-         max_credits, reserve):
+         api_url, db, dry_run, as_json, batch_size, wait, no_lock, concurrency, with_log_summary,
+         max_runtime, max_credits, reserve, allow_insecure_http, quiet):
     """Fetch jobs and upsert them into the archive.
 
     By id: `archiver sync 157 304 1000-1100`. For cron: `archiver sync --incremental`.
@@ -116,10 +147,13 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
             since = parse_timestamp(since_text)
         except ValueError:
             raise ConfigError(f"--since {since_text!r} is not an ISO 8601 timestamp") from None
-    settings = load_settings(account=account, api_url=api_url, db=db).require_api()
+    settings = load_settings(account=account, api_url=api_url, db=db,
+                             allow_insecure_http=allow_insecure_http).require_api()
+    progress = progress_printer(quiet or as_json)
     options = runs.SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
-                               with_log_summary=with_log_summary, wait=wait, max_runtime=max_runtime,
-                               max_credits=max_credits, reserve=reserve)
+                               with_log_summary=with_log_summary, wait=wait, lock=not no_lock,
+                               max_runtime=max_runtime, max_credits=max_credits, reserve=reserve,
+                               progress=progress)
     if incremental:
         inc = runs.IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
         summary = runs.sync_incremental(settings, options, inc)
@@ -127,7 +161,7 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
         summary = runs.sync_refresh_open(settings, options)
     else:
         summary = runs.sync_ids(settings, job_ids, options)
-    print_summary(summary, as_json)
+    print_summary(summary, as_json, progress)
 
 
 @cli.command()
@@ -135,14 +169,17 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
 @db_option
 @click.option("--account", metavar="ID", help="Account id to record on the jobs (env XPLENTY_ACCOUNT_ID).")
 @run_options
-def ingest(file, db, account, dry_run, as_json, batch_size, wait):
+@click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
+def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet):
     """Load saved job payloads (JSON Lines, or a JSON array as List jobs returns; - for stdin)."""
     from archiver import sync as runs
     from archiver.payloads import read_payloads
 
     settings = load_settings(account=account, db=db)
-    options = runs.SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait)
-    print_summary(runs.ingest(settings, read_payloads(file), options), as_json)
+    progress = progress_printer(quiet or as_json)
+    options = runs.SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock,
+                               progress=progress)
+    print_summary(runs.ingest(settings, read_payloads(file), options), as_json, progress)
 
 
 @cli.group()
@@ -324,12 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # click turns Ctrl-C into Abort
+        cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__cause__ or exc.__context__
+        click.echo("archiver: interrupted; a run in progress is marked interrupted in sync_runs", err=True)
+        sys.exit(143 if isinstance(cause, Terminated) else 130)
     except ArchiverError as exc:
         click.echo(f"archiver: error: {exc}", err=True)
         sys.exit(exc.exit_code)

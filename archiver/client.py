@@ -22,7 +22,8 @@ import requests
 
 from archiver import __version__
 from archiver.config import Secret
-from archiver.errors import ApiError, BudgetReached, AuthError, DeadlineExceeded, InvalidPayload, NotFound, RateLimited
+from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
+                             RateLimited, TlsError)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,9 @@ class XplentyClient:
                 resp = self._session().get(url, params=params,
                                            timeout=(policy.connect_timeout, policy.read_timeout))
                 body = resp.content  # read inside the try: a cut body raises here
+            except requests.exceptions.SSLError:
+                raise TlsError(f"TLS verification failed for {urlsplit(url).hostname}: the certificate "
+                               "is not trusted (not retried)") from None
             except TRANSPORT_ERRORS as exc:
                 log.info("transport error on %s: %s (attempt %d)", url, type(exc).__name__, attempt + 1)
                 last = ApiError(None, f"connection failed: {type(exc).__name__}", kind="transport")

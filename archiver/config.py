@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -85,12 +86,40 @@ def read_api_key(environ: Mapping[str, str]) -> Secret | None:
     return Secret(text)
 
 
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_api_url(url: str, allow_insecure_http: bool = False) -> str:
+    """Refuse plain http:// (the key would cross the network in clear) unless the host is
+    loopback or the user insisted."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"API URL must be an http(s) URL with a host, got {mask_url_text(url)!r}")
+    if parts.username or parts.password:
+        raise ConfigError("API URL must not carry credentials; use XPLENTY_API_KEY or XPLENTY_API_KEY_FILE")
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure_http:
+        raise ConfigError(f"refusing plain http:// to {parts.hostname}: the API key would travel "
+                          "unencrypted; use https:// (or --allow-insecure-http if you really must)")
+    return url
+
+
+def mask_url_text(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
 def load_settings(*, account: str | None = None, api_url: str | None = None,
-                  db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+                  db: str | None = None, environ: Mapping[str, str] | None = None,
+                  allow_insecure_http: bool = False) -> Settings:
     env = os.environ if environ is None else environ
-    url = (api_url or env.get("XPLENTY_API_URL") or DEFAULT_API_URL).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"API URL must start with http:// or https://, got {url!r}")
+    url = check_api_url((api_url or env.get("XPLENTY_API_URL") or DEFAULT_API_URL).rstrip("/"),
+                        allow_insecure_http)
     return Settings(
         account=account or env.get("XPLENTY_ACCOUNT_ID") or None,
         api_key=read_api_key(env),

@@ -25,6 +25,9 @@ from sqlalchemy.exc import DBAPIError
 
 from archiver.errors import RunLocked
 
+# Strict mode (bad values are errors, not silent truncation) and UTC for every MySQL session.
+MYSQL_SESSION = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
+                 "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'")
 MAX_PARAMS = 30_000  # below SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
 # A guard builds "may the new row replace the stored one" from (stored columns, new columns).
 Guard = Callable[[Any, Any], Any]

@@ -47,6 +47,12 @@ class AuthError(ApiError):
         super().__init__(status, message, kind="auth")
 
 
+class TlsError(ArchiverError):
+    """The server's certificate failed verification: a configuration problem, never retried."""
+
+    exit_code = 2
+
+
 class NotFound(ApiError):
     def __init__(self, message: str = "Item not found."):
         super().__init__(404, message, kind="not_found")

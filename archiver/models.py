@@ -50,7 +50,8 @@ class UTCDateTime(TypeDecorator):
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # autoincrement keys (SQLite needs INTEGER)
 Payload = JSON().with_variant(postgresql.JSONB(), "postgresql")
-LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")  # MySQL TEXT stops at 64 KB
+# Any text the API sends: MySQL's TEXT stops at 64 KB, so LONGTEXT there.
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
 class Base(DeclarativeBase):
@@ -69,15 +70,15 @@ class Job(Base):
     package_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     cluster_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     errors: Mapped[str | None] = mapped_column(LongText)
-    url: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(LongText)
     runtime_in_seconds: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    html_url: Mapped[str | None] = mapped_column(Text)
-    log_url: Mapped[str | None] = mapped_column(Text)
+    html_url: Mapped[str | None] = mapped_column(LongText)
+    log_url: Mapped[str | None] = mapped_column(LongText)
     attempts: Mapped[int | None] = mapped_column(BigInteger)
     master_auto_retry_attempts: Mapped[int | None] = mapped_column(BigInteger)
     creator_type: Mapped[str | None] = mapped_column(String(64))
@@ -99,16 +100,16 @@ class JobOutput(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str | None] = mapped_column(Text)
-    component_name: Mapped[str | None] = mapped_column(Text)
-    component_type: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(LongText)
+    component_name: Mapped[str | None] = mapped_column(LongText)
+    component_type: Mapped[str | None] = mapped_column(LongText)
     records_count: Mapped[int | None] = mapped_column(BigInteger)
     progress: Mapped[float | None] = mapped_column(Double)
-    preview_type: Mapped[str | None] = mapped_column(Text)
+    preview_type: Mapped[str | None] = mapped_column(LongText)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    url: Mapped[str | None] = mapped_column(Text)
-    preview_url: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(LongText)
+    preview_url: Mapped[str | None] = mapped_column(LongText)
 
 
 class JobVariable(Base):
@@ -117,7 +118,7 @@ class JobVariable(Base):
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
                                         primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    value: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[str | None] = mapped_column(LongText)
 
 
 class SyncRun(Base):
@@ -138,7 +139,7 @@ class SyncRun(Base):
     credits_used: Mapped[int] = mapped_column(BigInteger, default=0)
     api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
     outcome: Mapped[str] = mapped_column(String(32))
-    message: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(LongText)
     pid: Mapped[int | None] = mapped_column(BigInteger)
     hostname: Mapped[str | None] = mapped_column(String(255))
     archiver_version: Mapped[str | None] = mapped_column(String(32))
@@ -188,12 +189,12 @@ class Package(Base):
     __tablename__ = "packages"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    name: Mapped[str | None] = mapped_column(Text)
-    description: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(LongText)
+    description: Mapped[str | None] = mapped_column(LongText)
     owner_id: Mapped[int | None] = mapped_column(BigInteger)
-    status: Mapped[str | None] = mapped_column(String(64))
-    url: Mapped[str | None] = mapped_column(Text)
-    html_url: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(LongText)
+    url: Mapped[str | None] = mapped_column(LongText)
+    html_url: Mapped[str | None] = mapped_column(LongText)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -203,23 +204,23 @@ class Cluster(Base):
     __tablename__ = "clusters"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    name: Mapped[str | None] = mapped_column(Text)
-    description: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(LongText)
+    description: Mapped[str | None] = mapped_column(LongText)
+    status: Mapped[str | None] = mapped_column(LongText)
     owner_id: Mapped[int | None] = mapped_column(BigInteger)
     plan_id: Mapped[int | None] = mapped_column(BigInteger)
     nodes: Mapped[int | None] = mapped_column(BigInteger)
-    type: Mapped[str | None] = mapped_column(String(64))
-    region: Mapped[str | None] = mapped_column(String(255))
-    zone: Mapped[str | None] = mapped_column(String(255))
-    master_instance_type: Mapped[str | None] = mapped_column(String(255))
-    slave_instance_type: Mapped[str | None] = mapped_column(String(255))
+    type: Mapped[str | None] = mapped_column(LongText)
+    region: Mapped[str | None] = mapped_column(LongText)
+    zone: Mapped[str | None] = mapped_column(LongText)
+    master_instance_type: Mapped[str | None] = mapped_column(LongText)
+    slave_instance_type: Mapped[str | None] = mapped_column(LongText)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     available_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    url: Mapped[str | None] = mapped_column(Text)
-    html_url: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(LongText)
+    html_url: Mapped[str | None] = mapped_column(LongText)
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
@@ -230,9 +231,9 @@ class Creator(Base):
 
     type: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    display_name: Mapped[str | None] = mapped_column(Text)
-    url: Mapped[str | None] = mapped_column(Text)
-    html_url: Mapped[str | None] = mapped_column(Text)
+    display_name: Mapped[str | None] = mapped_column(LongText)
+    url: Mapped[str | None] = mapped_column(LongText)
+    html_url: Mapped[str | None] = mapped_column(LongText)
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

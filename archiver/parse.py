@@ -26,6 +26,7 @@ OPEN_STATUSES = KNOWN_STATUSES - TERMINAL_STATUSES
 BIGINT_MIN, BIGINT_MAX = -(2 ** 63), 2 ** 63 - 1
 MAX_STATUS_LEN = 64
 MAX_VARIABLE_NAME_LEN = 255
+MIN_YEAR, MAX_YEAR = 1000, 9999  # MySQL DATETIME's range, the narrowest of the three
 
 # jobs columns taken from top-level payload keys of the same name, by kind
 INT_FIELDS = ("owner_id", "outputs_count", "package_id", "cluster_id", "runtime_in_seconds",
@@ -194,13 +195,16 @@ def parse_timestamp(value: str, fields: _Fields | None = None, key: str = "") ->
     """ISO 8601 with Z or any offset -> aware UTC datetime (naive is taken as UTC)."""
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         if fields is None:
-            raise
+            raise ValueError(f"not an ISO 8601 timestamp: {value[:40]!r}") from None
         raise fields.error(key, "not an ISO 8601 timestamp") from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        if fields is None:
+            raise ValueError("timestamp out of range")
+        raise fields.error(key, f"timestamp outside the years {MIN_YEAR}..{MAX_YEAR} every database can store")
+    return moment
 
 
 def canonical_json(payload: dict) -> str:
@@ -220,6 +224,12 @@ def parse_job(raw: Any, expected_id: int | None = None) -> Job:
         raise InvalidPayload(expected_id, "id", "the payload is for another job than the one asked for",
                              kind="wrong_id")
     f.job_id = job_id
+    text = canonical_json(raw)
+    if "\\u0000" in text:  # PostgreSQL cannot store NUL in text or JSONB: replace it everywhere
+        log.warning("job %s: NUL characters in the payload are stored as U+FFFD", job_id)
+        raw = _without_nul(raw)
+        f.obj = raw
+        text = canonical_json(raw)
     status = _status(f)
     columns: dict[str, Any] = {}
     if f.has("status"):
@@ -240,7 +250,6 @@ def parse_job(raw: Any, expected_id: int | None = None) -> Job:
     if f.has("creator"):
         columns["creator_type"] = creator.type if creator else None
         columns["creator_id"] = creator.id if creator else None
-    text = canonical_json(raw)
     return Job(
         id=job_id,
         status=status,
@@ -272,6 +281,16 @@ def derived_columns(columns: dict[str, Any]) -> dict[str, Any]:
             derived["queue_seconds"] = (max(0, round((started - created).total_seconds()))
                                         if started and created else None)
     return derived
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _guess_id(raw: Any) -> int | None:

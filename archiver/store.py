@@ -70,26 +70,49 @@ def utcnow() -> datetime:
 
 
 # -- engine and schema ----------------------------------------------------------------------------
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, create: bool = True) -> Engine:
+    """An engine for the archive at `url`; `create` makes a new SQLite file (mode 0600)."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"json_serializer": serialize_json, "pool_pre_ping": True}
     backend = parsed.get_backend_name()
-    if dialect.is_mysql(backend) and "charset" not in parsed.query:
-        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-    if backend == "sqlite":
+    if dialect.is_mysql(backend):
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        kwargs["connect_args"] = {"init_command": dialect.MYSQL_SESSION}
+    elif backend == "postgresql":
+        kwargs["connect_args"] = {"keepalives": 1, "keepalives_idle": 60}
+    elif backend == "sqlite" and create:
+        _create_private_file(parsed.database)
         kwargs["connect_args"] = {"timeout": 30}
     engine = create_engine(parsed, **kwargs)
     if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _create_private_file(path: str | None) -> None:
+    """A new archive file is readable by its owner only (mode 0600)."""
+    if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
+
+
+def _sqlite_connect(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """BEGIN IMMEDIATE: take the write lock up front (waiting up to the busy timeout), so a
+    reader such as a BI tool never makes a write fail halfway with 'database is locked'."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
@@ -221,7 +244,7 @@ class Archive:
     @classmethod
     def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
         """Open an archive; an empty database is migrated first unless `create` is False."""
-        engine = make_engine(url)
+        engine = make_engine(url, create=create)
         try:
             ensure_schema(engine, create=create)
         except BaseException:
@@ -233,7 +256,10 @@ class Archive:
         self.engine.dispose()
 
     @contextmanager
-    def run_lock(self, wait: float = 0.0) -> Iterator[None]:
+    def run_lock(self, wait: float = 0.0, enabled: bool = True) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
         with dialect.run_lock(self.engine, self.account or "-", wait=wait):
             yield
 
@@ -300,9 +326,25 @@ class Archive:
             return result
         self._upsert_dimensions(conn, writes, now)
         self._upsert_job_rows(conn, writes, now)
+        if self.lock_rows and result.inserted:
+            writes = self._drop_lost_races(conn, writes, result)
         self._replace_children(conn, writes)
         self._record_status_changes(conn, writes, stored, now, run_id)
         return result
+
+    def _drop_lost_races(self, conn: Connection, writes: list[Job], result: BatchResult) -> list[Job]:
+        """Jobs that were new when read may have been written meanwhile by another process
+        (runs without the lock, or another account's). Where the guarded upsert kept that
+        newer row, its outputs and variables must stay too: count ours as stale."""
+        fresh = set(result.inserted)
+        ours = {j.id: j.payload_hash for j in writes if j.id in fresh}
+        now_stored = self.read_stored(conn, sorted(ours))
+        lost = {i for i, h in ours.items() if now_stored.get(i) is None or now_stored[i].payload_hash != h}
+        if not lost:
+            return writes
+        result.inserted = [i for i in result.inserted if i not in lost]
+        result.stale.extend(sorted(lost))
+        return [j for j in writes if j.id not in lost]
 
     def _upsert_job_rows(self, conn: Connection, jobs: list[Job], now: datetime) -> None:
         groups: dict[tuple[str, ...], list[dict]] = {}

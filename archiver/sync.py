@@ -18,7 +18,7 @@ from typing import Any
 from archiver.client import XplentyClient
 from archiver.config import Settings
 from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
-                             InvalidPayload, NotFound, RateLimited)
+                             InvalidPayload, NotFound, RateLimited, TlsError)
 from archiver.parse import OPEN_STATUSES, Job, parse_job
 from archiver.store import Archive, BatchResult, describe_error
 
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND_PROBE = 20  # this many 404s in a row at the start of a run means a wrong account/URL
 PAGE_LIMIT = 100      # List jobs' maximum page size: 100 jobs for one credit
-STOPPING = (RateLimited, DeadlineExceeded, BudgetReached)
+STOPPING = (RateLimited, DeadlineExceeded, BudgetReached)  # end the run cleanly, keep what is stored
+FATAL = (AuthError, TlsError, *STOPPING)  # per-job errors that end the whole run
 
 
 @dataclasses.dataclass
@@ -36,6 +37,7 @@ class SyncOptions:
     batch_size: int = 500
     with_log_summary: bool = False
     wait: float = 0.0
+    lock: bool = True
     max_runtime: float | None = None
     max_credits: int | None = None
     reserve: int = 0
@@ -189,31 +191,58 @@ class Run:
 # -- by id ----------------------------------------------------------------------------------------
 def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
                 with_log_summary: bool) -> Iterator[tuple[int, dict | None, BaseException | None]]:
-    """Get each job, `concurrency` at a time, yielding results as they arrive."""
+    """Get each job, up to `concurrency` at a time, yielding results as they arrive.
+
+    The first request goes alone (a refused key costs one request, not `concurrency`);
+    the pool narrows when 429s appear or the rate budget runs low.
+    """
 
     def one(job_id: int) -> dict:
         return client.get_job(job_id, include_log_summary=with_log_summary)
 
     todo = iter(ids)
+    limit = AdaptiveLimit(client, concurrency)
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="fetch") as pool:
         running: dict[Future, int] = {}
+        first = next(todo, None)
+        if first is not None:
+            running[pool.submit(one, first)] = first
         try:
-            for job_id in todo:
-                running[pool.submit(one, job_id)] = job_id
-                if len(running) >= concurrency * 2:
-                    break
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     job_id = running.pop(future)
                     exc = future.exception()
                     yield job_id, (None if exc else future.result()), exc
+                while len(running) < limit.current():
                     nxt = next(todo, None)
-                    if nxt is not None:
-                        running[pool.submit(one, nxt)] = nxt
+                    if nxt is None:
+                        break
+                    running[pool.submit(one, nxt)] = nxt
         finally:
             for future in running:
                 future.cancel()
+
+
+class AdaptiveLimit:
+    """Requests in flight: halved on each new 429 or when the remaining credits run low,
+    grown back by one per call while the API is content."""
+
+    def __init__(self, client: XplentyClient, ceiling: int):
+        self.client, self.ceiling, self.value = client, max(1, ceiling), max(1, ceiling)
+        self.seen_429 = client.usage.rate_limited
+
+    def current(self) -> int:
+        usage = self.client.usage
+        low_budget = usage.remaining is not None and usage.remaining < max(4 * self.client.reserve, 100)
+        if usage.rate_limited > self.seen_429 or low_budget:
+            if usage.rate_limited > self.seen_429:
+                log.info("rate limited: fetching %d at a time", max(1, self.value // 2))
+            self.seen_429 = usage.rate_limited
+            self.value = max(1, self.value // 2)
+        elif self.value < self.ceiling:
+            self.value += 1
+        return self.value
 
 
 def archive_ids(run: Run, client: XplentyClient, ids: list[int], settings: Settings) -> None:
@@ -221,7 +250,7 @@ def archive_ids(run: Run, client: XplentyClient, ids: list[int], settings: Setti
     options = run.options
     for job_id, raw, exc in fetch_by_id(client, ids, options.concurrency, options.with_log_summary):
         seen += 1
-        if isinstance(exc, (AuthError, *STOPPING)):
+        if isinstance(exc, FATAL):
             raise exc
         if exc is not None:
             answered_404 += isinstance(exc, NotFound)
@@ -394,7 +423,7 @@ def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset(
         wanted -= _refresh_by_listing(run, client, wanted, oldest, pages_needed)
     run.summary.requested += len(wanted)
     for job_id, raw, exc in fetch_by_id(client, sorted(wanted), run.options.concurrency, False):
-        if isinstance(exc, (AuthError, *STOPPING)):
+        if isinstance(exc, FATAL):
             raise exc
         if exc is not None:
             run.fail(job_id, exc)
@@ -467,7 +496,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
     started = time.monotonic()
     archive = Archive.open(settings.database_url, settings.account)
     try:
-        with archive.run_lock(options.wait):
+        with archive.run_lock(options.wait, enabled=options.lock):
             if not options.dry_run:
                 summary.run_id = archive.start_run(summary.mode, summary.requested)
             run = Run(archive, summary, options)
@@ -518,29 +547,41 @@ MAX_RANGE = 1_000_000
 def parse_id_args(args: Iterable[str], lines: Iterable[str] = ()) -> list[int]:
     """Job ids from arguments (`157`, `100-200`) and id-file lines; duplicates dropped, order kept.
 
-    Any invalid id is a ConfigError naming it, raised before any request is made.
+    Ids are plain ASCII digits (no signs, underscores, spaces or other scripts' digits).
+    Every invalid token is listed in one ConfigError, raised before any request is made.
     """
     ids: dict[int, None] = {}
-    for token in list(args) + [ln.split("#", 1)[0].strip() for ln in lines]:
-        if token:
+    bad: list[str] = []
+    tokens = list(args) + [ln.split("#", 1)[0].strip() for ln in lines]
+    for token in tokens:
+        if token == "":
+            continue
+        try:
             ids.update(dict.fromkeys(_expand(token)))
+        except ValueError as exc:
+            bad.append(f"{token!r} ({exc})")
+    if bad:
+        raise ConfigError("invalid job id" + ("s" if len(bad) > 1 else "") + ": " + ", ".join(bad)
+                          + "; job ids are positive integers of plain digits, ranges like 100-200")
     return list(ids)
 
 
 def _expand(token: str) -> range | list[int]:
-    if "-" in token.strip("-") and not token.startswith("-"):
-        low_text, high_text = token.split("-", 1)
-        low, high = _positive(low_text, token), _positive(high_text, token)
-        if high < low:
-            raise ConfigError(f"invalid job id range {token!r}: the end is before the start")
-        if high - low >= MAX_RANGE:
-            raise ConfigError(f"job id range {token!r} is larger than {MAX_RANGE:,} ids")
-        return range(low, high + 1)
-    return [_positive(token, token)]
+    low_text, dash, high_text = token.partition("-")
+    if not dash:
+        return [_positive(token)]
+    low, high = _positive(low_text), _positive(high_text)
+    if high < low:
+        raise ValueError("the range ends before it starts")
+    if high - low >= MAX_RANGE:
+        raise ValueError(f"a range of more than {MAX_RANGE:,} ids")
+    return range(low, high + 1)
 
 
-def _positive(text: str, token: str) -> int:
-    text = text.strip()
-    if not text.isascii() or not text.isdigit() or int(text) <= 0 or int(text) > 2 ** 63 - 1:
-        raise ConfigError(f"invalid job id {token!r}: job ids are positive integers")
-    return int(text)
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError("not a plain number")
+    value = int(text)
+    if value <= 0 or value > 2 ** 63 - 1:
+        raise ValueError("out of range")
+    return value
