@@ -12,14 +12,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import time
+from datetime import timezone
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, case, text, types
+from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, case, select, text, types
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -28,7 +32,6 @@ from archiver.errors import RunLocked
 # Strict mode (bad values are errors, not silent truncation) and UTC for every MySQL session.
 MYSQL_SESSION = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
                  "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'")
-MAX_PARAMS = 30_000  # below SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
 # A guard builds "may the new row replace the stored one" from (stored columns, new columns).
 Guard = Callable[[Any, Any], Any]
 
@@ -37,27 +40,129 @@ def is_mysql(name: str) -> bool:
     return name in ("mysql", "mariadb")
 
 
-def chunks(rows: Sequence[dict], width: int) -> Iterator[Sequence[dict]]:
-    size = max(1, MAX_PARAMS // max(1, width))
-    for start in range(0, len(rows), size):
-        yield rows[start:start + size]
-
-
 def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, keys: Sequence[str],
            update: Sequence[str], guard: Guard | None = None) -> None:
     """Insert rows, updating `update` columns of rows whose key exists (when `guard` allows).
 
     All rows must have the same keys. Columns the guard reads must come last in
     `update`: MySQL applies assignments left to right, each seeing the ones before.
+    On PostgreSQL a larger batch is COPied into a staging table and upserted from there
+    by one INSERT .. SELECT .. ON CONFLICT, in key order.
     """
     if not rows:
         return
-    for part in chunks(rows, len(rows[0])):
-        conn.execute(_upsert_statement(conn.dialect.name, table, keys, update, guard), list(part))
+    name = conn.dialect.name
+    if name == "postgresql" and len(rows) >= COPY_THRESHOLD:
+        stage = _pg_stage(conn, table, rows)
+        shape = ("upsert-from", stage.name, tuple(keys), tuple(update), guard)
+        sql = _compile(conn, table, (), shape,
+                       lambda: _upsert_statement(name, table, keys, update, guard, source=stage))[0]
+        conn.exec_driver_sql(sql)
+        return
+    shape = ("upsert", tuple(keys), tuple(update), guard)
+    execute_many(conn, table, rows, shape, lambda: _upsert_statement(name, table, keys, update, guard))
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD:
+        _pg_copy_into(conn, table, f'"{table.name}"', rows)
+    else:
+        execute_many(conn, table, rows, ("insert",), table.insert)
+
+
+COPY_THRESHOLD = 50
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _compile(conn: Connection, table: Table, columns: tuple[str, ...], shape: tuple,
+             build: Callable[[], Any]) -> tuple:
+    """(sql, positional order or None, converters), compiled once per statement shape."""
+    key = (conn.dialect.name, table.name, columns, shape)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        statement = build().compile(dialect=conn.dialect, column_keys=list(columns))
+        order = list(statement.positiontup) if statement.positional else list(columns)
+        converters = {c: _converter(conn.dialect.name, table.c[c].type) for c in columns}
+        compiled = _COMPILED[key] = (statement.string, order, converters, statement.positional)
+    return compiled
+
+
+def execute_many(conn: Connection, table: Table, rows: Sequence[dict], shape: tuple,
+                 build: Callable[[], Any]) -> None:
+    """executemany straight to the driver: each statement shape is compiled once, and values
+    are converted here column by column rather than by SQLAlchemy row by row (much faster)."""
+    sql, order, converters, positional = _compile(conn, table, tuple(rows[0]), shape, build)
+    pairs = [(c, converters[c]) for c in order]
+    if positional:
+        params = [tuple([f(row[c]) if f else row[c] for c, f in pairs]) for row in rows]
+    else:  # named parameters (psycopg, PyMySQL)
+        params = [{c: f(row[c]) if f else row[c] for c, f in pairs} for row in rows]
+    conn.exec_driver_sql(sql, params)
+
+
+def _pg_stage(conn: Connection, table: Table, rows: Sequence[dict]) -> Table:
+    """A session-local staging table shaped like `table`, emptied and filled by COPY."""
+    stage_name = f"_stage_{table.name}"
+    conn.exec_driver_sql(f'CREATE TEMP TABLE IF NOT EXISTS "{stage_name}" (LIKE "{table.name}" '
+                         "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    conn.exec_driver_sql(f'TRUNCATE "{stage_name}"')
+    _pg_copy_into(conn, table, f'"{stage_name}"', rows)
+    return sa_table(stage_name, *[sa_column(c) for c in rows[0]])
+
+
+def _pg_copy_into(conn: Connection, table: Table, target: str, rows: Sequence[dict]) -> None:
+    """COPY rows (shaped like `table`) into `target` inside the connection's transaction."""
+    columns = list(rows[0])
+    converters = [_converter("postgresql", table.c[c].type) for c in columns]
+    names = ", ".join(f'"{c}"' for c in columns)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([f(row[c]) if f else row[c] for c, f in zip(columns, converters)])
+    finally:
+        cursor.close()
+
+
+def _apply(convert: Callable[[Any], Any] | None, value: Any) -> Any:
+    return convert(value) if convert else value
+
+
+class RawJSON(str):
+    """JSON text already serialized by the parser; written as it is."""
+
+
+def serialize_json(value: Any) -> str:
+    if isinstance(value, RawJSON):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
+    """How a Python value becomes a driver value for this column on this database."""
+    from archiver.models import UTCDateTime
+
+    if isinstance(column_type, UTCDateTime):
+        if dialect_name == "postgresql":
+            return None
+        if dialect_name == "sqlite":  # SQLAlchemy's SQLite storage format, so reads and comparisons agree
+            return lambda v: None if v is None else _naive_utc(v).isoformat(" ", "microseconds")
+        return lambda v: None if v is None else _naive_utc(v)
+    if isinstance(column_type, types.Date) and dialect_name == "sqlite":
+        return lambda v: None if v is None else v.isoformat()
+    if isinstance(column_type, types.JSON):
+        return lambda v: None if v is None else serialize_json(v)
+    return None
+
+
+def _naive_utc(moment):
+    return (moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)).replace(tzinfo=None)
 
 
 def _upsert_statement(dialect: str, table: Table, keys: Sequence[str], update: Sequence[str],
-                      guard: Guard | None):
+                      guard: Guard | None, source=None):
     if is_mysql(dialect):
         stmt = mysql.insert(table)
         new = stmt.inserted
@@ -69,12 +174,22 @@ def _upsert_statement(dialect: str, table: Table, keys: Sequence[str], update: S
         return stmt.on_duplicate_key_update(
             [(c, case((allowed, new[c]), else_=table.c[c])) for c in update])
     stmt = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+    if source is not None:  # INSERT .. SELECT from a staging table, in key order
+        names = list(source.c.keys())
+        stmt = stmt.from_select(names, select(*source.c).order_by(*[source.c[k] for k in keys]))
     if not update:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=list(keys), set_={c: new[c] for c in update},
         where=guard(table.c, new) if guard is not None else None)
+
+
+def in_ids(conn: Connection, column, ids: Sequence[int]):
+    """`column IN ids`: one array parameter on PostgreSQL (no 1,000-placeholder statements)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam("ids", list(ids), type_=postgresql.ARRAY(BigInteger)))
+    return column.in_(list(ids))
 
 
 def insert_missing(conn: Connection, table: Table, rows: Sequence[dict], keys: Sequence[str]) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from archiver import __version__, dialect, models
 from archiver.config import mask_url
+from archiver.dialect import RawJSON, serialize_json
 from archiver.errors import ArchiverError, SchemaOutOfDate
 from archiver.parse import TERMINAL_STATUSES, Job
 
@@ -53,16 +54,6 @@ summaries_t = models.JobLogSummary.__table__
 GUARD_COLUMNS = ("status", "updated_at")
 # Inlined as SQL literals: bound IN lists cannot be used with executemany().
 TERMINAL = [literal_column(f"'{s}'") for s in sorted(TERMINAL_STATUSES)]
-
-
-class RawJSON(str):
-    """JSON text already serialized by the parser; the engine passes it through."""
-
-
-def serialize_json(value: Any) -> str:
-    if isinstance(value, RawJSON):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def utcnow() -> datetime:
@@ -269,7 +260,7 @@ class Archive:
         for start in range(0, len(ids), 1000):
             part = ids[start:start + 1000]
             query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash)
-                     .where(jobs_t.c.id.in_(part)).order_by(jobs_t.c.id))
+                     .where(dialect.in_ids(conn, jobs_t.c.id, part)).order_by(jobs_t.c.id))
             if self.lock_rows:
                 query = query.with_for_update()
             for row in conn.execute(query):
@@ -364,15 +355,14 @@ class Archive:
         with_vars = [j for j in jobs if j.variables is not None]
         with_summary = [j for j in jobs if j.log_summary is not None]
         self._delete_where_job(conn, outputs_t, [j.id for j in with_outputs])
-        rows = sorted((dataclasses.asdict(o) for j in with_outputs for o in j.outputs), key=lambda r: r["id"])
+        rows = sorted((as_row(o) for j in with_outputs for o in j.outputs), key=lambda r: r["id"])
         if rows:
             cols = [c for c in rows[0] if c != "id"]
             dialect.upsert(conn, outputs_t, rows, keys=("id",), update=cols)
         self._delete_where_job(conn, variables_t, [j.id for j in with_vars])
         var_rows = [{"job_id": j.id, "name": n, "value": v} for j in with_vars for n, v in sorted(j.variables.items())]
         if var_rows:
-            for part in dialect.chunks(var_rows, 3):
-                conn.execute(variables_t.insert(), list(part))
+            dialect.insert_rows(conn, variables_t, var_rows)
         summary_rows = [_summary_row(j) for j in with_summary]
         if summary_rows:
             dialect.upsert(conn, summaries_t, summary_rows, keys=("job_id",),
@@ -381,20 +371,20 @@ class Archive:
     @staticmethod
     def _delete_where_job(conn: Connection, table, ids: list[int]) -> None:
         for start in range(0, len(ids), 1000):
-            conn.execute(delete(table).where(table.c.job_id.in_(ids[start:start + 1000])))
+            conn.execute(delete(table).where(dialect.in_ids(conn, table.c.job_id, ids[start:start + 1000])))
 
     def _upsert_dimensions(self, conn: Connection, jobs: list[Job], now: datetime) -> None:
         """Packages, clusters and creators: full rows from v2 objects, bare ids otherwise."""
         for table, attr, id_col in ((packages_t, "package", "package_id"), (clusters_t, "cluster", "cluster_id")):
             full = {getattr(j, attr).id: getattr(j, attr) for j in jobs if getattr(j, attr) is not None}
             bare = {j.columns.get(id_col) for j in jobs} - set(full) - {None}
-            rows = [{**dataclasses.asdict(full[i]), "last_synced_at": now} for i in sorted(full)]
+            rows = [{**as_row(full[i]), "last_synced_at": now} for i in sorted(full)]
             if rows:
                 cols = [c for c in rows[0] if c != "id" and c != "updated_at"] + ["updated_at"]
                 dialect.upsert(conn, table, rows, keys=("id",), update=cols, guard=_dimension_newer)
             dialect.insert_missing(conn, table, [{"id": i} for i in sorted(bare)], keys=("id",))
         creators = {(j.creator.type, j.creator.id): j.creator for j in jobs if j.creator is not None}
-        rows = [{**dataclasses.asdict(creators[k]), "last_synced_at": now} for k in sorted(creators)]
+        rows = [{**as_row(creators[k]), "last_synced_at": now} for k in sorted(creators)]
         if rows:
             dialect.upsert(conn, creators_t, rows, keys=("type", "id"),
                            update=["display_name", "url", "html_url", "last_synced_at"])
@@ -409,8 +399,7 @@ class Archive:
             if "status" in job.columns and (before is None or from_status != job.status):
                 rows.append({"job_id": job.id, "from_status": from_status, "to_status": job.status,
                              "observed_at": now, "api_updated_at": job.updated_at, "run_id": run_id})
-        if rows:
-            conn.execute(changes_t.insert(), rows)
+        dialect.insert_rows(conn, changes_t, rows)
 
     # incremental bookmark and open jobs
     def read_mark(self, scope: str = "") -> datetime | None:
@@ -466,6 +455,11 @@ class Archive:
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(finished_at=now, **values))
 
         self.transact(work)
+
+
+def as_row(record: Any) -> dict[str, Any]:
+    """A record's fields as a row (shallow: dataclasses.asdict deep-copies every value)."""
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
 def _same_account(account: str | None):
