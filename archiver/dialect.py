@@ -148,13 +148,21 @@ def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
         if dialect_name == "postgresql":
             return None
         if dialect_name == "sqlite":  # SQLAlchemy's SQLite storage format, so reads and comparisons agree
-            return lambda v: None if v is None else _naive_utc(v).isoformat(" ", "microseconds")
+            return _sqlite_datetime
         return lambda v: None if v is None else _naive_utc(v)
     if isinstance(column_type, types.Date) and dialect_name == "sqlite":
         return lambda v: None if v is None else v.isoformat()
     if isinstance(column_type, types.JSON):
         return lambda v: None if v is None else serialize_json(v)
     return None
+
+
+def _sqlite_datetime(moment):
+    if moment is None:
+        return None
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _naive_utc(moment):

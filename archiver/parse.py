@@ -215,8 +215,27 @@ def encode_variable(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def parse_job(raw: Any, expected_id: int | None = None) -> Job:
-    """Validate one job payload (v1 or v2 shape) and turn it into a Job record."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What identifies a snapshot without validating it: the id and the canonical JSON's hash."""
+
+    id: int
+    text: str
+    hash: str
+
+
+def fingerprint(raw: Any) -> Fingerprint | None:
+    job_id = _guess_id(raw)
+    if job_id is None:
+        return None
+    text = canonical_json(raw)
+    return Fingerprint(job_id, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint | None = None) -> Job:
+    """Validate one job payload (v1 or v2 shape) and turn it into a Job record.
+
+    `fingerprint` (of this very payload) saves serializing it a second time."""
     probe_id = expected_id if expected_id is not None else _guess_id(raw)
     f = _Fields(raw, probe_id)
     job_id = f.int("id", required=True)
@@ -224,12 +243,13 @@ def parse_job(raw: Any, expected_id: int | None = None) -> Job:
         raise InvalidPayload(expected_id, "id", "the payload is for another job than the one asked for",
                              kind="wrong_id")
     f.job_id = job_id
-    text = canonical_json(raw)
+    text = fingerprint.text if fingerprint is not None else canonical_json(raw)
+    digest = fingerprint.hash if fingerprint is not None else None
     if "\\u0000" in text:  # PostgreSQL cannot store NUL in text or JSONB: replace it everywhere
         log.warning("job %s: NUL characters in the payload are stored as U+FFFD", job_id)
         raw = _without_nul(raw)
         f.obj = raw
-        text = canonical_json(raw)
+        text, digest = canonical_json(raw), None
     status = _status(f)
     columns: dict[str, Any] = {}
     if f.has("status"):
@@ -263,7 +283,7 @@ def parse_job(raw: Any, expected_id: int | None = None) -> Job:
         log_summary=_log_summary(f.sub("log_summary"), job_id),
         payload=raw,
         payload_text=text,
-        payload_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        payload_hash=digest or hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
 
 

@@ -6,6 +6,7 @@ JSON is yielded as an InvalidPayload naming its position, and reading goes on.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from typing import IO, Any
@@ -16,11 +17,11 @@ CHUNK = 1 << 20
 _decoder = json.JSONDecoder(parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
 
 
-def read_payloads(stream: IO[bytes]) -> Iterator[Any]:
-    head = stream.read(CHUNK)
-    text = head.decode("utf-8", errors="strict") if isinstance(head, bytes) else head
-    first = text.lstrip()[:1]
-    if first == "[":
+def read_payloads(stream: IO[bytes] | IO[str]) -> Iterator[Any]:
+    if not isinstance(stream, io.TextIOBase):  # decode incrementally: a character may span chunks
+        stream = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    text = stream.read(CHUNK)
+    if text.lstrip()[:1] == "[":
         yield from _array_items(stream, text)
     else:
         yield from _lines(stream, text)
@@ -30,24 +31,22 @@ def _bad(where: str, reason: str) -> InvalidPayload:
     return InvalidPayload(None, where, reason, kind="bad_json")
 
 
-def _more(stream: IO[bytes]) -> str:
-    chunk = stream.read(CHUNK)
-    return chunk.decode("utf-8") if isinstance(chunk, bytes) else chunk
+def _more(stream: IO[str]) -> str:
+    return stream.read(CHUNK)
 
 
 def _lines(stream: IO[bytes], text: str) -> Iterator[Any]:
-    buffer, number = text, 0
+    """JSON Lines: whole lines are split off each chunk at once (a line may span chunks)."""
+    number, rest = 0, text
     while True:
-        while "\n" in buffer:
-            line, buffer = buffer.split("\n", 1)
+        chunk = _more(stream)
+        lines = (rest + chunk).split("\n") if chunk else rest.split("\n")
+        rest = lines.pop() if chunk else ""
+        for line in lines:
             number += 1
             yield from _one_line(line, number)
-        chunk = _more(stream)
         if not chunk:
-            break
-        buffer += chunk
-    if buffer.strip():
-        yield from _one_line(buffer, number + 1)
+            return
 
 
 def _one_line(line: str, number: int) -> Iterator[Any]:

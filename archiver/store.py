@@ -267,6 +267,17 @@ class Archive:
                 found[row.id] = Stored(row.updated_at, row.status, row.payload_hash)
         return found
 
+    def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """The payload hash of each stored job among `ids` (a plain read, no locks)."""
+        found: dict[int, str | None] = {}
+        unique = sorted(set(ids))
+        with self.engine.connect() as conn:
+            for start in range(0, len(unique), 1000):
+                query = select(jobs_t.c.id, jobs_t.c.payload_hash).where(
+                    dialect.in_ids(conn, jobs_t.c.id, unique[start:start + 1000]))
+                found.update((row.id, row.payload_hash) for row in conn.execute(query))
+        return found
+
     def plan(self, jobs: Sequence[Job]) -> tuple[list[Job], BatchResult]:
         """Dry run: what writing these jobs would do, without writing."""
         unique = newest_per_id(jobs)

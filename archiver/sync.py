@@ -19,7 +19,7 @@ from archiver.client import XplentyClient
 from archiver.config import Settings
 from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              InvalidPayload, NotFound, RateLimited, TlsError)
-from archiver.parse import OPEN_STATUSES, Job, parse_job
+from archiver.parse import Fingerprint, Job, fingerprint, parse_job
 from archiver.store import Archive, BatchResult, describe_error
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Run:
 
     def __init__(self, archive: Archive, summary: SyncSummary, options: SyncOptions):
         self.archive, self.summary, self.options = archive, summary, options
-        self.pending: list[Job] = []
+        self.pending: list[tuple[Any, int | None]] = []
 
     def fail(self, job_id: int | None, exc: BaseException) -> None:
         row = error_row(job_id, exc)
@@ -146,23 +146,41 @@ class Run:
         log.warning("job %s: %s", job_id, row["message"])
         self.summary.errors.append(row)
 
-    def parse(self, raw: Any, expected_id: int | None = None) -> Job | None:
+    def parse(self, raw: Any, expected_id: int | None = None, print_: Fingerprint | None = None) -> Job | None:
         try:
-            return parse_job(raw, expected_id=expected_id)
+            return parse_job(raw, expected_id=expected_id, fingerprint=print_)
         except InvalidPayload as bad:
             self.fail(bad.job_id if bad.job_id is not None else expected_id, bad)
             return None
 
-    def add(self, job: Job) -> None:
-        """Queue a job; a full batch is written."""
-        self.pending.append(job)
+    def add(self, raw: Any, expected_id: int | None = None) -> None:
+        """Queue a raw payload (and the id it was asked for); a full batch is written."""
+        self.pending.append((raw, expected_id))
         if len(self.pending) >= self.options.batch_size:
             self.flush()
 
     def flush(self) -> None:
         batch, self.pending = self.pending, []
-        if batch:
-            self.write(batch)
+        jobs = self.parse_changed(batch)
+        if jobs:
+            self.write(jobs)
+        elif batch and self.options.progress:
+            self.options.progress(self.summary)
+
+    def parse_changed(self, batch: list[tuple[Any, int | None]]) -> list[Job]:
+        """Unchanged-skip: a payload whose fingerprint equals the stored snapshot's costs one
+        batched read; only the others are validated and parsed."""
+        prints = [fingerprint(raw) for raw, _ in batch]
+        stored = self.archive.stored_hashes([p.id for p in prints if p is not None])
+        jobs = []
+        for (raw, expected_id), print_ in zip(batch, prints):
+            if print_ is not None and stored.get(print_.id) == print_.hash and expected_id in (None, print_.id):
+                self.summary.unchanged += 1
+                continue
+            job = self.parse(raw, expected_id, print_)
+            if job is not None:
+                jobs.append(job)
+        return jobs
 
     def write(self, batch: list[Job], after: Callable | None = None) -> None:
         """Write a batch whole; `after(conn)` (the bookmark) commits with it or not at all.
@@ -260,9 +278,7 @@ def archive_ids(run: Run, client: XplentyClient, ids: list[int], settings: Setti
                                   f"({settings.account!r}), the API URL or the Accept header is "
                                   "probably wrong")
             continue
-        job = run.parse(raw, expected_id=job_id)
-        if job is not None:
-            run.add(job)
+        run.add(raw, expected_id=job_id)
     run.flush()
 
 
@@ -428,9 +444,7 @@ def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset(
         if exc is not None:
             run.fail(job_id, exc)
             continue
-        job = run.parse(raw, expected_id=job_id)
-        if job is not None:
-            run.add(job)
+        run.add(raw, expected_id=job_id)
     run.flush()
 
 
@@ -481,9 +495,7 @@ def ingest(settings: Settings, records: Iterable[Any], options: SyncOptions) -> 
             if isinstance(raw, InvalidPayload):
                 run.fail(None, raw)
                 continue
-            job = run.parse(raw)
-            if job is not None:
-                run.add(job)
+            run.add(raw)
         run.flush()
 
     return execute(settings, summary, options, None, body)

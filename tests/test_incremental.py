@@ -186,6 +186,9 @@ def test_read_payloads_streams_large_arrays_in_chunks(payload, monkeypatch):
     assert [g["id"] for g in got] == list(range(1, 30))
     cut = list(read_payloads(io.BytesIO(json.dumps(items).encode()[:-300])))
     assert isinstance(cut[-1], InvalidPayload) and all(isinstance(g, dict) for g in cut[:-1])
+    lines = "\n".join(json.dumps(dict(i, errors="ошибка \U0001F525"), ensure_ascii=False) for i in items)
+    got = list(read_payloads(io.BytesIO(lines.encode())))  # multi-byte characters across chunk edges
+    assert [g["id"] for g in got] == list(range(1, 30)) and got[0]["errors"] == "ошибка \U0001F525"
 
 
 def test_cli_ingest_from_stdin(payload, sqlite_url):
@@ -196,3 +199,17 @@ def test_cli_ingest_from_stdin(payload, sqlite_url):
                             input=data, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "inserted 2" in result.stdout
+
+
+def test_unchanged_payloads_cost_one_read_and_no_write(payload, db_url, monkeypatch):
+    from archiver.config import Settings
+    records = [dict(payload("job-v1-completed.json"), id=i) for i in range(1, 301)]
+    for i, r in enumerate(records):
+        r["outputs"] = [dict(o, id=10 * r["id"] + k) for k, o in enumerate(r["outputs"])]
+    settings = Settings(account="acme", database_url=db_url)
+    first = ingest(settings, iter(records), SyncOptions(batch_size=100))
+    assert first.inserted == 300
+    writes = []
+    monkeypatch.setattr(Archive, "write_jobs", lambda self, jobs, *a, **k: writes.append(len(jobs)))
+    again = ingest(settings, iter(records), SyncOptions(batch_size=100))
+    assert (again.unchanged, again.inserted, again.updated) == (300, 0, 0) and writes == []
