@@ -41,17 +41,22 @@ def is_mysql(name: str) -> bool:
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, keys: Sequence[str],
-           update: Sequence[str], guard: Guard | None = None) -> None:
+           update: Sequence[str], guard: Guard | None = None, expect_new: bool = False) -> None:
     """Insert rows, updating `update` columns of rows whose key exists (when `guard` allows).
 
     All rows must have the same keys. Columns the guard reads must come last in
     `update`: MySQL applies assignments left to right, each seeing the ones before.
     On PostgreSQL a larger batch is COPied into a staging table and upserted from there
-    by one INSERT .. SELECT .. ON CONFLICT, in key order.
+    by one INSERT .. SELECT .. ON CONFLICT, in key order; rows whose keys are `expect_new`
+    (absent when read in this transaction) are COPied straight into the table: a surprise
+    duplicate fails the batch, which the caller then writes job by job (small: upserts).
     """
     if not rows:
         return
     name = conn.dialect.name
+    if name == "postgresql" and len(rows) >= COPY_THRESHOLD and expect_new:
+        _pg_copy_into(conn, table, f'"{table.name}"', sorted(rows, key=lambda r: tuple(r[k] for k in keys)))
+        return
     if name == "postgresql" and len(rows) >= COPY_THRESHOLD:
         stage = _pg_stage(conn, table, rows)
         shape = ("upsert-from", stage.name, tuple(keys), tuple(update), guard)

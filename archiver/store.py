@@ -278,6 +278,13 @@ class Archive:
                 found.update((row.id, row.payload_hash) for row in conn.execute(query))
         return found
 
+    def ids_with_log_summary(self, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            query = select(summaries_t.c.job_id).where(dialect.in_ids(conn, summaries_t.c.job_id, list(ids)))
+            return set(conn.execute(query).scalars())
+
     def plan(self, jobs: Sequence[Job]) -> tuple[list[Job], BatchResult]:
         """Dry run: what writing these jobs would do, without writing."""
         unique = newest_per_id(jobs)
@@ -327,7 +334,7 @@ class Archive:
         if not writes:
             return result
         self._upsert_dimensions(conn, writes, now)
-        self._upsert_job_rows(conn, writes, now)
+        self._upsert_job_rows(conn, writes, now, fresh=set(result.inserted))
         if self.lock_rows and result.inserted:
             writes = self._drop_lost_races(conn, writes, result)
         self._replace_children(conn, writes)
@@ -348,18 +355,21 @@ class Archive:
         result.stale.extend(sorted(lost))
         return [j for j in writes if j.id not in lost]
 
-    def _upsert_job_rows(self, conn: Connection, jobs: list[Job], now: datetime) -> None:
-        groups: dict[tuple[str, ...], list[dict]] = {}
+    def _upsert_job_rows(self, conn: Connection, jobs: list[Job], now: datetime, fresh: set[int]) -> None:
+        """Rows grouped by the columns their payload carried (an absent key is not written)
+        and by whether the job was new when read (new ones may be bulk-loaded)."""
+        groups: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
         for job in jobs:
             row = {"id": job.id, **job.columns, "payload": RawJSON(job.payload_text),
                    "payload_hash": job.payload_hash, "first_seen_at": now, "last_synced_at": now}
             if self.account:
                 row["account_id"] = self.account
-            groups.setdefault(tuple(row), []).append(row)
-        for columns, rows in groups.items():
+            groups.setdefault((tuple(row), job.id in fresh), []).append(row)
+        for (columns, new), rows in groups.items():
             update_cols = [c for c in columns if c not in ("id", "first_seen_at") + GUARD_COLUMNS]
             update_cols += [c for c in GUARD_COLUMNS if c in columns]
-            dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins)
+            dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins,
+                           expect_new=new)
 
     def _replace_children(self, conn: Connection, jobs: list[Job]) -> None:
         with_outputs = [j for j in jobs if j.outputs is not None]
@@ -369,7 +379,7 @@ class Archive:
         rows = sorted((as_row(o) for j in with_outputs for o in j.outputs), key=lambda r: r["id"])
         if rows:
             cols = [c for c in rows[0] if c != "id"]
-            dialect.upsert(conn, outputs_t, rows, keys=("id",), update=cols)
+            dialect.upsert(conn, outputs_t, rows, keys=("id",), update=cols, expect_new=True)
         self._delete_where_job(conn, variables_t, [j.id for j in with_vars])
         var_rows = [{"job_id": j.id, "name": n, "value": v} for j in with_vars for n, v in sorted(j.variables.items())]
         if var_rows:

@@ -355,34 +355,71 @@ def page_mark(jobs: list[Job]) -> datetime | None:
 
 
 def archive_incremental(run: Run, client: XplentyClient, inc: IncrementalOptions) -> None:
-    archive = run.archive
-    stored_mark = archive.read_mark(inc.scope)
+    stored_mark = run.archive.read_mark(inc.scope)
     start = None if inc.full else (inc.since or (floor_second(stored_mark) if stored_mark else None))
     may_advance = inc.full or inc.since is None or stored_mark is None or inc.since <= stored_mark
+    bookmark = Bookmark(run, inc.scope, stored_mark if may_advance else None, may_advance)
     reader = PagedRead(client, start, inc.status, inc.package_id)
     brought: set[int] = set()
-    saved: datetime | None = stored_mark if may_advance else None
-    frozen = False  # once a job could not be archived, the mark stays before it
     for pages in reader.passes():
         seen: dict[int, tuple[datetime | None, datetime | None]] = {}  # id -> (updated_at, page mark)
         for raw_page in pages:
             run.summary.requested += len(raw_page)
             jobs, clean = parse_page(run, raw_page)
-            mark = page_mark(jobs)
-            _note_reappearances(reader, seen, jobs, mark)
+            _note_reappearances(reader, seen, jobs, page_mark(jobs))
             brought.update(j.id for j in jobs)
-            if not frozen and clean is not None:
-                mark, frozen = (page_mark(clean) or saved), True
-            elif frozen:
-                mark = saved
-            if reader.rescan_from is not None and mark is not None:
-                mark = min(mark, reader.rescan_from)
-            save = None
-            if may_advance and mark is not None and mark != saved:
-                save, saved = _mark_saver(archive, mark, inc.scope, run.summary), mark
+            save = bookmark.advance(jobs, clean, reader.rescan_from)
+            if run.options.with_log_summary:
+                jobs = add_log_summaries(run, client, jobs)
             run.write(jobs, after=save)
     if inc.refresh_open and not (inc.status or inc.package_id):
         refresh_open(run, client, exclude=brought)
+
+
+class Bookmark:
+    """Where the high-water mark may go after each page: to the page's newest updated_at,
+    but never past a job that could not be archived (then it stays before it for the rest
+    of the run) nor past a page boundary that must be re-read."""
+
+    def __init__(self, run: Run, scope: str, saved: datetime | None, may_advance: bool):
+        self.run, self.scope, self.saved, self.may_advance = run, scope, saved, may_advance
+        self.frozen = False
+
+    def advance(self, jobs: list[Job], clean: list[Job] | None,
+                rescan_from: datetime | None) -> Callable | None:
+        """The bookmark write to commit with this page's jobs, or None."""
+        mark = page_mark(jobs)
+        if not self.frozen and clean is not None:
+            mark, self.frozen = (page_mark(clean) or self.saved), True
+        elif self.frozen:
+            mark = self.saved
+        if rescan_from is not None and mark is not None:
+            mark = min(mark, rescan_from)
+        if not self.may_advance or mark is None or mark == self.saved or self.run.summary.dry_run:
+            return None
+        self.saved = mark
+        archive, summary, scope = self.run.archive, self.run.summary, self.scope
+
+        def save(conn) -> None:
+            archive.save_mark(conn, mark, scope, summary.run_id)
+            summary.high_water_mark = mark
+
+        return save
+
+
+def add_log_summaries(run: Run, client: XplentyClient, jobs: list[Job]) -> list[Job]:
+    """--with-log-summary: failed jobs without a stored log summary are fetched again with
+    include=log_summary (a credit each); a job whose fetch fails keeps the page's version."""
+    failed = [j.id for j in jobs if j.status == "failed" and j.log_summary is None]
+    wanted = sorted(set(failed) - run.archive.ids_with_log_summary(failed))
+    fuller: dict[int, Job] = {}
+    for job_id, raw, exc in fetch_by_id(client, wanted, run.options.concurrency, True):
+        if isinstance(exc, FATAL):
+            raise exc
+        job = None if exc is not None else run.parse(raw, job_id)
+        if job is not None:
+            fuller[job_id] = job
+    return [fuller.get(j.id, j) for j in jobs]
 
 
 def _note_reappearances(reader: PagedRead, seen: dict, jobs: list[Job], mark: datetime | None) -> None:
@@ -408,17 +445,6 @@ def parse_page(run: Run, raw_page: list[dict]) -> tuple[list[Job], list[Job] | N
             continue
         jobs.append(job)
     return jobs, clean
-
-
-def _mark_saver(archive: Archive, mark: datetime, scope: str, summary: SyncSummary) -> Callable | None:
-    if summary.dry_run:
-        return None
-
-    def save(conn) -> None:
-        archive.save_mark(conn, mark, scope, summary.run_id)
-        summary.high_water_mark = mark
-
-    return save
 
 
 def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset()) -> None:
@@ -506,7 +532,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             body: Callable[[Run], None]) -> SyncSummary:
     """Run `body` under the account lock with a sync_runs row, however it ends."""
     started = time.monotonic()
-    archive = Archive.open(settings.database_url, settings.account)
+    archive = Archive.open(settings.database_url, settings.account, create=not options.dry_run)
     try:
         with archive.run_lock(options.wait, enabled=options.lock):
             if not options.dry_run:
@@ -522,6 +548,9 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 run.flush()
                 summary.outcome = "budget" if isinstance(exc, BudgetReached) else "stopped"
                 summary.message = str(exc)
+            except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
+                summary.outcome, summary.message = "stopped", str(exc)
+                summary.errors.append(error_row(None, exc))
             except BaseException as exc:
                 interrupted = isinstance(exc, KeyboardInterrupt)
                 summary.outcome = "interrupted" if interrupted else "failed"

@@ -213,3 +213,15 @@ def test_unchanged_payloads_cost_one_read_and_no_write(payload, db_url, monkeypa
     monkeypatch.setattr(Archive, "write_jobs", lambda self, jobs, *a, **k: writes.append(len(jobs)))
     again = ingest(settings, iter(records), SyncOptions(batch_size=100))
     assert (again.unchanged, again.inserted, again.updated) == (300, 0, 0) and writes == []
+
+
+def test_with_log_summary_fetches_each_failed_job_once(sqlite_url):
+    with Sandbox(jobs=300, seed=6, now=NOW) as api:
+        failed = [i for i in api.job_ids() if api.job(i)["status"] == "failed"]
+        options = SyncOptions(with_log_summary=True)
+        summary = incremental_with(api, sqlite_url, options)
+        assert summary.exit_code == 0 and api.stats.by_endpoint["get_job"] == len(failed) > 0
+        assert sorted(stored(sqlite_url, models.JobLogSummary, "job_id")) == failed
+        api.stats.reset()
+        incremental_with(api, sqlite_url, options, full=True)
+        assert api.stats.by_endpoint["get_job"] == 0
