@@ -168,3 +168,20 @@ def empty_db_url(request, tmp_path) -> str:
     url = server_url(request.param, database="archiver_test_migrations")
     drop_everything(url)
     return url
+
+
+# -- figures the reliability suite reports at the end of the run --------------------------------
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure():
+    """figure("...") records a line for the end-of-run 'reliability figures' section."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -37,7 +37,7 @@ def test_clean_sync_by_id_stores_every_field(sqlite_url):
         assert again.returncode == 0 and json.loads(again.stdout)["unchanged"] == 120
 
 
-def test_faults_on_every_recoverable_job_is_archived(sqlite_url):
+def test_faults_on_every_recoverable_job_is_archived(sqlite_url, figure):
     with Sandbox(jobs=150, seed=12, now=NOW, error_rate=0.1, drop_rate=0.05, bad_json_rate=0.05,
                  rate_limit=60, rate_window_s=1) as api:
         ids = api.job_ids()
@@ -50,8 +50,8 @@ def test_faults_on_every_recoverable_job_is_archived(sqlite_url):
         faults = api.stats.faults
         assert faults["error"] and faults["drop"] and faults["bad_json"]
         assert summary["retries"] >= sum(faults[k] for k in ("error", "drop", "bad_json"))
-        print(f"\nfaults injected {dict(faults)}; jobs archived {summary['inserted']}/{len(ids)}; "
-              f"retries {summary['retries']}")
+        figure(f"faults (CLI): {len(ids)} jobs, injected {dict(faults)}; archived "
+               f"{summary['inserted']}/{len(ids)} with {summary['retries']} retries")
 
 
 def test_incremental_with_faults_archives_everything(sqlite_url):
@@ -61,7 +61,7 @@ def test_incremental_with_faults_archives_everything(sqlite_url):
         assert sorted(stored_jobs(sqlite_url)) == api.job_ids()
 
 
-def test_wrong_key_exits_3_with_the_api_message_and_no_key(sqlite_url):
+def test_wrong_key_exits_3_with_the_api_message_and_no_key(sqlite_url, figure):
     secret = "wrong-key-abcdef-0123456789"
     with Sandbox(jobs=20, seed=14, now=NOW) as api:
         result = run_archiver(api, sqlite_url, "--log-level", "debug", "sync", *map(str, api.job_ids()[:5]),
@@ -71,6 +71,7 @@ def test_wrong_key_exits_3_with_the_api_message_and_no_key(sqlite_url):
         assert secret not in result.stdout + result.stderr
         assert api.stats.faults["unauthorized"] == 1  # the first request goes alone; no retries
         assert stored_jobs(sqlite_url) == {}
+    figure("wrong key: exit 3 after 1 request, nothing written, the key in no output")
 
 
 def test_wrong_account_stops_after_20_not_found(sqlite_url):

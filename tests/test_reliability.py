@@ -48,7 +48,7 @@ def expected_outputs(api):
     return sum(len(api.job(i)["outputs"]) for i in api.job_ids())
 
 
-def test_2000_jobs_through_5xx_drops_truncation_and_429s(sqlite_url):
+def test_2000_jobs_through_5xx_drops_truncation_and_429s(sqlite_url, figure):
     with Sandbox(jobs=2000, seed=41, now=NOW, error_rate=0.2, drop_rate=0.05, bad_json_rate=0.05,
                  rate_limit=200, rate_window_s=1) as api:
         client = XplentyClient(api.url, api.account, Secret(KEY), policy=FAST_RETRIES)
@@ -58,8 +58,9 @@ def test_2000_jobs_through_5xx_drops_truncation_and_429s(sqlite_url):
     assert summary.exit_code == 0 and summary.failed == 0
     assert (summary.inserted, got["jobs"], got["distinct"]) == (2000, 2000, 2000)
     assert faults["error"] > 200 and faults["drop"] > 50 and faults["bad_json"] > 50 and faults["rate_limited"] > 0
-    print(f"\n[reliability] 2000 jobs; faults injected {faults}; archived {summary.inserted}; "
-          f"retries {summary.retries}; credits {summary.credits_used}")
+    figure(f"faults: 2000 jobs, injected {faults['error']} 5xx, {faults['drop']} drops, "
+           f"{faults['bad_json']} truncated bodies, {faults['rate_limited']} 429s; archived "
+           f"{summary.inserted}/2000 with {summary.retries} retries, 0 failed")
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def backend_url(request, sqlite_url, migrated_servers):
 
 
 @pytest.mark.parametrize("backend_url", ["sqlite", "postgresql"], indirect=True)
-def test_sigkill_at_random_points_then_rerun(backend_url):
+def test_sigkill_at_random_points_then_rerun(backend_url, figure):
     db_url, backend = backend_url, backend_url.split(":")[0].split("+")[0]
     rng = random.Random(43)
     kills = 0
@@ -102,11 +103,12 @@ def test_sigkill_at_random_points_then_rerun(backend_url):
     assert got["outcomes"][-1] == "ok" and got["outcomes"].count("abandoned") == kills
     if backend == "sqlite":
         assert got["integrity"] == "ok"
-    print(f"\n[reliability] {backend}: {kills} kills survived; 800 jobs archived once")
+    figure(f"kills: {backend}, {kills} SIGKILLs at random points survived; 800 jobs archived exactly once, "
+           "no orphans" + (", integrity_check ok" if backend == "sqlite" else ""))
 
 
 @pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)
-def test_eight_unlocked_writers_in_shuffled_order_equal_a_serial_run(backend_url, tmp_path):
+def test_eight_unlocked_writers_in_shuffled_order_equal_a_serial_run(backend_url, tmp_path, figure):
     db_url, backend = backend_url, backend_url.split(":")[0].split("+")[0]
     with Sandbox(jobs=500, seed=44, now=NOW) as api:
         newest = [api.job(i) for i in api.job_ids()]
@@ -133,11 +135,11 @@ def test_eight_unlocked_writers_in_shuffled_order_equal_a_serial_run(backend_url
     from archiver.parse import parse_job
     serial = {j.id: (j.status, j.updated_at, j.payload_hash) for j in map(parse_job, newest)}
     assert rows == serial
-    print(f"\n[reliability] {backend}: 8 unlocked writers x {len(newest) + len(older)} payloads, "
-          f"{retried} transactions retried after a deadlock; final state equals the serial run")
+    figure(f"overlap: {backend}, 8 unlocked writers x {len(newest) + len(older)} payloads, {retried} "
+           "transactions retried after a deadlock, none escaped; final state equals a serial run")
 
 
-def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url):
+def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url, figure):
     with Sandbox(jobs=400, seed=45, now=NOW, latency_ms=20) as api:
         proc = subprocess.Popen(archiver_cmd("sync", *map(str, api.job_ids()), "--concurrency", "2",
                                              "--batch-size", "20"),
@@ -153,6 +155,7 @@ def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url):
         assert again.returncode == 0, again.stderr
     got = counts(sqlite_url)
     assert got["jobs"] == got["distinct"] == 400 and got["integrity"] == "ok"
+    figure("SIGTERM: exit 143, run marked interrupted, lock freed; the re-run archived all 400 jobs")
 
 
 def test_non_local_plain_http_is_refused_before_any_connection(sqlite_url, tmp_path):

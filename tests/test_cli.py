@@ -1,0 +1,44 @@
+"""The command line's contract: every command documented, help everywhere, exit codes."""
+
+from pathlib import Path
+
+import click
+import pytest
+
+from archiver.cli import cli
+from tests.clirun import run_cli
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def commands(group: click.Group, prefix: str = "archiver"):
+    for name, command in group.commands.items():
+        yield f"{prefix} {name}", command
+        if isinstance(command, click.Group):
+            yield from commands(command, f"{prefix} {name}")
+
+
+@pytest.mark.parametrize("name, command", list(commands(cli)))
+def test_every_command_has_help_and_is_in_the_readme(name, command):
+    assert command.help and len(command.help) > 20
+    assert f"`{name}" in README or f"{name} " in README
+
+
+def test_help_runs_for_every_command(capsys, monkeypatch):
+    for name, _ in commands(cli):
+        result = run_cli(capsys, monkeypatch, name.split()[1:] + ["--help"])
+        assert result.code == 0 and "Usage:" in result.out
+
+
+def test_no_flag_takes_the_api_key():
+    for _, command in commands(cli):
+        for param in command.params:
+            if command.name == "sandbox":
+                continue  # the sandbox's own key is a local test value, not a secret
+            assert not any("key" in opt for opt in getattr(param, "opts", []))
+
+
+def test_unknown_option_is_a_usage_error(capsys, monkeypatch):
+    assert run_cli(capsys, monkeypatch, ["sync", "--no-such-flag"]).code == 2
+    assert run_cli(capsys, monkeypatch, ["sync"]).code == 2
+    assert run_cli(capsys, monkeypatch, ["sync", "1", "--incremental"]).code == 2
