@@ -13,7 +13,7 @@ import sys
 import click
 
 from archiver import __version__
-from archiver.config import load_settings, log_level, mask_url
+from archiver.config import load_settings, log_level
 from archiver.errors import ArchiverError, ConfigError
 
 EXIT_CODES_HELP = ("Exit codes: 0 every job archived or unchanged; 1 some jobs failed or were not "
@@ -192,11 +192,9 @@ def db():
 @click.argument("revision", default="head")
 def db_upgrade(db, revision):
     """Migrate the database up to REVISION (default: head)."""
-    from archiver import store
+    from archiver.store import migrate
 
-    url = load_settings(db=db).database_url
-    store.upgrade(store.make_engine(url), revision)
-    click.echo(f"{mask_url(url)} is at revision {store.current_revision(store.make_engine(url))}")
+    click.echo(migrate(load_settings(db=db).database_url, "upgrade", revision))
 
 
 @db.command("downgrade")
@@ -204,22 +202,18 @@ def db_upgrade(db, revision):
 @click.argument("revision")
 def db_downgrade(db, revision):
     """Migrate the database down to REVISION (`base` removes every table)."""
-    from archiver import store
+    from archiver.store import migrate
 
-    url = load_settings(db=db).database_url
-    store.downgrade(store.make_engine(url), revision)
-    click.echo(f"{mask_url(url)} is at revision {store.current_revision(store.make_engine(url))}")
+    click.echo(migrate(load_settings(db=db).database_url, "downgrade", revision))
 
 
 @db.command("current")
 @db_option
 def db_current(db):
     """Print the database's schema revision and the archiver's head revision."""
-    from archiver import store
+    from archiver.store import migrate
 
-    url = load_settings(db=db).database_url
-    current = store.current_revision(store.make_engine(url))
-    click.echo(f"{mask_url(url)}: revision {current or 'none (empty)'}; head {store.head_revision()}")
+    click.echo(migrate(load_settings(db=db).database_url, "current"))
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:
@@ -250,7 +244,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.1f}"
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:,.1f}"
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d %H:%M")
     text = str(value)

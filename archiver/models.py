@@ -247,3 +247,15 @@ class JobLogSummary(Base):
     action_items: Mapped[list | None] = mapped_column(Payload)
     body: Mapped[str | None] = mapped_column(LongText)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def _document_columns() -> None:
+    """Column comments from archiver.schema_docs (kept in step with migration 0004)."""
+    from archiver.schema_docs import COLUMN_DOCS
+
+    for name, table in Base.metadata.tables.items():
+        for column in table.columns:
+            column.comment = COLUMN_DOCS[name][column.name]
+
+
+_document_columns()

@@ -8,7 +8,6 @@ never from a driver's rowcount (MySQL reports an unchanged row like an insert).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -133,6 +132,20 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(alembic_config(connection=conn), revision)
 
 
+def migrate(url: str, action: str, revision: str = "head") -> str:
+    """`archiver db upgrade|downgrade|current`: do it, and say where the database stands."""
+    engine = make_engine(url)
+    try:
+        if action == "upgrade":
+            upgrade(engine, revision)
+        elif action == "downgrade":
+            downgrade(engine, revision)
+        current = current_revision(engine)
+    finally:
+        engine.dispose()
+    return f"{mask_url(url)}: revision {current or 'none (empty)'}; head {head_revision()}"
+
+
 def ensure_schema(engine: Engine, create: bool = True) -> None:
     """Migrate an empty database (when `create`); refuse one at another revision than ours."""
     if not create and engine.dialect.name == "sqlite":
@@ -217,10 +230,6 @@ class BatchResult:
     updated: list[int] = dataclasses.field(default_factory=list)
     unchanged: list[int] = dataclasses.field(default_factory=list)
     stale: list[int] = dataclasses.field(default_factory=list)
-
-    def add(self, other: "BatchResult") -> None:
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).extend(getattr(other, f.name))
 
 
 # -- the archive -----------------------------------------------------------------------------------

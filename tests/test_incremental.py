@@ -2,10 +2,9 @@
 
 import io
 import json
-import math
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from archiver import models
 from archiver.errors import InvalidPayload

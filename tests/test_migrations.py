@@ -65,3 +65,26 @@ def test_older_revision_is_refused_with_the_command_to_run(tmp_path):
     store.upgrade(store.make_engine(url), "0001")
     with pytest.raises(SchemaOutOfDate, match="archiver db upgrade"):
         store.Archive.open(url)
+
+
+def test_column_docs_match_docs_schema_md():
+    """docs/schema.md and the column comments say the same thing about every column."""
+    import re
+
+    from archiver.schema_docs import COLUMN_DOCS
+    text = (ROOT / "docs" / "schema.md").read_text()
+    for table, columns in COLUMN_DOCS.items():
+        section = text.split(f"### {table}\n", 1)[1].split("\n### ", 1)[0]
+        documented = {m.group(1): m.group(2).replace("`", "").strip()
+                      for m in re.finditer(r"^\| ([a-z_0-9]+) \| [^|]+ \| (.+) \|$", section, re.M)
+                      if m.group(1) != "column"}
+        assert documented == columns, table
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])  # SQLite has no column comments
+def test_comments_are_on_the_server_columns(backend, migrated_servers):
+    engine = store.make_engine(migrated_servers(backend))
+    columns = {c["name"]: c.get("comment") for c in inspect(engine).get_columns("jobs")}
+    engine.dispose()
+    from archiver.schema_docs import COLUMN_DOCS
+    assert columns == COLUMN_DOCS["jobs"]

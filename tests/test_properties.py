@@ -4,7 +4,7 @@ round-trip exactly on every backend; invalid ones are rejected naming job and fi
 import copy
 import itertools
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import select

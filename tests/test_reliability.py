@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
@@ -19,7 +18,7 @@ from archiver.client import RetryPolicy, XplentyClient
 from archiver.config import Secret
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.sync import IncrementalOptions, SyncOptions, sync_ids, sync_incremental
+from archiver.sync import SyncOptions, sync_ids
 from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for
 
 FAST_RETRIES = RetryPolicy(max_attempts=12, backoff_base=0.005, backoff_max=0.05, min_429_wait=0.05)

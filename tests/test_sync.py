@@ -4,7 +4,7 @@ import json
 
 import pytest
 import responses
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from archiver import models
 from archiver.store import make_engine

@@ -5,10 +5,8 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import text
 
-from archiver import models
-from archiver.config import Settings
 from archiver.parse import TERMINAL_STATUSES, parse_timestamp
 from archiver.report import failures_report, parse_since, percentile, runtimes_report, status_report
 from archiver.sandbox import Sandbox
