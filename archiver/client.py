@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
-import json
 import logging
 import random
 import threading
@@ -22,6 +21,7 @@ import requests
 
 from archiver import __version__
 from archiver.config import Secret
+from archiver.parse import strict_json
 from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
                              RateLimited, TlsError)
 
@@ -64,13 +64,9 @@ class Page:
     paged_by_links: bool = False  # the API announced pages in a Link header (v2)
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def decode_json(body: bytes) -> Any:
     """Strict JSON: valid UTF-8, no NaN/Infinity; huge numbers raise ValueError."""
-    return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    return strict_json(body.decode("utf-8"))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

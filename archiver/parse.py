@@ -124,7 +124,6 @@ class Job:
     cluster: Cluster | None
     creator: Creator | None
     log_summary: LogSummary | None
-    payload: dict
     payload_text: str
     payload_hash: str
 
@@ -281,7 +280,6 @@ def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint
         cluster=_cluster(f.sub("cluster")),
         creator=creator,
         log_summary=_log_summary(f.sub("log_summary"), job_id),
-        payload=raw,
         payload_text=text,
         payload_hash=digest or hashlib.sha256(text.encode("utf-8")).hexdigest(),
     )
@@ -301,6 +299,16 @@ def derived_columns(columns: dict[str, Any]) -> dict[str, Any]:
             derived["queue_seconds"] = (max(0, round((started - created).total_seconds()))
                                         if started and created else None)
     return derived
+
+
+def reject_json_constant(name: str) -> None:
+    """For json's parse_constant: NaN and Infinity are not JSON."""
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the API promises it: no NaN or Infinity; a number too long raises ValueError."""
+    return json.loads(text, parse_constant=reject_json_constant)
 
 
 def _without_nul(value: Any) -> Any:

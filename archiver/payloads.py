@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from archiver.errors import InvalidPayload
+from archiver.parse import reject_json_constant
 
 CHUNK = 1 << 20
-_decoder = json.JSONDecoder(parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+_decoder = json.JSONDecoder(parse_constant=reject_json_constant)
 
 
 def read_payloads(stream: IO[bytes] | IO[str]) -> Iterator[Any]:

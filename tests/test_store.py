@@ -202,3 +202,25 @@ def test_dry_run_plan_writes_nothing(archive, payload):
     _, plan = archive.plan([parse_job(changed), parse_job(payload("job-v1-failed.json"))])
     assert (plan.updated, plan.inserted) == ([157], [304])
     assert count(archive, models.Job) == 1
+
+
+def test_a_failing_batch_falls_back_to_job_by_job(db_url, payload, monkeypatch):
+    """One job the database refuses never sinks its neighbours: the rest are stored."""
+    from archiver.config import Settings
+    from archiver.sync import SyncOptions, ingest
+
+    real = Archive._write
+
+    def refuse_job_5(self, conn, jobs, run_id):
+        if any(j.id == 5 for j in jobs):
+            raise RuntimeError("the database refused job 5")
+        return real(self, conn, jobs, run_id)
+
+    monkeypatch.setattr(Archive, "_write", refuse_job_5)
+    records = [dict(payload("job-v1-failed.json"), id=i) for i in range(1, 11)]
+    summary = ingest(Settings(account="acme", database_url=db_url), iter(records), SyncOptions(batch_size=10))
+    assert (summary.inserted, summary.failed) == (9, 1)
+    assert summary.errors[0]["job_id"] == 5 and summary.errors[0]["kind"] == "db_error"
+    archive = Archive.open(db_url)
+    assert [r["id"] for r in rows(archive, models.Job)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    archive.close()
