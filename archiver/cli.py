@@ -133,6 +133,7 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
     By id: `archiver sync 157 304 1000-1100`. For cron: `archiver sync --incremental`.
     """
     from archiver import sync as runs
+    from archiver.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
     from archiver.parse import parse_timestamp
 
     job_ids = runs.parse_id_args(ids, ids_file or ())
@@ -155,10 +156,10 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
                                max_runtime=max_runtime, max_credits=max_credits, reserve=reserve,
                                progress=progress)
     if incremental:
-        inc = runs.IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
-        summary = runs.sync_incremental(settings, options, inc)
+        inc = IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
+        summary = sync_incremental(settings, options, inc)
     elif refresh_open:
-        summary = runs.sync_refresh_open(settings, options)
+        summary = sync_refresh_open(settings, options)
     else:
         summary = runs.sync_ids(settings, job_ids, options)
     print_summary(summary, as_json, progress)

@@ -9,7 +9,8 @@ from archiver.config import Secret, Settings
 from archiver.report import failures_report, parse_since, runtimes_report, status_report
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.sync import IncrementalOptions, SyncOptions, SyncSummary, sync_incremental
+from archiver.incremental import IncrementalOptions, sync_incremental
+from archiver.sync import SyncOptions, SyncSummary
 
 SANDBOX_KEY = "sandbox-key"
 FURTHER_SQL = """\

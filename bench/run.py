@@ -46,7 +46,8 @@ from archiver.config import Secret, Settings  # noqa: E402
 from archiver.parse import parse_job  # noqa: E402
 from archiver.payloads import read_payloads  # noqa: E402
 from archiver.store import make_engine, upgrade, utcnow  # noqa: E402
-from archiver.sync import IncrementalOptions, SyncOptions, ingest, sync_ids, sync_incremental  # noqa: E402
+from archiver.incremental import IncrementalOptions, sync_incremental  # noqa: E402
+from archiver.sync import SyncOptions, ingest, sync_ids  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/archiver_bench"
 RESULTS_FILE = Path(__file__).resolve().parent / "last-results.md"

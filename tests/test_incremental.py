@@ -11,7 +11,8 @@ from archiver.errors import InvalidPayload
 from archiver.payloads import read_payloads
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.sync import IncrementalOptions, SyncOptions, ingest, sync_incremental, sync_refresh_open
+from archiver.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
+from archiver.sync import SyncOptions, ingest
 from tests.sandboxed import NOW, run_archiver, settings_for
 
 

@@ -11,7 +11,8 @@ from archiver.parse import TERMINAL_STATUSES, parse_timestamp
 from archiver.report import failures_report, parse_since, percentile, runtimes_report, status_report
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.sync import IncrementalOptions, SyncOptions, sync_incremental
+from archiver.incremental import IncrementalOptions, sync_incremental
+from archiver.sync import SyncOptions
 from tests.clirun import run_cli
 from tests.sandboxed import NOW, settings_for
 
