@@ -150,6 +150,8 @@ class _Fields:
 
     def int(self, key: str, required: bool = False) -> int | None:
         value = self.obj.get(key)
+        if type(value) is int and BIGINT_MIN <= value <= BIGINT_MAX:  # the usual case, first
+            return value
         if value is None:
             if required:
                 raise self.error(key, "is required")
@@ -181,7 +183,7 @@ class _Fields:
         value = self.obj.get(key)
         if value is None:
             return None
-        if not isinstance(value, str):
+        if type(value) is not str:
             raise self.error(key, f"expected an ISO 8601 timestamp string, got {type(value).__name__}")
         return parse_timestamp(value, self, key)
 
@@ -194,7 +196,8 @@ def parse_timestamp(value: str, fields: _Fields | None = None, key: str = "") ->
     """ISO 8601 with Z or any offset -> aware UTC datetime (naive is taken as UTC)."""
     try:
         moment = datetime.fromisoformat(value)
-        moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        if moment.tzinfo is not timezone.utc:
+            moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
     except (ValueError, OverflowError):
         if fields is None:
             raise ValueError(f"not an ISO 8601 timestamp: {value[:40]!r}") from None

@@ -1,7 +1,7 @@
 """The order of steps of a run: lock, open a sync_runs row, fetch -> parse -> store, summary.
 
 Three ways in, one way to the archive: by id (`sync ID ...`), incrementally through
-List jobs (`sync --incremental`, `--refresh-open`) and from saved payloads (`ingest`).
+List jobs (archiver.incremental) and from saved payloads (`ingest`).
 """
 
 from __future__ import annotations
