@@ -363,3 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     except ArchiverError as exc:
         click.echo(f"archiver: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug or a database failure mid-run: one line, details at debug level
+        logging.getLogger("archiver").debug("unexpected error", exc_info=True)
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        click.echo(f"archiver: unexpected {type(exc).__name__}: {detail[0][:300] if detail else ''} "
+                   "(run with --log-level debug for details)", err=True)
+        sys.exit(1)

@@ -26,11 +26,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (Connection, Engine, and_, create_engine, delete, event, inspect, literal_column,
                         not_, or_, select, update, func)
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from archiver import __version__, dialect, models
 from archiver.config import mask_url
 from archiver.dialect import RawJSON, serialize_json
-from archiver.errors import ArchiverError, SchemaOutOfDate
+from archiver.errors import ArchiverError, ConfigError, SchemaOutOfDate
 from archiver.parse import TERMINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,30 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(alembic_config(connection=conn), revision)
 
 
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be reached or named is a configuration error (exit 2) that
+    says which database (password masked) and why, not a traceback."""
+    where = mask_url(url)
+    try:
+        yield
+    except NoSuchModuleError:
+        raise ConfigError(f"no driver for {where}: pip install 'xplenty-archiver[postgres]' or "
+                          "'xplenty-archiver[mysql]'") from None
+    except ArgumentError:
+        raise ConfigError(f"not a database URL: {where}") from None
+    except OperationalError as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200]
+        raise ConfigError(f"cannot open the archive at {where}: {reason}") from None
+
+
 def migrate(url: str, action: str, revision: str = "head") -> str:
     """`archiver db upgrade|downgrade|current`: do it, and say where the database stands."""
+    with database_errors(url):
+        return _migrate(url, action, revision)
+
+
+def _migrate(url: str, action: str, revision: str) -> str:
     engine = make_engine(url)
     try:
         if action == "upgrade":
@@ -244,12 +267,13 @@ class Archive:
     @classmethod
     def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
         """Open an archive; an empty database is migrated first unless `create` is False."""
-        engine = make_engine(url, create=create)
-        try:
-            ensure_schema(engine, create=create)
-        except BaseException:
-            engine.dispose()
-            raise
+        with database_errors(url):
+            engine = make_engine(url, create=create)
+            try:
+                ensure_schema(engine, create=create)
+            except BaseException:
+                engine.dispose()
+                raise
         return cls(engine, account)
 
     def close(self) -> None:

@@ -42,3 +42,13 @@ def test_unknown_option_is_a_usage_error(capsys, monkeypatch):
     assert run_cli(capsys, monkeypatch, ["sync", "--no-such-flag"]).code == 2
     assert run_cli(capsys, monkeypatch, ["sync"]).code == 2
     assert run_cli(capsys, monkeypatch, ["sync", "1", "--incremental"]).code == 2
+
+
+def test_unreachable_database_is_exit_2_with_the_password_masked(capsys, monkeypatch):
+    env = {"XPLENTY_ACCOUNT_ID": "acme", "XPLENTY_API_KEY": "k"}
+    url = "postgresql+psycopg://user:hunter2@127.0.0.1:1/nowhere"
+    result = run_cli(capsys, monkeypatch, ["sync", "157", "--db", url], env)
+    assert result.code == 2 and "cannot open the archive" in result.err
+    assert "hunter2" not in result.err and "user:***@" in result.err
+    missing = run_cli(capsys, monkeypatch, ["report", "status", "--db", "mysql+nosuchdriver://a/b"])
+    assert missing.code == 2 and "no driver" in missing.err
