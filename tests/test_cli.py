@@ -52,3 +52,19 @@ def test_unreachable_database_is_exit_2_with_the_password_masked(capsys, monkeyp
     assert "hunter2" not in result.err and "user:***@" in result.err
     missing = run_cli(capsys, monkeypatch, ["report", "status", "--db", "mysql+nosuchdriver://a/b"])
     assert missing.code == 2 and "no driver" in missing.err
+
+
+def test_progress_line_only_on_a_terminal_and_never_with_quiet(monkeypatch, capsys):
+    import sys
+
+    from archiver.cli import progress_printer
+    from archiver.sync import SyncSummary
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert progress_printer(quiet=False) is None  # cron, pipes
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert progress_printer(quiet=True) is None
+    show = progress_printer(quiet=False)
+    show(SyncSummary(mode="ids", requested=10, inserted=3, updated=1, failed=1))
+    line = capsys.readouterr().err
+    assert line.startswith("\r4/10 jobs") and "1 errors" in line
