@@ -41,6 +41,7 @@ class RetryPolicy:
     backoff_max: float = 30.0
     min_429_wait: float = 2.0      # a 429 without Retry-After still waits at least this long
     max_retry_after: float = 300.0  # a longer Retry-After ends the run instead of sleeping
+    max_pace: float = 2.0  # pause per call when the rate budget is down to the reserve
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 
@@ -175,6 +176,14 @@ class XplentyClient:
         if self.reserve and remaining is not None and remaining <= self.reserve:
             raise RateLimited(f"rate budget down to {remaining} credits (reserve {self.reserve}); "
                               "stopping before the API starts refusing")
+        if charge and self.reserve and remaining is not None and remaining < 3 * self.reserve:
+            self._sleep(self._pace(remaining))
+
+    def _pace(self, remaining: int) -> float:
+        """Slow down as the budget nears the reserve: from no pause at three times the reserve
+        to `max_pace` seconds a call at the reserve, so the window has time to refill."""
+        closeness = (3 * self.reserve - remaining) / (2 * self.reserve)
+        return round(self.policy.max_pace * min(1.0, max(0.0, closeness)), 3)
 
     def _record(self, resp: requests.Response, charge: bool) -> None:
         with self._lock:

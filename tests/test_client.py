@@ -147,3 +147,15 @@ def test_redirect_to_another_host_drops_authorization(client, payload):
 def test_key_never_appears_in_reprs():
     c = XplentyClient(API, "acme", Secret(KEY))
     assert KEY not in repr(c.__dict__) and KEY not in str(Secret(KEY))
+
+
+@responses.activate
+def test_calls_slow_down_as_the_budget_nears_the_reserve(slept, payload):
+    c = XplentyClient(API, "acme", Secret(KEY), sleep=slept.append, reserve=10)
+    for remaining in ("100", "25", "15", "11"):
+        responses.get(JOB, json=payload("job-v1-completed.json"),
+                      headers={"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": remaining})
+    for _ in range(4):
+        c.get_job(157)
+    # no pause before the first answer nor at 100 left; then 25 and 15 left of a reserve of 10
+    assert slept == [pytest.approx(0.5), pytest.approx(1.5)]
