@@ -131,10 +131,6 @@ def _pg_copy_into(conn: Connection, table: Table, target: str, rows: Sequence[di
         cursor.close()
 
 
-def _apply(convert: Callable[[Any], Any] | None, value: Any) -> Any:
-    return convert(value) if convert else value
-
-
 class RawJSON(str):
     """JSON text already serialized by the parser; written as it is."""
 
@@ -244,7 +240,8 @@ def _lock_key(account: str) -> int:
 
 @contextmanager
 def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
-             sleep: Callable[[float], None] = time.sleep) -> Iterator[None]:
+             sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
     """Hold the per-account run lock for the duration, or raise RunLocked.
 
     The lock lives on its own connection (PostgreSQL/MySQL) or in a file beside the
@@ -255,9 +252,9 @@ def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
         holder = _FileLock(_sqlite_lock_path(engine, account))
     else:
         holder = _ServerLock(engine, account)
-    deadline = time.monotonic() + max(0.0, wait)
+    deadline = clock() + max(0.0, wait)
     while not holder.try_acquire():
-        if time.monotonic() >= deadline:
+        if clock() >= deadline:
             holder.close()
             raise RunLocked(f"another archiver run for account {account!r} holds the lock on this "
                             "database; try again later or pass --wait SECONDS")

@@ -318,7 +318,7 @@ class Archive:
             query = select(summaries_t.c.job_id).where(dialect.in_ids(conn, summaries_t.c.job_id, list(ids)))
             return set(conn.execute(query).scalars())
 
-    def plan(self, jobs: Sequence[Job]) -> tuple[list[Job], BatchResult]:
+    def plan(self, jobs: Sequence[Job]) -> BatchResult:
         """Dry run: what writing these jobs would do, without writing."""
         unique = newest_per_id(jobs)
         with self.engine.connect() as conn:
@@ -326,7 +326,7 @@ class Archive:
         result = BatchResult()
         for job in unique:
             getattr(result, _bucket(decide(stored.get(job.id), job))).append(job.id)
-        return unique, result
+        return result
 
     def transact(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one transaction, retried whole on a deadlock or lock timeout."""
@@ -405,6 +405,8 @@ class Archive:
                            expect_new=new)
 
     def _replace_children(self, conn: Connection, jobs: list[Job]) -> None:
+        """Outputs and variables replaced as sets. Jobs new when read are deleted from too:
+        without the lock another writer may have inserted them (and their children) since."""
         with_outputs = [j for j in jobs if j.outputs is not None]
         with_vars = [j for j in jobs if j.variables is not None]
         with_summary = [j for j in jobs if j.log_summary is not None]

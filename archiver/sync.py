@@ -171,7 +171,7 @@ class Run:
         job never sinks its neighbours; with a bookmark the error stops the run.
         """
         if self.options.dry_run:
-            self.summary.add_batch(self.archive.plan(batch)[1])
+            self.summary.add_batch(self.archive.plan(batch))
             return
         try:
             self.summary.add_batch(self.archive.write_jobs(batch, self.summary.run_id, after=after))
@@ -214,7 +214,8 @@ def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
                     job_id = running.pop(future)
                     exc = future.exception()
                     yield job_id, (None if exc else future.result()), exc
-                while len(running) < limit.current():
+                room = limit.current()
+                while len(running) < room:
                     nxt = next(todo, None)
                     if nxt is None:
                         break
@@ -226,7 +227,7 @@ def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
 
 class AdaptiveLimit:
     """Requests in flight: halved on each new 429 or when the remaining credits run low,
-    grown back by one per call while the API is content."""
+    grown back by one per round of answers while the API is content."""
 
     def __init__(self, client: XplentyClient, ceiling: int):
         self.client, self.ceiling, self.value = client, max(1, ceiling), max(1, ceiling)

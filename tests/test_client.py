@@ -159,3 +159,21 @@ def test_calls_slow_down_as_the_budget_nears_the_reserve(slept, payload):
         c.get_job(157)
     # no pause before the first answer nor at 100 left; then 25 and 15 left of a reserve of 10
     assert slept == [pytest.approx(0.5), pytest.approx(1.5)]
+
+
+def test_fetch_concurrency_halves_on_429s_and_grows_back_one_at_a_time():
+    from archiver.client import Usage
+    from archiver.sync import AdaptiveLimit
+
+    class FakeClient:
+        reserve = 0
+        usage = Usage(remaining=4000)
+
+    client = FakeClient()
+    limit = AdaptiveLimit(client, 16)
+    assert limit.current() == 16
+    client.usage.rate_limited += 1
+    assert limit.current() == 8
+    assert [limit.current() for _ in range(3)] == [9, 10, 11]
+    client.usage.remaining = 50  # low budget: keep narrowing
+    assert [limit.current() for _ in range(4)] == [5, 2, 1, 1]

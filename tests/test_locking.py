@@ -37,18 +37,27 @@ def test_lock_is_exclusive_per_account_and_released(db_url):
             a.close()
 
 
-def test_wait_gives_up_after_the_timeout(db_url):
+def test_wait_polls_until_the_timeout_then_gives_up(db_url):
+    """--wait: the lock is retried every poll interval until the deadline (a fake clock)."""
+    from archiver import dialect
+    now = [0.0]
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        now[0] += seconds
+
     holder, waiter = Archive.open(db_url, "acme"), Archive.open(db_url, "acme")
     try:
         with holder.run_lock():
-            started = time.monotonic()
             with pytest.raises(RunLocked):
-                with waiter.run_lock(wait=0.3):
+                with dialect.run_lock(waiter.engine, "acme", wait=2.0, poll=0.5, sleep=sleep,
+                                      clock=lambda: now[0]):
                     pass
-            assert time.monotonic() - started >= 0.3
     finally:
         holder.close()
         waiter.close()
+    assert polls == [0.5, 0.5, 0.5, 0.5]
 
 
 def test_overlapping_cli_runs_second_exits_4_or_waits(db_url):

@@ -199,7 +199,7 @@ def test_dry_run_plan_writes_nothing(archive, payload):
     write(archive, payload("job-v1-completed.json"))
     changed = payload("job-v1-completed.json")
     changed["updated_at"] = "2013-01-01T00:00:00Z"
-    _, plan = archive.plan([parse_job(changed), parse_job(payload("job-v1-failed.json"))])
+    plan = archive.plan([parse_job(changed), parse_job(payload("job-v1-failed.json"))])
     assert (plan.updated, plan.inserted) == ([157], [304])
     assert count(archive, models.Job) == 1
 
