@@ -13,8 +13,9 @@ import sys
 import click
 
 from archiver import __version__
-from archiver.config import load_settings, log_level
+from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings
 from archiver.errors import ArchiverError, ConfigError
+from archiver.flows.report import REPORTS
 
 EXIT_CODES_HELP = ("Exit codes: 0 every job archived or unchanged; 1 some jobs failed or were not "
                    "found (the rest are stored); 2 usage or configuration error; 3 the API refused "
@@ -32,27 +33,32 @@ def _terminate(signum, _frame):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="archiver")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
-              help="Log verbosity (env ARCHIVER_LOG_LEVEL; default warning). Logs go to stderr.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="warning",
+              envvar="ARCHIVER_LOG_LEVEL", show_envvar=True, show_default=True,
+              help="Log verbosity. Logs go to stderr.")
 def cli(**options) -> None:
     """Archive Xplenty (Integrate.io) jobs into a SQL database.
 
     The API key comes from XPLENTY_API_KEY or XPLENTY_API_KEY_FILE, never from a flag.
     """
-    logging.basicConfig(level=log_level(options["log_level"]), stream=sys.stderr, force=True,
+    logging.basicConfig(level=options["log_level"].upper(), stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
 
 
 def db_option(f):
-    return click.option("--db", "db", metavar="URL",
-                        help="Database URL (env ARCHIVER_DATABASE_URL; default sqlite:///xplenty_archive.db).")(f)
+    return click.option("--db", "db", metavar="URL", envvar="ARCHIVER_DATABASE_URL", show_envvar=True,
+                        help=f"Database URL (default {DEFAULT_DATABASE_URL}).")(f)
+
+
+def account_option(help_text: str):
+    return click.option("--account", metavar="ID", envvar="XPLENTY_ACCOUNT_ID", show_envvar=True, help=help_text)
 
 
 def api_options(f):
-    f = click.option("--api-url", metavar="URL", help="API base URL (env XPLENTY_API_URL; "
-                     "default https://api.xplenty.com).")(f)
-    f = click.option("--account", metavar="ID", help="Xplenty account id (env XPLENTY_ACCOUNT_ID).")(f)
+    f = click.option("--api-url", metavar="URL", envvar="XPLENTY_API_URL", show_envvar=True,
+                     help=f"API base URL (default {DEFAULT_API_URL}).")(f)
+    f = account_option("Xplenty account id.")(f)
     return db_option(f)
 
 
@@ -82,10 +88,10 @@ def progress_printer(quiet: bool):
     started = time.monotonic()
 
     def show(summary) -> None:
-        done = summary.inserted + summary.updated + summary.unchanged + summary.stale
+        done = summary.settled
         rate = done / max(time.monotonic() - started, 1e-6)
         total = f"/{summary.requested}" if summary.mode == "ids" else ""
-        click.echo(f"\r{done}{total} jobs, {rate:,.0f}/s, {summary.failed + summary.not_found} errors ",
+        click.echo(f"\r{done}{total} jobs, {rate:,.0f}/s, {summary.errors_count} errors ",
                    nl=False, err=True)
         show.used = True
 
@@ -96,7 +102,6 @@ def print_summary(summary, as_json: bool, progress=None) -> None:
     if getattr(progress, "used", False):
         click.echo(err=True)  # end the progress line
     click.echo(json.dumps(summary.as_dict(), default=str) if as_json else summary.line())
-    sys.exit(summary.exit_code)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -132,11 +137,12 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
 
     By id: `archiver sync 157 304 1000-1100`. For cron: `archiver sync --incremental`.
     """
-    from archiver import sync as runs
-    from archiver.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
+    from archiver.flows.by_id import parse_id_args, sync_ids
+    from archiver.flows.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
+    from archiver.flows.runs import SyncOptions
     from archiver.parse import parse_timestamp
 
-    job_ids = runs.parse_id_args(ids, ids_file or ())
+    job_ids = parse_id_args(ids, ids_file or ())
     modes = [bool(job_ids), incremental, refresh_open]
     if sum(modes) != 1:
         raise ConfigError("give job ids, --incremental or --refresh-open (exactly one)")
@@ -151,36 +157,38 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
     settings = load_settings(account=account, api_url=api_url, db=db,
                              allow_insecure_http=allow_insecure_http).require_api()
     progress = progress_printer(quiet or as_json)
-    options = runs.SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
-                               with_log_summary=with_log_summary, wait=wait, lock=not no_lock,
-                               max_runtime=max_runtime, max_credits=max_credits, reserve=reserve,
-                               progress=progress)
+    options = SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
+                          with_log_summary=with_log_summary, wait=wait, lock=not no_lock,
+                          max_runtime=max_runtime, max_credits=max_credits, reserve=reserve, progress=progress)
     if incremental:
         inc = IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
         summary = sync_incremental(settings, options, inc)
     elif refresh_open:
         summary = sync_refresh_open(settings, options)
     else:
-        summary = runs.sync_ids(settings, job_ids, options)
+        summary = sync_ids(settings, job_ids, options)
     print_summary(summary, as_json, progress)
+    sys.exit(summary.exit_code)
 
 
 @cli.command()
 @click.argument("file", type=click.File("rb"))
 @db_option
-@click.option("--account", metavar="ID", help="Account id to record on the jobs (env XPLENTY_ACCOUNT_ID).")
+@account_option("Account id to record on the jobs.")
 @run_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
 def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet):
     """Load saved job payloads (JSON Lines, or a JSON array as List jobs returns; - for stdin)."""
-    from archiver import sync as runs
+    from archiver.flows.ingest import ingest as ingest_payloads
+    from archiver.flows.runs import SyncOptions
     from archiver.payloads import read_payloads
 
     settings = load_settings(account=account, db=db)
     progress = progress_printer(quiet or as_json)
-    options = runs.SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock,
-                               progress=progress)
-    print_summary(runs.ingest(settings, read_payloads(file), options), as_json, progress)
+    options = SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock, progress=progress)
+    summary = ingest_payloads(settings, read_payloads(file), options)
+    print_summary(summary, as_json, progress)
+    sys.exit(summary.exit_code)
 
 
 @cli.group()
@@ -193,7 +201,7 @@ def db():
 @click.argument("revision", default="head")
 def db_upgrade(db, revision):
     """Migrate the database up to REVISION (default: head)."""
-    from archiver.store import migrate
+    from archiver.database import migrate
 
     click.echo(migrate(load_settings(db=db).database_url, "upgrade", revision))
 
@@ -203,7 +211,7 @@ def db_upgrade(db, revision):
 @click.argument("revision")
 def db_downgrade(db, revision):
     """Migrate the database down to REVISION (`base` removes every table)."""
-    from archiver.store import migrate
+    from archiver.database import migrate
 
     click.echo(migrate(load_settings(db=db).database_url, "downgrade", revision))
 
@@ -212,7 +220,7 @@ def db_downgrade(db, revision):
 @db_option
 def db_current(db):
     """Print the database's schema revision and the archiver's head revision."""
-    from archiver.store import migrate
+    from archiver.database import migrate
 
     click.echo(migrate(load_settings(db=db).database_url, "current"))
 
@@ -257,7 +265,7 @@ def _numeric(text: str) -> bool:
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["failures", "runtimes", "status"]))
+@click.argument("name", type=click.Choice(list(REPORTS)))
 @db_option
 @click.option("--since", default="7d", show_default=True,
               help="Period: a span back from now (7d, 24h, 2w) or a date (2026-11-01).")
@@ -267,15 +275,9 @@ def _numeric(text: str) -> bool:
               show_default=True)
 def report(name, db, since, package, limit, fmt):
     """Answers from the archive: failures, runtimes (p50/p95/max and trend) or status counts."""
-    from archiver import store
-    from archiver.report import run_report
+    from archiver.flows.report import run_report
 
-    archive = store.Archive.open(load_settings(db=db).database_url, create=False)
-    try:
-        rows = run_report(archive.engine, name, since, package=package, limit=limit)
-    finally:
-        archive.close()
-    click.echo(format_rows(rows, fmt))
+    click.echo(format_rows(run_report(load_settings(db=db).database_url, name, since, package, limit), fmt))
 
 
 @cli.command()
@@ -330,12 +332,12 @@ def demo(jobs, seed):
     """Sync a sandbox account into ./demo.db and print a short report. No configuration needed."""
     from pathlib import Path
 
-    from archiver.demo import FURTHER_SQL, run_demo
+    from archiver.flows.demo import FURTHER_SQL, run_demo
 
     result = run_demo(Path.cwd(), jobs=jobs, seed=seed)
     s = result.summary
-    click.echo(f"Archived {s.inserted + s.updated + s.unchanged} jobs from a local sandbox API into "
-               f"{result.database} ({s.credits_used} API calls, {s.seconds:.1f}s).\n")
+    click.echo(f"Archived {s.archived} jobs from a local sandbox API into "
+               f"{result.path} ({s.credits_used} API calls, {s.seconds:.1f}s).\n")
     click.echo("Jobs by status (last 60 days)\n" + format_rows(result.status, "table") + "\n")
     click.echo("Packages that fail most\n" + format_rows(
         [{k: r[k] for k in ("package", "jobs", "failed", "failure_rate", "top_error")} for r in result.failing],
@@ -343,8 +345,8 @@ def demo(jobs, seed):
     click.echo("Slowest packages (runtime of finished jobs)\n" + format_rows(
         [{k: r[k] for k in ("package", "runs", "p50_seconds", "p95_seconds", "max_seconds")}
          for r in result.slowest], "table") + "\n")
-    click.echo(f"Look further with SQL: sqlite3 {result.database.name}\n\n{FURTHER_SQL}\n\n"
-               f"or: archiver report failures --db sqlite:///{result.database.name} --since 30d")
+    click.echo(f"Look further with SQL: sqlite3 {result.path.name}\n\n{FURTHER_SQL}\n\n"
+               f"or: archiver report failures --db sqlite:///{result.path.name} --since 30d")
     sys.exit(s.exit_code)
 
 

@@ -8,7 +8,6 @@ errors raised while a body is read, so the retry policy lives here.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import logging
 import random
 import threading
@@ -18,10 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 from archiver import __version__
 from archiver.config import Secret
-from archiver.parse import strict_json
+from archiver.jsonio import decode_body
 from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
                              RateLimited, TlsError)
 
@@ -65,31 +66,21 @@ class Page:
     paged_by_links: bool = False  # the API announced pages in a Link header (v2)
 
 
-def decode_json(body: bytes) -> Any:
-    """Strict JSON: valid UTF-8, no NaN/Infinity; huge numbers raise ValueError."""
-    return strict_json(body.decode("utf-8"))
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds to wait: delta-seconds or an HTTP date."""
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds to wait (delta-seconds or an HTTP date, by urllib3's rules);
+    None when absent or unreadable."""
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return float(Retry().parse_retry_after(value.strip()))
+    except InvalidHeader:
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def error_message(resp: requests.Response) -> str:
     """The API's own `message`, or a generic text; never the raw body."""
     try:
-        msg = decode_json(resp.content).get("message")
+        msg = decode_body(resp.content).get("message")
     except Exception:
         msg = None
     if isinstance(msg, str) and msg:
@@ -102,7 +93,7 @@ class XplentyClient:
 
     def __init__(self, api_url: str, account: str, api_key: Secret, *,
                  policy: RetryPolicy | None = None, reserve: int = 0, max_credits: int | None = None,
-                 deadline: float | None = None, version: int | None = None,
+                 deadline: float | None = None,
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self.base = f"{api_url.rstrip('/')}/{account}/api"
         self.api_url = api_url.rstrip("/")
@@ -111,7 +102,6 @@ class XplentyClient:
         self.reserve = reserve
         self.max_credits = max_credits
         self.deadline = deadline
-        self.accept = ACCEPT if version is None else f"{ACCEPT}; version={version}"
         self.usage = Usage()
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -161,7 +151,7 @@ class XplentyClient:
         if s is None:
             s = requests.Session()
             s.auth = (self._key.reveal(), "")
-            s.headers.update({"Accept": self.accept, "User-Agent": f"xplenty-archiver/{__version__}"})
+            s.headers.update({"Accept": ACCEPT, "User-Agent": f"xplenty-archiver/{__version__}"})
             self._local.session = s
             with self._lock:
                 self._sessions.append(s)
@@ -238,7 +228,7 @@ class XplentyClient:
             if status >= 400:
                 raise ApiError(status, error_message(resp), kind="http_error")
             try:
-                data = decode_json(body)
+                data = decode_body(body)
             except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 reason = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
                 last = InvalidPayload(job_id, "<body>", f"response body is {reason}", kind="bad_json")

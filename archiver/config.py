@@ -1,4 +1,5 @@
-"""Settings: command-line flags override the environment, which overrides defaults.
+"""Settings: the values the command line resolved (a flag, else its environment variable,
+through click's envvar=), else the defaults here.
 
 The API key is only ever read from the environment or a file, and no repr,
 log line or exception shows it. Database URLs are shown with the password masked.
@@ -7,7 +8,6 @@ log line or exception shows it. Database URLs are shown with the password masked
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,10 +64,10 @@ class Settings:
         return self
 
 
-def database_url(flag: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The database URL: --db flag, else ARCHIVER_DATABASE_URL, else the SQLite default."""
+def database_url(environ: Mapping[str, str] | None = None) -> str:
+    """The database URL outside the CLI (plain `alembic`): ARCHIVER_DATABASE_URL, else the default."""
     env = os.environ if environ is None else environ
-    return flag or env.get("ARCHIVER_DATABASE_URL") or DEFAULT_DATABASE_URL
+    return env.get("ARCHIVER_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def read_api_key(environ: Mapping[str, str]) -> Secret | None:
@@ -117,14 +117,12 @@ def mask_url_text(url: str) -> str:
 def load_settings(*, account: str | None = None, api_url: str | None = None,
                   db: str | None = None, environ: Mapping[str, str] | None = None,
                   allow_insecure_http: bool = False) -> Settings:
-    env = os.environ if environ is None else environ
-    url = check_api_url((api_url or env.get("XPLENTY_API_URL") or DEFAULT_API_URL).rstrip("/"),
-                        allow_insecure_http)
+    """Settings from resolved values (None: not given); the key from `environ` (os.environ)."""
     return Settings(
-        account=account or env.get("XPLENTY_ACCOUNT_ID") or None,
-        api_key=read_api_key(env),
-        api_url=url,
-        database_url=database_url(db, env),
+        account=account or None,
+        api_key=read_api_key(os.environ if environ is None else environ),
+        api_url=check_api_url((api_url or DEFAULT_API_URL).rstrip("/"), allow_insecure_http),
+        database_url=db or DEFAULT_DATABASE_URL,
     )
 
 
@@ -134,11 +132,3 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL we can parse: show nothing that could be secret
         return "<unparseable database URL>"
-
-
-def log_level(flag: str | None = None, environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    name = (flag or env.get("ARCHIVER_LOG_LEVEL") or "warning").lower()
-    if name not in LOG_LEVELS:
-        raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {name!r}")
-    return getattr(logging, name.upper())

@@ -1,5 +1,7 @@
 """Every difference between SQLite, PostgreSQL and MySQL/MariaDB lives here.
 
+- engine_options() / prepare_engine(): driver settings, MySQL strict UTC sessions,
+  SQLite pragmas, BEGIN IMMEDIATE and private (0600) files;
 - upsert(): the native multi-row upsert (ON CONFLICT DO UPDATE / ON DUPLICATE KEY
   UPDATE), optionally guarded so an older snapshot never overwrites a newer one;
 - insert_missing(): insert rows whose key is not there yet, leave the rest;
@@ -12,22 +14,24 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import time
-from datetime import timezone
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, case, select, text, types
+from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, case, event, select, text, types
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from archiver.errors import RunLocked
+from archiver.jsonio import serialize_json
+from archiver.sqltypes import UTCDateTime
+from archiver.utc import naive_utc, to_utc
 
 # Strict mode (bad values are errors, not silent truncation) and UTC for every MySQL session.
 MYSQL_SESSION = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
@@ -38,6 +42,67 @@ Guard = Callable[[Any, Any], Any]
 
 def is_mysql(name: str) -> bool:
     return name in ("mysql", "mariadb")
+
+
+# -- engines ------------------------------------------------------------------------------------
+SQLITE_BUSY_TIMEOUT = 30  # seconds a write waits for another writer's lock
+
+
+def engine_options(url: URL, create: bool) -> tuple[URL, dict[str, Any]]:
+    """The URL and create_engine() options for this backend; `create` lets SQLite make a
+    new file, readable by its owner only."""
+    backend = url.get_backend_name()
+    if is_mysql(backend):
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+        return url, {"connect_args": {"init_command": MYSQL_SESSION}}
+    if backend == "postgresql":
+        return url, {"connect_args": {"keepalives": 1, "keepalives_idle": 60}}
+    if backend == "sqlite" and create:
+        _create_private_file(url.database)
+        return url, {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    return url, {}
+
+
+def prepare_engine(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+
+
+def _create_private_file(path: str | None) -> None:
+    """A new archive file is readable by its owner only (mode 0600)."""
+    if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
+
+
+def _sqlite_connect(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """BEGIN IMMEDIATE: take the write lock up front (waiting up to the busy timeout), so a
+    reader such as a BI tool never makes a write fail halfway with 'database is locked'."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_missing_file(engine: Engine) -> bool:
+    """A SQLite archive file that does not exist (server databases always 'exist')."""
+    path = engine.url.database
+    return engine.dialect.name == "sqlite" and bool(path) and path != ":memory:" and not os.path.exists(path)
+
+
+def locks_rows(engine: Engine) -> bool:
+    """SELECT .. FOR UPDATE means something (SQLite locks the whole file at BEGIN IMMEDIATE)."""
+    return engine.dialect.name != "sqlite"
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, keys: Sequence[str],
@@ -131,26 +196,14 @@ def _pg_copy_into(conn: Connection, table: Table, target: str, rows: Sequence[di
         cursor.close()
 
 
-class RawJSON(str):
-    """JSON text already serialized by the parser; written as it is."""
-
-
-def serialize_json(value: Any) -> str:
-    if isinstance(value, RawJSON):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
     """How a Python value becomes a driver value for this column on this database."""
-    from archiver.models import UTCDateTime
-
     if isinstance(column_type, UTCDateTime):
         if dialect_name == "postgresql":
             return None
         if dialect_name == "sqlite":  # SQLAlchemy's SQLite storage format, so reads and comparisons agree
             return _sqlite_datetime
-        return lambda v: None if v is None else _naive_utc(v)
+        return lambda v: None if v is None else naive_utc(v)
     if isinstance(column_type, types.Date) and dialect_name == "sqlite":
         return lambda v: None if v is None else v.isoformat()
     if isinstance(column_type, types.JSON):
@@ -161,13 +214,7 @@ def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
 def _sqlite_datetime(moment):
     if moment is None:
         return None
-    if moment.tzinfo is not timezone.utc:
-        moment = moment.astimezone(timezone.utc)
-    return moment.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
-
-
-def _naive_utc(moment):
-    return (moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)).replace(tzinfo=None)
+    return to_utc(moment).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _upsert_statement(dialect: str, table: Table, keys: Sequence[str], update: Sequence[str],

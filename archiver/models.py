@@ -1,13 +1,19 @@
-"""The archive's tables: the public contract BI users query. Created only by migrations."""
+"""The archive's tables: the public contract BI users query. Created only by migrations.
+
+ORM classes are `...Row` (payload records are `...Record`, in archiver.records). The
+`jobs` columns that hold an API field follow archiver.fields.JOB_FIELDS.
+"""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
-from sqlalchemy import (JSON, BigInteger, Date, DateTime, Double, ForeignKey, Index, Integer, MetaData,
-                        String, Text, TypeDecorator)
-from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy import BigInteger, Date, Double, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from archiver.fields import INT, JOB_FIELDS, NUMBER, STATUS, TEXT, TIME
+from archiver.schema_docs import COLUMN_DOCS
+from archiver.sqltypes import BigId, LongText, Payload, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -18,69 +24,24 @@ NAMING_CONVENTION = {
 }
 
 
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes everywhere: timestamptz on PostgreSQL, UTC DATETIME(6) on
-    MySQL/MariaDB, UTC text on SQLite; values come back aware, in UTC."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect):
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(DateTime(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        value = value.astimezone(timezone.utc)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQLite text, e.g. through a view
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-
-
-BigId = BigInteger().with_variant(Integer, "sqlite")  # autoincrement keys (SQLite needs INTEGER)
-Payload = JSON().with_variant(postgresql.JSONB(), "postgresql")
-# Any text the API sends: MySQL's TEXT stops at 64 KB, so LONGTEXT there.
-LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-
-
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Job(Base):
+# The column type of each kind of API field (archiver.fields).
+KIND_TYPES = {INT: BigInteger, NUMBER: Double, TEXT: LongText, TIME: UTCDateTime, STATUS: String(64)}
+
+
+def api_field_columns() -> dict:
+    return {field.name: mapped_column(KIND_TYPES[field.kind], index=field.indexed) for field in JOB_FIELDS}
+
+
+class JobRow(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     account_id: Mapped[str | None] = mapped_column(String(255))
-    status: Mapped[str | None] = mapped_column(String(64), index=True)
-    owner_id: Mapped[int | None] = mapped_column(BigInteger)
-    progress: Mapped[float | None] = mapped_column(Double)
-    outputs_count: Mapped[int | None] = mapped_column(BigInteger)
-    package_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    cluster_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    errors: Mapped[str | None] = mapped_column(LongText)
-    url: Mapped[str | None] = mapped_column(LongText)
-    runtime_in_seconds: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    html_url: Mapped[str | None] = mapped_column(LongText)
-    log_url: Mapped[str | None] = mapped_column(LongText)
-    attempts: Mapped[int | None] = mapped_column(BigInteger)
-    master_auto_retry_attempts: Mapped[int | None] = mapped_column(BigInteger)
+    vars().update(api_field_columns())  # status, owner_id, ... created_at, updated_at, ...
     creator_type: Mapped[str | None] = mapped_column(String(64))
     creator_id: Mapped[int | None] = mapped_column(BigInteger)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -95,7 +56,7 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_creator_type_creator_id", "creator_type", "creator_id"),)
 
 
-class JobOutput(Base):
+class JobOutputRow(Base):
     __tablename__ = "job_outputs"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -112,7 +73,7 @@ class JobOutput(Base):
     preview_url: Mapped[str | None] = mapped_column(LongText)
 
 
-class JobVariable(Base):
+class JobVariableRow(Base):
     __tablename__ = "job_variables"
 
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
@@ -121,7 +82,7 @@ class JobVariable(Base):
     value: Mapped[str | None] = mapped_column(LongText)
 
 
-class SyncRun(Base):
+class SyncRunRow(Base):
     __tablename__ = "sync_runs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -145,7 +106,7 @@ class SyncRun(Base):
     archiver_version: Mapped[str | None] = mapped_column(String(32))
 
 
-class SyncError(Base):
+class SyncErrorRow(Base):
     __tablename__ = "sync_errors"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -159,7 +120,7 @@ class SyncError(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class SyncState(Base):
+class SyncStateRow(Base):
     """The incremental high-water mark per account (scope '' = the whole account; a
     filtered run, e.g. --status failed, keeps a mark of its own)."""
 
@@ -172,7 +133,7 @@ class SyncState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class JobStatusChange(Base):
+class JobStatusChangeRow(Base):
     __tablename__ = "job_status_changes"
     __table_args__ = (Index("ix_job_status_changes_job_id_observed_at", "job_id", "observed_at"),)
 
@@ -185,7 +146,7 @@ class JobStatusChange(Base):
     run_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class Package(Base):
+class PackageRow(Base):
     __tablename__ = "packages"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -200,7 +161,7 @@ class Package(Base):
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Cluster(Base):
+class ClusterRow(Base):
     __tablename__ = "clusters"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -224,7 +185,7 @@ class Cluster(Base):
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Creator(Base):
+class CreatorRow(Base):
     """The schedule or user that created jobs (v2 `creator`)."""
 
     __tablename__ = "creators"
@@ -237,7 +198,7 @@ class Creator(Base):
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class JobLogSummary(Base):
+class JobLogSummaryRow(Base):
     __tablename__ = "job_log_summaries"
 
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
@@ -250,9 +211,8 @@ class JobLogSummary(Base):
 
 
 def _document_columns() -> None:
-    """Column comments from archiver.schema_docs (kept in step with migration 0004)."""
-    from archiver.schema_docs import COLUMN_DOCS
-
+    """Column comments from archiver.schema_docs, so `alembic check` sees a change that needs
+    a migration."""
     for name, table in Base.metadata.tables.items():
         for column in table.columns:
             column.comment = COLUMN_DOCS[name][column.name]

@@ -16,120 +16,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from archiver.errors import InvalidPayload
+from archiver.fields import INT, JOB_FIELDS, KNOWN_STATUSES, NUMBER, STATUS, TEXT, TIME
+from archiver.jsonio import canonical_json
+from archiver.records import (ClusterRecord, CreatorRecord, JobRecord, LogSummaryRecord, OutputRecord,
+                              PackageRecord)
 
 log = logging.getLogger(__name__)
 
-KNOWN_STATUSES = frozenset({"idle", "pending", "queued", "running", "completed", "failed",
-                            "pending_stoppage", "stopping", "stopped"})
-TERMINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
-OPEN_STATUSES = KNOWN_STATUSES - TERMINAL_STATUSES
 BIGINT_MIN, BIGINT_MAX = -(2 ** 63), 2 ** 63 - 1
 MAX_STATUS_LEN = 64
 MAX_VARIABLE_NAME_LEN = 255
 MIN_YEAR, MAX_YEAR = 1000, 9999  # MySQL DATETIME's range, the narrowest of the three
-
-# jobs columns taken from top-level payload keys of the same name, by kind
-INT_FIELDS = ("owner_id", "outputs_count", "package_id", "cluster_id", "runtime_in_seconds",
-              "attempts", "master_auto_retry_attempts")
-TEXT_FIELDS = ("errors", "url", "html_url", "log_url")
-TIME_FIELDS = ("created_at", "started_at", "failed_at", "updated_at", "completed_at")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Output:
-    id: int
-    job_id: int
-    name: str | None
-    component_name: str | None
-    component_type: str | None
-    records_count: int | None
-    progress: float | None
-    preview_type: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
-    url: str | None
-    preview_url: str | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Package:
-    id: int
-    name: str | None
-    description: str | None
-    owner_id: int | None
-    status: str | None
-    url: str | None
-    html_url: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cluster:
-    id: int
-    name: str | None
-    description: str | None
-    status: str | None
-    owner_id: int | None
-    plan_id: int | None
-    nodes: int | None
-    type: str | None
-    region: str | None
-    zone: str | None
-    master_instance_type: str | None
-    slave_instance_type: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
-    available_since: datetime | None
-    terminated_at: datetime | None
-    url: str | None
-    html_url: str | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Creator:
-    type: str
-    id: int
-    display_name: str | None
-    url: str | None
-    html_url: str | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LogSummary:
-    job_id: int
-    id: int | None
-    body: str | None
-    error_summary: str | None
-    action_items: tuple[str, ...]
-    created_at: datetime | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Job:
-    """One accepted job snapshot.
-
-    `columns` holds the jobs-table values for the keys the payload carried (a key
-    left out is absent here, not None). `outputs` / `variables` are None when the
-    payload has no such key, so stored ones are kept.
-    """
-
-    id: int
-    status: str | None
-    updated_at: datetime | None
-    columns: dict[str, Any]
-    outputs: tuple[Output, ...] | None
-    variables: dict[str, str] | None
-    package: Package | None
-    cluster: Cluster | None
-    creator: Creator | None
-    log_summary: LogSummary | None
-    payload_text: str
-    payload_hash: str
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class _Fields:
@@ -209,10 +106,6 @@ def parse_timestamp(value: str, fields: _Fields | None = None, key: str = "") ->
     return moment
 
 
-def canonical_json(payload: dict) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def encode_variable(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
@@ -234,8 +127,8 @@ def fingerprint(raw: Any) -> Fingerprint | None:
     return Fingerprint(job_id, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
-def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint | None = None) -> Job:
-    """Validate one job payload (v1 or v2 shape) and turn it into a Job record.
+def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint | None = None) -> JobRecord:
+    """Validate one job payload (v1 or v2 shape) and turn it into a JobRecord.
 
     `fingerprint` (of this very payload) saves serializing it a second time."""
     probe_id = expected_id if expected_id is not None else _guess_id(raw)
@@ -252,29 +145,15 @@ def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint
         raw = _without_nul(raw)
         f.obj = raw
         text, digest = canonical_json(raw), None
-    status = _status(f)
-    columns: dict[str, Any] = {}
-    if f.has("status"):
-        columns["status"] = status
-    for key in INT_FIELDS:
-        if f.has(key):
-            columns[key] = f.int(key)
-    for key in TEXT_FIELDS:
-        if f.has(key):
-            columns[key] = f.text(key)
-    for key in TIME_FIELDS:
-        if f.has(key):
-            columns[key] = f.time(key)
-    if f.has("progress"):
-        columns["progress"] = f.number("progress")
+    columns = {field.name: READERS[field.kind](f, field.name) for field in JOB_FIELDS if f.has(field.name)}
     columns.update(derived_columns(columns))
     creator = _creator(f.sub("creator"))
     if f.has("creator"):
         columns["creator_type"] = creator.type if creator else None
         columns["creator_id"] = creator.id if creator else None
-    return Job(
+    return JobRecord(
         id=job_id,
-        status=status,
+        status=columns.get("status"),
         updated_at=columns.get("updated_at"),
         columns=columns,
         outputs=_outputs(f, job_id),
@@ -304,16 +183,6 @@ def derived_columns(columns: dict[str, Any]) -> dict[str, Any]:
     return derived
 
 
-def reject_json_constant(name: str) -> None:
-    """For json's parse_constant: NaN and Infinity are not JSON."""
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def strict_json(text: str) -> Any:
-    """JSON as the API promises it: no NaN or Infinity; a number too long raises ValueError."""
-    return json.loads(text, parse_constant=reject_json_constant)
-
-
 def _without_nul(value: Any) -> Any:
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
@@ -329,18 +198,28 @@ def _guess_id(raw: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _status(f: _Fields) -> str | None:
-    status = f.text("status")
+def _status(f: _Fields, key: str) -> str | None:
+    status = f.text(key)
     if status is None:
         return None
     if not status or len(status) > MAX_STATUS_LEN:
-        raise f.error("status", f"must be 1 to {MAX_STATUS_LEN} characters")
+        raise f.error(key, f"must be 1 to {MAX_STATUS_LEN} characters")
     if status not in KNOWN_STATUSES:
         log.warning("job %s has an unknown status %r; stored as it is", f.job_id, status[:MAX_STATUS_LEN])
     return status
 
 
-def _outputs(f: _Fields, job_id: int) -> tuple[Output, ...] | None:
+# How each kind of field is read and validated (archiver.fields).
+READERS = {
+    INT: _Fields.int,
+    NUMBER: _Fields.number,
+    TEXT: _Fields.text,
+    TIME: _Fields.time,
+    STATUS: _status,
+}
+
+
+def _outputs(f: _Fields, job_id: int) -> tuple[OutputRecord, ...] | None:
     items = f.obj.get("outputs")
     if items is None:
         return None  # absent (or null): keep what is stored
@@ -350,7 +229,7 @@ def _outputs(f: _Fields, job_id: int) -> tuple[Output, ...] | None:
     for i, item in enumerate(items):
         o = _Fields(item, job_id, f"outputs[{i}].")
         component = o.sub("component")
-        outputs.append(Output(
+        outputs.append(OutputRecord(
             id=o.int("id", required=True), job_id=job_id, name=o.text("name"),
             component_name=component.text("name") if component else o.text("component_name"),
             component_type=component.text("type") if component else o.text("component_type"),
@@ -376,29 +255,29 @@ def _variables(f: _Fields) -> dict[str, str] | None:
     return {name: encode_variable(v) for name, v in value.items()}
 
 
-def _creator(c: _Fields | None) -> Creator | None:
+def _creator(c: _Fields | None) -> CreatorRecord | None:
     if c is None:
         return None
     kind = c.text("type")
     if not kind:
         raise c.error("type", "is required")
-    return Creator(type=kind[:64], id=c.int("id", required=True), display_name=c.text("display_name"),
+    return CreatorRecord(type=kind[:64], id=c.int("id", required=True), display_name=c.text("display_name"),
                    url=c.text("url"), html_url=c.text("html_url"))
 
 
-def _package(p: _Fields | None) -> Package | None:
+def _package(p: _Fields | None) -> PackageRecord | None:
     if p is None:
         return None
-    return Package(id=p.int("id", required=True), name=p.text("name"), description=p.text("description"),
+    return PackageRecord(id=p.int("id", required=True), name=p.text("name"), description=p.text("description"),
                    owner_id=p.int("owner_id"), status=p.text("status"), url=p.text("url"),
                    html_url=p.text("html_url"), created_at=p.time("created_at"),
                    updated_at=p.time("updated_at"))
 
 
-def _cluster(c: _Fields | None) -> Cluster | None:
+def _cluster(c: _Fields | None) -> ClusterRecord | None:
     if c is None:
         return None
-    return Cluster(
+    return ClusterRecord(
         id=c.int("id", required=True), name=c.text("name"), description=c.text("description"),
         status=c.text("status"), owner_id=c.int("owner_id"), plan_id=c.int("plan_id"),
         nodes=c.int("nodes"), type=c.text("type"), region=c.text("region"), zone=c.text("zone"),
@@ -408,12 +287,12 @@ def _cluster(c: _Fields | None) -> Cluster | None:
         terminated_at=c.time("terminated_at"), url=c.text("url"), html_url=c.text("html_url"))
 
 
-def _log_summary(s: _Fields | None, job_id: int) -> LogSummary | None:
+def _log_summary(s: _Fields | None, job_id: int) -> LogSummaryRecord | None:
     if s is None:
         return None
     items = s.obj.get("action_items") or []
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise s.error("action_items", "expected an array of strings")
-    return LogSummary(job_id=job_id, id=s.int("id"), body=s.text("body"),
+    return LogSummaryRecord(job_id=job_id, id=s.int("id"), body=s.text("body"),
                       error_summary=s.text("error_summary"), action_items=tuple(items),
                       created_at=s.time("created_at"))

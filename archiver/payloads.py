@@ -7,15 +7,14 @@ JSON is yielded as an InvalidPayload naming its position, and reading goes on.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from typing import IO, Any
 
 from archiver.errors import InvalidPayload
-from archiver.parse import reject_json_constant
+from archiver.jsonio import STRICT_DECODER
 
 CHUNK = 1 << 20
-_decoder = json.JSONDecoder(parse_constant=reject_json_constant)
+_decoder = STRICT_DECODER
 
 
 def read_payloads(stream: IO[bytes] | IO[str]) -> Iterator[Any]:

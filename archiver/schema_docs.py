@@ -1,31 +1,17 @@
 """What every column means: the text BI users read in docs/schema.md, and the column comments
-that migration 0004 puts on PostgreSQL and MySQL/MariaDB tables (SQLite has no comments).
+on PostgreSQL and MySQL/MariaDB (SQLite has no comments).
 
-A test checks that docs/schema.md and this mapping say the same thing.
+The `jobs` columns that hold an API field take their text from archiver.fields; the
+rest is here. A test checks that docs/schema.md and the comments of a database
+migrated to head say the same thing; a change here needs a migration (see
+docs/architecture.md).
 """
+
+from archiver.fields import JOB_FIELDS
 
 COLUMN_DOCS: dict[str, dict[str, str]] = {'jobs': {'id': 'Job id from the API. Primary key.',
           'account_id': 'Account the archiver was configured for (not read from the payload). NULL: loaded '
                         'by ingest with no account set.',
-          'status': 'idle, pending, queued, running, completed, failed, pending_stoppage, stopping, stopped. '
-                    'Unknown values are kept as they are. Terminal: completed, failed, stopped.',
-          'owner_id': 'User who ran the job.',
-          'progress': '0.0 to 1.0.',
-          'outputs_count': 'Number of output targets of the package.',
-          'package_id': 'Package that was run → packages.id.',
-          'cluster_id': 'Cluster it ran on → clusters.id.',
-          'errors': "Error text from the API. Usually '' or NULL for successful jobs.",
-          'url': 'API URL of the job.',
-          'runtime_in_seconds': 'How long it has run so far (the final figure once terminal).',
-          'created_at': 'When the run was requested.',
-          'started_at': 'When it started running. NULL: not started (yet).',
-          'failed_at': 'API failure time. Often NULL even for failed jobs, so use ended_at.',
-          'updated_at': 'Last change at the API. Decides which snapshot wins.',
-          'completed_at': 'Set by the API when a job ends (completed, failed or stopped).',
-          'html_url': 'v2: web UI page of the job. NULL: only v1 payloads seen.',
-          'log_url': 'v2: API URL of the job log.',
-          'attempts': 'v2: attempt number of a scheduled run (0 = first run, 1+ = retries).',
-          'master_auto_retry_attempts': "v2: the API's automatic-retry counter for the run.",
           'creator_type': 'v2 creator.type, e.g. Schedule or User. NULL: v1 payload or no creator.',
           'creator_id': 'v2 creator.id → creators (type, id).',
           'first_seen_at': 'When the archiver first stored the job. Never NULL.',
@@ -143,3 +129,5 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {'jobs': {'id': 'Job id from the API. P
                        'action_items': 'Array of strings with suggested fixes. [] when none.',
                        'body': 'Summary text of the log.',
                        'created_at': 'When the API produced the summary.'}}
+
+COLUMN_DOCS["jobs"].update({field.name: field.doc for field in JOB_FIELDS})

@@ -1,8 +1,9 @@
-"""The archive: engine, schema revision check, and writing jobs whole, newer-wins.
+"""The archive's write rules and the Archive repository: jobs written whole, newer wins.
 
-Every SQL dialect difference is delegated to archiver.dialect. Counts (inserted,
-updated, unchanged, stale) are decided here from the stored rows read first,
-never from a driver's rowcount (MySQL reports an unchanged row like an insert).
+Counts (inserted, updated, unchanged, stale) are decided here from the stored rows
+read first, never from a driver's rowcount (MySQL reports an unchanged row like an
+insert). Engines and migrations are archiver.database's; every SQL dialect
+difference is archiver.dialect's.
 """
 
 from __future__ import annotations
@@ -16,185 +17,37 @@ import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib.resources import files
 from typing import Any, Callable, Iterator, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import (Connection, Engine, and_, create_engine, delete, event, inspect, literal_column,
-                        not_, or_, select, update, func)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy import Connection, Engine, and_, delete, func, literal_column, not_, or_, select, update
 
-from archiver import __version__, dialect, models
-from archiver.config import mask_url
-from archiver.dialect import RawJSON, serialize_json
-from archiver.errors import ArchiverError, ConfigError, SchemaOutOfDate
-from archiver.parse import TERMINAL_STATUSES, Job
+from archiver import __version__, database, dialect, models
+from archiver.errors import ArchiverError
+from archiver.fields import TERMINAL_STATUSES
+from archiver.jsonio import RawJSON
+from archiver.records import WRITE_OUTCOMES, JobRecord, RunCounts, as_row
+from archiver.utc import utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSACTION_ATTEMPTS = 5
 
-jobs_t = models.Job.__table__
-outputs_t = models.JobOutput.__table__
-variables_t = models.JobVariable.__table__
-changes_t = models.JobStatusChange.__table__
-runs_t = models.SyncRun.__table__
-errors_t = models.SyncError.__table__
-state_t = models.SyncState.__table__
-packages_t = models.Package.__table__
-clusters_t = models.Cluster.__table__
-creators_t = models.Creator.__table__
-summaries_t = models.JobLogSummary.__table__
+jobs_t = models.JobRow.__table__
+outputs_t = models.JobOutputRow.__table__
+variables_t = models.JobVariableRow.__table__
+changes_t = models.JobStatusChangeRow.__table__
+runs_t = models.SyncRunRow.__table__
+errors_t = models.SyncErrorRow.__table__
+state_t = models.SyncStateRow.__table__
+packages_t = models.PackageRow.__table__
+clusters_t = models.ClusterRow.__table__
+creators_t = models.CreatorRow.__table__
+summaries_t = models.JobLogSummaryRow.__table__
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
 GUARD_COLUMNS = ("status", "updated_at")
 # Inlined as SQL literals: bound IN lists cannot be used with executemany().
 TERMINAL = [literal_column(f"'{s}'") for s in sorted(TERMINAL_STATUSES)]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# -- engine and schema ----------------------------------------------------------------------------
-def make_engine(url: str, create: bool = True) -> Engine:
-    """An engine for the archive at `url`; `create` makes a new SQLite file (mode 0600)."""
-    parsed = make_url(url)
-    kwargs: dict[str, Any] = {"json_serializer": serialize_json, "pool_pre_ping": True}
-    backend = parsed.get_backend_name()
-    if dialect.is_mysql(backend):
-        if "charset" not in parsed.query:
-            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        kwargs["connect_args"] = {"init_command": dialect.MYSQL_SESSION}
-    elif backend == "postgresql":
-        kwargs["connect_args"] = {"keepalives": 1, "keepalives_idle": 60}
-    elif backend == "sqlite" and create:
-        _create_private_file(parsed.database)
-        kwargs["connect_args"] = {"timeout": 30}
-    engine = create_engine(parsed, **kwargs)
-    if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _create_private_file(path: str | None) -> None:
-    """A new archive file is readable by its owner only (mode 0600)."""
-    if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass
-
-
-def _sqlite_connect(dbapi_conn, _record) -> None:
-    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    """BEGIN IMMEDIATE: take the write lock up front (waiting up to the busy timeout), so a
-    reader such as a BI tool never makes a write fail halfway with 'database is locked'."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(files("archiver.migrations")))
-    cfg.attributes["database_url"] = url
-    cfg.attributes["connection"] = connection
-    return cfg
-
-
-def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
-
-
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.begin() as conn:
-        command.upgrade(alembic_config(connection=conn), revision)
-
-
-def downgrade(engine: Engine, revision: str) -> None:
-    with engine.begin() as conn:
-        command.downgrade(alembic_config(connection=conn), revision)
-
-
-@contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """A database that cannot be reached or named is a configuration error (exit 2) that
-    says which database (password masked) and why, not a traceback."""
-    where = mask_url(url)
-    try:
-        yield
-    except NoSuchModuleError:
-        raise ConfigError(f"no driver for {where}: pip install 'xplenty-archiver[postgres]' or "
-                          "'xplenty-archiver[mysql]'") from None
-    except ArgumentError:
-        raise ConfigError(f"not a database URL: {where}") from None
-    except OperationalError as exc:
-        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200]
-        raise ConfigError(f"cannot open the archive at {where}: {reason}") from None
-
-
-def migrate(url: str, action: str, revision: str = "head") -> str:
-    """`archiver db upgrade|downgrade|current`: do it, and say where the database stands."""
-    with database_errors(url):
-        return _migrate(url, action, revision)
-
-
-def _migrate(url: str, action: str, revision: str) -> str:
-    engine = make_engine(url)
-    try:
-        if action == "upgrade":
-            upgrade(engine, revision)
-        elif action == "downgrade":
-            downgrade(engine, revision)
-        current = current_revision(engine)
-    finally:
-        engine.dispose()
-    return f"{mask_url(url)}: revision {current or 'none (empty)'}; head {head_revision()}"
-
-
-def ensure_schema(engine: Engine, create: bool = True) -> None:
-    """Migrate an empty database (when `create`); refuse one at another revision than ours."""
-    if not create and engine.dialect.name == "sqlite":
-        path = engine.url.database
-        if path and path != ":memory:" and not os.path.exists(path):
-            raise SchemaOutOfDate(f"no archive at {mask_url(str(engine.url))}: run `archiver sync` first")
-    current, head = current_revision(engine), head_revision()
-    if current == head:
-        return
-    if current is None and not create:
-        raise SchemaOutOfDate(f"{mask_url(str(engine.url))} holds no archive: run `archiver sync` or "
-                              "`archiver db upgrade` first")
-    if current is None:
-        if inspect(engine).get_table_names():
-            raise SchemaOutOfDate(f"{mask_url(str(engine.url))} has tables but no archiver schema "
-                                  "revision; point --db at an empty database or an archive")
-        log.info("empty database: migrating to %s", head)
-        upgrade(engine)
-        return
-    script = ScriptDirectory.from_config(alembic_config())
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current not in known:
-        raise SchemaOutOfDate(f"the database schema is at revision {current}, newer than this "
-                              "archiver knows; upgrade xplenty-archiver")
-    raise SchemaOutOfDate(f"the database schema is at revision {current}, this archiver needs "
-                          f"{head}: run `archiver db upgrade`")
 
 
 # -- deciding what to write ----------------------------------------------------------------------
@@ -205,25 +58,25 @@ class Stored:
     payload_hash: str | None
 
 
-def decide(stored: Stored | None, job: Job) -> str:
-    """What to do with a snapshot: 'insert', 'update', 'unchanged' or 'stale'.
+def decide(stored: Stored | None, job: JobRecord) -> str:
+    """What to do with a snapshot: 'inserted', 'updated', 'unchanged' or 'stale' (WRITE_OUTCOMES).
 
     Newer wins; a null updated_at never replaces a stored one; at an equal
     updated_at, other changes (progress, runtime) apply, but a terminal job never
     goes back to a non-terminal status.
     """
     if stored is None:
-        return "insert"
+        return "inserted"
     if stored.payload_hash == job.payload_hash:
         return "unchanged"
     if stored.updated_at is None:
-        return "update"
+        return "updated"
     if job.updated_at is None or job.updated_at < stored.updated_at:
         return "stale"
     if job.updated_at == stored.updated_at and stored.status in TERMINAL_STATUSES \
             and job.status not in TERMINAL_STATUSES:
         return "stale"
-    return "update"
+    return "updated"
 
 
 def newer_wins(old, new):
@@ -236,9 +89,9 @@ def newer_wins(old, new):
     )
 
 
-def newest_per_id(jobs: Iterable[Job]) -> list[Job]:
+def newest_per_id(jobs: Iterable[JobRecord]) -> list[JobRecord]:
     """One snapshot per job id (the newest), in id order."""
-    best: dict[int, Job] = {}
+    best: dict[int, JobRecord] = {}
     floor = datetime.min.replace(tzinfo=timezone.utc)
     for job in jobs:
         held = best.get(job.id)
@@ -249,10 +102,19 @@ def newest_per_id(jobs: Iterable[Job]) -> list[Job]:
 
 @dataclasses.dataclass
 class BatchResult:
+    """The job ids of a batch, by what writing them did (WRITE_OUTCOMES)."""
+
     inserted: list[int] = dataclasses.field(default_factory=list)
     updated: list[int] = dataclasses.field(default_factory=list)
     unchanged: list[int] = dataclasses.field(default_factory=list)
     stale: list[int] = dataclasses.field(default_factory=list)
+
+    def add(self, outcome: str, job_id: int) -> None:
+        getattr(self, outcome).append(job_id)
+
+    def add_to(self, counts: RunCounts) -> None:
+        for outcome in WRITE_OUTCOMES:
+            setattr(counts, outcome, getattr(counts, outcome) + len(getattr(self, outcome)))
 
 
 # -- the archive -----------------------------------------------------------------------------------
@@ -262,19 +124,12 @@ class Archive:
     def __init__(self, engine: Engine, account: str | None = None):
         self.engine = engine
         self.account = account
-        self.lock_rows = engine.dialect.name != "sqlite"
+        self.lock_rows = dialect.locks_rows(engine)
 
     @classmethod
     def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
         """Open an archive; an empty database is migrated first unless `create` is False."""
-        with database_errors(url):
-            engine = make_engine(url, create=create)
-            try:
-                ensure_schema(engine, create=create)
-            except BaseException:
-                engine.dispose()
-                raise
-        return cls(engine, account)
+        return cls(database.open_engine(url, create=create), account)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -318,14 +173,14 @@ class Archive:
             query = select(summaries_t.c.job_id).where(dialect.in_ids(conn, summaries_t.c.job_id, list(ids)))
             return set(conn.execute(query).scalars())
 
-    def plan(self, jobs: Sequence[Job]) -> BatchResult:
+    def plan(self, jobs: Sequence[JobRecord]) -> BatchResult:
         """Dry run: what writing these jobs would do, without writing."""
         unique = newest_per_id(jobs)
         with self.engine.connect() as conn:
             stored = self.read_stored(conn, [j.id for j in unique])
         result = BatchResult()
         for job in unique:
-            getattr(result, _bucket(decide(stored.get(job.id), job))).append(job.id)
+            result.add(decide(stored.get(job.id), job), job.id)
         return result
 
     def transact(self, work: Callable[[Connection], T]) -> T:
@@ -341,7 +196,7 @@ class Archive:
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def write_jobs(self, jobs: Sequence[Job], run_id: int | None = None,
+    def write_jobs(self, jobs: Sequence[JobRecord], run_id: int | None = None,
                    after: Callable[[Connection], None] | None = None) -> BatchResult:
         """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) commits with it."""
         unique = newest_per_id(jobs)
@@ -354,15 +209,15 @@ class Archive:
 
         return self.transact(work)
 
-    def _write(self, conn: Connection, jobs: list[Job], run_id: int | None) -> BatchResult:
+    def _write(self, conn: Connection, jobs: list[JobRecord], run_id: int | None) -> BatchResult:
         now = utcnow()
         stored = self.read_stored(conn, [j.id for j in jobs])
         result = BatchResult()
-        writes: list[Job] = []
+        writes: list[JobRecord] = []
         for job in jobs:
-            action = decide(stored.get(job.id), job)
-            getattr(result, _bucket(action)).append(job.id)
-            if action in ("insert", "update"):
+            outcome = decide(stored.get(job.id), job)
+            result.add(outcome, job.id)
+            if outcome in ("inserted", "updated"):
                 writes.append(job)
         if not writes:
             return result
@@ -374,7 +229,7 @@ class Archive:
         self._record_status_changes(conn, writes, stored, now, run_id)
         return result
 
-    def _drop_lost_races(self, conn: Connection, writes: list[Job], result: BatchResult) -> list[Job]:
+    def _drop_lost_races(self, conn: Connection, writes: list[JobRecord], result: BatchResult) -> list[JobRecord]:
         """Jobs that were new when read may have been written meanwhile by another process
         (runs without the lock, or another account's). Where the guarded upsert kept that
         newer row, its outputs and variables must stay too: count ours as stale."""
@@ -388,7 +243,7 @@ class Archive:
         result.stale.extend(sorted(lost))
         return [j for j in writes if j.id not in lost]
 
-    def _upsert_job_rows(self, conn: Connection, jobs: list[Job], now: datetime, fresh: set[int]) -> None:
+    def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]) -> None:
         """Rows grouped by the columns their payload carried (an absent key is not written)
         and by whether the job was new when read (new ones may be bulk-loaded)."""
         groups: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
@@ -404,7 +259,7 @@ class Archive:
             dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins,
                            expect_new=new)
 
-    def _replace_children(self, conn: Connection, jobs: list[Job]) -> None:
+    def _replace_children(self, conn: Connection, jobs: list[JobRecord]) -> None:
         """Outputs and variables replaced as sets. Jobs new when read are deleted from too:
         without the lock another writer may have inserted them (and their children) since."""
         with_outputs = [j for j in jobs if j.outputs is not None]
@@ -429,7 +284,7 @@ class Archive:
         for start in range(0, len(ids), 1000):
             conn.execute(delete(table).where(dialect.in_ids(conn, table.c.job_id, ids[start:start + 1000])))
 
-    def _upsert_dimensions(self, conn: Connection, jobs: list[Job], now: datetime) -> None:
+    def _upsert_dimensions(self, conn: Connection, jobs: list[JobRecord], now: datetime) -> None:
         """Packages, clusters and creators: full rows from v2 objects, bare ids otherwise."""
         for table, attr, id_col in ((packages_t, "package", "package_id"), (clusters_t, "cluster", "cluster_id")):
             full = {getattr(j, attr).id: getattr(j, attr) for j in jobs if getattr(j, attr) is not None}
@@ -446,7 +301,7 @@ class Archive:
                            update=["display_name", "url", "html_url", "last_synced_at"])
 
     @staticmethod
-    def _record_status_changes(conn: Connection, jobs: list[Job], stored: dict[int, Stored],
+    def _record_status_changes(conn: Connection, jobs: list[JobRecord], stored: dict[int, Stored],
                                now: datetime, run_id: int | None) -> None:
         rows = []
         for job in jobs:
@@ -496,26 +351,21 @@ class Archive:
                      .values(outcome="abandoned", message="the process ended without finishing the run"))
         row = {"account_id": self.account, "started_at": utcnow(), "mode": mode, "requested": requested,
                "outcome": "running", "pid": os.getpid(), "hostname": socket.gethostname()[:255],
-               "archiver_version": __version__,
-               **{c: 0 for c in ("inserted", "updated", "unchanged", "stale", "not_found", "failed",
-                                 "credits_used", "api_calls")}}
+               "archiver_version": __version__, **RunCounts(requested=requested).counts()}
         return conn.execute(runs_t.insert().values(**row)).inserted_primary_key[0]
 
-    def finish_run(self, run_id: int, errors: Sequence[dict], **values: Any) -> None:
+    def finish_run(self, run_id: int, counts: RunCounts, outcome: str, message: str | None,
+                   errors: Sequence[dict]) -> None:
         """Close the run's row and record the jobs it could not archive, in one transaction."""
         now = utcnow()
+        values = {**counts.counts(), "outcome": outcome, "message": message, "finished_at": now}
 
         def work(conn: Connection) -> None:
             if errors:
                 conn.execute(errors_t.insert(), [{"run_id": run_id, "occurred_at": now, **e} for e in errors])
-            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(finished_at=now, **values))
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
 
         self.transact(work)
-
-
-def as_row(record: Any) -> dict[str, Any]:
-    """A record's fields as a row (shallow: dataclasses.asdict deep-copies every value)."""
-    return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
 def _same_account(account: str | None):
@@ -526,14 +376,10 @@ def _dimension_newer(old, new):
     return or_(old.updated_at.is_(None), new.updated_at.is_(None), new.updated_at >= old.updated_at)
 
 
-def _summary_row(job: Job) -> dict:
+def _summary_row(job: JobRecord) -> dict:
     s = job.log_summary
     return {"job_id": job.id, "log_id": s.id, "error_summary": s.error_summary,
             "action_items": list(s.action_items), "body": s.body, "created_at": s.created_at}
-
-
-def _bucket(action: str) -> str:
-    return {"insert": "inserted", "update": "updated", "unchanged": "unchanged", "stale": "stale"}[action]
 
 
 def describe_error(exc: BaseException) -> str:

@@ -45,9 +45,12 @@ if str(ROOT) not in sys.path:
 from archiver.config import Secret, Settings  # noqa: E402
 from archiver.parse import parse_job  # noqa: E402
 from archiver.payloads import read_payloads  # noqa: E402
-from archiver.store import make_engine, upgrade, utcnow  # noqa: E402
-from archiver.incremental import IncrementalOptions, sync_incremental  # noqa: E402
-from archiver.sync import SyncOptions, ingest, sync_ids  # noqa: E402
+from archiver.database import make_engine, upgrade
+from archiver.utc import utcnow  # noqa: E402
+from archiver.flows.incremental import IncrementalOptions, sync_incremental  # noqa: E402
+from archiver.flows.by_id import sync_ids
+from archiver.flows.ingest import ingest
+from archiver.flows.runs import SyncOptions  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/archiver_bench"
 RESULTS_FILE = Path(__file__).resolve().parent / "last-results.md"
@@ -220,7 +223,7 @@ def psycopg_conninfo(url: str) -> str:
 
 # -- the measured steps ----------------------------------------------------------------------------
 def timed_ingest(url: str, path: Path, batch_size: int, expect: dict[str, int]) -> tuple[float, object]:
-    """archiver.sync.ingest of a JSON Lines file; the summary's counts are checked."""
+    """archiver.flows.ingest.ingest of a JSON Lines file; the summary's counts are checked."""
     settings = Settings(account=ACCOUNT, database_url=url)
     gc.collect()
     with open(path, "rb") as stream:
@@ -654,7 +657,7 @@ def unprofiled_costs(path: Path) -> list[tuple[str, float]]:
     """Plain wall-clock costs (no profiler overhead) of the pure-Python steps every ingest pays,
     even a re-ingest of unchanged jobs."""
     import hashlib
-    from archiver.parse import canonical_json
+    from archiver.jsonio import canonical_json
     with open(path, "rb") as stream:
         start = time.perf_counter()
         raws = list(read_payloads(stream))

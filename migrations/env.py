@@ -3,17 +3,23 @@
 The URL comes from the caller (config.attributes["database_url"]), else from the
 same place the archiver reads it (ARCHIVER_DATABASE_URL or the SQLite default).
 A caller may also hand over an open connection (config.attributes["connection"]).
+Imports only the database layer and the models.
 """
+
+from logging.config import fileConfig
 
 from alembic import context
 
-from archiver import config as archiver_config
-from archiver import store
+from archiver.config import database_url
+from archiver.database import make_engine
 from archiver.dialect import compare_type
 from archiver.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+if config.config_file_name is not None:  # plain `alembic` with alembic.ini: its logging sections
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def run_migrations(connection) -> None:
@@ -33,8 +39,7 @@ def run_online() -> None:
     if connection is not None:
         run_migrations(connection)
         return
-    url = config.attributes.get("database_url") or archiver_config.database_url()
-    engine = store.make_engine(url)
+    engine = make_engine(config.attributes.get("database_url") or database_url())
     try:
         with engine.connect() as conn:
             run_migrations(conn)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from archiver import store
+from archiver import database, store
 
 PAYLOADS = Path(__file__).parent / "payloads"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -76,7 +76,7 @@ def ensure_database(url) -> None:
 
 def drop_everything(url: str) -> None:
     """Leave the database with no tables or views at all."""
-    engine = store.make_engine(url)
+    engine = database.make_engine(url)
     try:
         with engine.begin() as conn:
             insp = inspect(conn)
@@ -99,7 +99,7 @@ def drop_everything(url: str) -> None:
 
 
 def truncate_all(url: str) -> None:
-    engine = store.make_engine(url)
+    engine = database.make_engine(url)
     try:
         with engine.begin() as conn:
             tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
@@ -123,8 +123,8 @@ def migrated_servers():
         if backend not in done:
             url = server_url(backend)
             drop_everything(url)
-            engine = store.make_engine(url)
-            store.upgrade(engine)
+            engine = database.make_engine(url)
+            database.upgrade(engine)
             engine.dispose()
             done[backend] = url
         return done[backend]
@@ -135,8 +135,8 @@ def migrated_servers():
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("template") / "archive.db"
-    engine = store.make_engine(f"sqlite:///{path}")
-    store.upgrade(engine)
+    engine = database.make_engine(f"sqlite:///{path}")
+    database.upgrade(engine)
     engine.dispose()
     return path
 

@@ -58,7 +58,7 @@ def test_progress_line_only_on_a_terminal_and_never_with_quiet(monkeypatch, caps
     import sys
 
     from archiver.cli import progress_printer
-    from archiver.sync import SyncSummary
+    from archiver.flows.runs import SyncSummary
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert progress_printer(quiet=False) is None  # cron, pipes

@@ -1,5 +1,8 @@
 """The HTTP policy: retries, backoff, Retry-After, auth failures, strict JSON, no leaked key."""
 
+import email.utils
+import time
+
 import pytest
 import requests
 import responses
@@ -68,9 +71,13 @@ def test_huge_retry_after_ends_the_run_instead_of_sleeping(client, slept):
     assert slept == [] and len(responses.calls) == 1
 
 
-def test_retry_after_http_date():
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
-    assert parse_retry_after("soon") is None
+def test_retry_after_seconds_or_http_date():
+    """Delta-seconds as given; an HTTP date as the wait until then (a past date: no wait)."""
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    in_an_hour = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    assert 3500 < parse_retry_after(in_an_hour) <= 3600
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
 @pytest.mark.parametrize("status", [401, 402, 403])
@@ -163,7 +170,7 @@ def test_calls_slow_down_as_the_budget_nears_the_reserve(slept, payload):
 
 def test_fetch_concurrency_halves_on_429s_and_grows_back_one_at_a_time():
     from archiver.client import Usage
-    from archiver.sync import AdaptiveLimit
+    from archiver.flows.runs import AdaptiveLimit
 
     class FakeClient:
         reserve = 0

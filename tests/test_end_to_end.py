@@ -13,7 +13,7 @@ from tests.sandboxed import NOW, run_archiver
 def stored_jobs(db_url):
     archive = Archive.open(db_url)
     with archive.engine.connect() as conn:
-        rows = {r.id: r for r in conn.execute(select(models.Job.__table__))}
+        rows = {r.id: r for r in conn.execute(select(models.JobRow.__table__))}
     archive.close()
     return rows
 
@@ -107,6 +107,6 @@ def test_demo_in_an_empty_folder(tmp_path):
     assert "Packages that fail most" in result.stdout and "Slowest packages" in result.stdout
     archive = Archive.open(f"sqlite:///{tmp_path / 'demo.db'}", create=False)
     with archive.engine.connect() as conn:
-        count = len(conn.execute(select(models.Job.id)).all())
+        count = len(conn.execute(select(models.JobRow.id)).all())
     archive.close()
     assert count >= 300

@@ -11,8 +11,9 @@ from archiver.errors import InvalidPayload
 from archiver.payloads import read_payloads
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
-from archiver.sync import SyncOptions, ingest
+from archiver.flows.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
+from archiver.flows.ingest import ingest
+from archiver.flows.runs import SyncOptions
 from tests.sandboxed import NOW, run_archiver, settings_for
 
 
@@ -22,7 +23,7 @@ def api():
         yield sandbox
 
 
-def stored(db_url, model=models.Job, column="id"):
+def stored(db_url, model=models.JobRow, column="id"):
     archive = Archive.open(db_url)
     with archive.engine.connect() as conn:
         values = conn.execute(select(model.__table__.c[column])).scalars().all()
@@ -72,7 +73,7 @@ def test_status_changes_are_picked_up_as_time_passes(api, sqlite_url):
     assert summary.inserted == len(api.job_ids()) - 1000
     archive = Archive.open(sqlite_url)
     with archive.engine.connect() as conn:
-        rows = conn.execute(select(models.Job.id, models.Job.status)).all()
+        rows = conn.execute(select(models.JobRow.id, models.JobRow.status)).all()
     archive.close()
     assert {i: s for i, s in rows} == {i: api.job(i)["status"] for i in api.job_ids()}
 
@@ -158,7 +159,7 @@ def test_cli_incremental_then_kill_midway_then_rerun_archives_each_job_once(sqli
         assert again.returncode == 0, again.stderr
         ids = stored(sqlite_url)
         assert sorted(ids) == api.job_ids() and len(ids) == len(set(ids))
-        outcomes = stored(sqlite_url, models.SyncRun, "outcome")
+        outcomes = stored(sqlite_url, models.SyncRunRow, "outcome")
         assert outcomes == ["abandoned", "ok"]
 
 
@@ -221,7 +222,7 @@ def test_with_log_summary_fetches_each_failed_job_once(sqlite_url):
         options = SyncOptions(with_log_summary=True)
         summary = incremental_with(api, sqlite_url, options)
         assert summary.exit_code == 0 and api.stats.by_endpoint["get_job"] == len(failed) > 0
-        assert sorted(stored(sqlite_url, models.JobLogSummary, "job_id")) == failed
+        assert sorted(stored(sqlite_url, models.JobLogSummaryRow, "job_id")) == failed
         api.stats.reset()
         incremental_with(api, sqlite_url, options, full=True)
         assert api.stats.by_endpoint["get_job"] == 0

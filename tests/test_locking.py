@@ -16,7 +16,7 @@ from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver
 def job_ids(db_url):
     archive = Archive.open(db_url)
     with archive.engine.connect() as conn:
-        ids = conn.execute(select(models.Job.id)).scalars().all()
+        ids = conn.execute(select(models.JobRow.id)).scalars().all()
     archive.close()
     return ids
 
@@ -96,7 +96,7 @@ def test_concurrent_writers_of_the_same_jobs_neither_deadlock_nor_duplicate(db_u
     assert len(stored) == 300 == len(set(stored))
     archive = Archive.open(db_url)
     with archive.engine.connect() as conn:
-        outputs = conn.execute(select(func.count()).select_from(models.JobOutput)).scalar()
-        distinct = conn.execute(select(func.count(func.distinct(models.JobOutput.id)))).scalar()
+        outputs = conn.execute(select(func.count()).select_from(models.JobOutputRow)).scalar()
+        distinct = conn.execute(select(func.count(func.distinct(models.JobOutputRow.id)))).scalar()
     archive.close()
     assert outputs == distinct > 0

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from archiver import store
+from archiver import database, store
 from archiver.dialect import compare_type
 from archiver.errors import SchemaOutOfDate
 from archiver.models import Base
@@ -21,21 +21,21 @@ TABLES = {"jobs", "job_outputs", "job_variables", "sync_runs", "sync_errors", "s
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_db_url):
-    engine = store.make_engine(empty_db_url)
-    store.upgrade(engine)
+    engine = database.make_engine(empty_db_url)
+    database.upgrade(engine)
     assert TABLES <= set(inspect(engine).get_table_names())
-    assert store.current_revision(engine) == store.head_revision()
-    store.downgrade(engine, "base")
+    assert database.current_revision(engine) == database.head_revision()
+    database.downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) - {"alembic_version"} == set()
-    store.upgrade(engine)
-    assert store.current_revision(engine) == store.head_revision()
+    database.upgrade(engine)
+    assert database.current_revision(engine) == database.head_revision()
     engine.dispose()
 
 
 def test_models_match_migrations(empty_db_url):
     """Alembic's autogenerate comparison finds no difference (what `alembic check` runs)."""
-    engine = store.make_engine(empty_db_url)
-    store.upgrade(engine)
+    engine = database.make_engine(empty_db_url)
+    database.upgrade(engine)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": compare_type})
         diff = compare_metadata(ctx, Base.metadata)
@@ -51,7 +51,7 @@ def test_plain_alembic_from_the_repo_reads_the_archiver_url(tmp_path):
     check = subprocess.run([sys.executable, "-m", "alembic", "check"], cwd=ROOT, env=env,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert store.current_revision(store.make_engine(url)) == store.head_revision()
+    assert database.current_revision(database.make_engine(url)) == database.head_revision()
 
 
 def test_empty_database_is_migrated_on_open(tmp_path):
@@ -62,7 +62,7 @@ def test_empty_database_is_migrated_on_open(tmp_path):
 
 def test_older_revision_is_refused_with_the_command_to_run(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    store.upgrade(store.make_engine(url), "0001")
+    database.upgrade(database.make_engine(url), "0001")
     with pytest.raises(SchemaOutOfDate, match="archiver db upgrade"):
         store.Archive.open(url)
 
@@ -83,7 +83,7 @@ def test_column_docs_match_docs_schema_md():
 
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])  # SQLite has no column comments
 def test_comments_are_on_the_server_columns(backend, migrated_servers):
-    engine = store.make_engine(migrated_servers(backend))
+    engine = database.make_engine(migrated_servers(backend))
     columns = {c["name"]: c.get("comment") for c in inspect(engine).get_columns("jobs")}
     engine.dispose()
     from archiver.schema_docs import COLUMN_DOCS

@@ -76,11 +76,11 @@ def test_mutated_payloads_round_trip_or_are_rejected_by_field(db_url, changes):
         result = archive.write_jobs([job])
         assert result.inserted == [job.id]
         with archive.engine.connect() as conn:
-            row = conn.execute(select(models.Job.__table__).where(models.Job.id == job.id)).one()._asdict()
-            outputs = conn.execute(select(models.JobOutput.records_count)
-                                   .where(models.JobOutput.job_id == job.id)).scalars().all()
-            variables = dict(conn.execute(select(models.JobVariable.name, models.JobVariable.value)
-                                          .where(models.JobVariable.job_id == job.id)).all())
+            row = conn.execute(select(models.JobRow.__table__).where(models.JobRow.id == job.id)).one()._asdict()
+            outputs = conn.execute(select(models.JobOutputRow.records_count)
+                                   .where(models.JobOutputRow.job_id == job.id)).scalars().all()
+            variables = dict(conn.execute(select(models.JobVariableRow.name, models.JobVariableRow.value)
+                                          .where(models.JobVariableRow.job_id == job.id)).all())
     finally:
         archive.close()
     for column, value in job.columns.items():

@@ -18,7 +18,8 @@ from archiver.client import RetryPolicy, XplentyClient
 from archiver.config import Secret
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.sync import SyncOptions, sync_ids
+from archiver.flows.by_id import sync_ids
+from archiver.flows.runs import SyncOptions
 from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for
 
 FAST_RETRIES = RetryPolicy(max_attempts=12, backoff_base=0.005, backoff_max=0.05, min_429_wait=0.05)
@@ -28,14 +29,14 @@ def counts(db_url):
     archive = Archive.open(db_url)
     with archive.engine.connect() as conn:
         result = {
-            "jobs": conn.execute(select(func.count()).select_from(models.Job)).scalar(),
-            "distinct": conn.execute(select(func.count(func.distinct(models.Job.id)))).scalar(),
-            "outputs": conn.execute(select(func.count()).select_from(models.JobOutput)).scalar(),
+            "jobs": conn.execute(select(func.count()).select_from(models.JobRow)).scalar(),
+            "distinct": conn.execute(select(func.count(func.distinct(models.JobRow.id)))).scalar(),
+            "outputs": conn.execute(select(func.count()).select_from(models.JobOutputRow)).scalar(),
             "orphan_outputs": conn.execute(text(
                 "SELECT COUNT(*) FROM job_outputs o LEFT JOIN jobs j ON j.id = o.job_id WHERE j.id IS NULL")).scalar(),
             "orphan_variables": conn.execute(text(
                 "SELECT COUNT(*) FROM job_variables v LEFT JOIN jobs j ON j.id = v.job_id WHERE j.id IS NULL")).scalar(),
-            "outcomes": conn.execute(select(models.SyncRun.outcome).order_by(models.SyncRun.id)).scalars().all(),
+            "outcomes": conn.execute(select(models.SyncRunRow.outcome).order_by(models.SyncRunRow.id)).scalars().all(),
         }
         if conn.dialect.name == "sqlite":
             result["integrity"] = conn.exec_driver_sql("PRAGMA integrity_check").scalar()
@@ -129,7 +130,7 @@ def test_eight_unlocked_writers_in_shuffled_order_equal_a_serial_run(backend_url
     archive = Archive.open(db_url)
     with archive.engine.connect() as conn:
         rows = {r.id: (r.status, r.updated_at, r.payload_hash) for r in conn.execute(
-            select(models.Job.id, models.Job.status, models.Job.updated_at, models.Job.payload_hash))}
+            select(models.JobRow.id, models.JobRow.status, models.JobRow.updated_at, models.JobRow.payload_hash))}
     archive.close()
     from archiver.parse import parse_job
     serial = {j.id: (j.status, j.updated_at, j.payload_hash) for j in map(parse_job, newest)}
@@ -198,6 +199,6 @@ def test_nul_and_emoji_are_stored_on_every_backend(db_url, payload):
     archive = Archive.open(db_url)
     result = archive.write_jobs([parse_job(raw)])
     with archive.engine.connect() as conn:
-        stored = conn.execute(select(models.Job.errors)).scalar()
+        stored = conn.execute(select(models.JobRow.errors)).scalar()
     archive.close()
     assert result.inserted == [304] and stored == "bad\ufffdbyte \U0001F525"

@@ -39,7 +39,7 @@ def count(archive, model):
 def test_seed_payload_round_trips_field_by_field(archive, payload):
     raw = payload("job-v1-completed.json")
     assert write(archive, raw).inserted == [157]
-    [job] = rows(archive, models.Job)
+    [job] = rows(archive, models.JobRow)
     expected = {k: raw[k] for k in ("id", "status", "owner_id", "outputs_count", "cluster_id", "package_id",
                                     "errors", "url", "runtime_in_seconds", "failed_at")}
     assert {k: job[k] for k in expected} == expected
@@ -50,54 +50,54 @@ def test_seed_payload_round_trips_field_by_field(archive, payload):
     assert job["html_url"] is None and job["creator_type"] is None
     assert job["payload"] == raw
     assert job["first_seen_at"] == job["last_synced_at"] and job["first_seen_at"].tzinfo is not None
-    outputs = rows(archive, models.JobOutput)
+    outputs = rows(archive, models.JobOutputRow)
     assert [(o["id"], o["job_id"], o["name"], o["component_name"], o["records_count"]) for o in outputs] == [
         (521, 157, "projected_results", "destination1", 10415234),
         (522, 157, "projected_results2", "destination2", 423)]
     assert outputs[0]["preview_url"] == raw["outputs"][0]["preview_url"]
     assert outputs[1]["created_at"] == datetime(2013, 3, 4, 7, 14, 44, tzinfo=UTC)
-    assert rows(archive, models.JobVariable) == []
+    assert rows(archive, models.JobVariableRow) == []
 
 
 def test_v2_payload_fills_every_table(archive, payload):
     raw = payload("job-v2-failed-with-log-summary.json")
     write(archive, raw)
-    [job] = rows(archive, models.Job)
+    [job] = rows(archive, models.JobRow)
     assert (job["html_url"], job["log_url"], job["attempts"], job["master_auto_retry_attempts"]) == \
         (raw["html_url"], raw["log_url"], 2, 3)
     assert (job["creator_type"], job["creator_id"], job["progress"]) == ("Schedule", 12, 0.42)
-    [out] = rows(archive, models.JobOutput)
+    [out] = rows(archive, models.JobOutputRow)
     assert (out["records_count"], out["component_type"], out["progress"]) == \
         (3_000_000_000, "database_destination_component", 0.42)
-    assert {(v["name"], v["value"]) for v in rows(archive, models.JobVariable)} == \
+    assert {(v["name"], v["value"]) for v in rows(archive, models.JobVariableRow)} == \
         {("InputPath", "'/2026/11/27'"), ("batch_size", "500")}
-    [pkg] = rows(archive, models.Package)
+    [pkg] = rows(archive, models.PackageRow)
     assert (pkg["id"], pkg["name"], pkg["status"]) == (2373, "NetSuite customers to warehouse", "active")
-    [cluster] = rows(archive, models.Cluster)
+    [cluster] = rows(archive, models.ClusterRow)
     assert (cluster["id"], cluster["nodes"], cluster["type"], cluster["zone"]) == (99, 2, "production", "us-east-1b")
-    [creator] = rows(archive, models.Creator)
+    [creator] = rows(archive, models.CreatorRow)
     assert (creator["type"], creator["id"], creator["display_name"]) == ("Schedule", 12, "Nightly NetSuite")
-    [summary] = rows(archive, models.JobLogSummary)
+    [summary] = rows(archive, models.JobLogSummaryRow)
     assert summary["error_summary"] == "Customer ID missing"
     assert summary["action_items"] == ["Validate the Customer ID.", "Retry the job."]
 
 
 def test_v1_payloads_leave_bare_dimension_ids(archive, payload):
     write(archive, payload("job-v1-completed.json"))
-    assert [(p["id"], p["name"]) for p in rows(archive, models.Package)] == [(434, None)]
-    assert [c["id"] for c in rows(archive, models.Cluster)] == [52]
+    assert [(p["id"], p["name"]) for p in rows(archive, models.PackageRow)] == [(434, None)]
+    assert [c["id"] for c in rows(archive, models.ClusterRow)] == [52]
 
 
 def test_syncing_again_changes_nothing(archive, payload):
     raws = [payload("job-v1-completed.json"), payload("job-v1-failed.json"),
             payload("job-v2-failed-with-log-summary.json")]
     write(archive, *raws)
-    before = rows(archive, models.Job)
+    before = rows(archive, models.JobRow)
     result = write(archive, *raws)
     assert (result.inserted, result.updated, sorted(result.unchanged)) == ([], [], [157, 304, 90412])
-    assert rows(archive, models.Job) == before
-    assert count(archive, models.JobOutput) == 3 and count(archive, models.JobVariable) == 3
-    assert count(archive, models.JobStatusChange) == 3
+    assert rows(archive, models.JobRow) == before
+    assert count(archive, models.JobOutputRow) == 3 and count(archive, models.JobVariableRow) == 3
+    assert count(archive, models.JobStatusChangeRow) == 3
 
 
 def test_older_snapshot_never_overwrites_newer(archive, payload):
@@ -106,7 +106,7 @@ def test_older_snapshot_never_overwrites_newer(archive, payload):
     old.update(status="running", progress=0.5, updated_at="2012-12-30T14:25:00Z", completed_at=None)
     write(archive, new)
     assert write(archive, old).stale == [157]
-    [job] = rows(archive, models.Job)
+    [job] = rows(archive, models.JobRow)
     assert (job["status"], job["progress"]) == ("completed", 1.0)
 
 
@@ -115,9 +115,9 @@ def test_newer_snapshot_updates_and_records_status_change(archive, payload):
     running.update(status="running", progress=0.5, updated_at="2012-12-30T14:25:00Z", completed_at=None)
     write(archive, running)
     assert write(archive, payload("job-v1-completed.json")).updated == [157]
-    [job] = rows(archive, models.Job)
+    [job] = rows(archive, models.JobRow)
     assert (job["status"], job["progress"]) == ("completed", 1.0)
-    changes = [(c["from_status"], c["to_status"]) for c in rows(archive, models.JobStatusChange)]
+    changes = [(c["from_status"], c["to_status"]) for c in rows(archive, models.JobStatusChangeRow)]
     assert changes == [(None, "running"), ("running", "completed")]
 
 
@@ -131,7 +131,7 @@ def test_equal_updated_at_applies_progress_but_never_reopens_a_terminal_job(arch
     assert write(archive, done).updated == [157]
     reopened = dict(done, status="running")
     assert write(archive, reopened).stale == [157]
-    [job] = rows(archive, models.Job)
+    [job] = rows(archive, models.JobRow)
     assert (job["status"], job["progress"], job["runtime_in_seconds"]) == ("completed", 1.0, 500)
 
 
@@ -140,7 +140,7 @@ def test_null_updated_at_never_overwrites_a_stored_one(archive, payload):
     raw = payload("job-v1-completed.json")
     raw.update(updated_at=None, status="failed")
     assert write(archive, raw).stale == [157]
-    assert rows(archive, models.Job)[0]["status"] == "completed"
+    assert rows(archive, models.JobRow)[0]["status"] == "completed"
 
 
 def test_v1_after_v2_keeps_v2_fields(archive, payload):
@@ -152,7 +152,7 @@ def test_v1_after_v2_keeps_v2_fields(archive, payload):
     v1["outputs"] = [{**{k: o[k] for k in o if k != "component"}, "component_name": "destination3"}
                      for o in v2["outputs"]]
     assert write(archive, v1).updated == [90412]
-    [job] = rows(archive, models.Job)
+    [job] = rows(archive, models.JobRow)
     assert (job["html_url"], job["attempts"], job["creator_type"]) == (v2["html_url"], 2, "Schedule")
     assert job["updated_at"] == datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -163,10 +163,10 @@ def test_missing_outputs_key_keeps_outputs_but_empty_list_clears_them(archive, p
     no_key = {k: v for k, v in raw.items() if k != "outputs"}
     no_key["updated_at"] = "2012-12-30T15:00:00Z"
     write(archive, no_key)
-    assert count(archive, models.JobOutput) == 2
+    assert count(archive, models.JobOutputRow) == 2
     empty = dict(no_key, outputs=[], updated_at="2012-12-30T16:00:00Z")
     write(archive, empty)
-    assert count(archive, models.JobOutput) == 0
+    assert count(archive, models.JobOutputRow) == 0
 
 
 def test_variables_are_replaced_as_a_set(archive, payload):
@@ -175,7 +175,7 @@ def test_variables_are_replaced_as_a_set(archive, payload):
     write(archive, raw)
     raw2 = dict(raw, variables={"b": 3, "c": None}, updated_at="2013-03-04T09:00:00Z")
     write(archive, raw2)
-    assert [(v["name"], v["value"]) for v in rows(archive, models.JobVariable)] == [("b", "3"), ("c", "null")]
+    assert [(v["name"], v["value"]) for v in rows(archive, models.JobVariableRow)] == [("b", "3"), ("c", "null")]
 
 
 def test_same_job_twice_in_a_batch_keeps_the_newest(archive, payload):
@@ -183,7 +183,7 @@ def test_same_job_twice_in_a_batch_keeps_the_newest(archive, payload):
     old.update(status="running", updated_at="2012-12-30T14:25:00Z")
     result = write(archive, payload("job-v1-completed.json"), old)
     assert result.inserted == [157]
-    assert rows(archive, models.Job)[0]["status"] == "completed"
+    assert rows(archive, models.JobRow)[0]["status"] == "completed"
 
 
 def test_unicode_and_emoji_survive(archive, payload):
@@ -191,8 +191,8 @@ def test_unicode_and_emoji_survive(archive, payload):
     raw["errors"] = "Ошибка: 连接失败 \U0001F4A5 — ünïcödé"
     raw["variables"] = {"emoji": "\U0001F680"}
     write(archive, raw)
-    assert rows(archive, models.Job)[0]["errors"] == raw["errors"]
-    assert rows(archive, models.JobVariable)[0]["value"] == "\U0001F680"
+    assert rows(archive, models.JobRow)[0]["errors"] == raw["errors"]
+    assert rows(archive, models.JobVariableRow)[0]["value"] == "\U0001F680"
 
 
 def test_dry_run_plan_writes_nothing(archive, payload):
@@ -201,13 +201,14 @@ def test_dry_run_plan_writes_nothing(archive, payload):
     changed["updated_at"] = "2013-01-01T00:00:00Z"
     plan = archive.plan([parse_job(changed), parse_job(payload("job-v1-failed.json"))])
     assert (plan.updated, plan.inserted) == ([157], [304])
-    assert count(archive, models.Job) == 1
+    assert count(archive, models.JobRow) == 1
 
 
 def test_a_failing_batch_falls_back_to_job_by_job(db_url, payload, monkeypatch):
     """One job the database refuses never sinks its neighbours: the rest are stored."""
     from archiver.config import Settings
-    from archiver.sync import SyncOptions, ingest
+    from archiver.flows.ingest import ingest
+    from archiver.flows.runs import SyncOptions
 
     real = Archive._write
 
@@ -222,5 +223,5 @@ def test_a_failing_batch_falls_back_to_job_by_job(db_url, payload, monkeypatch):
     assert (summary.inserted, summary.failed) == (9, 1)
     assert summary.errors[0]["job_id"] == 5 and summary.errors[0]["kind"] == "db_error"
     archive = Archive.open(db_url)
-    assert [r["id"] for r in rows(archive, models.Job)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert [r["id"] for r in rows(archive, models.JobRow)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
     archive.close()

@@ -7,7 +7,7 @@ import responses
 from sqlalchemy import select
 
 from archiver import models
-from archiver.store import make_engine
+from archiver.database import make_engine
 from tests.clirun import run_cli
 
 API = "https://api.example.test"
@@ -45,13 +45,13 @@ def test_sync_stores_both_jobs_then_changes_nothing(capsys, monkeypatch, env, ap
     first = run_cli(capsys, monkeypatch, ["sync", "157", "304"], env)
     assert first.code == 0, first.err
     assert "requested 2, inserted 2, updated 0, unchanged 0" in first.out
-    assert {j["id"] for j in table(db_url, models.Job)} == {157, 304}
-    assert count(db_url, models.JobOutput) == 2
-    assert {(v["job_id"], v["name"]) for v in table(db_url, models.JobVariable)} == {(304, "InputPath")}
+    assert {j["id"] for j in table(db_url, models.JobRow)} == {157, 304}
+    assert count(db_url, models.JobOutputRow) == 2
+    assert {(v["job_id"], v["name"]) for v in table(db_url, models.JobVariableRow)} == {(304, "InputPath")}
     second = run_cli(capsys, monkeypatch, ["sync", "157", "304"], env)
     assert second.code == 0 and "inserted 0, updated 0, unchanged 2" in second.out
-    assert count(db_url, models.Job) == 2 and count(db_url, models.JobOutput) == 2
-    runs = sorted(table(db_url, models.SyncRun), key=lambda r: r["id"])
+    assert count(db_url, models.JobRow) == 2 and count(db_url, models.JobOutputRow) == 2
+    runs = sorted(table(db_url, models.SyncRunRow), key=lambda r: r["id"])
     assert [(r["outcome"], r["inserted"], r["unchanged"], r["credits_used"]) for r in runs] == \
         [("ok", 2, 0, 2), ("ok", 0, 2, 2)]
     auth = [c.request.headers["Authorization"] for c in api.calls]
@@ -102,8 +102,8 @@ def test_refused_credentials_exit_3_and_write_nothing(capsys, monkeypatch, env, 
         assert len(mock.calls) == 1
     assert result.code == 3 and "Invalid API key" in result.out + result.err
     assert KEY not in result.out + result.err
-    assert count(db_url, models.Job) == 0
-    [run] = table(db_url, models.SyncRun)
+    assert count(db_url, models.JobRow) == 0
+    [run] = table(db_url, models.SyncRunRow)
     assert run["outcome"] == "auth_failed"
 
 
@@ -116,8 +116,8 @@ def test_wrong_typed_payload_fails_that_job_only(capsys, monkeypatch, env, paylo
         result = run_cli(capsys, monkeypatch, ["sync", "157", "304"], env)
     assert result.code == 1
     assert "job 304" in result.err and "runtime_in_seconds" in result.err
-    assert [j["id"] for j in table(db_url, models.Job)] == [157]
-    [error] = table(db_url, models.SyncError)
+    assert [j["id"] for j in table(db_url, models.JobRow)] == [157]
+    [error] = table(db_url, models.SyncErrorRow)
     assert (error["job_id"], error["kind"], error["field"]) == (304, "bad_field", "runtime_in_seconds")
 
 
@@ -126,19 +126,19 @@ def test_payload_of_another_job_is_rejected(capsys, monkeypatch, env, payload, d
         mock.get(f"{API}/xplenation/api/jobs/999", json=payload("job-v1-completed.json"))
         result = run_cli(capsys, monkeypatch, ["sync", "999"], env)
     assert result.code == 1 and "job 999" in result.err
-    assert count(db_url, models.Job) == 0
+    assert count(db_url, models.JobRow) == 0
 
 
 def test_dry_run_reports_and_writes_nothing(capsys, monkeypatch, env, api, db_url):
     result = run_cli(capsys, monkeypatch, ["sync", "157", "304", "--dry-run"], env)
     assert result.code == 0 and "would be inserted 2" in result.out
-    assert count(db_url, models.Job) == 0 and count(db_url, models.SyncRun) == 0
+    assert count(db_url, models.JobRow) == 0 and count(db_url, models.SyncRunRow) == 0
 
 
 def test_outdated_schema_is_exit_2_with_the_command_to_run(capsys, monkeypatch, env, api, tmp_path):
-    from archiver import store
+    from archiver import database, store
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    store.upgrade(store.make_engine(url), "0001")
+    database.upgrade(database.make_engine(url), "0001")
     result = run_cli(capsys, monkeypatch, ["sync", "157"], env | {"ARCHIVER_DATABASE_URL": url})
     assert result.code == 2 and "archiver db upgrade" in result.err
     assert len(api.calls) == 0

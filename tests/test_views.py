@@ -7,12 +7,13 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import text
 
-from archiver.parse import TERMINAL_STATUSES, parse_timestamp
-from archiver.report import failures_report, parse_since, percentile, runtimes_report, status_report
+from archiver.fields import TERMINAL_STATUSES
+from archiver.parse import parse_timestamp
+from archiver.flows.report import failures_report, parse_since, percentile, runtimes_report, status_report
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from archiver.incremental import IncrementalOptions, sync_incremental
-from archiver.sync import SyncOptions
+from archiver.flows.incremental import IncrementalOptions, sync_incremental
+from archiver.flows.runs import SyncOptions
 from tests.clirun import run_cli
 from tests.sandboxed import NOW, settings_for
 
@@ -127,7 +128,7 @@ def test_status_change_is_recorded_once_across_running_to_completed(db_url):
         running = [i for i in api.job_ids() if api.job(i)["status"] == "running"]
         assert running
         settings = settings_for(api, db_url)
-        from archiver.sync import sync_ids
+        from archiver.flows.by_id import sync_ids
         sync_ids(settings, running[:1], SyncOptions())
         sync_ids(settings, running[:1], SyncOptions())  # no change: no row
         api.advance(12 * 3600)

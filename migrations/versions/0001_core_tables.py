@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
-from archiver.models import LongText, Payload, UTCDateTime
+from archiver.sqltypes import LongText, Payload, UTCDateTime
 
 revision = "0001"
 down_revision = None

@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
-from archiver.models import BigId, LongText, Payload, UTCDateTime
+from archiver.sqltypes import BigId, LongText, Payload, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"

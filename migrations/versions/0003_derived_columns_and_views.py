@@ -10,7 +10,7 @@ Create Date: 2026-11-29
 import sqlalchemy as sa
 from alembic import op
 
-from archiver.models import UTCDateTime
+from archiver.sqltypes import UTCDateTime
 
 revision = "0003"
 down_revision = "0002"

@@ -6,9 +6,9 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-29
 """
+import sqlalchemy as sa
 from alembic import op
-
-from archiver.models import Base
+from sqlalchemy.dialects import mysql, postgresql
 
 revision = "0004"
 down_revision = "0003"
@@ -16,8 +16,9 @@ branch_labels = None
 depends_on = None
 
 
-# The text as of this revision (archiver.schema_docs then). A later change of the docs
-# needs a migration of its own; `alembic check` notices when one is missing.
+# A frozen snapshot: nothing here reads the live models or docs. The text as of this
+# revision (archiver.schema_docs then); a later change of the docs needs a migration of its
+# own, and `alembic check` (test_models_match_migrations) notices when one is missing.
 COLUMN_DOCS = {'jobs': {'id': 'Job id from the API. Primary key.',
           'account_id': 'Account the archiver was configured for (not read from the payload). NULL: loaded '
                         'by ingest with no account set.',
@@ -159,21 +160,93 @@ COLUMN_DOCS = {'jobs': {'id': 'Job id from the API. Primary key.',
                        'created_at': 'When the API produced the summary.'}}
 
 
+BIGINT = sa.BigInteger()
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+TIME = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+# Each column's type, nullability and AUTO_INCREMENT as of this revision (MySQL rewrites
+# the whole column definition to change a comment, so it must be given exactly).
+COLUMNS = {
+    'jobs': {
+        'id': (BIGINT, False), 'account_id': (sa.String(255), True), 'status': (sa.String(64), True),
+        'owner_id': (BIGINT, True), 'progress': (sa.Double(), True), 'outputs_count': (BIGINT, True),
+        'package_id': (BIGINT, True), 'cluster_id': (BIGINT, True), 'errors': (TEXT, True),
+        'url': (TEXT, True), 'runtime_in_seconds': (BIGINT, True), 'created_at': (TIME, True),
+        'started_at': (TIME, True), 'failed_at': (TIME, True), 'updated_at': (TIME, True),
+        'completed_at': (TIME, True), 'html_url': (TEXT, True), 'log_url': (TEXT, True),
+        'attempts': (BIGINT, True), 'master_auto_retry_attempts': (BIGINT, True),
+        'creator_type': (sa.String(64), True), 'creator_id': (BIGINT, True), 'first_seen_at': (TIME, False),
+        'last_synced_at': (TIME, False), 'payload': (JSON, False), 'payload_hash': (sa.String(64), True),
+        'ended_at': (TIME, True), 'queue_seconds': (BIGINT, True), 'run_date': (sa.Date(), True),
+    },
+    'job_outputs': {
+        'id': (BIGINT, False), 'job_id': (BIGINT, False), 'name': (TEXT, True),
+        'component_name': (TEXT, True), 'component_type': (TEXT, True), 'records_count': (BIGINT, True),
+        'progress': (sa.Double(), True), 'preview_type': (TEXT, True), 'created_at': (TIME, True),
+        'updated_at': (TIME, True), 'url': (TEXT, True), 'preview_url': (TEXT, True),
+    },
+    'job_variables': {
+        'job_id': (BIGINT, False), 'name': (sa.String(255), False), 'value': (TEXT, True),
+    },
+    'job_status_changes': {
+        'id': (BIGINT, False, True), 'job_id': (BIGINT, False), 'from_status': (sa.String(64), True),
+        'to_status': (sa.String(64), True), 'observed_at': (TIME, False), 'api_updated_at': (TIME, True),
+        'run_id': (BIGINT, True),
+    },
+    'sync_runs': {
+        'id': (BIGINT, False, True), 'account_id': (sa.String(255), True), 'started_at': (TIME, False),
+        'finished_at': (TIME, True), 'mode': (sa.String(32), False), 'requested': (BIGINT, False),
+        'inserted': (BIGINT, False), 'updated': (BIGINT, False), 'unchanged': (BIGINT, False),
+        'stale': (BIGINT, False), 'not_found': (BIGINT, False), 'failed': (BIGINT, False),
+        'credits_used': (BIGINT, False), 'api_calls': (BIGINT, False), 'outcome': (sa.String(32), False),
+        'message': (TEXT, True), 'pid': (BIGINT, True), 'hostname': (sa.String(255), True),
+        'archiver_version': (sa.String(32), True),
+    },
+    'sync_errors': {
+        'id': (BIGINT, False, True), 'run_id': (BIGINT, False), 'job_id': (BIGINT, True),
+        'kind': (sa.String(32), False), 'http_status': (sa.Integer(), True), 'field': (sa.String(255), True),
+        'message': (TEXT, False), 'occurred_at': (TIME, False),
+    },
+    'sync_state': {
+        'account_id': (sa.String(255), False), 'scope': (sa.String(255), False),
+        'high_water_mark': (TIME, True), 'last_run_id': (BIGINT, True), 'updated_at': (TIME, False),
+    },
+    'packages': {
+        'id': (BIGINT, False), 'name': (TEXT, True), 'description': (TEXT, True), 'owner_id': (BIGINT, True),
+        'status': (TEXT, True), 'url': (TEXT, True), 'html_url': (TEXT, True), 'created_at': (TIME, True),
+        'updated_at': (TIME, True), 'last_synced_at': (TIME, True),
+    },
+    'clusters': {
+        'id': (BIGINT, False), 'name': (TEXT, True), 'description': (TEXT, True), 'status': (TEXT, True),
+        'owner_id': (BIGINT, True), 'plan_id': (BIGINT, True), 'nodes': (BIGINT, True), 'type': (TEXT, True),
+        'region': (TEXT, True), 'zone': (TEXT, True), 'master_instance_type': (TEXT, True),
+        'slave_instance_type': (TEXT, True), 'created_at': (TIME, True), 'updated_at': (TIME, True),
+        'available_since': (TIME, True), 'terminated_at': (TIME, True), 'url': (TEXT, True),
+        'html_url': (TEXT, True), 'last_synced_at': (TIME, True),
+    },
+    'creators': {
+        'type': (sa.String(64), False), 'id': (BIGINT, False), 'display_name': (TEXT, True),
+        'url': (TEXT, True), 'html_url': (TEXT, True), 'last_synced_at': (TIME, True),
+    },
+    'job_log_summaries': {
+        'job_id': (BIGINT, False), 'log_id': (BIGINT, True), 'error_summary': (TEXT, True),
+        'action_items': (JSON, True), 'body': (TEXT, True), 'created_at': (TIME, True),
+    },
+}
+
+
 def _set_comments(comments: bool) -> None:
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
         return
-    # MySQL rewrites the whole column definition to change a comment: keep AUTO_INCREMENT
-    mysql_only = {"existing_autoincrement": True} if dialect in ("mysql", "mariadb") else {}
-    for name, docs in COLUMN_DOCS.items():
-        table = Base.metadata.tables[name]
-        for column_name, text in docs.items():
-            column = table.c[column_name]
+    for table, docs in COLUMN_DOCS.items():
+        for column, text in docs.items():
+            column_type, nullable, *auto_increment = COLUMNS[table][column]
+            keep = {"existing_autoincrement": True} if auto_increment and dialect in ("mysql", "mariadb") else {}
             new, old = (text, None) if comments else (None, text)
-            keep = mysql_only if column.autoincrement is True else {}
-            op.alter_column(name, column_name, comment=new, existing_comment=old,
-                            existing_type=column.type, existing_nullable=column.nullable,
-                            existing_server_default=None, **keep)
+            op.alter_column(table, column, comment=new, existing_comment=old, existing_type=column_type,
+                            existing_nullable=nullable, existing_server_default=None, **keep)
 
 
 def upgrade() -> None:

@@ -1,7 +1,7 @@
 """Incremental runs through List jobs: the paged read, the high-water mark, open jobs.
 
 `archiver sync --incremental` and `--refresh-open`; the frame of a run (lock, sync_runs
-row, batch writer) is archiver.sync's.
+row, batch writer, fetch loop) is archiver.flows.runs'.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from archiver.client import XplentyClient
 from archiver.config import Settings
-from archiver.parse import Job
-from archiver.sync import FATAL, Run, SyncOptions, SyncSummary, execute, fetch_by_id, make_client
+from archiver.flows.runs import Run, SyncOptions, SyncSummary, execute, make_client
+from archiver.records import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ class IncrementalOptions:
     full: bool = False
     status: str | None = None
     package_id: int | None = None
-    refresh_open: bool = True
 
     @property
     def scope(self) -> str:
@@ -63,7 +62,6 @@ class PagedRead:
     def __init__(self, client: XplentyClient, since: datetime | None, status: str | None,
                  package_id: int | None):
         self.client, self.since, self.status, self.package_id = client, since, status, package_id
-        self.pages = 0
 
     def params(self, since: datetime | None, offset: int) -> dict:
         params: dict[str, Any] = {"sort": "updated", "direction": "asc", "limit": PAGE_LIMIT,
@@ -90,7 +88,6 @@ class PagedRead:
         offset, next_url = 0, None
         while True:
             page = self.client.list_jobs(self.params(since, offset), url=next_url)
-            self.pages += 1
             yield page.jobs
             if len(page.jobs) < PAGE_LIMIT or (page.paged_by_links and not page.next_url):
                 return
@@ -98,17 +95,17 @@ class PagedRead:
             next_url = page.next_url
 
 
-def page_mark(jobs: list[Job]) -> datetime | None:
+def page_mark(jobs: list[JobRecord]) -> datetime | None:
     marks = [j.updated_at for j in jobs if j.updated_at is not None]
     return max(marks) if marks else None
 
 
-def archive_incremental(run: Run, client: XplentyClient, inc: IncrementalOptions) -> None:
+def archive_incremental(run: Run, inc: IncrementalOptions) -> None:
     stored_mark = run.archive.read_mark(inc.scope)
     start = None if inc.full else (inc.since or (floor_second(stored_mark) if stored_mark else None))
     may_advance = inc.full or inc.since is None or stored_mark is None or inc.since <= stored_mark
     bookmark = Bookmark(run, inc.scope, stored_mark if may_advance else None, may_advance)
-    reader = PagedRead(client, start, inc.status, inc.package_id)
+    reader = PagedRead(run.client, start, inc.status, inc.package_id)
     brought: set[int] = set()
     for pages in reader.passes():
         seen: dict[int, tuple[datetime | None, datetime | None]] = {}  # id -> (updated_at, page mark)
@@ -119,10 +116,10 @@ def archive_incremental(run: Run, client: XplentyClient, inc: IncrementalOptions
             brought.update(j.id for j in jobs)
             save = bookmark.advance(jobs, clean, reader.rescan_from)
             if run.options.with_log_summary:
-                jobs = add_log_summaries(run, client, jobs)
+                jobs = add_log_summaries(run, jobs)
             run.write(jobs, after=save)
-    if inc.refresh_open and not (inc.status or inc.package_id):
-        refresh_open(run, client, exclude=brought)
+    if not (inc.status or inc.package_id):
+        refresh_open(run, exclude=brought)
 
 
 class Bookmark:
@@ -134,7 +131,7 @@ class Bookmark:
         self.run, self.scope, self.saved, self.may_advance = run, scope, saved, may_advance
         self.frozen = False
 
-    def advance(self, jobs: list[Job], clean: list[Job] | None,
+    def advance(self, jobs: list[JobRecord], clean: list[JobRecord] | None,
                 rescan_from: datetime | None) -> Callable | None:
         """The bookmark write to commit with this page's jobs, or None."""
         mark = page_mark(jobs)
@@ -156,22 +153,20 @@ class Bookmark:
         return save
 
 
-def add_log_summaries(run: Run, client: XplentyClient, jobs: list[Job]) -> list[Job]:
+def add_log_summaries(run: Run, jobs: list[JobRecord]) -> list[JobRecord]:
     """--with-log-summary: failed jobs without a stored log summary are fetched again with
     include=log_summary (a credit each); a job whose fetch fails keeps the page's version."""
     failed = [j.id for j in jobs if j.status == "failed" and j.log_summary is None]
     wanted = sorted(set(failed) - run.archive.ids_with_log_summary(failed))
-    fuller: dict[int, Job] = {}
-    for job_id, raw, exc in fetch_by_id(client, wanted, run.options.concurrency, True):
-        if isinstance(exc, FATAL):
-            raise exc
-        job = None if exc is not None else run.parse(raw, job_id)
+    fuller: dict[int, JobRecord] = {}
+    for job_id, raw in run.fetch(wanted, with_log_summary=True, record_errors=False):
+        job = run.parse(raw, job_id)
         if job is not None:
             fuller[job_id] = job
     return [fuller.get(j.id, j) for j in jobs]
 
 
-def _note_reappearances(reader: PagedRead, seen: dict, jobs: list[Job], mark: datetime | None) -> None:
+def _note_reappearances(reader: PagedRead, seen: dict, jobs: list[JobRecord], mark: datetime | None) -> None:
     """A job read again with a newer updated_at moved behind the read: re-read from where it was."""
     for job in jobs:
         earlier = seen.get(job.id)
@@ -182,10 +177,10 @@ def _note_reappearances(reader: PagedRead, seen: dict, jobs: list[Job], mark: da
         seen[job.id] = (job.updated_at, mark)
 
 
-def parse_page(run: Run, raw_page: list[dict]) -> tuple[list[Job], list[Job] | None]:
+def parse_page(run: Run, raw_page: list[dict]) -> tuple[list[JobRecord], list[JobRecord] | None]:
     """Parse a page: the jobs that are valid, and (when some job is not) those before it."""
-    jobs: list[Job] = []
-    clean: list[Job] | None = None
+    jobs: list[JobRecord] = []
+    clean: list[JobRecord] | None = None
     for raw in raw_page:
         job = run.parse(raw)
         if job is None:
@@ -196,7 +191,7 @@ def parse_page(run: Run, raw_page: list[dict]) -> tuple[list[Job], list[Job] | N
     return jobs, clean
 
 
-def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset()) -> None:
+def refresh_open(run: Run, exclude: set[int] = frozenset()) -> None:
     """Re-fetch stored non-terminal jobs (a status change may not move updated_at).
 
     The cheapest way wins: open jobs are the newest ones, so List jobs by creation
@@ -211,26 +206,19 @@ def refresh_open(run: Run, client: XplentyClient, exclude: set[int] = frozenset(
     oldest = min((c for _, c in open_jobs if c is not None), default=None)
     pages_needed = math.ceil(run.archive.count_created_since(oldest) / PAGE_LIMIT) if oldest else math.inf
     if pages_needed < len(wanted):
-        wanted -= _refresh_by_listing(run, client, wanted, oldest, pages_needed)
+        wanted -= _refresh_by_listing(run, wanted, oldest, pages_needed)
     run.summary.requested += len(wanted)
-    for job_id, raw, exc in fetch_by_id(client, sorted(wanted), run.options.concurrency, False):
-        if isinstance(exc, FATAL):
-            raise exc
-        if exc is not None:
-            run.fail(job_id, exc)
-            continue
-        run.add(raw, expected_id=job_id)
-    run.flush()
+    run.archive_ids(sorted(wanted))
 
 
-def _refresh_by_listing(run: Run, client: XplentyClient, wanted: set[int], oldest: datetime,
+def _refresh_by_listing(run: Run, wanted: set[int], oldest: datetime,
                         max_pages: int) -> set[int]:
     found: set[int] = set()
     url = None
     for page_no in range(max_pages + 1):
         params = {"sort": "created", "direction": "desc", "limit": PAGE_LIMIT, "status": "all",
                   "offset": page_no * PAGE_LIMIT}
-        page = client.list_jobs(params, url=url)
+        page = run.client.list_jobs(params, url=url)
         run.summary.requested += len(page.jobs)
         jobs = [j for j in (run.parse(raw) for raw in page.jobs) if j is not None]
         found |= {j.id for j in jobs} & wanted
@@ -248,7 +236,7 @@ def sync_incremental(settings: Settings, options: SyncOptions, inc: IncrementalO
     """Archive what changed since the bookmark through List jobs (`sync --incremental`)."""
     client = client or make_client(settings, options)
     summary = SyncSummary(mode="incremental", dry_run=options.dry_run)
-    return execute(settings, summary, options, client, lambda run: archive_incremental(run, client, inc))
+    return execute(settings, summary, options, client, lambda run: archive_incremental(run, inc))
 
 
 def sync_refresh_open(settings: Settings, options: SyncOptions,
@@ -256,4 +244,4 @@ def sync_refresh_open(settings: Settings, options: SyncOptions,
     """Re-fetch every stored job in a non-terminal state (`sync --refresh-open`)."""
     client = client or make_client(settings, options)
     summary = SyncSummary(mode="refresh_open", dry_run=options.dry_run)
-    return execute(settings, summary, options, client, lambda run: refresh_open(run, client))
+    return execute(settings, summary, options, client, refresh_open)

@@ -1,7 +1,8 @@
-"""The order of steps of a run: lock, open a sync_runs row, fetch -> parse -> store, summary.
+"""The frame every sync run shares, and the one fetch loop.
 
-Three ways in, one way to the archive: by id (`sync ID ...`), incrementally through
-List jobs (archiver.incremental) and from saved payloads (`ingest`).
+A run: take the account lock, open a sync_runs row, fetch -> parse -> store in
+batches, close the row with its counts and errors however it ends. by_id,
+incremental and ingest each bring only their own way of finding payloads.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from archiver.client import XplentyClient
 from archiver.config import Settings
 from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              InvalidPayload, NotFound, RateLimited, TlsError)
-from archiver.parse import Fingerprint, Job, fingerprint, parse_job
-from archiver.store import Archive, BatchResult, describe_error
+from archiver.parse import Fingerprint, fingerprint, parse_job
+from archiver.records import JobRecord, RunCounts
+from archiver.store import Archive, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +45,10 @@ class SyncOptions:
 
 
 @dataclasses.dataclass
-class SyncSummary:
-    mode: str
-    requested: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    stale: int = 0
-    not_found: int = 0
-    failed: int = 0
-    credits_used: int = 0
-    api_calls: int = 0
+class SyncSummary(RunCounts):
+    """The run's counts (as sync_runs stores them) and how it ended."""
+
+    mode: str = "ids"
     retries: int = 0
     dry_run: bool = False
     outcome: str = "running"
@@ -67,15 +62,9 @@ class SyncSummary:
     def exit_code(self) -> int:
         if self.outcome == "auth_failed":
             return 3
-        if self.outcome in ("ok", "budget") and not (self.failed or self.not_found):
+        if self.outcome in ("ok", "budget") and not self.errors_count:
             return 0
         return 1
-
-    def add_batch(self, result: BatchResult) -> None:
-        self.inserted += len(result.inserted)
-        self.updated += len(result.updated)
-        self.unchanged += len(result.unchanged)
-        self.stale += len(result.stale)
 
     def line(self) -> str:
         verb = "would be " if self.dry_run else ""
@@ -113,10 +102,11 @@ def error_row(job_id: int | None, exc: BaseException) -> dict:
 
 
 class Run:
-    """One run against the archive: counts, errors and the batch writer."""
+    """One run against the archive: counts, errors, the batch writer and the fetch loop."""
 
-    def __init__(self, archive: Archive, summary: SyncSummary, options: SyncOptions):
-        self.archive, self.summary, self.options = archive, summary, options
+    def __init__(self, archive: Archive, summary: SyncSummary, options: SyncOptions,
+                 client: XplentyClient | None = None):
+        self.archive, self.summary, self.options, self.client = archive, summary, options, client
         self.pending: list[tuple[Any, int | None]] = []
 
     def fail(self, job_id: int | None, exc: BaseException) -> None:
@@ -128,7 +118,40 @@ class Run:
         log.warning("job %s: %s", job_id, row["message"])
         self.summary.errors.append(row)
 
-    def parse(self, raw: Any, expected_id: int | None = None, print_: Fingerprint | None = None) -> Job | None:
+    # -- fetch ------------------------------------------------------------------------------------
+    def fetch(self, ids: Iterable[int], *, with_log_summary: bool = False, record_errors: bool = True,
+              probe_404: bool = False) -> Iterator[tuple[int, dict]]:
+        """Raw payloads of `ids` as they arrive (the one fetch loop of every mode).
+
+        An error that ends the run (auth, TLS, deadline, budget, rate limit) is raised. Any
+        other is recorded against its job, or only skipped when `record_errors` is False
+        (a fuller re-fetch whose job is already stored). With `probe_404`, when the first
+        NOT_FOUND_PROBE answers are all 404 the account or URL is wrong: a ConfigError.
+        """
+        seen = answered_404 = 0
+        for job_id, raw, exc in fetch_by_id(self.client, ids, self.options.concurrency, with_log_summary):
+            seen += 1
+            if isinstance(exc, FATAL):
+                raise exc
+            if exc is None:
+                yield job_id, raw
+            elif record_errors:
+                answered_404 += isinstance(exc, NotFound)
+                self.fail(job_id, exc)
+                if probe_404 and seen == answered_404 == NOT_FOUND_PROBE:
+                    raise ConfigError(f"the first {NOT_FOUND_PROBE} jobs all answered 404: the account id "
+                                      f"({self.archive.account!r}), the API URL or the Accept header is "
+                                      "probably wrong")
+
+    def archive_ids(self, ids: Iterable[int], *, with_log_summary: bool = False, probe_404: bool = False) -> None:
+        """Fetch these jobs and write them in batches."""
+        for job_id, raw in self.fetch(ids, with_log_summary=with_log_summary, probe_404=probe_404):
+            self.add(raw, expected_id=job_id)
+        self.flush()
+
+    # -- parse and write --------------------------------------------------------------------------
+    def parse(self, raw: Any, expected_id: int | None = None,
+              print_: Fingerprint | None = None) -> JobRecord | None:
         try:
             return parse_job(raw, expected_id=expected_id, fingerprint=print_)
         except InvalidPayload as bad:
@@ -149,7 +172,7 @@ class Run:
         elif batch and self.options.progress:
             self.options.progress(self.summary)
 
-    def parse_changed(self, batch: list[tuple[Any, int | None]]) -> list[Job]:
+    def parse_changed(self, batch: list[tuple[Any, int | None]]) -> list[JobRecord]:
         """Unchanged-skip: a payload whose fingerprint equals the stored snapshot's costs one
         batched read; only the others are validated and parsed."""
         prints = [fingerprint(raw) for raw, _ in batch]
@@ -164,17 +187,17 @@ class Run:
                 jobs.append(job)
         return jobs
 
-    def write(self, batch: list[Job], after: Callable | None = None) -> None:
+    def write(self, batch: list[JobRecord], after: Callable | None = None) -> None:
         """Write a batch whole; `after(conn)` (the bookmark) commits with it or not at all.
 
         A failed batch without a bookmark falls back to job-by-job writes, so one bad
         job never sinks its neighbours; with a bookmark the error stops the run.
         """
         if self.options.dry_run:
-            self.summary.add_batch(self.archive.plan(batch))
+            self.archive.plan(batch).add_to(self.summary)
             return
         try:
-            self.summary.add_batch(self.archive.write_jobs(batch, self.summary.run_id, after=after))
+            self.archive.write_jobs(batch, self.summary.run_id, after=after).add_to(self.summary)
         except Exception as exc:
             if after is not None:
                 raise
@@ -188,10 +211,10 @@ class Run:
             self.options.progress(self.summary)
 
 
-# -- by id ----------------------------------------------------------------------------------------
+# -- concurrent fetching --------------------------------------------------------------------------
 def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
                 with_log_summary: bool) -> Iterator[tuple[int, dict | None, BaseException | None]]:
-    """Get each job, up to `concurrency` at a time, yielding results as they arrive.
+    """Get each job, up to `concurrency` at a time, yielding (id, payload, error) as they arrive.
 
     The first request goes alone (a refused key costs one request, not `concurrency`);
     the pool narrows when 429s appear or the rate budget runs low.
@@ -246,50 +269,6 @@ class AdaptiveLimit:
         return self.value
 
 
-def archive_ids(run: Run, client: XplentyClient, ids: list[int], settings: Settings) -> None:
-    answered_404 = seen = 0
-    options = run.options
-    for job_id, raw, exc in fetch_by_id(client, ids, options.concurrency, options.with_log_summary):
-        seen += 1
-        if isinstance(exc, FATAL):
-            raise exc
-        if exc is not None:
-            answered_404 += isinstance(exc, NotFound)
-            run.fail(job_id, exc)
-            if seen == answered_404 == NOT_FOUND_PROBE:
-                raise ConfigError(f"the first {NOT_FOUND_PROBE} jobs all answered 404: the account id "
-                                  f"({settings.account!r}), the API URL or the Accept header is "
-                                  "probably wrong")
-            continue
-        run.add(raw, expected_id=job_id)
-    run.flush()
-
-
-def sync_ids(settings: Settings, ids: list[int], options: SyncOptions,
-             client: XplentyClient | None = None) -> SyncSummary:
-    """Archive the named jobs (`archiver sync ID ...`)."""
-    client = client or make_client(settings, options)
-    summary = SyncSummary(mode="ids", requested=len(ids), dry_run=options.dry_run)
-    return execute(settings, summary, options, client, lambda run: archive_ids(run, client, ids, settings))
-
-
-# -- saved payloads -------------------------------------------------------------------------------
-def ingest(settings: Settings, records: Iterable[Any], options: SyncOptions) -> SyncSummary:
-    """Load saved job payloads through the same parse -> store path (`archiver ingest`)."""
-    summary = SyncSummary(mode="ingest", dry_run=options.dry_run)
-
-    def body(run: Run) -> None:
-        for raw in records:
-            summary.requested += 1
-            if isinstance(raw, InvalidPayload):
-                run.fail(None, raw)
-                continue
-            run.add(raw)
-        run.flush()
-
-    return execute(settings, summary, options, None, body)
-
-
 # -- the frame every run shares -------------------------------------------------------------------
 def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, client: XplentyClient | None,
             body: Callable[[Run], None]) -> SyncSummary:
@@ -300,10 +279,10 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
         with archive.run_lock(options.wait, enabled=options.lock):
             if not options.dry_run:
                 summary.run_id = archive.start_run(summary.mode, summary.requested)
-            run = Run(archive, summary, options)
+            run = Run(archive, summary, options, client)
             try:
                 body(run)
-                summary.outcome = "ok" if not (summary.failed or summary.not_found) else "partial"
+                summary.outcome = "partial" if summary.errors_count else "ok"
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
                 summary.errors.append(error_row(None, exc))
@@ -336,56 +315,6 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
     try:
-        archive.finish_run(summary.run_id, summary.errors, outcome=summary.outcome,
-                           message=summary.message, **{k: getattr(summary, k) for k in (
-                               "requested", "inserted", "updated", "unchanged", "stale", "not_found",
-                               "failed", "credits_used", "api_calls")})
+        archive.finish_run(summary.run_id, summary, summary.outcome, summary.message, summary.errors)
     except Exception:  # the run row is bookkeeping; never hide the run's own result
         log.exception("could not record the run's outcome in sync_runs")
-
-
-# -- job id arguments -----------------------------------------------------------------------------
-MAX_RANGE = 1_000_000
-
-
-def parse_id_args(args: Iterable[str], lines: Iterable[str] = ()) -> list[int]:
-    """Job ids from arguments (`157`, `100-200`) and id-file lines; duplicates dropped, order kept.
-
-    Ids are plain ASCII digits (no signs, underscores, spaces or other scripts' digits).
-    Every invalid token is listed in one ConfigError, raised before any request is made.
-    """
-    ids: dict[int, None] = {}
-    bad: list[str] = []
-    tokens = list(args) + [ln.split("#", 1)[0].strip() for ln in lines]
-    for token in tokens:
-        if token == "":
-            continue
-        try:
-            ids.update(dict.fromkeys(_expand(token)))
-        except ValueError as exc:
-            bad.append(f"{token!r} ({exc})")
-    if bad:
-        raise ConfigError("invalid job id" + ("s" if len(bad) > 1 else "") + ": " + ", ".join(bad)
-                          + "; job ids are positive integers of plain digits, ranges like 100-200")
-    return list(ids)
-
-
-def _expand(token: str) -> range | list[int]:
-    low_text, dash, high_text = token.partition("-")
-    if not dash:
-        return [_positive(token)]
-    low, high = _positive(low_text), _positive(high_text)
-    if high < low:
-        raise ValueError("the range ends before it starts")
-    if high - low >= MAX_RANGE:
-        raise ValueError(f"a range of more than {MAX_RANGE:,} ids")
-    return range(low, high + 1)
-
-
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError("not a plain number")
-    value = int(text)
-    if value <= 0 or value > 2 ** 63 - 1:
-        raise ValueError("out of range")
-    return value

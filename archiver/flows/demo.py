@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from archiver import database
 from archiver.config import Secret, Settings
-from archiver.report import failures_report, parse_since, runtimes_report, status_report
+from archiver.flows.incremental import IncrementalOptions, sync_incremental
+from archiver.flows.report import failures_report, parse_since, runtimes_report, status_report
+from archiver.flows.runs import SyncOptions, SyncSummary
 from archiver.sandbox import Sandbox
-from archiver.store import Archive
-from archiver.incremental import IncrementalOptions, sync_incremental
-from archiver.sync import SyncOptions, SyncSummary
 
 SANDBOX_KEY = "sandbox-key"
 FURTHER_SQL = """\
@@ -31,7 +31,7 @@ WHERE outcome = 'recovered_on_retry' ORDER BY scheduled_at DESC;"""
 
 @dataclasses.dataclass
 class DemoResult:
-    database: Path
+    path: Path
     summary: SyncSummary
     status: list[dict]
     failing: list[dict]
@@ -39,17 +39,16 @@ class DemoResult:
 
 
 def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -> DemoResult:
-    database = folder / "demo.db"
+    path = folder / "demo.db"
     with Sandbox(jobs=jobs, seed=seed, api_key=SANDBOX_KEY) as api:
         settings = Settings(account=api.account, api_key=Secret(SANDBOX_KEY), api_url=api.url,
-                            database_url=f"sqlite:///{database}")
+                            database_url=f"sqlite:///{path}")
         summary = sync_incremental(settings, SyncOptions(), IncrementalOptions())
-    archive = Archive.open(settings.database_url)
+    engine = database.open_engine(settings.database_url, create=False)
     try:
         period = parse_since(since)
-        return DemoResult(database=database, summary=summary,
-                          status=status_report(archive.engine, period),
-                          failing=failures_report(archive.engine, period, limit=5),
-                          slowest=runtimes_report(archive.engine, period, limit=5))
+        return DemoResult(path=path, summary=summary, status=status_report(engine, period),
+                          failing=failures_report(engine, period, limit=5),
+                          slowest=runtimes_report(engine, period, limit=5))
     finally:
-        archive.close()
+        engine.dispose()

@@ -7,16 +7,17 @@ Returns plain rows (dicts); the CLI formats them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
+import statistics
 from collections import Counter, defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import BigInteger, Engine, Integer, String, Text, column, func, select, table
 
+from archiver import database
 from archiver.errors import ConfigError
-from archiver.models import UTCDateTime
+from archiver.sqltypes import UTCDateTime
 
 job_runs = table(
     "job_runs", column("job_id", BigInteger), column("package_id", BigInteger),
@@ -62,14 +63,11 @@ def parse_since(text: str, now: datetime | None = None) -> Period:
     return Period(moment.astimezone(timezone.utc), now)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100) of the values, or None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+def percentile(values: list[float], q: int) -> float | None:
+    """The q-th percentile (1..99), linearly interpolated between the closest ranks; None when empty."""
+    if len(values) < 2:
+        return float(values[0]) if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def _package_filter(query, view, package: str | None):
@@ -84,15 +82,17 @@ def _label(row) -> str:
     return row.package_name or (f"package {row.package_id}" if row.package_id is not None else "(no package)")
 
 
-def status_report(engine: Engine, period: Period, package: str | None = None) -> list[dict[str, Any]]:
+def status_report(engine: Engine, period: Period, package: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
     query = (select(job_runs.c.status, func.count().label("jobs"))
              .where(job_runs.c.created_at >= period.start, job_runs.c.created_at < period.end)
              .group_by(job_runs.c.status))
     with engine.connect() as conn:
         rows = conn.execute(_package_filter(query, job_runs, package)).all()
     total = sum(r.jobs for r in rows) or 1
-    return [{"status": r.status, "jobs": r.jobs, "share": round(r.jobs / total, 4)}
-            for r in sorted(rows, key=lambda r: (-r.jobs, r.status or ""))]
+    result = [{"status": r.status, "jobs": r.jobs, "share": round(r.jobs / total, 4)}
+              for r in sorted(rows, key=lambda r: (-r.jobs, r.status or ""))]
+    return result[:limit] if limit else result
 
 
 def failures_report(engine: Engine, period: Period, package: str | None = None,
@@ -154,12 +154,15 @@ def runtimes_report(engine: Engine, period: Period, package: str | None = None,
     return rows[:limit] if limit else rows
 
 
-REPORTS = {"status": status_report, "failures": failures_report, "runtimes": runtimes_report}
+REPORTS = {"failures": failures_report, "runtimes": runtimes_report, "status": status_report}
 
 
-def run_report(engine: Engine, name: str, since: str, package: str | None = None,
+def run_report(database_url: str, name: str, since: str, package: str | None = None,
                limit: int | None = None) -> list[dict[str, Any]]:
+    """`archiver report NAME`: the rows of that report over an existing archive."""
     period = parse_since(since)
-    if name == "status":
-        return status_report(engine, period, package)
-    return REPORTS[name](engine, period, package, limit)
+    engine = database.open_engine(database_url, create=False)
+    try:
+        return REPORTS[name](engine, period, package, limit)
+    finally:
+        engine.dispose()

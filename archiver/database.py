@@ -1,0 +1,133 @@
+"""The database as a place: engines, the schema revision, migrations, `archiver db`.
+
+What migrations/env.py and the CLI's `db` commands import; knows nothing of jobs.
+Backend differences (driver options, SQLite pragmas, file modes) are archiver.dialect's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from archiver import dialect
+from archiver.config import mask_url
+from archiver.errors import ConfigError, SchemaOutOfDate
+from archiver.jsonio import serialize_json
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(url: str, create: bool = True) -> Engine:
+    """An engine for the archive at `url`; `create` lets SQLite make a new file (mode 0600)."""
+    parsed, options = dialect.engine_options(make_url(url), create=create)
+    engine = create_engine(parsed, json_serializer=serialize_json, pool_pre_ping=True, **options)
+    dialect.prepare_engine(engine)
+    return engine
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be reached or named is a configuration error (exit 2) that
+    says which database (password masked) and why, not a traceback."""
+    where = mask_url(url)
+    try:
+        yield
+    except NoSuchModuleError:
+        raise ConfigError(f"no driver for {where}: pip install 'xplenty-archiver[postgres]' or "
+                          "'xplenty-archiver[mysql]'") from None
+    except ArgumentError:
+        raise ConfigError(f"not a database URL: {where}") from None
+    except OperationalError as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200]
+        raise ConfigError(f"cannot open the archive at {where}: {reason}") from None
+
+
+def open_engine(url: str, create: bool = True) -> Engine:
+    """An engine on an archive at the newest revision: an empty database is migrated first
+    (when `create`), any other revision is refused with what to do."""
+    with database_errors(url):
+        engine = make_engine(url, create=create)
+        try:
+            ensure_schema(engine, create=create)
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
+
+
+# -- migrations -----------------------------------------------------------------------------------
+def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("archiver.migrations")))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(connection=conn), revision)
+
+
+def migrate(url: str, action: str, revision: str = "head") -> str:
+    """`archiver db upgrade|downgrade|current`: do it, and say where the database stands."""
+    with database_errors(url):
+        engine = make_engine(url)
+        try:
+            if action == "upgrade":
+                upgrade(engine, revision)
+            elif action == "downgrade":
+                downgrade(engine, revision)
+            current = current_revision(engine)
+        finally:
+            engine.dispose()
+    return f"{mask_url(url)}: revision {current or 'none (empty)'}; head {head_revision()}"
+
+
+def ensure_schema(engine: Engine, create: bool = True) -> None:
+    """Migrate an empty database (when `create`); refuse one at another revision than ours."""
+    where = mask_url(str(engine.url))
+    if not create and dialect.is_missing_file(engine):
+        raise SchemaOutOfDate(f"no archive at {where}: run `archiver sync` first")
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    if current is None and not create:
+        raise SchemaOutOfDate(f"{where} holds no archive: run `archiver sync` or `archiver db upgrade` first")
+    if current is None:
+        if inspect(engine).get_table_names():
+            raise SchemaOutOfDate(f"{where} has tables but no archiver schema revision; point --db at "
+                                  "an empty database or an archive")
+        log.info("empty database: migrating to %s", head)
+        upgrade(engine)
+        return
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current not in known:
+        raise SchemaOutOfDate(f"the database schema is at revision {current}, newer than this "
+                              "archiver knows; upgrade xplenty-archiver")
+    raise SchemaOutOfDate(f"the database schema is at revision {current}, this archiver needs "
+                          f"{head}: run `archiver db upgrade`")
