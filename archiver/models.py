@@ -32,8 +32,9 @@ class Base(DeclarativeBase):
 KIND_TYPES = {INT: BigInteger, NUMBER: Double, TEXT: LongText, TIME: UTCDateTime, STATUS: String(64)}
 
 
-def api_field_columns() -> dict:
-    return {field.name: mapped_column(KIND_TYPES[field.kind], index=field.indexed) for field in JOB_FIELDS}
+def api_field_columns_for(fields) -> dict:
+    """A column per declared API field, of its kind's type (nullable: a payload may omit it)."""
+    return {field.name: mapped_column(KIND_TYPES[field.kind], index=field.indexed) for field in fields}
 
 
 class JobRow(Base):
@@ -41,7 +42,7 @@ class JobRow(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     account_id: Mapped[str | None] = mapped_column(String(255))
-    vars().update(api_field_columns())  # status, owner_id, ... created_at, updated_at, ...
+    vars().update(api_field_columns_for(JOB_FIELDS))  # status, owner_id, ... created_at, updated_at, ...
     creator_type: Mapped[str | None] = mapped_column(String(64))
     creator_id: Mapped[int | None] = mapped_column(BigInteger)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -45,7 +45,7 @@ class PackageSpec:
     weight: float        # relative share of all runs
     cluster: int         # index into CLUSTERS
     outputs: tuple[OutputSpec, ...]
-    variables: tuple[str, ...] = ()   # names from VARIABLE_KINDS
+    variables: tuple[str, ...] = ()   # names render.Renderer.variables knows
     errors: tuple[int, ...] = (0,)    # indices into ERRORS that this package tends to hit
 
 
@@ -205,13 +205,13 @@ USERS = ("Dana Whitfield", "Ravi Iyer", "Sofia Márquez", "Tom Becker", "Aiko Ta
 
 
 @dataclass(frozen=True)
-class User:
+class CatalogUser:
     id: int
     name: str
 
 
 @dataclass(frozen=True)
-class Cluster:
+class CatalogCluster:
     id: int
     name: str
     nodes: int
@@ -225,7 +225,7 @@ class Cluster:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class CatalogSchedule:
     id: int
     name: str
     packages: tuple[int, ...]
@@ -234,7 +234,7 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class Package:
+class CatalogPackage:
     id: int
     spec: PackageSpec
     owner: int                    # index into Catalog.users
@@ -248,10 +248,10 @@ class Package:
 
 @dataclass(frozen=True)
 class Catalog:
-    users: tuple[User, ...]
-    clusters: tuple[Cluster, ...]
-    schedules: tuple[Schedule, ...]
-    packages: tuple[Package, ...]
+    users: tuple[CatalogUser, ...]
+    clusters: tuple[CatalogCluster, ...]
+    schedules: tuple[CatalogSchedule, ...]
+    packages: tuple[CatalogPackage, ...]
     package_weights: tuple[float, ...]
 
 
@@ -265,15 +265,15 @@ def _increasing_ids(rng: random.Random, start: int, count: int, max_gap: int) ->
 
 def build_catalog(rng: random.Random) -> Catalog:
     """Give the static reference data ids, owners and dates."""
-    users = tuple(User(i, name) for i, name in
+    users = tuple(CatalogUser(i, name) for i, name in
                   zip(_increasing_ids(rng, 2, len(USERS), 12), USERS))
     clusters = tuple(
-        Cluster(cid, name, nodes, kind, region, zone, itype, rng.randrange(len(users)),
+        CatalogCluster(cid, name, nodes, kind, region, zone, itype, rng.randrange(len(users)),
                 -rng.randint(90, 700) * DAY, -rng.randint(1, 80) * DAY)
         for cid, (name, nodes, kind, region, zone, itype)
         in zip(_increasing_ids(rng, 40, len(CLUSTERS), 30), CLUSTERS))
     schedules = tuple(
-        Schedule(sid, name, pkgs, retries, rng.randrange(len(users)))
+        CatalogSchedule(sid, name, pkgs, retries, rng.randrange(len(users)))
         for sid, (name, pkgs, retries) in zip(_increasing_ids(rng, 3, len(SCHEDULES), 5), SCHEDULES))
     schedule_of = {p: s for s, sched in enumerate(schedules) for p in sched.packages}
     package_ids = _increasing_ids(rng, 2300, len(PACKAGES), 60)
@@ -283,7 +283,7 @@ def build_catalog(rng: random.Random) -> Catalog:
 
 
 def _build_package(rng: random.Random, package_id: int, spec: PackageSpec, schedule: int | None,
-                   schedules: tuple[Schedule, ...], user_count: int) -> Package:
+                   schedules: tuple[CatalogSchedule, ...], user_count: int) -> CatalogPackage:
     owner = schedules[schedule].owner if schedule is not None else rng.randrange(user_count)
     created = -rng.randint(120, 900) * DAY
     fields = tuple(("id",) + tuple(rng.sample(COLUMN_POOL[1:], rng.randint(1, 5)))
@@ -292,7 +292,7 @@ def _build_package(rng: random.Random, package_id: int, spec: PackageSpec, sched
     components = tuple(first_component + k for k in range(len(spec.outputs)))
     defaults = {name: VARIABLE_DEFAULTS[name] for name in spec.variables
                 if name in VARIABLE_DEFAULTS and rng.random() < 0.5}
-    return Package(package_id, spec, owner, schedule, created, -rng.randint(1, 100) * DAY,
+    return CatalogPackage(package_id, spec, owner, schedule, created, -rng.randint(1, 100) * DAY,
                    fields, components, defaults)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 
-from .catalog import DESTINATIONS, ERRORS, STOP_MESSAGE, Package
+from .catalog import DESTINATIONS, ERRORS, STOP_MESSAGE, CatalogPackage
 from .history import (COMPLETED, CREATED_BY_SCHEDULE, FAILED, STATUSES, STOP_ERROR, STOPPED,
                       History, JobPlan, JobState, work_ended_at)
 
@@ -115,7 +115,7 @@ class Renderer:
         return outputs
 
     @staticmethod
-    def _full_records(plan: JobPlan, package: Package) -> list[int]:
+    def _full_records(plan: JobPlan, package: CatalogPackage) -> list[int]:
         """Records each output gets from a complete run (some above 2**31 for the big packages)."""
         rng = random.Random(plan.seed)
         return [max(1, int(spec.records * rng.lognormvariate(0, 0.5))) for spec in package.spec.outputs]
