@@ -15,7 +15,6 @@ import click
 from archiver import __version__
 from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings
 from archiver.errors import ArchiverError, ConfigError
-from archiver.flows.report import REPORTS
 
 EXIT_CODES_HELP = ("Exit codes: 0 every job archived or unchanged; 1 some jobs failed or were not "
                    "found (the rest are stored); 2 usage or configuration error; 3 the API refused "
@@ -225,6 +224,24 @@ def db_current(db):
     click.echo(migrate(load_settings(db=db).database_url, "current"))
 
 
+class ReportName(click.Choice):
+    """The names in archiver.flows.report.REPORTS, read only when needed: importing the
+    reports loads Alembic and more, which no other command should wait for."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from archiver.flows.report import REPORTS
+
+        return tuple(REPORTS)
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        pass
+
+
 def format_rows(rows: list[dict], fmt: str) -> str:
     """Rows as an aligned text table, CSV or JSON."""
     if fmt == "json":
@@ -265,7 +282,7 @@ def _numeric(text: str) -> bool:
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(list(REPORTS)))
+@click.argument("name", type=ReportName())
 @db_option
 @click.option("--since", default="7d", show_default=True,
               help="Period: a span back from now (7d, 24h, 2w) or a date (2026-11-01).")

@@ -45,11 +45,11 @@ if str(ROOT) not in sys.path:
 from archiver.config import Secret, Settings  # noqa: E402
 from archiver.parse import parse_job  # noqa: E402
 from archiver.payloads import read_payloads  # noqa: E402
-from archiver.database import make_engine, upgrade
+from archiver.database import make_engine, upgrade  # noqa: E402
 from archiver.utc import utcnow  # noqa: E402
 from archiver.flows.incremental import IncrementalOptions, sync_incremental  # noqa: E402
-from archiver.flows.by_id import sync_ids
-from archiver.flows.ingest import ingest
+from archiver.flows.by_id import sync_ids  # noqa: E402
+from archiver.flows.ingest import ingest  # noqa: E402
 from archiver.flows.runs import SyncOptions  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/archiver_bench"
@@ -628,7 +628,7 @@ def main_run(args: argparse.Namespace) -> int:
 BREAKDOWN = {   # label: [(part of the file name, exact function name), ...] in the profile
     "read_payloads (file read + json decode)": [("archiver/payloads.py", "_one_line")],
     "parse_job (validate, canonical JSON, sha256)": [("archiver/parse.py", "parse_job")],
-    "  canonical_json": [("archiver/parse.py", "canonical_json")],
+    "  canonical_json": [("archiver/jsonio.py", "canonical_json")],
     "Archive._write (one batch, in the transaction)": [("archiver/store.py", "_write")],
     "  read_stored (SELECT; FOR UPDATE on PG)": [("archiver/store.py", "read_stored")],
     "  _upsert_dimensions (packages, clusters, creators)": [("archiver/store.py", "_upsert_dimensions")],
@@ -643,7 +643,7 @@ BREAKDOWN = {   # label: [(part of the file name, exact function name), ...] in 
     "SQLAlchemy Connection.execute + exec_driver_sql": [("sqlalchemy/engine/base.py", "execute"),
                                                         ("sqlalchemy/engine/base.py", "exec_driver_sql")],
     "  statement compile (cached)": [("sqlalchemy/sql/elements.py", "_compile_w_cache")],
-    "  bind processing (UTCDateTime.process_bind_param)": [("archiver/models.py", "process_bind_param")],
+    "  bind processing (UTCDateTime.process_bind_param)": [("archiver/sqltypes.py", "process_bind_param")],
     "  DBAPI executemany": [("psycopg/cursor.py", "executemany"),
                             ("~", "<method 'executemany' of 'sqlite3.Cursor' objects>")],
     "  DBAPI execute": [("psycopg/cursor.py", "execute"),
