@@ -28,7 +28,7 @@ from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceede
 
 log = logging.getLogger(__name__)
 
-ACCEPT = "application/vnd.xplenty+json"
+ACCEPT = "application/vnd.xplenty+json; version=2"  # pinned: no version means "the latest"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 402, 403})
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
@@ -61,9 +61,11 @@ class Usage:
 
 @dataclasses.dataclass
 class Page:
-    jobs: list[dict]
-    next_url: str | None
-    paged_by_links: bool = False  # the API announced pages in a Link header (v2)
+    """One page of a List call. `has_next` says the server announced a next page (a `Link`
+    rel="next"): a hint only; its URL is never requested (flows.cursor pages by the data)."""
+
+    items: list[dict]
+    has_next: bool = False
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -117,24 +119,19 @@ class XplentyClient:
             raise InvalidPayload(job_id, "<body>", "expected a JSON object", kind="bad_shape")
         return data
 
-    def list_jobs(self, params: dict[str, Any] | None = None, url: str | None = None) -> Page:
-        """One page of List jobs; `url` is a next link from the previous page."""
+    def list_jobs(self, params: dict[str, Any]) -> Page:
+        """One page of List jobs."""
+        return self.list_page("jobs", params)
+
+    def list_page(self, resource: str, params: dict[str, Any]) -> Page:
+        """One page of a List endpoint (jobs, schedules, packages, clusters): an array of objects."""
         resp_holder: list[requests.Response] = []
-        data = self._get_json(url or f"{self.base}/jobs", None if url else params, keep=resp_holder)
-        if not isinstance(data, list) or not all(isinstance(j, dict) for j in data):
-            raise InvalidPayload(None, "<body>", "List jobs did not return an array of objects",
+        data = self._get_json(f"{self.base}/{resource}", params, keep=resp_holder)
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise InvalidPayload(None, "<body>", f"List {resource} did not return an array of objects",
                                  kind="bad_shape")
         links = resp_holder[0].links if resp_holder else {}
-        next_link = links.get("next", {}).get("url")
-        if next_link and not self._same_origin(next_link):
-            log.warning("ignoring a next-page link to another host; paging by offset instead")
-            return Page(jobs=data, next_url=None)
-        return Page(jobs=data, next_url=next_link, paged_by_links=bool(links))
-
-    def _same_origin(self, url: str) -> bool:
-        """Only follow links to the API's own scheme and host: the session sends the key."""
-        ours, theirs = urlsplit(self.api_url), urlsplit(url)
-        return (ours.scheme, ours.netloc) == (theirs.scheme, theirs.netloc)
+        return Page(items=data, has_next="next" in links)
 
     def rate_limit_status(self) -> dict:
         return self._get_json(f"{self.api_url}/rate_limit_status", None, charge=False)

@@ -326,19 +326,19 @@ class Archive:
                        update=["high_water_mark", "last_run_id", "updated_at"])
 
     def open_jobs(self) -> list[tuple[int, datetime | None]]:
-        """Stored jobs in a non-terminal status (any status not terminal): (id, created_at)."""
-        query = (select(jobs_t.c.id, jobs_t.c.created_at)
+        """Stored jobs in a non-terminal status (any status not terminal): (id, updated_at)."""
+        query = (select(jobs_t.c.id, jobs_t.c.updated_at)
                  .where(jobs_t.c.status.is_not(None), jobs_t.c.status.not_in(sorted(TERMINAL_STATUSES)))
                  .order_by(jobs_t.c.id))
         if self.account:
             query = query.where(or_(jobs_t.c.account_id == self.account, jobs_t.c.account_id.is_(None)))
         with self.engine.connect() as conn:
-            return [(r.id, r.created_at) for r in conn.execute(query)]
+            return [(r.id, r.updated_at) for r in conn.execute(query)]
 
-    def count_created_since(self, moment: datetime) -> int:
+    def count_updated_since(self, moment: datetime) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(jobs_t)
-                                .where(jobs_t.c.created_at >= moment)).scalar()
+                                .where(jobs_t.c.updated_at >= moment)).scalar()
 
     # runs
     def start_run(self, mode: str, requested: int = 0) -> int:

@@ -56,7 +56,7 @@ def test_sync_stores_both_jobs_then_changes_nothing(capsys, monkeypatch, env, ap
         [("ok", 2, 0, 2), ("ok", 0, 2, 2)]
     auth = [c.request.headers["Authorization"] for c in api.calls]
     assert auth and all(a.startswith("Basic ") for a in auth)
-    assert all(c.request.headers["Accept"] == "application/vnd.xplenty+json" for c in api.calls)
+    assert all(c.request.headers["Accept"] == "application/vnd.xplenty+json; version=2" for c in api.calls)
 
 
 def test_invalid_id_exits_2_before_any_request(capsys, monkeypatch, env, api):
