@@ -11,8 +11,10 @@ read never follows a link and never trusts an offset across pages:
 - only when a whole page shares the cursor's second does it need `offset` inside that
   second; the first such step asks `offset=1`, and a page that repeats what was seen
   says offset counts objects, one that does not says it counts pages;
-- a second paged by offset is read once more at the end (an update in the middle of it
-  shifts the offsets), and `hold` keeps the bookmark from passing it until then;
+- an update inside a second being paged by offset shifts the offsets after it; it shows
+  (a page repeats more than its offset explains, or a job met in that second comes back
+  with a newer time), and then the second is read again at the end; `hold` keeps the
+  bookmark from passing any second paged by offset until the read is over;
 - a read ends on a short page that no `Link` says is followed by more, or on a page that
   brings nothing past the cursor; never because a `Link` was missing.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from archiver.client import Page
@@ -72,6 +74,8 @@ class CursorRead:
         self.offset_counts = offset_counts
         self.seen: set[tuple] = set()                   # keys met at the cursor's second
         self.paged: dict[datetime, set[tuple]] = {}     # seconds read by offset -> keys met there
+        self.left: dict[int, datetime] = {}             # id -> the paged second it was met in
+        self.shifted: set[datetime] = set()             # paged seconds to read again
         self.calls = 0
         self.more_announced = False   # the last answer's Link said rel="next"
 
@@ -82,25 +86,30 @@ class CursorRead:
 
     # -- the read ---------------------------------------------------------------------------------
     def pages(self) -> Iterator[list[Any]]:
-        """Each page's objects not met before, in order. The read ends on a page that brings
-        nothing past the cursor; then each second paged by offset is read again."""
+        """Each page's objects not met before, in order: the read to the end, then the
+        seconds where offsets shifted, each read again until a pass sees no job move."""
+        yield from self._to_the_end()
+        yield from self._recheck()
+
+    def _to_the_end(self) -> Iterator[list[Any]]:
+        """From the cursor until a short page (that no Link continues) or a page that
+        brings nothing past the cursor."""
         while True:
             page = self._get(self.cursor, 0)
             fresh = self._fresh(page)
             if fresh:
                 yield fresh
             if len(page) < self.limit and not self.more_announced:
-                break  # a short page is the end (unless a Link says otherwise)
+                return
             if self._advance(page):
                 continue
             if self.cursor is None:
                 log.warning("a full page without a readable updated_at: cannot page further by time")
-                break
+                return
             second = self.cursor
             yield from self._through_second(second, page)
             if self.cursor is None or self.cursor <= second:
-                break
-        yield from self._recheck()
+                return
 
     def _advance(self, page: list[Any]) -> bool:
         """Move the cursor to the page's newest second when that is past the cursor."""
@@ -114,20 +123,27 @@ class CursorRead:
 
     def _through_second(self, second: datetime, first_page: list[Any]) -> Iterator[list[Any]]:
         """`first_page` (since=second, no offset) lies wholly in `second`: step through the
-        second by offset until a page reaches past it or ends."""
+        second by offset until a page reaches past it or ends. Only the second's own objects
+        are taken from these pages: when jobs left the second meanwhile, an offset overshoots
+        into the next seconds, so the read goes on from the second after, without offset."""
         log.info("more than %d objects updated at %s: paging inside that second", self.limit, iso_z(second))
         met = self.paged.setdefault(second, set())
         met |= self.seen
+        self.left.update((key[0], second) for key in met if len(key) == 2)
         while True:
+            probing = self.offset_counts is None
+            expected = 0 if self.offset_counts == ITEMS else len(met) % self.limit
             page = self._get(second, self._offset(len(met)), probe_against=first_page)
-            fresh = self._fresh(page)
+            inside = [r for r in page if second_of(r) == second]
+            if not probing and sum(key_of(r) in met for r in inside) > expected:
+                self.shifted.add(second)
+            fresh = self._fresh(inside)
             if fresh:
                 yield fresh
-            met |= {key_of(r) for r in page if second_of(r) == second}
-            beyond = [r for r in page if (second_of(r) or second) > second]
-            if beyond:
-                self.cursor = max(map(second_of, beyond))
-                self.seen = {key_of(r) for r in page if second_of(r) == self.cursor}
+            met |= {key_of(r) for r in inside}
+            self.left.update((r["id"], second) for r in inside if isinstance(r.get("id"), int))
+            if len(inside) < len(page):
+                self.cursor, self.seen = second + timedelta(seconds=1), set()
                 return
             if len(page) < self.limit:
                 self.seen = set(met)
@@ -146,16 +162,23 @@ class CursorRead:
         return consumed if self.offset_counts == ITEMS else consumed // self.limit
 
     def _recheck(self) -> Iterator[list[Any]]:
-        """Read each second paged by offset again until a pass brings nothing new (an update
-        in the middle of that second shifts every offset after it); then the bookmark may
-        pass it."""
+        """Read again each paged second where a job moved (every offset after it shifted),
+        then the list's end again (where moved jobs land, showing further moves), until a
+        pass sees no move. A second still moving keeps holding the bookmark: the next run
+        starts there."""
         for second in sorted(self.paged):
             for _ in range(RECHECKS):
-                found = list(self._second_again(second))
-                yield from found
-                if not found:
+                if second not in self.shifted:
                     break
-            del self.paged[second]
+                log.info("jobs moved while %s was paged by offset: reading it again", iso_z(second))
+                self.shifted.discard(second)
+                yield from self._second_again(second)
+                yield from self._to_the_end()
+            if second in self.shifted:
+                log.warning("jobs kept moving out of %s while it was read; the next run reads it again",
+                            iso_z(second))
+            else:
+                del self.paged[second]
 
     def _second_again(self, second: datetime) -> Iterator[list[Any]]:
         met = self.paged[second]
@@ -165,6 +188,7 @@ class CursorRead:
             inside = [r for r in page if second_of(r) == second]
             fresh = list({key_of(r): r for r in inside if key_of(r) not in met}.values())
             met |= {key_of(r) for r in inside}
+            self.left.update((r["id"], second) for r in inside if isinstance(r.get("id"), int))
             if fresh:
                 yield fresh
             consumed += len(inside)
@@ -189,7 +213,8 @@ class CursorRead:
         return items
 
     def _fresh(self, page: list[Any]) -> list[Any]:
-        """The page's objects not met before at their second (nor twice on the page)."""
+        """The page's objects not met before at their second (nor twice on the page). A job
+        met in a paged second that comes back with another time moved out of it."""
         fresh, keys = [], set()
         for raw in page:
             key = key_of(raw)
@@ -197,4 +222,7 @@ class CursorRead:
                 continue
             keys.add(key)
             fresh.append(raw)
+            moved_from = self.left.get(key[0]) if len(key) == 2 else None
+            if moved_from is not None and moved_from != second_of(raw):
+                self.shifted.add(moved_from)
         return fresh
