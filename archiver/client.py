@@ -23,8 +23,8 @@ from urllib3.util.retry import Retry
 from archiver import __version__
 from archiver.config import Secret
 from archiver.jsonio import decode_body
-from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             RateLimited, TlsError)
+from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded, InvalidPayload,
+                             NotFound, RateLimited, TlsError)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,34 @@ class Page:
     has_next: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class RateBudget:
+    limit: int | None
+    remaining: int | None
+
+    @classmethod
+    def from_answer(cls, data: Any) -> "RateBudget":
+        """`{"limits": {"limit": N, "remaining": M}}` (the official SDK's reading) or a flat
+        `{"limit": N, "remaining": M}`."""
+        inner = data.get("limits", data) if isinstance(data, dict) else {}
+        inner = inner if isinstance(inner, dict) else {}
+
+        def number(name: str) -> int | None:
+            value = inner.get(name)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        return cls(number("limit"), number("remaining"))
+
+
+def tls_problem(host: str | None, exc: Exception) -> str:
+    """What a TLS failure means for the user: a plain-HTTP port, or an untrusted certificate."""
+    text = str(exc).lower()
+    if "wrong version number" in text or "record layer failure" in text or "unknown protocol" in text:
+        return (f"TLS handshake with {host} failed: the server does not speak TLS there; is the API URL "
+                "https:// to a plain-HTTP port? (not retried)")
+    return f"TLS verification failed for {host}: the certificate is not trusted (not retried)"
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds to wait (delta-seconds or an HTTP date, by urllib3's rules);
     None when absent or unreadable."""
@@ -99,6 +127,7 @@ class XplentyClient:
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         self.base = f"{api_url.rstrip('/')}/{account}/api"
         self.api_url = api_url.rstrip("/")
+        self.account = account
         self._key = api_key
         self.policy = policy or RetryPolicy()
         self.reserve = reserve
@@ -126,15 +155,36 @@ class XplentyClient:
     def list_page(self, resource: str, params: dict[str, Any]) -> Page:
         """One page of a List endpoint (jobs, schedules, packages, clusters): an array of objects."""
         resp_holder: list[requests.Response] = []
-        data = self._get_json(f"{self.base}/{resource}", params, keep=resp_holder)
+        try:
+            data = self._get_json(f"{self.base}/{resource}", params, keep=resp_holder)
+        except NotFound:  # a List endpoint of an existing account never answers 404
+            raise self.account_not_found(f"List {resource}") from None
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             raise InvalidPayload(None, "<body>", f"List {resource} did not return an array of objects",
                                  kind="bad_shape")
         links = resp_holder[0].links if resp_holder else {}
         return Page(items=data, has_next="next" in links)
 
-    def rate_limit_status(self) -> dict:
-        return self._get_json(f"{self.api_url}/rate_limit_status", None, charge=False)
+    def rate_limit_status(self) -> RateBudget:
+        """The account's rate budget, a free call that also proves the key and the account
+        (`{account}/api/rate_limit_status`, as the official SDK calls it)."""
+        try:
+            data = self._get_json(f"{self.base}/rate_limit_status", None, charge=False)
+        except NotFound:
+            raise self.account_not_found("rate_limit_status") from None
+        return RateBudget.from_answer(data)
+
+    def account_not_found(self, what: str) -> ConfigError:
+        return ConfigError(f"the API answered 404 for {what} of account {self.account!r} at {self.api_url}: "
+                           "the account id (XPLENTY_ACCOUNT_ID) or the API URL is wrong")
+
+    def account_answers(self) -> bool:
+        """One List jobs call (a credit): False when the account answers 404."""
+        try:
+            self.list_page("jobs", {"limit": 1})
+        except ConfigError:
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -205,9 +255,8 @@ class XplentyClient:
                 resp = self._session().get(url, params=params,
                                            timeout=(policy.connect_timeout, policy.read_timeout))
                 body = resp.content  # read inside the try: a cut body raises here
-            except requests.exceptions.SSLError:
-                raise TlsError(f"TLS verification failed for {urlsplit(url).hostname}: the certificate "
-                               "is not trusted (not retried)") from None
+            except requests.exceptions.SSLError as exc:
+                raise TlsError(tls_problem(urlsplit(url).hostname, exc)) from None
             except TRANSPORT_ERRORS as exc:
                 log.info("transport error on %s: %s (attempt %d)", url, type(exc).__name__, attempt + 1)
                 last = ApiError(None, f"connection failed: {type(exc).__name__}", kind="transport")

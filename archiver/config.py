@@ -8,6 +8,7 @@ log line or exception shows it. Database URLs are shown with the password masked
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from archiver.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.xplenty.com"
 DEFAULT_DATABASE_URL = "sqlite:///xplenty_archive.db"
@@ -118,12 +121,33 @@ def load_settings(*, account: str | None = None, api_url: str | None = None,
                   db: str | None = None, environ: Mapping[str, str] | None = None,
                   allow_insecure_http: bool = False) -> Settings:
     """Settings from resolved values (None: not given); the key from `environ` (os.environ)."""
+    url = check_api_url(api_url or DEFAULT_API_URL, allow_insecure_http)
     return Settings(
         account=account or None,
         api_key=read_api_key(os.environ if environ is None else environ),
-        api_url=check_api_url((api_url or DEFAULT_API_URL).rstrip("/"), allow_insecure_http),
+        api_url=api_root(url, account or None),
         database_url=db or DEFAULT_DATABASE_URL,
     )
+
+
+def api_root(url: str, account: str | None) -> str:
+    """The service's root URL, which the archiver extends with `/<account>/api/...`.
+
+    A URL copied from a request example (`.../<account>/api`, a trailing slash) is cut
+    back to the root with a warning; one naming another account's path is refused."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) >= 2 and segments[-1] == "api":
+        if account and segments[-2] != account:
+            raise ConfigError(f"the API URL ends in /{segments[-2]}/api, but the account is {account!r}: "
+                              f"set the URL to the service root ({parts.scheme}://{parts.netloc}) and the "
+                              "account with XPLENTY_ACCOUNT_ID or --account")
+        segments = segments[:-2]
+        root = parts._replace(path="/".join([""] + segments), query="", fragment="").geturl()
+        log.warning("the API URL should be the service root: using %s (the archiver adds /<account>/api)",
+                    mask_url_text(root))
+        return root.rstrip("/")
+    return url.rstrip("/")
 
 
 def mask_url(url: str) -> str:

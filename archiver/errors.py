@@ -72,6 +72,10 @@ class BudgetReached(ArchiverError):
     exit_code = 0
 
 
+class NotFoundFlood(ArchiverError):
+    """Nearly every id asked for answered 404: the run stops instead of asking for the rest."""
+
+
 class DeadlineExceeded(ArchiverError):
     """The whole-run deadline (--max-runtime) passed."""
 

@@ -1,13 +1,15 @@
 """`archiver sync` as a subprocess against the sandbox over real HTTP."""
 
 import json
+import subprocess
 
+import pytest
 from sqlalchemy import select
 
 from archiver import models
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from tests.sandboxed import NOW, run_archiver
+from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver
 
 
 def stored_jobs(db_url):
@@ -73,12 +75,29 @@ def test_wrong_key_exits_3_with_the_api_message_and_no_key(sqlite_url, figure):
     figure("wrong key: exit 3 after 1 request, nothing written, the key in no output")
 
 
-def test_wrong_account_stops_after_20_not_found(sqlite_url):
+@pytest.mark.parametrize("mode", [["1", "2", "3"], ["--incremental"], ["--refresh-open"]])
+def test_a_wrong_account_is_a_configuration_error_naming_account_and_url(sqlite_url, mode):
+    """By id: the first 404 is checked with one List call; List itself answering 404 is the
+    same error. Exit 2, naming what was used, in every mode."""
     with Sandbox(jobs=50, seed=15, now=NOW) as api:
-        result = run_archiver(api, sqlite_url, "sync", *map(str, api.job_ids()[:40]), "--concurrency", "1",
-                              "--account", "nosuchaccount")
-        assert result.returncode == 2 and "account id" in result.stderr
-        assert 20 <= api.stats.by_endpoint["get_job"] <= 22  # at most 2 x concurrency in flight
+        if mode == ["--refresh-open"]:
+            assert run_archiver(api, sqlite_url, "sync", "--incremental").returncode == 0
+        ids = mode if mode[0] != "1" else [str(i) for i in api.job_ids()[:40]]
+        api.stats.reset()
+        result = run_archiver(api, sqlite_url, "sync", *ids, "--concurrency", "1", "--account", "nosuchaccount")
+        calls = api.stats.by_endpoint
+    assert result.returncode == 2, result.stderr
+    assert "'nosuchaccount'" in result.stderr and api.url in result.stderr and "account id" in result.stderr
+    assert calls["get_job"] + calls["list_jobs"] <= 2
+
+
+def test_an_api_url_holding_the_account_path_is_cut_back_with_a_warning(sqlite_url):
+    with Sandbox(jobs=30, seed=15, now=NOW) as api:
+        env = cli_env(api, sqlite_url) | {"XPLENTY_API_URL": f"{api.url}/{api.account}/api/"}
+        result = subprocess.run(archiver_cmd("sync", "--incremental"), env=env, capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "service root" in result.stderr and "inserted 30" in result.stdout
 
 
 def test_sandbox_command_prints_its_port_and_serves(tmp_path):

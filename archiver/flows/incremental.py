@@ -177,4 +177,9 @@ def sync_refresh_open(settings: Settings, options: SyncOptions,
     """Re-fetch every stored job in a non-terminal state (`sync --refresh-open`)."""
     client = client or make_client(settings, options)
     summary = SyncSummary(mode="refresh_open", dry_run=options.dry_run)
-    return execute(settings, summary, options, client, refresh_open)
+
+    def body(run: Run) -> None:
+        run.client.rate_limit_status()  # free; a wrong account or key fails here, not silently
+        refresh_open(run)
+
+    return execute(settings, summary, options, client, body)

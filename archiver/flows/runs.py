@@ -7,6 +7,7 @@ incremental and ingest each bring only their own way of finding payloads.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -17,16 +18,16 @@ from typing import Any
 
 from archiver.client import XplentyClient
 from archiver.config import Settings
-from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
-                             InvalidPayload, NotFound, RateLimited, TlsError)
+from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
+                             NotFoundFlood, RateLimited, TlsError)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND_PROBE = 20  # this many 404s in a row at the start of a run means a wrong account/URL
-STOPPING = (RateLimited, DeadlineExceeded, BudgetReached)  # end the run cleanly, keep what is stored
+FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
+STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood)  # end cleanly, keep what is stored
 FATAL = (AuthError, TlsError, *STOPPING)  # per-job errors that end the whole run
 
 
@@ -108,15 +109,22 @@ class Run:
                  client: XplentyClient | None = None):
         self.archive, self.summary, self.options, self.client = archive, summary, options, client
         self.pending: list[tuple[Any, int | None]] = []
+        self.missing: list[int] = []   # ids the API answered 404 for (logged once, as ranges)
 
     def fail(self, job_id: int | None, exc: BaseException) -> None:
         row = error_row(job_id, exc)
         if isinstance(exc, NotFound):
             self.summary.not_found += 1
+            self.missing.append(job_id)
+            log.debug("job %s: not found", job_id)
         else:
             self.summary.failed += 1
-        log.warning("job %s: %s", job_id, row["message"])
+            log.warning("job %s: %s", job_id, row["message"])
         self.summary.errors.append(row)
+
+    def report_missing(self) -> None:
+        if self.missing:
+            log.warning("not found (404): %d jobs: %s", len(self.missing), id_ranges(self.missing))
 
     # -- fetch ------------------------------------------------------------------------------------
     def fetch(self, ids: Iterable[int], *, with_log_summary: bool = False, record_errors: bool = True,
@@ -125,23 +133,30 @@ class Run:
 
         An error that ends the run (auth, TLS, deadline, budget, rate limit) is raised. Any
         other is recorded against its job, or only skipped when `record_errors` is False
-        (a fuller re-fetch whose job is already stored). With `probe_404`, when the first
-        NOT_FOUND_PROBE answers are all 404 the account or URL is wrong: a ConfigError.
+        (a fuller re-fetch whose job is already stored). With `probe_404`, a 404 before any
+        job was found is checked with one List call (a wrong account or URL is a ConfigError),
+        and a flood of 404s (FLOOD_SHARE of the last FLOOD_WINDOW answers) ends the run.
         """
-        seen = answered_404 = 0
+        found, account_checked, recent = False, False, collections.deque(maxlen=FLOOD_WINDOW)
         for job_id, raw, exc in fetch_by_id(self.client, ids, self.options.concurrency, with_log_summary):
-            seen += 1
             if isinstance(exc, FATAL):
                 raise exc
+            recent.append(isinstance(exc, NotFound))
             if exc is None:
+                found = True
                 yield job_id, raw
-            elif record_errors:
-                answered_404 += isinstance(exc, NotFound)
-                self.fail(job_id, exc)
-                if probe_404 and seen == answered_404 == NOT_FOUND_PROBE:
-                    raise ConfigError(f"the first {NOT_FOUND_PROBE} jobs all answered 404: the account id "
-                                      f"({self.archive.account!r}), the API URL or the Accept header is "
-                                      "probably wrong")
+                continue
+            if not record_errors:
+                continue
+            self.fail(job_id, exc)
+            if probe_404 and isinstance(exc, NotFound):
+                if not (found or account_checked):
+                    account_checked = True
+                    if not self.client.account_answers():
+                        raise self.client.account_not_found("Get job")
+                if len(recent) == FLOOD_WINDOW and sum(recent) >= FLOOD_SHARE * FLOOD_WINDOW:
+                    raise NotFoundFlood(f"{sum(recent)} of the last {FLOOD_WINDOW} jobs asked for do not exist "
+                                        f"(last: {job_id}); stopping: are the ids right?")
 
     def archive_ids(self, ids: Iterable[int], *, with_log_summary: bool = False, probe_404: bool = False) -> None:
         """Fetch these jobs and write them in batches."""
@@ -299,6 +314,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 summary.message = None if interrupted else describe_error(exc)
                 raise
             finally:
+                run.report_missing()
                 summary.seconds = time.monotonic() - started
                 if client is not None:
                     usage = client.usage
@@ -311,6 +327,18 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             client.close()
         archive.close()
     return summary
+
+
+def id_ranges(ids: Iterable[int], most: int = 20) -> str:
+    """`10013-10099, 10200, 10305-10310`: ids as ranges, the first `most` of them."""
+    runs: list[list[int]] = []
+    for job_id in sorted(set(ids)):
+        if runs and job_id == runs[-1][1] + 1:
+            runs[-1][1] = job_id
+        else:
+            runs.append([job_id, job_id])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (f", ... ({len(runs) - most} more ranges)" if len(runs) > most else "")
 
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
