@@ -7,6 +7,7 @@ Backend differences (driver options, SQLite pragmas, file modes) are archiver.di
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -21,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from archiver import dialect
 from archiver.config import mask_url
-from archiver.errors import ConfigError, SchemaOutOfDate
+from archiver.errors import ConfigError, NoArchive, SchemaOutOfDate
 from archiver.jsonio import serialize_json
 
 log = logging.getLogger(__name__)
@@ -35,21 +36,52 @@ def make_engine(url: str, create: bool = True) -> Engine:
     return engine
 
 
+SUPPORTED_URLS = "sqlite:///PATH, postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB"
+DRIVERS = {"postgresql": ("psycopg", "postgresql+psycopg", "postgres"),
+           "mysql": ("pymysql", "mysql+pymysql", "mysql"), "mariadb": ("pymysql", "mysql+pymysql", "mysql")}
+
+
 @contextmanager
 def database_errors(url: str) -> Iterator[None]:
     """A database that cannot be reached or named is a configuration error (exit 2) that
-    says which database (password masked) and why, not a traceback."""
+    says which database (password masked), what is wrong and what to do, not a traceback."""
     where = mask_url(url)
     try:
         yield
     except NoSuchModuleError:
-        raise ConfigError(f"no driver for {where}: pip install 'xplenty-archiver[postgres]' or "
-                          "'xplenty-archiver[mysql]'") from None
+        raise ConfigError(f"{where} is not a database URL the archiver knows; use {SUPPORTED_URLS}") from None
+    except ImportError as exc:
+        raise ConfigError(missing_driver(url, where, exc.name or "")) from None
     except ArgumentError:
-        raise ConfigError(f"not a database URL: {where}") from None
+        raise ConfigError(f"not a database URL: {where}; use {SUPPORTED_URLS}") from None
     except OperationalError as exc:
         reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200]
-        raise ConfigError(f"cannot open the archive at {where}: {reason}") from None
+        raise ConfigError(f"cannot open the archive at {where}: {sqlite_hint(url) or reason}") from None
+
+
+def missing_driver(url: str, where: str, module: str) -> str:
+    parsed = make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    ours, scheme, extra = DRIVERS.get(backend, (None, None, None))
+    if ours is None:
+        return f"no driver {module!r} for {where}; use {SUPPORTED_URLS}"
+    if driver != ours:
+        return (f"{where} asks for the {driver} driver, which is not installed; the archiver uses "
+                f"{scheme}:// (pip install 'xplenty-archiver[{extra}]')")
+    return f"the {ours} driver for {where} is not installed: pip install 'xplenty-archiver[{extra}]'"
+
+
+def sqlite_hint(url: str) -> str | None:
+    """Why SQLite cannot open a file: most often, its folder does not exist."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    folder = os.path.dirname(os.path.abspath(parsed.database))
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder} is not writable"
+    return None
 
 
 def open_engine(url: str, create: bool = True) -> Engine:
@@ -112,12 +144,13 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
     """Migrate an empty database (when `create`); refuse one at another revision than ours."""
     where = mask_url(str(engine.url))
     if not create and dialect.is_missing_file(engine):
-        raise SchemaOutOfDate(f"no archive at {where}: run `archiver sync` first")
+        hint = sqlite_hint(str(engine.url))
+        raise NoArchive(f"no archive at {where}" + (f" ({hint})" if hint else "") + ": run `archiver sync` first")
     current, head = current_revision(engine), head_revision()
     if current == head:
         return
     if current is None and not create:
-        raise SchemaOutOfDate(f"{where} holds no archive: run `archiver sync` or `archiver db upgrade` first")
+        raise NoArchive(f"{where} holds no archive: run `archiver sync` or `archiver db upgrade` first")
     if current is None:
         if inspect(engine).get_table_names():
             raise SchemaOutOfDate(f"{where} has tables but no archiver schema revision; point --db at "

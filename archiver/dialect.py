@@ -75,7 +75,7 @@ def _create_private_file(path: str | None) -> None:
     if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
+        except OSError:  # exists already, or cannot be made: SQLite's own open says which
             pass
 
 

@@ -21,6 +21,10 @@ class SchemaOutOfDate(ArchiverError):
     exit_code = 2
 
 
+class NoArchive(SchemaOutOfDate):
+    """The database is missing or empty (no archiver schema at all)."""
+
+
 class RunLocked(ArchiverError):
     """Another run holds the per-account lock (exit code 4)."""
 

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -131,8 +132,20 @@ class Archive:
         """Open an archive; an empty database is migrated first unless `create` is False."""
         return cls(database.open_engine(url, create=create), account)
 
+    @classmethod
+    def scratch(cls, account: str | None = None) -> "Archive":
+        """An empty archive in a temporary SQLite file, removed on close: what a dry run
+        compares with when the real database holds no archive yet."""
+        folder = tempfile.TemporaryDirectory(prefix="xplenty-archiver-dry-run-")
+        archive = cls(database.open_engine(f"sqlite:///{folder.name}/scratch.db"), account)
+        archive._scratch = folder
+        return archive
+
     def close(self) -> None:
         self.engine.dispose()
+        scratch = getattr(self, "_scratch", None)
+        if scratch is not None:
+            scratch.cleanup()
 
     @contextmanager
     def run_lock(self, wait: float = 0.0, enabled: bool = True) -> Iterator[None]:

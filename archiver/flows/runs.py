@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from archiver.client import XplentyClient
-from archiver.config import Settings
+from archiver.config import Settings, mask_url
 from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             NotFoundFlood, RateLimited, TlsError)
+                             NoArchive, NotFoundFlood, RateLimited, TlsError)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -289,7 +289,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             body: Callable[[Run], None]) -> SyncSummary:
     """Run `body` under the account lock with a sync_runs row, however it ends."""
     started = time.monotonic()
-    archive = Archive.open(settings.database_url, settings.account, create=not options.dry_run)
+    archive = open_archive(settings, options)
     try:
         with archive.run_lock(options.wait, enabled=options.lock):
             if not options.dry_run:
@@ -339,6 +339,18 @@ def id_ranges(ids: Iterable[int], most: int = 20) -> str:
             runs.append([job_id, job_id])
     text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:most])
     return text + (f", ... ({len(runs) - most} more ranges)" if len(runs) > most else "")
+
+
+def open_archive(settings: Settings, options: SyncOptions) -> Archive:
+    """The run's archive. A dry run never creates or migrates one: with no archive there
+    yet, it compares with an empty scratch archive (everything would be inserted)."""
+    if not options.dry_run:
+        return Archive.open(settings.database_url, settings.account)
+    try:
+        return Archive.open(settings.database_url, settings.account, create=False)
+    except NoArchive:
+        log.info("no archive at %s yet: the dry run compares with an empty one", mask_url(settings.database_url))
+        return Archive.scratch(settings.account)
 
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
