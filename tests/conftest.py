@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
@@ -30,6 +31,16 @@ SERVER_URLS = {
                             "mysql+pymysql://root@127.0.0.1:3306/archiver_test"),
 }
 BACKENDS = ["sqlite", "postgresql", "mysql"]
+
+# Hypothesis: "ci" (the default) tries the same examples on every run, so a red build is a
+# real regression, never a new random draw; HYPOTHESIS_PROFILE=thorough searches longer at random.
+# Property tests take these from the profile, not from their own @settings.
+_PROPERTY_TESTS = dict(deadline=None, print_blob=True,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                              HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_PROPERTY_TESTS)
+settings.register_profile("thorough", max_examples=500, derandomize=False, **_PROPERTY_TESTS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def load_payload(name: str) -> dict:
