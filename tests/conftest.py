@@ -2,8 +2,10 @@
 
 Database tests run on SQLite always, and on PostgreSQL and MariaDB/MySQL at the
 URLs in ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL (defaults: the local
-servers, database archiver_test). A server that does not answer is a skip on a
-laptop and a failure in CI (CI=true).
+servers, database archiver_test). The migration tests use one more database per
+server, named after the configured one plus "_migrations"; missing databases are
+created. A server that does not answer is a skip on a laptop and a failure in CI
+(CI=true).
 """
 
 from __future__ import annotations
@@ -53,11 +55,16 @@ def payload():
     return lambda name: copy.deepcopy(load_payload(name))
 
 
-def server_url(backend: str, database: str | None = None) -> str:
-    """The URL of a test database on that server, created if missing; skip/fail if no server."""
+def server_url(backend: str, suffix: str = "") -> str:
+    """The URL of a test database on that server, created if missing; skip/fail if no server.
+
+    Extra databases are named after the configured one (suffix "_migrations" on
+    .../archiver_h1 is archiver_h1_migrations), so runs configured with different
+    database names never share a database.
+    """
     url = make_url(SERVER_URLS[backend])
-    if database:
-        url = url.set(database=database)
+    if suffix:
+        url = url.set(database=f"{url.database}{suffix}")
     try:
         ensure_database(url)
     except Exception as exc:  # no server here
@@ -176,7 +183,7 @@ def empty_db_url(request, tmp_path) -> str:
     """A database with no tables at all, on each backend (for migration tests)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'empty.db'}"
-    url = server_url(request.param, database="archiver_test_migrations")
+    url = server_url(request.param, suffix="_migrations")
     drop_everything(url)
     return url
 
