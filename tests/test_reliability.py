@@ -103,7 +103,8 @@ def test_sigkill_at_random_points_then_rerun(backend_url, figure):
     if backend == "sqlite":
         assert got["integrity"] == "ok"
     figure(f"kills: {backend}, {len(points)} SIGKILLs mid-run (after {', '.join(map(str, points))} job reads) "
-           "survived; 800 jobs archived exactly once, no orphans" + (", integrity_check ok" if backend == "sqlite" else ""))
+           "survived; 800 jobs archived exactly once, no orphans"
+           + (", integrity_check ok" if backend == "sqlite" else ""))
 
 
 @pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)
