@@ -153,14 +153,14 @@ def test_cli_incremental_then_kill_midway_then_rerun_archives_each_job_once(sqli
     import signal
     import subprocess
 
-    from tests.sandboxed import archiver_cmd, cli_env
+    from tests.sandboxed import archiver_cmd, cli_env, wait_parked
 
     with Sandbox(jobs=1000, seed=9, now=NOW) as api:
         api.hold_after(3, "list_jobs")   # pages 1-3 are served, the 4th read waits at the gate
         proc = subprocess.Popen(archiver_cmd("sync", "--incremental"), env=cli_env(api, sqlite_url),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            api.wait_held()
+            wait_parked(api, proc)
             proc.kill()
             proc.communicate(timeout=60)
         finally:

@@ -9,7 +9,7 @@ from archiver import models
 from archiver.errors import RunLocked
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver
+from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver, wait_parked
 
 
 def job_ids(db_url):
@@ -67,7 +67,7 @@ def test_overlapping_cli_runs_second_exits_4_or_waits(db_url):
         first = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "2"), env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            api.wait_held()
+            wait_parked(api, first)
             refused = run_archiver(api, db_url, "sync", *ids[:10])
             waiting = subprocess.Popen(archiver_cmd("sync", *ids, "--wait", "120"), env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -18,7 +18,7 @@ from archiver.config import Secret
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
 from archiver.sync import SyncOptions, sync_ids
-from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for
+from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for, wait_parked
 
 FAST_RETRIES = RetryPolicy(max_attempts=12, backoff_base=0.005, backoff_max=0.05, min_429_wait=0.05)
 
@@ -83,7 +83,7 @@ def test_sigkill_at_random_points_then_rerun(backend_url, figure):
                                                  "--concurrency", "4"),
                                     env=cli_env(api, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                api.wait_held()
+                wait_parked(api, proc)
                 proc.kill()
                 proc.communicate(timeout=60)
             finally:
@@ -146,7 +146,7 @@ def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url, figure
                                              "--batch-size", "20"),
                                 env=cli_env(api, sqlite_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            api.wait_held()
+            wait_parked(api, proc)
             proc.send_signal(signal.SIGTERM)
         finally:
             api.release()   # the run unwinds once its requests in flight are answered
