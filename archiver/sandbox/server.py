@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .faults import FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
+from .faults import ENDPOINTS, FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
 from .history import STATUSES, History, ListQuery
 from .render import Renderer
 
@@ -423,9 +423,11 @@ class _Gate:
     def close(self, after: int, endpoint: str | None) -> None:
         if after < 0:
             raise ValueError("hold_after needs a count >= 0")
+        if endpoint is not None and (endpoint not in ENDPOINTS or endpoint == "control"):
+            raise ValueError(f"hold_after: no API endpoint {endpoint!r}")
         with self._cond:
             self._closed, self._endpoint, self._let_through = True, endpoint, after
-            self.held = self.passed = 0
+            self.passed = 0
 
     def pass_or_hold(self, endpoint: str | None) -> None:
         if not self._closed or endpoint == "control" or endpoint is None:
@@ -562,7 +564,7 @@ class Sandbox:
 
         endpoint ("get_job", "list_jobs", ...) counts and holds only requests to it;
         None means every API endpoint. Control requests (/_sandbox/...) are never held.
-        A held request is counted in stats but not served (no credit, no fault drawn).
+        A held request is counted in stats at once, served (credit, faults) on release.
         """
         self._gate.close(n, endpoint)
 
