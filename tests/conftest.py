@@ -2,8 +2,10 @@
 
 Database tests run on SQLite always, and on PostgreSQL and MariaDB/MySQL at the
 URLs in ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL (defaults: the local
-servers, database archiver_test). A server that does not answer is a skip on a
-laptop and a failure in CI (CI=true).
+servers, database archiver_test). The migration tests use one more database per
+server, named after the configured one plus "_migrations"; missing databases are
+created. A server that does not answer is a skip on a laptop and a failure in CI
+(CI=true).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
@@ -31,6 +34,16 @@ SERVER_URLS = {
 }
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 
+# Hypothesis: "ci" (the default) tries the same examples on every run, so a red build is a
+# real regression, never a new random draw; HYPOTHESIS_PROFILE=thorough searches longer at random.
+# Property tests take these from the profile, not from their own @settings.
+_PROPERTY_TESTS = dict(deadline=None, print_blob=True,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                              HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_PROPERTY_TESTS)
+settings.register_profile("thorough", max_examples=500, derandomize=False, **_PROPERTY_TESTS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 def load_payload(name: str) -> dict:
     return json.loads((PAYLOADS / name).read_text())
@@ -42,11 +55,16 @@ def payload():
     return lambda name: copy.deepcopy(load_payload(name))
 
 
-def server_url(backend: str, database: str | None = None) -> str:
-    """The URL of a test database on that server, created if missing; skip/fail if no server."""
+def server_url(backend: str, suffix: str = "") -> str:
+    """The URL of a test database on that server, created if missing; skip/fail if no server.
+
+    Extra databases are named after the configured one (suffix "_migrations" on
+    .../archiver_h1 is archiver_h1_migrations), so runs configured with different
+    database names never share a database.
+    """
     url = make_url(SERVER_URLS[backend])
-    if database:
-        url = url.set(database=database)
+    if suffix:
+        url = url.set(database=f"{url.database}{suffix}")
     try:
         ensure_database(url)
     except Exception as exc:  # no server here
@@ -165,7 +183,7 @@ def empty_db_url(request, tmp_path) -> str:
     """A database with no tables at all, on each backend (for migration tests)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'empty.db'}"
-    url = server_url(request.param, database="archiver_test_migrations")
+    url = server_url(request.param, suffix="_migrations")
     drop_everything(url)
     return url
 

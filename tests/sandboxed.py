@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
+
+import pytest
 
 from archiver.config import Secret, Settings
 from archiver.sandbox import Sandbox
@@ -31,3 +34,22 @@ def archiver_cmd(*args: str) -> list[str]:
 def run_archiver(api: Sandbox, db_url: str, *args: str, key: str = KEY, timeout: float = 120):
     return subprocess.run(archiver_cmd(*args), env=cli_env(api, db_url, key), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def wait_parked(api: Sandbox, proc: subprocess.Popen, count: int = 1, timeout: float = 60) -> None:
+    """Return once `proc` has `count` requests held at the sandbox gate (Sandbox.hold_after).
+
+    Should the process end first (it could not take the lock, say), fail at once with its
+    stderr rather than wait out the timeout, which only guards against a hang.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            api.wait_held(count, timeout=0.25)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+    api.release()
+    _, err = proc.communicate()
+    pytest.fail(f"the archiver ended (exit {proc.returncode}) before reaching the sandbox gate: {err!s:.2000}")

@@ -128,34 +128,48 @@ def test_an_update_landing_during_the_read_never_loses_a_job(api, sqlite_url, mo
     assert summary.inserted == 1000
 
 
+def statuses(db_url, ids):
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        rows = conn.execute(select(models.JobRow.id, models.JobRow.status).where(models.JobRow.id.in_(ids))).all()
+    archive.close()
+    return dict(rows)
+
+
 def test_refresh_open_refetches_unfinished_jobs(api, sqlite_url):
     incremental(api, sqlite_url)
-    open_ids = sorted(i for i in api.job_ids() if api.job(i)["status"] not in ("completed", "failed", "stopped"))
+    terminal = ("completed", "failed", "stopped")
+    open_ids = sorted(i for i in api.job_ids() if api.job(i)["status"] not in terminal)
+    api.advance(600)   # ten minutes later some of them have finished, some still run
+    finished = [i for i in open_ids if api.job(i)["status"] in terminal]
+    assert 0 < len(finished) < len(open_ids)
     api.stats.reset()
     summary = sync_refresh_open(settings_for(api, sqlite_url), SyncOptions())
     calls = api.stats.by_endpoint["list_jobs"] + api.stats.by_endpoint["get_job"]
-    assert summary.exit_code == 0 and 0 < calls <= len(open_ids)
-    assert summary.updated == 0 and summary.failed == 0
+    assert summary.exit_code == 0 and summary.failed == 0 and 0 < calls <= len(open_ids)
+    assert summary.updated >= len(finished)
+    assert statuses(sqlite_url, open_ids) == {i: api.job(i)["status"] for i in open_ids}
 
 
 def test_cli_incremental_then_kill_midway_then_rerun_archives_each_job_once(sqlite_url):
     import signal
     import subprocess
-    import time
 
-    from tests.sandboxed import archiver_cmd, cli_env
+    from tests.sandboxed import archiver_cmd, cli_env, wait_parked
 
-    with Sandbox(jobs=1000, seed=9, now=NOW, latency_ms=30) as api:
+    with Sandbox(jobs=1000, seed=9, now=NOW) as api:
+        api.hold_after(3, "list_jobs")   # pages 1-3 are served, the 4th read waits at the gate
         proc = subprocess.Popen(archiver_cmd("sync", "--incremental"), env=cli_env(api, sqlite_url),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while api.stats.by_endpoint["list_jobs"] < 4 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        try:
+            wait_parked(api, proc)
+            proc.kill()
+            proc.communicate(timeout=60)
+        finally:
+            api.release()
         assert proc.returncode == -signal.SIGKILL
         partial = stored(sqlite_url)
-        assert len(partial) < 1000
+        assert len(partial) <= 300
         again = run_archiver(api, sqlite_url, "sync", "--incremental", "--json")
         assert again.returncode == 0, again.stderr
         ids = stored(sqlite_url)

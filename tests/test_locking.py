@@ -1,7 +1,6 @@
 """Overlapping runs: the per-account lock, --wait, and concurrent writers without deadlocks."""
 
 import subprocess
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -10,7 +9,7 @@ from archiver import models
 from archiver.errors import RunLocked
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver
+from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver, wait_parked
 
 
 def job_ids(db_url):
@@ -61,17 +60,19 @@ def test_wait_polls_until_the_timeout_then_gives_up(db_url):
 
 
 def test_overlapping_cli_runs_second_exits_4_or_waits(db_url):
-    with Sandbox(jobs=400, seed=21, now=NOW, latency_ms=20) as api:
+    with Sandbox(jobs=400, seed=21, now=NOW) as api:
         ids = [str(i) for i in api.job_ids()]
         env = cli_env(api, db_url)
+        api.hold_after(5, "get_job")   # the first run parks mid-run, holding the lock, until release()
         first = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "2"), env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while api.stats.by_endpoint["get_job"] < 5 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        refused = run_archiver(api, db_url, "sync", *ids[:10])
-        waiting = subprocess.Popen(archiver_cmd("sync", *ids, "--wait", "120"), env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_parked(api, first)
+            refused = run_archiver(api, db_url, "sync", *ids[:10])
+            waiting = subprocess.Popen(archiver_cmd("sync", *ids, "--wait", "120"), env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            api.release()
         out1, err1 = first.communicate(timeout=120)
         out2, err2 = waiting.communicate(timeout=120)
     assert refused.returncode == 4 and "another archiver run" in refused.stderr
@@ -79,6 +80,13 @@ def test_overlapping_cli_runs_second_exits_4_or_waits(db_url):
     assert waiting.returncode == 0 and "unchanged 400" in out2, err2
     stored = job_ids(db_url)
     assert len(stored) == 400 == len(set(stored))
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        runs = conn.execute(select(models.SyncRunRow.pid, models.SyncRunRow.started_at, models.SyncRunRow.finished_at)
+                            .order_by(models.SyncRunRow.id)).all()
+    archive.close()
+    assert [r.pid for r in runs] == [first.pid, waiting.pid]   # the refused run left no row
+    assert runs[1].started_at >= runs[0].finished_at           # the runs never overlapped
 
 
 def test_concurrent_writers_of_the_same_jobs_neither_deadlock_nor_duplicate(db_url):

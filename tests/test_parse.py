@@ -55,9 +55,33 @@ def test_absent_keys_are_not_nulls(payload):
     assert parse_job(raw).columns["errors"] is None
 
 
-def test_empty_outputs_list_means_none(payload):
-    raw = payload("job-v1-failed.json")
-    assert parse_job(raw).outputs == ()
+def test_empty_outputs_list_means_none(payload, db_url):
+    """`"outputs": []` says the job has no outputs (stored ones go); no `outputs` key says nothing."""
+    from sqlalchemy import select
+
+    from archiver import models
+    from archiver.store import Archive
+
+    def stored_outputs(archive):
+        with archive.engine.connect() as conn:
+            return conn.execute(select(models.JobOutputRow.id).where(models.JobOutputRow.job_id == 304)
+                                .order_by(models.JobOutputRow.id)).scalars().all()
+
+    empty = payload("job-v1-failed.json")
+    assert empty["outputs"] == [] and parse_job(empty).outputs == ()
+    outputs = [dict(o, id=9001 + n) for n, o in enumerate(payload("job-v1-completed.json")["outputs"])]
+    with_outputs = dict(empty, updated_at="2013-03-04T08:00:00Z", outputs=outputs)
+    no_key = {k: v for k, v in empty.items() if k != "outputs"} | {"updated_at": "2013-03-04T08:01:00Z"}
+    archive = Archive.open(db_url)
+    try:
+        archive.write_jobs([parse_job(with_outputs)])
+        assert stored_outputs(archive) == [9001, 9002]
+        assert archive.write_jobs([parse_job(no_key)]).updated == [304]
+        assert stored_outputs(archive) == [9001, 9002]
+        assert archive.write_jobs([parse_job(empty)]).updated == [304]   # updated_at 08:03:01, the newest
+        assert stored_outputs(archive) == []
+    finally:
+        archive.close()
 
 
 def test_unknown_status_is_kept_with_a_warning(payload, caplog):

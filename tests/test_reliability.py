@@ -8,7 +8,6 @@ import json
 import random
 import signal
 import subprocess
-import time
 
 import pytest
 from sqlalchemy import func, select, text
@@ -20,7 +19,7 @@ from archiver.sandbox import Sandbox
 from archiver.store import Archive
 from archiver.flows.by_id import sync_ids
 from archiver.flows.runs import SyncOptions
-from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for
+from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for, wait_parked
 
 FAST_RETRIES = RetryPolicy(max_attempts=12, backoff_base=0.005, backoff_max=0.05, min_429_wait=0.05)
 
@@ -77,22 +76,23 @@ def backend_url(request, sqlite_url, migrated_servers):
 @pytest.mark.parametrize("backend_url", ["sqlite", "postgresql"], indirect=True)
 def test_sigkill_at_random_points_then_rerun(backend_url, figure):
     db_url, backend = backend_url, backend_url.split(":")[0].split("+")[0]
-    rng = random.Random(43)
-    kills = 0
-    with Sandbox(jobs=800, seed=42, now=NOW, latency_ms=5) as api:
-        for point in sorted(rng.sample(range(20, 700), 3)):
-            api.stats.reset()
+    points = sorted(random.Random(43).sample(range(20, 700), 3))
+    with Sandbox(jobs=800, seed=42, now=NOW) as api:
+        for point in points:
+            api.hold_after(point, "get_job")   # the run parks at its (point+1)-th job read
             proc = subprocess.Popen(archiver_cmd("sync", *map(str, api.job_ids()), "--batch-size", "40",
                                                  "--concurrency", "4"),
                                     env=cli_env(api, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 60
-            while api.stats.by_endpoint["get_job"] < point and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.002)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate()
-            kills += proc.returncode == -signal.SIGKILL
+            try:
+                wait_parked(api, proc)
+                proc.kill()
+                proc.communicate(timeout=60)
+            finally:
+                api.release()
+            assert proc.returncode == -signal.SIGKILL
             got = counts(db_url)
-            assert got["jobs"] == got["distinct"] and got["orphan_outputs"] == got["orphan_variables"] == 0
+            assert got["jobs"] == got["distinct"] < 800
+            assert got["orphan_outputs"] == got["orphan_variables"] == 0
         final = run_archiver(api, db_url, "sync", *map(str, api.job_ids()), "--json")
         assert final.returncode == 0, final.stderr
         summary = json.loads(final.stdout)
@@ -100,11 +100,12 @@ def test_sigkill_at_random_points_then_rerun(backend_url, figure):
         assert got["jobs"] == got["distinct"] == 800 and got["outputs"] == expected_outputs(api)
         assert summary["inserted"] + summary["unchanged"] == 800
     assert got["orphan_outputs"] == got["orphan_variables"] == 0
-    assert got["outcomes"][-1] == "ok" and got["outcomes"].count("abandoned") == kills
+    assert got["outcomes"] == ["abandoned"] * len(points) + ["ok"]
     if backend == "sqlite":
         assert got["integrity"] == "ok"
-    figure(f"kills: {backend}, {kills} SIGKILLs at random points survived; 800 jobs archived exactly once, "
-           "no orphans" + (", integrity_check ok" if backend == "sqlite" else ""))
+    figure(f"kills: {backend}, {len(points)} SIGKILLs mid-run (after {', '.join(map(str, points))} job reads) "
+           "survived; 800 jobs archived exactly once, no orphans"
+           + (", integrity_check ok" if backend == "sqlite" else ""))
 
 
 @pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)
@@ -140,14 +141,16 @@ def test_eight_unlocked_writers_in_shuffled_order_equal_a_serial_run(backend_url
 
 
 def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url, figure):
-    with Sandbox(jobs=400, seed=45, now=NOW, latency_ms=20) as api:
+    with Sandbox(jobs=400, seed=45, now=NOW) as api:
+        api.hold_after(60, "get_job")   # the run parks mid-run with requests in flight
         proc = subprocess.Popen(archiver_cmd("sync", *map(str, api.job_ids()), "--concurrency", "2",
                                              "--batch-size", "20"),
                                 env=cli_env(api, sqlite_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while api.stats.by_endpoint["get_job"] < 60 and time.monotonic() < deadline:
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGTERM)
+        try:
+            wait_parked(api, proc)
+            proc.send_signal(signal.SIGTERM)
+        finally:
+            api.release()   # the run unwinds once its requests in flight are answered
         proc.communicate(timeout=60)
         assert proc.returncode == 143
         assert counts(sqlite_url)["outcomes"] == ["interrupted"]
@@ -155,7 +158,45 @@ def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url, figure
         assert again.returncode == 0, again.stderr
     got = counts(sqlite_url)
     assert got["jobs"] == got["distinct"] == 400 and got["integrity"] == "ok"
+    assert got["outcomes"] == ["interrupted", "ok"]
     figure("SIGTERM: exit 143, run marked interrupted, lock freed; the re-run archived all 400 jobs")
+
+
+def test_sandbox_gate_holds_requests_until_released_and_never_blocks_stop():
+    """The gate the kill tests rely on: n requests pass, the next waits, release() serves it."""
+    import threading
+
+    import requests
+
+    api = Sandbox(jobs=5, seed=49, now=NOW).start()
+    url = f"{api.url}/{api.account}/api/jobs/{api.job_ids()[0]}"
+    answers = []
+
+    def get():
+        try:
+            answers.append(requests.get(url, auth=(KEY, ""), timeout=60).status_code)
+        except requests.RequestException as exc:   # the server went away while it waited
+            answers.append(type(exc).__name__)
+
+    try:
+        api.hold_after(1, "get_job")
+        get()                                        # the first passes
+        assert requests.get(f"{api.url}/{api.account}/api/jobs", auth=(KEY, ""), timeout=60).ok  # other endpoint
+        late = threading.Thread(target=get)
+        late.start()
+        api.wait_held()
+        assert answers == [200] and api.held == 1
+        api.release()
+        late.join(timeout=60)
+        assert answers == [200, 200] and api.held == 0
+        api.hold_after(0)
+        parked = threading.Thread(target=get, daemon=True)
+        parked.start()
+        api.wait_held()
+    finally:
+        api.stop()
+    parked.join(timeout=60)
+    assert not parked.is_alive() and len(answers) == 3   # stop() let the parked request go
 
 
 def test_non_local_plain_http_is_refused_before_any_connection(sqlite_url, tmp_path):

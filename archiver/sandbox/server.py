@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .faults import FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
+from .faults import ENDPOINTS, FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
 from .history import STATUSES, History, ListQuery
 from .render import Renderer
 
@@ -200,6 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
             if route is not None and route.endpoint == "control":
                 self._send(getattr(self, route.handler)(params))
             else:
+                self.sandbox._gate.pass_or_hold(route.endpoint if route else None)
                 sleep_ms(self.sandbox.latency_ms)
                 self._serve_api(route, groups, params, path)
         except OSError:     # the client went away: nothing to say, to anyone
@@ -403,6 +404,61 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
+class _Gate:
+    """Holds API requests after the n-th until released (tests: a client parked mid-run).
+
+    Closed by Sandbox.hold_after(n): the next n requests (to one endpoint, or to any API
+    endpoint) pass, every later one waits in its handler thread, before it is served,
+    until release(). Open (the default), it costs one lock-free check per request.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._closed = False
+        self._endpoint: str | None = None
+        self._let_through = 0
+        self.held = 0          # requests waiting at the gate now
+        self.passed = 0        # requests let through since hold_after()
+
+    def close(self, after: int, endpoint: str | None) -> None:
+        if after < 0:
+            raise ValueError("hold_after needs a count >= 0")
+        if endpoint is not None and (endpoint not in ENDPOINTS or endpoint == "control"):
+            raise ValueError(f"hold_after: no API endpoint {endpoint!r}")
+        with self._cond:
+            self._closed, self._endpoint, self._let_through = True, endpoint, after
+            self.passed = 0
+
+    def pass_or_hold(self, endpoint: str | None) -> None:
+        if not self._closed or endpoint == "control" or endpoint is None:
+            return
+        with self._cond:
+            if not self._closed or (self._endpoint is not None and endpoint != self._endpoint):
+                return
+            if self.passed < self._let_through:
+                self.passed += 1
+                return
+            self.held += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: not self._closed)
+            finally:
+                self.held -= 1
+
+    def wait_held(self, count: int, timeout: float) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.held >= count or not self._closed, timeout):
+                raise TimeoutError(f"no {count} request(s) held at the sandbox gate after {timeout:g}s "
+                                   f"({self.passed} let through, {self.held} held)")
+            if self.held < count:
+                raise RuntimeError("the sandbox gate was released while waiting for held requests")
+
+    def release(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
+
+
 # ---------------------------------------------------------------------------
 # the public object
 
@@ -461,6 +517,7 @@ class Sandbox:
         self.stats = SandboxStats()
         self._limiter = RateLimiter(rate_limit, rate_window_s)
         self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate)
+        self._gate = _Gate()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._set_url()
@@ -488,6 +545,7 @@ class Sandbox:
         server, self._server = self._server, None
         if server is None:
             return
+        self._gate.release()    # a held request must not keep its handler thread (and us) waiting
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -499,6 +557,32 @@ class Sandbox:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+    # -- holding requests ------------------------------------------------------------
+    def hold_after(self, n: int, endpoint: str | None = None) -> None:
+        """Let the next n API requests through, then hold every later one until release().
+
+        endpoint ("get_job", "list_jobs", ...) counts and holds only requests to it;
+        None means every API endpoint. Control requests (/_sandbox/...) are never held.
+        A held request is counted in stats at once, served (credit, faults) on release.
+        """
+        self._gate.close(n, endpoint)
+
+    def wait_held(self, count: int = 1, timeout: float = 60) -> None:
+        """Block until at least `count` requests wait at the gate.
+
+        The timeout only guards against a hang: TimeoutError says how far the client got.
+        """
+        self._gate.wait_held(count, timeout)
+
+    def release(self) -> None:
+        """Serve the held requests and stop holding (stop() releases too)."""
+        self._gate.release()
+
+    @property
+    def held(self) -> int:
+        """Requests waiting at the gate now."""
+        return self._gate.held
 
     # -- clock and history ----------------------------------------------------------
     @property
