@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,8 @@ from archiver.errors import RunLocked
 from archiver.jsonio import serialize_json
 from archiver.sqltypes import UTCDateTime
 from archiver.utc import naive_utc, to_utc
+
+log = logging.getLogger(__name__)
 
 # Strict mode (bad values are errors, not silent truncation) and UTC for every MySQL session.
 MYSQL_SESSION = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
@@ -300,7 +303,11 @@ def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
     else:
         holder = _ServerLock(engine, account)
     deadline = clock() + max(0.0, wait)
+    waiting = False
     while not holder.try_acquire():
+        if not waiting and wait > 0:
+            log.info("another run holds the lock for account %r: waiting up to %.0fs", account, wait)
+            waiting = True
         if clock() >= deadline:
             holder.close()
             raise RunLocked(f"another archiver run for account {account!r} holds the lock on this "
@@ -351,7 +358,10 @@ class _ServerLock:
         self.conn = engine.connect()
         self.mysql = is_mysql(engine.dialect.name)
         self.key = _lock_key(account)
-        self.name = f"xplenty-archiver:{hashlib.sha256(account.encode()).hexdigest()[:40]}"
+        # MySQL/MariaDB lock names are server-wide (PostgreSQL's advisory keys are per
+        # database): the database's name is part of it, so two archives never block each other.
+        scope = f"{engine.url.database}:{account}"
+        self.name = f"xplenty-archiver:{hashlib.sha256(scope.encode()).hexdigest()[:40]}"
 
     def try_acquire(self) -> bool:
         if self.mysql:

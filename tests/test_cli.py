@@ -51,7 +51,21 @@ def test_unreachable_database_is_exit_2_with_the_password_masked(capsys, monkeyp
     assert result.code == 2 and "cannot open the archive" in result.err
     assert "hunter2" not in result.err and "user:***@" in result.err
     missing = run_cli(capsys, monkeypatch, ["report", "status", "--db", "mysql+nosuchdriver://a/b"])
-    assert missing.code == 2 and "no driver" in missing.err
+    assert missing.code == 2 and "not a database URL the archiver knows" in missing.err
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgresql+psycopg2://u:pw@127.0.0.1/x", "the archiver uses postgresql+psycopg:// (pip install 'xplenty-archiver[postgres]')"),
+    ("mysql://root@127.0.0.1/x", "the archiver uses mysql+pymysql:// (pip install 'xplenty-archiver[mysql]')"),
+    ("postgres://u@h/x", "use sqlite:///PATH, postgresql+psycopg://"),
+    ("sqlte:///x.db", "use sqlite:///PATH"),
+    ("sqlite:////no/such/folder/a.db", "the folder /no/such/folder does not exist"),
+])
+def test_a_database_url_that_cannot_work_says_what_to_do(capsys, monkeypatch, url, says):
+    env = {"XPLENTY_ACCOUNT_ID": "acme", "XPLENTY_API_KEY": "k"}
+    for args in (["report", "status", "--db", url], ["sync", "157", "--db", url]):
+        result = run_cli(capsys, monkeypatch, args, env)
+        assert result.code == 2 and says in result.err and "unexpected" not in result.err
 
 
 def test_progress_line_only_on_a_terminal_and_never_with_quiet(monkeypatch, capsys):
