@@ -5,6 +5,7 @@ No SQL and no HTTP here. Library errors become exit codes in exactly one place (
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import signal
@@ -15,6 +16,7 @@ import click
 from archiver import __version__
 from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings
 from archiver.errors import ArchiverError, ConfigError
+from archiver.fields import KNOWN_STATUSES
 
 EXIT_CODES_HELP = ("Exit codes: 0 every job archived or unchanged; 1 some jobs failed or were not "
                    "found (the rest are stored); 2 usage or configuration error; 3 the API refused "
@@ -100,7 +102,17 @@ def progress_printer(quiet: bool):
 def print_summary(summary, as_json: bool, progress=None) -> None:
     if getattr(progress, "used", False):
         click.echo(err=True)  # end the progress line
-    click.echo(json.dumps(summary.as_dict(), default=str) if as_json else summary.line())
+    click.echo(to_json(summary.as_dict()) if as_json else summary.line())
+
+
+def to_json(data, indent: int | None = None) -> str:
+    """JSON for people and scripts: text as it is (no \\u escapes), times in ISO 8601 UTC with Z."""
+    def plain(value):
+        if isinstance(value, datetime.datetime):
+            return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        return str(value)
+
+    return json.dumps(data, default=plain, ensure_ascii=False, indent=indent)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -110,10 +122,11 @@ def print_summary(summary, as_json: bool, progress=None) -> None:
 @click.option("--incremental", is_flag=True, help="Read what changed since the last run through "
               "List jobs (100 jobs per credit); the first run reads the whole history.")
 @click.option("--refresh-open", is_flag=True, help="Re-fetch the stored jobs that are not finished.")
-@click.option("--since", "since_text", metavar="TIMESTAMP", help="--incremental: start here instead "
-              "of the stored high-water mark.")
+@click.option("--since", "since_text", metavar="WHEN", help="--incremental: start here instead of the stored "
+              "high-water mark: a span back from now (7d, 24h, 2w), a date or an ISO 8601 time")
 @click.option("--full", is_flag=True, help="--incremental: ignore the mark, read the whole history.")
-@click.option("--status", help="--incremental: only jobs in this status (keeps its own mark).")
+@click.option("--status", type=click.Choice(sorted(KNOWN_STATUSES)),
+              help="--incremental: only jobs in this status (keeps its own mark).")
 @click.option("--package-id", type=click.IntRange(1), help="--incremental: only this package's jobs.")
 @api_options
 @run_options
@@ -138,8 +151,8 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
     """
     from archiver.flows.by_id import parse_id_args, sync_ids
     from archiver.flows.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
+    from archiver.flows.report import parse_since
     from archiver.flows.runs import SyncOptions
-    from archiver.parse import parse_timestamp
 
     job_ids = parse_id_args(ids, ids_file or ())
     modes = [bool(job_ids), incremental, refresh_open]
@@ -147,12 +160,7 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
         raise ConfigError("give job ids, --incremental or --refresh-open (exactly one)")
     if not incremental and (since_text or full or status or package_id):
         raise ConfigError("--since, --full, --status and --package-id go with --incremental")
-    since = None
-    if since_text:
-        try:
-            since = parse_timestamp(since_text)
-        except ValueError:
-            raise ConfigError(f"--since {since_text!r} is not an ISO 8601 timestamp") from None
+    since = parse_since(since_text).start if since_text else None
     settings = load_settings(account=account, api_url=api_url, db=db,
                              allow_insecure_http=allow_insecure_http).require_api()
     progress = progress_printer(quiet or as_json)
@@ -177,7 +185,13 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
 @run_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
 def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet):
-    """Load saved job payloads (JSON Lines, or a JSON array as List jobs returns; - for stdin)."""
+    """Load saved job payloads into the archive, with no API call.
+
+    FILE holds JSON Lines or a JSON array (as List jobs returns it); - reads stdin. Each
+    payload goes through the same validation and write rules as `sync` (newer wins,
+    unchanged ones cost no write). Without --account the jobs are stored with none; a
+    later ingest with --account fills it in.
+    """
     from archiver.flows.ingest import ingest as ingest_payloads
     from archiver.flows.runs import SyncOptions
     from archiver.payloads import read_payloads
@@ -245,7 +259,7 @@ class ReportName(click.Choice):
 def format_rows(rows: list[dict], fmt: str) -> str:
     """Rows as an aligned text table, CSV or JSON."""
     if fmt == "json":
-        return json.dumps(rows, default=str, indent=2)
+        return to_json(rows, indent=2)
     if not rows:
         return "(no rows)" if fmt == "table" else ""
     columns = list(rows[0])
@@ -353,8 +367,8 @@ def demo(jobs, seed):
 
     result = run_demo(Path.cwd(), jobs=jobs, seed=seed)
     s = result.summary
-    click.echo(f"Archived {s.archived} jobs from a local sandbox API into "
-               f"{result.path} ({s.credits_used} API calls, {s.seconds:.1f}s).\n")
+    click.echo(f"Synced {s.archived} jobs ({s.inserted} new) from a local sandbox API into {result.path}, "
+               f"which now holds {result.jobs_stored} jobs ({s.credits_used} API calls, {s.seconds:.1f}s).\n")
     click.echo("Jobs by status (last 60 days)\n" + format_rows(result.status, "table") + "\n")
     click.echo("Packages that fail most\n" + format_rows(
         [{k: r[k] for k in ("package", "jobs", "failed", "failure_rate", "top_error")} for r in result.failing],

@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -126,14 +127,20 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def migrate(url: str, action: str, revision: str = "head") -> str:
-    """`archiver db upgrade|downgrade|current`: do it, and say where the database stands."""
+    """`archiver db upgrade|downgrade|current`: do it, and say where the database stands.
+    `current` only reads: it never creates a SQLite file."""
     with database_errors(url):
-        engine = make_engine(url)
+        engine = make_engine(url, create=action != "current")
         try:
-            if action == "upgrade":
-                upgrade(engine, revision)
-            elif action == "downgrade":
-                downgrade(engine, revision)
+            if action == "current" and dialect.is_missing_file(engine):
+                return f"{mask_url(url)}: no archive (the file does not exist); head {head_revision()}"
+            try:
+                if action == "upgrade":
+                    upgrade(engine, revision)
+                elif action == "downgrade":
+                    downgrade(engine, revision)
+            except CommandError as exc:  # an unknown revision, a downgrade past base...
+                raise ConfigError(f"archiver db {action} {revision}: {str(exc).splitlines()[0]}") from None
             current = current_revision(engine)
         finally:
             engine.dispose()

@@ -330,7 +330,7 @@ def _sqlite_lock_path(engine: Engine, account: str) -> Path:
 class _FileLock:
     def __init__(self, path: Path):
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # like the archive file
 
     def try_acquire(self) -> bool:
         try:

@@ -179,6 +179,19 @@ class Archive:
                 found.update((row.id, row.payload_hash) for row in conn.execute(query))
         return found
 
+    def claim_unowned(self, ids: Sequence[int]) -> None:
+        """Give these jobs, when stored without an account (an ingest without --account), ours."""
+        unique = sorted(set(ids))
+        if not unique or not self.account:
+            return
+
+        def work(conn: Connection) -> None:
+            for start in range(0, len(unique), 1000):
+                conn.execute(update(jobs_t).where(jobs_t.c.account_id.is_(None), dialect.in_ids(
+                    conn, jobs_t.c.id, unique[start:start + 1000])).values(account_id=self.account))
+
+        self.transact(work)
+
     def ids_with_log_summary(self, ids: Sequence[int]) -> set[int]:
         if not ids:
             return set()

@@ -8,7 +8,7 @@ from pathlib import Path
 from archiver import database
 from archiver.config import Secret, Settings
 from archiver.flows.incremental import IncrementalOptions, sync_incremental
-from archiver.flows.report import failures_report, parse_since, runtimes_report, status_report
+from archiver.flows.report import failures_report, jobs_stored, parse_since, runtimes_report, status_report
 from archiver.flows.runs import SyncOptions, SyncSummary
 from archiver.sandbox import Sandbox
 
@@ -33,6 +33,7 @@ WHERE outcome = 'recovered_on_retry' ORDER BY scheduled_at DESC;"""
 class DemoResult:
     path: Path
     summary: SyncSummary
+    jobs_stored: int
     status: list[dict]
     failing: list[dict]
     slowest: list[dict]
@@ -47,7 +48,8 @@ def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -
     engine = database.open_engine(settings.database_url, create=False)
     try:
         period = parse_since(since)
-        return DemoResult(path=path, summary=summary, status=status_report(engine, period),
+        return DemoResult(path=path, summary=summary, jobs_stored=jobs_stored(engine),
+                          status=status_report(engine, period),
                           failing=failures_report(engine, period, limit=5),
                           slowest=runtimes_report(engine, period, limit=5))
     finally:

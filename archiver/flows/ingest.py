@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,10 +10,15 @@ from archiver.config import Settings
 from archiver.errors import InvalidPayload
 from archiver.flows.runs import Run, SyncOptions, SyncSummary, execute
 
+log = logging.getLogger(__name__)
+
 
 def ingest(settings: Settings, records: Iterable[Any], options: SyncOptions) -> SyncSummary:
     """Load saved job payloads (from archiver.payloads.read_payloads); no API call is made."""
     summary = SyncSummary(mode="ingest", dry_run=options.dry_run)
+    if not settings.account:
+        log.warning("no --account (or XPLENTY_ACCOUNT_ID): the jobs are stored without an account; "
+                    "a later ingest of them with --account fills it in")
 
     def body(run: Run) -> None:
         for raw in records:

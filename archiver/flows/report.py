@@ -82,6 +82,11 @@ def _label(row) -> str:
     return row.package_name or (f"package {row.package_id}" if row.package_id is not None else "(no package)")
 
 
+def jobs_stored(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(job_runs)).scalar()
+
+
 def status_report(engine: Engine, period: Period, package: str | None = None,
                   limit: int | None = None) -> list[dict[str, Any]]:
     query = (select(job_runs.c.status, func.count().label("jobs"))

@@ -191,7 +191,10 @@ class Run:
         """Unchanged-skip: a payload whose fingerprint equals the stored snapshot's costs one
         batched read; only the others are validated and parsed."""
         prints = [fingerprint(raw) for raw, _ in batch]
-        stored = self.archive.stored_hashes([p.id for p in prints if p is not None])
+        ids = [p.id for p in prints if p is not None]
+        stored = self.archive.stored_hashes(ids)
+        if self.summary.mode == "ingest" and self.archive.account and not self.options.dry_run:
+            self.archive.claim_unowned(ids)
         jobs = []
         for (raw, expected_id), print_ in zip(batch, prints):
             if print_ is not None and stored.get(print_.id) == print_.hash and expected_id in (None, print_.id):

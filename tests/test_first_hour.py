@@ -1,0 +1,83 @@
+"""The first hour of a new user: options checked before any request, plain answers, no
+surprises on disk."""
+
+import json
+import os
+import stat
+
+from sqlalchemy import select
+
+from archiver import models
+from archiver.sandbox import Sandbox
+from archiver.store import Archive
+from tests.sandboxed import NOW, run_archiver
+
+
+def test_options_are_checked_before_any_request(sqlite_url):
+    with Sandbox(jobs=20, seed=31, now=NOW) as api:
+        bad_status = run_archiver(api, sqlite_url, "sync", "--incremental", "--status", "finished")
+        bad_since = run_archiver(api, sqlite_url, "sync", "--incremental", "--since", "last tuesday")
+        requests = api.stats.requests
+    assert bad_status.returncode == 2 and "'finished' is not one of" in bad_status.stderr
+    assert bad_since.returncode == 2 and "use a span like 7d" in bad_since.stderr
+    assert requests == 0
+
+
+def test_since_takes_the_forms_report_takes(sqlite_url):
+    with Sandbox(jobs=200, seed=31, now=NOW) as api:
+        for since in ("30d", "2026-11-27", "2026-11-27T06:00:00Z"):
+            result = run_archiver(api, sqlite_url, "sync", "--incremental", "--since", since, "--json")
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["requested"] > 0
+
+
+def test_json_keeps_text_as_it_is_and_times_in_utc_with_z(sqlite_url):
+    with Sandbox(jobs=300, seed=31, now=NOW) as api:
+        summary = json.loads(run_archiver(api, sqlite_url, "sync", "--incremental", "--json").stdout)
+        failures = run_archiver(api, sqlite_url, "report", "failures", "--since", "2026-09-01", "--format", "json")
+    assert summary["high_water_mark"].endswith("Z") and "T" in summary["high_water_mark"]
+    assert "\\u" not in failures.stdout and "région" in failures.stdout
+
+
+def test_db_current_never_creates_a_file_and_an_unknown_revision_is_a_usage_error(tmp_path):
+    path = tmp_path / "not-yet.db"
+    url = f"sqlite:///{path}"
+    with Sandbox(jobs=1, seed=31, now=NOW) as api:
+        current = run_archiver(api, url, "db", "current")
+        created = path.exists()
+        unknown = run_archiver(api, url, "db", "upgrade", "9999")
+    assert current.returncode == 0 and "no archive" in current.stdout and not created
+    assert unknown.returncode == 2 and "9999" in unknown.stderr and "unexpected" not in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+
+
+def test_the_lock_file_is_private_like_the_archive(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    with Sandbox(jobs=5, seed=31, now=NOW) as api:
+        assert run_archiver(api, url, "sync", "--incremental").returncode == 0
+    locks = [p for p in os.listdir(tmp_path) if p.endswith(".lock")]
+    assert locks and all(stat.S_IMODE(os.stat(tmp_path / p).st_mode) == 0o600 for p in locks + ["a.db"])
+
+
+def test_ingest_without_an_account_warns_and_a_later_ingest_with_one_fills_it_in(tmp_path, payload):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    saved = tmp_path / "jobs.jsonl"
+    saved.write_text(json.dumps(payload("job-v1-completed.json")) + "\n")
+    with Sandbox(jobs=1, seed=31, now=NOW) as api:
+        env_free = run_archiver(api, url, "ingest", str(saved), "--account", "")
+        again = run_archiver(api, url, "ingest", str(saved), "--account", "acme")
+    assert env_free.returncode == 0 and "without an account" in env_free.stderr
+    assert again.returncode == 0 and "unchanged 1" in again.stdout
+    archive = Archive.open(url)
+    with archive.engine.connect() as conn:
+        accounts = conn.execute(select(models.JobRow.account_id)).scalars().all()
+    archive.close()
+    assert accounts == ["acme"]
+
+
+def test_a_dry_run_on_a_new_database_reports_and_writes_nothing(tmp_path):
+    path = tmp_path / "new.db"
+    with Sandbox(jobs=40, seed=31, now=NOW) as api:
+        result = run_archiver(api, f"sqlite:///{path}", "sync", "--incremental", "--dry-run")
+    assert result.returncode == 0 and "would be inserted 40" in result.stdout
+    assert not path.exists()
