@@ -184,3 +184,31 @@ def test_fetch_concurrency_halves_on_429s_and_grows_back_one_at_a_time():
     assert [limit.current() for _ in range(3)] == [9, 10, 11]
     client.usage.remaining = 50  # low budget: keep narrowing
     assert [limit.current() for _ in range(4)] == [5, 2, 1, 1]
+
+
+@responses.activate
+@pytest.mark.parametrize("answer", [{"limits": {"limit": 5000, "remaining": 4321}},
+                                    {"limit": 5000, "remaining": 4321}])
+def test_rate_limit_status_in_either_shape_is_free(client, answer):
+    responses.get(f"{API}/acme/api/rate_limit_status", json=answer)
+    budget = client.rate_limit_status()
+    assert (budget.limit, budget.remaining) == (5000, 4321) and client.usage.credits == 0
+
+
+@responses.activate
+def test_list_answering_404_is_a_configuration_error_naming_account_and_url(client):
+    from archiver.errors import ConfigError
+
+    responses.get(f"{API}/acme/api/jobs", status=404, json={"message": "Item not found."})
+    with pytest.raises(ConfigError, match=r"account 'acme' at https://api\.example\.test"):
+        client.list_jobs({"limit": 100})
+
+
+@responses.activate
+def test_every_request_pins_api_version_2_and_never_follows_a_link(client):
+    responses.get(f"{API}/acme/api/jobs", json=[], headers={
+        "Link": '<https://evil.example/acme/api/jobs?offset=100>; rel="next"'})
+    page = client.list_jobs({"limit": 100})
+    assert page.items == [] and page.has_next
+    assert len(responses.calls) == 1
+    assert responses.calls[0].request.headers["Accept"] == "application/vnd.xplenty+json; version=2"
