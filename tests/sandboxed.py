@@ -53,3 +53,18 @@ def wait_parked(api: Sandbox, proc: subprocess.Popen, count: int = 1, timeout: f
     api.release()
     _, err = proc.communicate()
     pytest.fail(f"the archiver ended (exit {proc.returncode}) before reaching the sandbox gate: {err!s:.2000}")
+
+
+def signal_when_parked(api: Sandbox, db_url: str, args: list[str], sig: int, after: int, endpoint: str):
+    """Run `archiver ARGS`, park it at the sandbox gate once `after` `endpoint` requests were
+    served, send it `sig`, open the gate and wait for it: (exit code, stderr)."""
+    api.hold_after(after, endpoint)
+    proc = subprocess.Popen(archiver_cmd(*args), env=cli_env(api, db_url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_parked(api, proc)
+        proc.send_signal(sig)
+    finally:
+        api.release()   # a run that unwinds gets its requests in flight answered
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err

@@ -155,19 +155,12 @@ def test_cli_incremental_then_kill_midway_then_rerun_archives_each_job_once(sqli
     import signal
     import subprocess
 
-    from tests.sandboxed import archiver_cmd, cli_env, wait_parked
+    from tests.sandboxed import signal_when_parked
 
     with Sandbox(jobs=1000, seed=9, now=NOW) as api:
-        api.hold_after(3, "list_jobs")   # pages 1-3 are served, the 4th read waits at the gate
-        proc = subprocess.Popen(archiver_cmd("sync", "--incremental"), env=cli_env(api, sqlite_url),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_parked(api, proc)
-            proc.kill()
-            proc.communicate(timeout=60)
-        finally:
-            api.release()
-        assert proc.returncode == -signal.SIGKILL
+        # pages 1-3 are served, the 4th read waits at the gate
+        code, _ = signal_when_parked(api, sqlite_url, ["sync", "--incremental"], signal.SIGKILL, 3, "list_jobs")
+        assert code == -signal.SIGKILL
         partial = stored(sqlite_url)
         assert len(partial) <= 300
         again = run_archiver(api, sqlite_url, "sync", "--incremental", "--json")

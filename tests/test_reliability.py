@@ -19,7 +19,7 @@ from archiver.sandbox import Sandbox
 from archiver.store import Archive
 from archiver.flows.by_id import sync_ids
 from archiver.flows.runs import SyncOptions
-from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for, wait_parked
+from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, settings_for, signal_when_parked
 
 FAST_RETRIES = RetryPolicy(max_attempts=12, backoff_base=0.005, backoff_max=0.05, min_429_wait=0.05)
 
@@ -79,17 +79,9 @@ def test_sigkill_at_random_points_then_rerun(backend_url, figure):
     points = sorted(random.Random(43).sample(range(20, 700), 3))
     with Sandbox(jobs=800, seed=42, now=NOW) as api:
         for point in points:
-            api.hold_after(point, "get_job")   # the run parks at its (point+1)-th job read
-            proc = subprocess.Popen(archiver_cmd("sync", *map(str, api.job_ids()), "--batch-size", "40",
-                                                 "--concurrency", "4"),
-                                    env=cli_env(api, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            try:
-                wait_parked(api, proc)
-                proc.kill()
-                proc.communicate(timeout=60)
-            finally:
-                api.release()
-            assert proc.returncode == -signal.SIGKILL
+            args = ["sync", *map(str, api.job_ids()), "--batch-size", "40", "--concurrency", "4"]
+            code, _ = signal_when_parked(api, db_url, args, signal.SIGKILL, point, "get_job")
+            assert code == -signal.SIGKILL   # killed at its (point+1)-th job read
             got = counts(db_url)
             assert got["jobs"] == got["distinct"] < 800
             assert got["orphan_outputs"] == got["orphan_variables"] == 0
@@ -142,17 +134,9 @@ def test_eight_unlocked_writers_in_shuffled_order_equal_a_serial_run(backend_url
 
 def test_sigterm_marks_the_run_interrupted_and_frees_the_lock(sqlite_url, figure):
     with Sandbox(jobs=400, seed=45, now=NOW) as api:
-        api.hold_after(60, "get_job")   # the run parks mid-run with requests in flight
-        proc = subprocess.Popen(archiver_cmd("sync", *map(str, api.job_ids()), "--concurrency", "2",
-                                             "--batch-size", "20"),
-                                env=cli_env(api, sqlite_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_parked(api, proc)
-            proc.send_signal(signal.SIGTERM)
-        finally:
-            api.release()   # the run unwinds once its requests in flight are answered
-        proc.communicate(timeout=60)
-        assert proc.returncode == 143
+        args = ["sync", *map(str, api.job_ids()), "--concurrency", "2", "--batch-size", "20"]
+        code, _ = signal_when_parked(api, sqlite_url, args, signal.SIGTERM, 60, "get_job")  # mid-run
+        assert code == 143
         assert counts(sqlite_url)["outcomes"] == ["interrupted"]
         again = run_archiver(api, sqlite_url, "sync", *map(str, api.job_ids()))  # the lock is free
         assert again.returncode == 0, again.stderr
