@@ -27,6 +27,7 @@ import requests
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import database, dialect
 from archiver.client import ACCEPT, RetryPolicy, XplentyClient
@@ -280,15 +281,31 @@ def _database(url: str, account: str | None) -> list[Check]:
             tables = set(inspect(engine).get_table_names())
         schema, at_head = _schema(current, tables, shown)
         checks = [reached, writable or _server_writable(engine, tables), schema]
-        checks.append(_lock(engine, account, parsed.database if sqlite_file else None, at_head))
-        checks.append(_last_sync(engine, account, current is None, at_head))
+        checks.append(_guarded("lock", _lock, engine, account, parsed.database if sqlite_file else None, at_head))
+        checks.append(_guarded("last sync", _last_sync, engine, account, current is None, at_head))
         return checks
     except ConfigError as exc:
         return [problem("database", str(exc), _db_fix(str(exc))),
                 *(skipped(n, "the database could not be opened") for n in rest)]
+    except SQLAlchemyError as exc:  # e.g. a user refused even reading alembic_version
+        return [problem("database", f"{shown}: {_reason(exc)}", DB_FIX),
+                *(skipped(n, "the database could not be read") for n in rest)]
     finally:
         if engine is not None:
             engine.dispose()
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _guarded(name: str, check, *args) -> Check:
+    """A check whose database error is its own problem line, not the end of the doctor."""
+    try:
+        return check(*args)
+    except SQLAlchemyError as exc:
+        return problem(name, f"cannot read it: {_reason(exc)}", DB_FIX)
 
 
 def _db_fix(message: str) -> str:
@@ -366,9 +383,8 @@ def _server_writable(engine: Engine, tables: set[str]) -> Check:
                     return skipped("database write", "no archive tables yet; the first sync creates them "
                                    "(trying it here would change the database)")
                 transaction.rollback()
-    except Exception as exc:  # a refused privilege, a read-only server
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return problem("database write", f"cannot write: {reason[0][:200] if reason else type(exc).__name__}",
+    except SQLAlchemyError as exc:  # a refused privilege, a read-only server
+        return problem("database write", f"cannot write: {_reason(exc)}",
                        "grant this database user INSERT, UPDATE, DELETE (and CREATE for migrations)")
     return ok("database write", detail)
 
