@@ -204,6 +204,24 @@ def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet
     sys.exit(summary.exit_code)
 
 
+@cli.command(epilog="Exit codes: 0 every check passed (warnings allowed); 1 the API did not answer; "
+             "2 a configuration problem; 3 the API refused the key (3 wins over 2).")
+@api_options
+@click.option("--allow-insecure-http", is_flag=True,
+              help="Allow a plain http:// API URL on a non-loopback host (the key travels unencrypted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
+def doctor(account, api_url, db, allow_insecure_http, as_json):
+    """Check the account, the key (one free API call), the API URL and the database; change nothing.
+
+    Each check is one line: ok, warning, problem (with the fix) or skipped.
+    """
+    from archiver.flows.doctor import run_doctor
+
+    result = run_doctor(account=account, api_url=api_url, db=db, allow_insecure_http=allow_insecure_http)
+    click.echo(json.dumps(result.as_dict()) if as_json else "\n".join(result.lines()))
+    sys.exit(result.exit_code)
+
+
 @cli.group()
 def db():
     """Manage the archive's schema (Alembic migrations)."""

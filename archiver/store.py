@@ -393,6 +393,22 @@ class Archive:
 
         self.transact(work)
 
+    # reads for `archiver doctor`
+    def last_successful_run(self) -> dict[str, Any] | None:
+        """The account's newest sync_runs row that ended ok or at its credit budget, or None."""
+        return self._newest_run(runs_t.c.outcome.in_(("ok", "budget")))
+
+    def running_run(self) -> dict[str, Any] | None:
+        """The account's newest sync_runs row still marked running (its pid and host), or None."""
+        return self._newest_run(runs_t.c.outcome == "running")
+
+    def _newest_run(self, condition) -> dict[str, Any] | None:
+        query = (select(runs_t).where(condition, _same_account(self.account))
+                 .order_by(runs_t.c.started_at.desc(), runs_t.c.id.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return dict(row) if row is not None else None
+
 
 def _same_account(account: str | None):
     return runs_t.c.account_id.is_(None) if account is None else runs_t.c.account_id == account
