@@ -57,6 +57,7 @@ class Usage:
     rate_limited: int = 0
     remaining: int | None = None
     limit: int | None = None
+    content_type: str | None = None  # of the last answer: the API may name its version there
 
 
 @dataclasses.dataclass
@@ -227,6 +228,7 @@ class XplentyClient:
             self.usage.calls += 1
             if charge and resp.status_code != 429:
                 self.usage.credits += 1
+            self.usage.content_type = resp.headers.get("Content-Type")
             for header, attr in (("X-RateLimit-Remaining", "remaining"), ("X-RateLimit-Limit", "limit")):
                 value = resp.headers.get(header)
                 if value is not None and value.strip().isdigit():

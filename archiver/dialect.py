@@ -299,7 +299,7 @@ def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
     """
     name = engine.dialect.name
     if name == "sqlite":
-        holder = _FileLock(_sqlite_lock_path(engine, account))
+        holder = _FileLock(sqlite_lock_path(engine, account))
     else:
         holder = _ServerLock(engine, account)
     deadline = clock() + max(0.0, wait)
@@ -319,7 +319,7 @@ def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
         holder.release()
 
 
-def _sqlite_lock_path(engine: Engine, account: str) -> Path:
+def sqlite_lock_path(engine: Engine, account: str) -> Path:
     database = engine.url.database
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in account)
     if not database or database == ":memory:":

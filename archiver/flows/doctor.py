@@ -122,7 +122,7 @@ def run_doctor(*, account: str | None = None, api_url: str | None = None, db: st
     root, url_check = _api_url(api_url or DEFAULT_API_URL, account, allow_insecure_http)
     checks += [key_check, url_check]
     if account and key and root:
-        checks += _api(_WatchedClient(root, account, key, policy=policy or DOCTOR_POLICY))
+        checks += _api(XplentyClient(root, account, key, policy=policy or DOCTOR_POLICY))
     else:
         checks += [skipped(name, "needs the account, the key and a valid API URL")
                    for name in ("credentials", "api version", "rate budget")]
@@ -183,22 +183,6 @@ def _api_url(url: str, account: str | None, allow_insecure_http: bool) -> tuple[
 
 
 # -- the API: one free call ------------------------------------------------------------------------
-class _WatchedClient(XplentyClient):
-    """An XplentyClient that remembers the Content-Type of the last answer (the API says
-    which version it answered there, if it says)."""
-
-    content_type: str | None = None
-
-    def _session(self) -> requests.Session:
-        session = super()._session()
-        if self._note not in session.hooks["response"]:
-            session.hooks["response"].append(self._note)
-        return session
-
-    def _note(self, resp: requests.Response, *_args, **_kwargs) -> None:
-        self.content_type = resp.headers.get("Content-Type")
-
-
 def media_version(content_type: str | None) -> str | None:
     """The `version` parameter of a media type (`application/vnd.xplenty+json; version=2`)."""
     for part in (content_type or "").split(";")[1:]:
@@ -208,7 +192,7 @@ def media_version(content_type: str | None) -> str | None:
     return None
 
 
-def _api(client: "_WatchedClient") -> list[Check]:
+def _api(client: XplentyClient) -> list[Check]:
     account, where = client.account, client.api_url
     rest = ("api version", "rate budget")
     try:
@@ -234,9 +218,9 @@ def _api(client: "_WatchedClient") -> list[Check]:
         client.close()
     checks = [ok("credentials", f"the API at {where} accepted the key for account {account!r} "
                  "(rate_limit_status, no credit spent)")]
-    asked, answered = media_version(ACCEPT), media_version(client.content_type)
+    asked, answered = media_version(ACCEPT), media_version(client.usage.content_type)
     if answered is None:
-        checks.append(ok("api version", f"not stated in the answer (Content-Type {client.content_type!r}); "
+        checks.append(ok("api version", f"not stated in the answer (Content-Type {client.usage.content_type!r}); "
                          f"the archiver asks for version {asked}"))
     elif answered == asked:
         checks.append(ok("api version", f"version {answered}, as the archiver asks"))
@@ -410,7 +394,7 @@ def _lock(engine: Engine, account: str | None, sqlite_path: str | None, at_head:
     if not account:
         return skipped("lock", "needs the account (the lock is per account)")
     # dialect's lock file: not made just to look (a doctor run by another user would own it)
-    if sqlite_path is not None and not dialect._sqlite_lock_path(engine, account).exists():
+    if sqlite_path is not None and not dialect.sqlite_lock_path(engine, account).exists():
         return ok("lock", "free (no run has taken it yet)")
     try:
         with dialect.run_lock(engine, account, wait=0):
@@ -432,7 +416,7 @@ def _holder(engine: Engine, account: str, sqlite: bool, at_head: bool) -> str:
     pid = None
     if sqlite:
         try:
-            pid = int(dialect._sqlite_lock_path(engine, account).read_text().split()[0])
+            pid = int(dialect.sqlite_lock_path(engine, account).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pid = None
     run = Archive(engine, account).running_run() if at_head else None
