@@ -4,13 +4,14 @@ surprises on disk."""
 import json
 import os
 import stat
+import subprocess
 
 from sqlalchemy import select
 
 from archiver import models
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from tests.sandboxed import NOW, run_archiver
+from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver
 
 
 def test_options_are_checked_before_any_request(sqlite_url):
@@ -81,3 +82,12 @@ def test_a_dry_run_on_a_new_database_reports_and_writes_nothing(tmp_path):
         result = run_archiver(api, f"sqlite:///{path}", "sync", "--incremental", "--dry-run")
     assert result.returncode == 0 and "would be inserted 40" in result.stdout
     assert not path.exists()
+
+
+def test_https_to_a_plain_http_port_says_so_in_one_line(sqlite_url):
+    with Sandbox(jobs=3, seed=31, now=NOW) as api:
+        env = cli_env(api, sqlite_url) | {"XPLENTY_API_URL": api.url.replace("http://", "https://")}
+        result = subprocess.run(archiver_cmd("sync", "--incremental"), env=env, capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 2 and "plain-HTTP port" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
