@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -393,7 +394,7 @@ def test_without_rate_limit_credits_are_still_reported(shared):
     second = int(session.get(api(shared, "jobs")).headers["X-RateLimit-Remaining"])
     assert second == first - 1
     status = session.get(api(shared, "rate_limit_status")).json()
-    assert status["limit"] == 5000 and status["remaining"] == second
+    assert status == {"limits": {"limit": 5000, "remaining": second}}
 
 
 def test_stats_count_requests_by_endpoint(sandbox):
@@ -479,3 +480,121 @@ def test_stop_is_idempotent_and_closes_the_port():
     sandbox.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(url, auth=(KEY, ""), timeout=5)
+
+
+# -- paging styles ----------------------------------------------------------------------------
+
+def query_of(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+@pytest.mark.parametrize("offset_style", ["items", "pages"])
+def test_minimal_links_carry_only_offset_and_limit(offset_style):
+    with Sandbox(jobs=120, seed=1, now=NOW, link_style="minimal", offset_style=offset_style) as sandbox:
+        session = client(sandbox)
+        params = {"status": "completed", "sort": "updated", "direction": "asc", "limit": 10, "offset": 1,
+                  "since": "2020-01-01T00:00:00Z"}
+        response = session.get(api(sandbox, "jobs"), params=params)
+        assert response.status_code == 200 and len(response.json()) == 10
+        step = 1 if offset_style == "pages" else 10
+        for rel, offset in (("next", 1 + step), ("prev", max(0, 1 - step))):
+            url = response.links[rel]["url"]
+            assert url.startswith(api(sandbox, "jobs") + "?")
+            assert query_of(url) == {"offset": [str(offset)], "limit": ["10"]}
+
+
+def test_full_links_carry_every_parameter(shared):
+    params = {"status": "completed", "sort": "updated", "direction": "asc", "limit": "10", "offset": "10"}
+    response = client(shared).get(api(shared, "jobs"), params=params)
+    assert query_of(response.links["next"]["url"]) == {k: [v] for k, v in (params | {"offset": "20"}).items()}
+    assert query_of(response.links["prev"]["url"]) == {k: [v] for k, v in (params | {"offset": "0"}).items()}
+
+
+def test_link_style_none_sends_no_link_header():
+    with Sandbox(jobs=120, seed=1, now=NOW, link_style="none") as sandbox:
+        session = client(sandbox)
+        for path in ("jobs", "packages", "schedules", "clusters"):
+            response = session.get(api(sandbox, path), params={"limit": 2, "offset": 2})
+            assert response.status_code == 200 and len(response.json()) == 2
+            assert "Link" not in response.headers
+
+
+def test_offset_style_pages_counts_pages_of_limit():
+    with Sandbox(jobs=120, seed=1, now=NOW, offset_style="pages") as sandbox:
+        session = client(sandbox)
+        newest_first = sorted(sandbox.job_ids(), reverse=True)
+        first = session.get(api(sandbox, "jobs"), params={"limit": 10})
+        second = session.get(api(sandbox, "jobs"), params={"limit": 10, "offset": 1})
+        assert [job["id"] for job in first.json()] == newest_first[:10]
+        assert [job["id"] for job in second.json()] == newest_first[10:20]
+        assert query_of(first.links["next"]["url"])["offset"] == ["1"]
+        assert query_of(second.links["next"]["url"])["offset"] == ["2"]
+        assert query_of(second.links["prev"]["url"])["offset"] == ["0"]
+        seen, response = [], first
+        while True:
+            seen += [job["id"] for job in response.json()]
+            if "next" not in response.links:
+                break
+            response = session.get(response.links["next"]["url"])
+        assert seen == newest_first
+        assert session.get(api(sandbox, "jobs"), params={"limit": 10, "offset": 12}).json() == []
+
+
+def test_paging_styles_are_checked():
+    for options in ({"link_style": "short"}, {"offset_style": "rows"}):
+        with pytest.raises(ValueError):
+            Sandbox(jobs=1, now=NOW, **options)
+
+
+# -- the Accept header ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accept, version", [
+    (None, 2), ("*/*", 2), ("application/json", 2), ("application/*", 2),
+    ("application/vnd.xplenty+json", 2), (V1, 1), (V2, 2),
+    ("application/vnd.xplenty+json version=1", 1),        # the SDKs' spelling: no semicolon
+    ("application/vnd.xplenty+json, version=1", 1),       # a spelling in the docs: a comma
+    ("text/html, application/vnd.xplenty+json; version=1; q=0.9", 1),
+    ("application/json, application/vnd.xplenty+json; version=1", 1),   # the vendor type wins
+    ("application/vnd.xplenty+json; version=7, */*", 2),
+])
+def test_accepted_media_types(shared, accept, version):
+    session = client(shared)
+    if accept is None:
+        del session.headers["Accept"]
+    job_id = shared.job_ids()[0]
+    response = session.get(api(shared, f"jobs/{job_id}"), headers={} if accept is None else {"Accept": accept})
+    assert response.status_code == 200
+    assert ("creator" in response.json()) == (version == 2)
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/xml", "application/vnd.xplenty+json; version=3",
+                                    "application/vnd.github+json", "text/*", "*/*; q=0", "nonsense"])
+def test_a_media_type_the_service_would_refuse_is_406(shared, accept):
+    for path in ("jobs", f"jobs/{shared.job_ids()[0]}", "packages", "rate_limit_status"):
+        response = client(shared, accept).get(api(shared, path))
+        assert response.status_code == 406
+        assert response.json()["message"]
+        assert response.headers["Content-Type"].startswith("application/vnd.xplenty+json")
+
+
+# -- rate_limit_status ------------------------------------------------------------------------
+
+def test_rate_limit_status_in_both_shapes_costs_no_credit():
+    with Sandbox(jobs=10, now=NOW, rate_limit=5, rate_window_s=600) as sandbox:
+        session = client(sandbox)
+        session.get(api(sandbox, "jobs"))
+        nested = session.get(api(sandbox, "rate_limit_status"))
+        flat = session.get(f"{sandbox.url}/rate_limit_status")
+        assert nested.status_code == flat.status_code == 200
+        assert nested.json() == {"limits": {"limit": 5, "remaining": 4}}
+        assert flat.json()["limit"] == 5 and flat.json()["remaining"] == 4
+        assert 1 <= flat.json()["reset_in_seconds"] <= 600
+        assert sandbox.stats.credits_used == 1
+        assert sandbox.stats.by_endpoint["rate_limit_status"] == 2
+        assert nested.headers["X-RateLimit-Remaining"] == "4"
+
+
+def test_rate_limit_status_of_an_unknown_account_is_404(shared):
+    response = client(shared).get(f"{shared.url}/someone-else/api/rate_limit_status")
+    assert response.status_code == 404
+    assert response.json() == {"message": "Item not found."}
