@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from .faults import ENDPOINTS, FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
 from .history import STATUSES, History, ListQuery
 from .render import Renderer
+from .resources import (CLUSTER_STATUSES, FLOW_TYPES, PACKAGE_STATUSES, SCHEDULE_STATUSES, CatalogQuery,
+                        Resources, iso_ceiling, select)
 
 CONTENT_TYPE = "application/vnd.xplenty+json; charset=utf-8"
 MEDIA_TYPE = "application/vnd.xplenty+json"
@@ -72,24 +74,49 @@ def _integer(params: dict[str, list[str]], name: str, default: int | None, minim
     return int(text)
 
 
+def _since(params: dict[str, list[str]]) -> float | None:
+    if "since" not in params:
+        return None
+    try:
+        return parse_time(params["since"][-1])
+    except ValueError:
+        raise ValueError(f"Invalid since {params['since'][-1]!r}: expected an ISO 8601 time") from None
+
+
 def parse_list_query(params: dict[str, list[str]]) -> ListQuery:
     """List jobs parameters -> ListQuery; ValueError (-> 400) names the bad one."""
     status = _choice(params, "status", STATUSES + ("all",), "all")
-    since = None
-    if "since" in params:
-        try:
-            since = parse_time(params["since"][-1])
-        except ValueError:
-            raise ValueError(f"Invalid since {params['since'][-1]!r}: expected an ISO 8601 time") from None
     return ListQuery(
         status=None if status == "all" else status,
         sort=_choice(params, "sort", ("created", "updated"), "created"),
         direction=_choice(params, "direction", ("asc", "desc"), "desc"),
-        since=since,
+        since=_since(params),
         offset=_integer(params, "offset", 0, 0),
         limit=min(_integer(params, "limit", 20, 1), MAX_LIMIT),
         package_id=_integer(params, "package_id", None, 0),
     )
+
+
+def _is(field: str, value: str) -> Callable[[dict], bool]:
+    return (lambda item: True) if value == "all" else (lambda item: item[field] == value)
+
+
+def parse_catalog_query(kind: str, params: dict[str, list[str]]) -> CatalogQuery:
+    """List packages / schedules / clusters parameters -> CatalogQuery; ValueError (-> 400)."""
+    if kind == "clusters":   # no sort parameter: newest first
+        return CatalogQuery(_is("status", _choice(params, "status", CLUSTER_STATUSES + ("all",), "all")),
+                            None, "desc", None)
+    since = _since(params)
+    direction = _choice(params, "direction", ("asc", "desc"), "desc")
+    if kind == "schedules":
+        keep = _is("status", _choice(params, "status", SCHEDULE_STATUSES + ("all",), "all"))
+        sort = _choice(params, "sort", ("created", "updated"), "created")
+    else:   # packages: one status or the other per call, active by default
+        status = _is("status", _choice(params, "status", PACKAGE_STATUSES, "active"))
+        flow_type = _is("flow_type", _choice(params, "flow_type", FLOW_TYPES + ("all",), "all"))
+        keep = lambda item: status(item) and flow_type(item)   # noqa: E731
+        sort = _choice(params, "sort", ("created", "updated", "name"), "created")
+    return CatalogQuery(keep, sort, direction, None if since is None else iso_ceiling(since))
 
 
 LINK_STYLES = ("full", "minimal", "none")
@@ -219,6 +246,12 @@ ROUTES = (
     _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)", "get_job", "get_job"),
     _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)/log", "job_log", "job_log"),
     _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)/variables", "job_variables", "job_variables"),
+    _route("GET", _ACCOUNT + r"/packages", "list_packages", "list_catalog"),
+    _route("GET", _ACCOUNT + r"/packages/(?P<item_id>\d+)", "get_package", "get_catalog_item"),
+    _route("GET", _ACCOUNT + r"/schedules", "list_schedules", "list_catalog"),
+    _route("GET", _ACCOUNT + r"/schedules/(?P<item_id>\d+)", "get_schedule", "get_catalog_item"),
+    _route("GET", _ACCOUNT + r"/clusters", "list_clusters", "list_catalog"),
+    _route("GET", _ACCOUNT + r"/clusters/(?P<item_id>\d+)", "get_cluster", "get_catalog_item"),
 )
 
 
@@ -314,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, message = sandbox._faults.error()
             return self._send(Reply(status, {"message": message}))
         handler: Callable[..., Reply] = getattr(self, route.handler)
-        reply = handler(params, version=version, path=path, **groups)
+        reply = handler(params, version=version, path=path, endpoint=route.endpoint, **groups)
         if fault == "bad_json" and reply.status == 200:
             reply = reply._replace(body=truncated(_encode(reply.body)))
         if fault is None:
@@ -352,6 +385,29 @@ class _Handler(BaseHTTPRequestHandler):
         jobs = [sandbox._renderer.job(index, now, version) for index in indices]
         link = paging.link_header(sandbox.url, path, params, query.offset, query.limit, has_more, query.since)
         return Reply(200, jobs, {"Link": link} if link else {})
+
+    def list_catalog(self, params: dict, path: str, endpoint: str, **_) -> Reply:
+        """List packages, schedules or clusters: filtered, sorted, paged like List jobs."""
+        kind = endpoint.removeprefix("list_")
+        try:
+            query = parse_catalog_query(kind, params)
+            offset = _integer(params, "offset", 0, 0)
+            limit = min(_integer(params, "limit", 20, 1), MAX_LIMIT)
+        except ValueError as error:
+            return Reply(400, {"message": str(error)})
+        sandbox = self.sandbox
+        items = select(sandbox._catalog_items(kind), query)
+        first = sandbox.paging.first_item(offset, limit)
+        page = items[first:first + limit]
+        since = _since(params)
+        link = sandbox.paging.link_header(sandbox.url, path, params, offset, limit,
+                                          len(items) > first + limit, since)
+        return Reply(200, page, {"Link": link} if link else {})
+
+    def get_catalog_item(self, params: dict, endpoint: str, item_id: str, **_) -> Reply:
+        kind = endpoint.removeprefix("get_") + "s"
+        found = [item for item in self.sandbox._catalog_items(kind) if item["id"] == int(item_id)]
+        return Reply(200, found[0]) if found else Reply(404, NOT_FOUND)
 
     def job_log(self, params: dict, version: int, job_id: str, **_) -> Reply:
         index = self._find(job_id)
@@ -606,6 +662,7 @@ class Sandbox:
         self.stats = SandboxStats()
         self._limiter = RateLimiter(rate_limit, rate_window_s)
         self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate)
+        self._resources = Resources(self.history, seed)
         self._gate = _Gate()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -704,6 +761,19 @@ class Sandbox:
         if index is None:
             raise KeyError(job_id)
         return self._render_job(index, version, log_summary)
+
+    def catalog(self, kind: str) -> list[dict]:
+        """What List packages / schedules / clusters hold now, unfiltered ("packages", ...)."""
+        if kind not in ("packages", "schedules", "clusters"):
+            raise ValueError(f"no catalog list {kind!r}")
+        return self._catalog_items(kind)
+
+    def _catalog_items(self, kind: str) -> list[dict]:
+        if kind == "packages":
+            return self._resources.packages(self._renderer)
+        if kind == "schedules":
+            return self._resources.schedules(self._renderer, self._clock.timestamp())
+        return self._resources.clusters(self._renderer, self._clock.timestamp())
 
     def _render_job(self, index: int, version: int, log_summary: bool = False) -> dict:
         return self._renderer.job(index, self._clock.timestamp(), version, log_summary and version == 2)
