@@ -772,3 +772,43 @@ def test_catalog_lists_page_like_jobs(offset_style):
             assert set(query_of(response.links["next"]["url"])) == {"offset", "limit"}
             response = session.get(response.links["next"]["url"])
         assert seen == [p["id"] for p in everything]
+
+
+# -- the `archiver sandbox` banner ------------------------------------------------------------------
+
+def test_sandbox_command_banner_names_the_job_ids_and_passes_the_paging_options(monkeypatch):
+    import re
+
+    from click.testing import CliRunner
+
+    import archiver.sandbox
+    from archiver.cli import cli
+
+    served = {}
+
+    def serve_once(sandbox: Sandbox) -> None:   # instead of serving until Ctrl-C
+        try:
+            ids = sandbox.job_ids()
+            served.update(ids=ids, styles=(sandbox.link_style, sandbox.offset_style),
+                          status=client(sandbox).get(api(sandbox, f"jobs/{ids[-1]}")).status_code)
+        finally:
+            sandbox.stop()
+
+    monkeypatch.setattr(archiver.sandbox, "serve", serve_once)
+    result = CliRunner().invoke(cli, ["sandbox", "--port", "0", "--jobs", "120", "--seed", "3",
+                                      "--link-style", "minimal", "--offset-style", "pages"])
+    assert result.exit_code == 0, result.output
+    ids = served["ids"]
+    assert f"job ids {ids[0]}..{ids[-1]} (120 jobs)" in result.output
+    assert f"archiver sync {ids[0]} {ids[-1]}" in result.output
+    assert served["styles"] == ("minimal", "pages") and served["status"] == 200
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+ ", result.output)
+
+
+def test_sandbox_command_rejects_an_unknown_paging_style():
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    result = CliRunner().invoke(cli, ["sandbox", "--port", "0", "--link-style", "short"])
+    assert result.exit_code == 2 and "--link-style" in result.output
