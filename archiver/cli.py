@@ -353,23 +353,31 @@ def report(name, db, since, package, limit, fmt):
               help="Sandbox seconds per real second (0: the clock moves only via POST /_sandbox/advance).")
 @click.option("--advance", type=click.FloatRange(0), default=0,
               help="Move the sandbox clock forward by SECONDS before serving.")
+@click.option("--link-style", type=click.Choice(["full", "minimal", "none"]), default="full", show_default=True,
+              help="Link headers: every query parameter, only offset and limit (the docs' example), or none.")
+@click.option("--offset-style", type=click.Choice(["items", "pages"]), default="items", show_default=True,
+              help="What `offset` counts in lists: objects, or pages of `limit`.")
 def sandbox(host, port, jobs, seed, account, api_key, latency_ms, error_rate, drop_rate, bad_json_rate,
-            rate_limit, rate_window, clock_speed, advance):
+            rate_limit, rate_window, clock_speed, advance, link_style, offset_style):
     """Serve a local Xplenty-compatible jobs API over a generated history."""
     from archiver.sandbox import Sandbox, serve
 
     api = Sandbox(jobs=jobs, seed=seed, account=account, api_key=api_key, host=host, port=port,
                   latency_ms=latency_ms, error_rate=error_rate, drop_rate=drop_rate,
                   bad_json_rate=bad_json_rate, rate_limit=rate_limit, rate_window_s=rate_window,
-                  clock_speed=clock_speed)
+                  clock_speed=clock_speed, link_style=link_style, offset_style=offset_style)
     api.start()
     if advance:
         api.advance(advance)
+    ids = api.job_ids()
+    known = f"job ids {ids[0]}..{ids[-1]} ({len(ids)} jobs)" if ids else "no jobs yet"
     click.echo(f"sandbox API listening on {api.url} (port {api.port}), account {account!r}, "
-               f"{len(api.job_ids())} jobs. Point the archiver at it with:\n"
+               f"{known}; paging: links {link_style}, offset counts {offset_style}. "
+               "Point the archiver at it with:\n"
                f"  export XPLENTY_API_URL={api.url} XPLENTY_ACCOUNT_ID={account} "
                f"XPLENTY_API_KEY={api_key}\n"
-               "Ctrl-C stops it.")
+               + (f"  archiver sync {ids[0]} {ids[-1]}    # ids between them have gaps\n" if ids else "")
+               + "Ctrl-C stops it.")
     serve(api)
 
 

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -393,7 +394,7 @@ def test_without_rate_limit_credits_are_still_reported(shared):
     second = int(session.get(api(shared, "jobs")).headers["X-RateLimit-Remaining"])
     assert second == first - 1
     status = session.get(api(shared, "rate_limit_status")).json()
-    assert status["limit"] == 5000 and status["remaining"] == second
+    assert status == {"limits": {"limit": 5000, "remaining": second}}
 
 
 def test_stats_count_requests_by_endpoint(sandbox):
@@ -479,3 +480,335 @@ def test_stop_is_idempotent_and_closes_the_port():
     sandbox.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(url, auth=(KEY, ""), timeout=5)
+
+
+# -- paging styles ----------------------------------------------------------------------------
+
+def query_of(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+@pytest.mark.parametrize("offset_style", ["items", "pages"])
+def test_minimal_links_carry_only_offset_and_limit(offset_style):
+    with Sandbox(jobs=120, seed=1, now=NOW, link_style="minimal", offset_style=offset_style) as sandbox:
+        session = client(sandbox)
+        params = {"status": "completed", "sort": "updated", "direction": "asc", "limit": 10, "offset": 1,
+                  "since": "2020-01-01T00:00:00Z"}
+        response = session.get(api(sandbox, "jobs"), params=params)
+        assert response.status_code == 200 and len(response.json()) == 10
+        step = 1 if offset_style == "pages" else 10
+        for rel, offset in (("next", 1 + step), ("prev", max(0, 1 - step))):
+            url = response.links[rel]["url"]
+            assert url.startswith(api(sandbox, "jobs") + "?")
+            assert query_of(url) == {"offset": [str(offset)], "limit": ["10"]}
+
+
+def test_full_links_carry_every_parameter(shared):
+    params = {"status": "completed", "sort": "updated", "direction": "asc", "limit": "10", "offset": "10"}
+    response = client(shared).get(api(shared, "jobs"), params=params)
+    assert query_of(response.links["next"]["url"]) == {k: [v] for k, v in (params | {"offset": "20"}).items()}
+    assert query_of(response.links["prev"]["url"]) == {k: [v] for k, v in (params | {"offset": "0"}).items()}
+
+
+def test_link_style_none_sends_no_link_header():
+    with Sandbox(jobs=120, seed=1, now=NOW, link_style="none") as sandbox:
+        session = client(sandbox)
+        for path in ("jobs", "packages", "schedules", "clusters"):
+            response = session.get(api(sandbox, path), params={"limit": 2, "offset": 2})
+            assert response.status_code == 200 and len(response.json()) == 2
+            assert "Link" not in response.headers
+
+
+def test_offset_style_pages_counts_pages_of_limit():
+    with Sandbox(jobs=120, seed=1, now=NOW, offset_style="pages") as sandbox:
+        session = client(sandbox)
+        newest_first = sorted(sandbox.job_ids(), reverse=True)
+        first = session.get(api(sandbox, "jobs"), params={"limit": 10})
+        second = session.get(api(sandbox, "jobs"), params={"limit": 10, "offset": 1})
+        assert [job["id"] for job in first.json()] == newest_first[:10]
+        assert [job["id"] for job in second.json()] == newest_first[10:20]
+        assert query_of(first.links["next"]["url"])["offset"] == ["1"]
+        assert query_of(second.links["next"]["url"])["offset"] == ["2"]
+        assert query_of(second.links["prev"]["url"])["offset"] == ["0"]
+        seen, response = [], first
+        while True:
+            seen += [job["id"] for job in response.json()]
+            if "next" not in response.links:
+                break
+            response = session.get(response.links["next"]["url"])
+        assert seen == newest_first
+        assert session.get(api(sandbox, "jobs"), params={"limit": 10, "offset": 12}).json() == []
+
+
+def test_paging_styles_are_checked():
+    for options in ({"link_style": "short"}, {"offset_style": "rows"}):
+        with pytest.raises(ValueError):
+            Sandbox(jobs=1, now=NOW, **options)
+
+
+# -- the Accept header ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accept, version", [
+    (None, 2), ("*/*", 2), ("application/json", 2), ("application/*", 2),
+    ("application/vnd.xplenty+json", 2), (V1, 1), (V2, 2),
+    ("application/vnd.xplenty+json version=1", 1),        # the SDKs' spelling: no semicolon
+    ("application/vnd.xplenty+json, version=1", 1),       # a spelling in the docs: a comma
+    ("text/html, application/vnd.xplenty+json; version=1; q=0.9", 1),
+    ("application/json, application/vnd.xplenty+json; version=1", 1),   # the vendor type wins
+    ("application/vnd.xplenty+json; version=7, */*", 2),
+])
+def test_accepted_media_types(shared, accept, version):
+    session = client(shared)
+    if accept is None:
+        del session.headers["Accept"]
+    job_id = shared.job_ids()[0]
+    response = session.get(api(shared, f"jobs/{job_id}"), headers={} if accept is None else {"Accept": accept})
+    assert response.status_code == 200
+    assert ("creator" in response.json()) == (version == 2)
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/xml", "application/vnd.xplenty+json; version=3",
+                                    "application/vnd.github+json", "text/*", "*/*; q=0", "nonsense"])
+def test_a_media_type_the_service_would_refuse_is_406(shared, accept):
+    for path in ("jobs", f"jobs/{shared.job_ids()[0]}", "packages", "rate_limit_status"):
+        response = client(shared, accept).get(api(shared, path))
+        assert response.status_code == 406
+        assert response.json()["message"]
+        assert response.headers["Content-Type"].startswith("application/vnd.xplenty+json")
+
+
+# -- rate_limit_status ------------------------------------------------------------------------
+
+def test_rate_limit_status_in_both_shapes_costs_no_credit():
+    with Sandbox(jobs=10, now=NOW, rate_limit=5, rate_window_s=600) as sandbox:
+        session = client(sandbox)
+        session.get(api(sandbox, "jobs"))
+        nested = session.get(api(sandbox, "rate_limit_status"))
+        flat = session.get(f"{sandbox.url}/rate_limit_status")
+        assert nested.status_code == flat.status_code == 200
+        assert nested.json() == {"limits": {"limit": 5, "remaining": 4}}
+        assert flat.json()["limit"] == 5 and flat.json()["remaining"] == 4
+        assert 1 <= flat.json()["reset_in_seconds"] <= 600
+        assert sandbox.stats.credits_used == 1
+        assert sandbox.stats.by_endpoint["rate_limit_status"] == 2
+        assert nested.headers["X-RateLimit-Remaining"] == "4"
+
+
+def test_rate_limit_status_of_an_unknown_account_is_404(shared):
+    response = client(shared).get(f"{shared.url}/someone-else/api/rate_limit_status")
+    assert response.status_code == 404
+    assert response.json() == {"message": "Item not found."}
+
+
+# -- the catalog: packages, schedules, clusters --------------------------------------------------
+
+def listed(sandbox: Sandbox, path: str, **params) -> list[dict]:
+    response = client(sandbox).get(api(sandbox, path), params={"limit": 100, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_job_payload_links_to_packages_clusters_and_schedules_resolve(shared):
+    session = client(shared)
+    jobs = [shared.job(i) for i in shared.job_ids()]
+    scheduled = next(job for job in jobs if job["creator"]["type"] == "Schedule")
+    for job in (jobs[0], scheduled):
+        package = session.get(job["package"]["url"])
+        cluster = session.get(job["cluster"]["url"])
+        assert package.status_code == cluster.status_code == 200
+        assert {k: v for k, v in package.json().items() if k in job["package"]} == job["package"]
+        assert {k: v for k, v in cluster.json().items() if k in job["cluster"]} == job["cluster"]
+    schedule = session.get(scheduled["creator"]["url"])
+    assert schedule.status_code == 200
+    assert schedule.json()["name"] == scheduled["creator"]["display_name"]
+    assert scheduled["package_id"] in [p["package_id"] for p in schedule.json()["task"]["packages"]]
+
+
+def test_catalog_objects_have_the_documented_attributes(shared):
+    package = listed(shared, "packages")[0]
+    assert list(package) == ["id", "name", "description", "variables", "owner_id", "flow_type", "status",
+                             "created_at", "updated_at", "url", "html_url"]
+    schedule = listed(shared, "schedules")[0]
+    assert list(schedule) == ["id", "name", "description", "owner_id", "status", "start_at", "next_run_at",
+                              "interval_amount", "interval_unit", "last_run_at", "last_run_status",
+                              "execution_count", "overlap", "auto_retry", "auto_retry_attempts", "task",
+                              "reuse_cluster_strategy", "created_at", "updated_at", "url", "html_url"]
+    assert {"nodes", "terminate_on_idle", "time_to_idle", "packages"} <= set(schedule["task"])
+    assert all("package_id" in p for p in schedule["task"]["packages"])
+    cluster = listed(shared, "clusters")[0]
+    assert list(cluster) == ["id", "name", "description", "status", "owner_id", "plan_id", "nodes", "type",
+                             "created_at", "updated_at", "available_since", "terminated_at",
+                             "running_jobs_count", "queued_jobs_count", "terminate_on_idle", "time_to_idle",
+                             "region", "zone", "master_instance_type", "slave_instance_type", "stack", "url",
+                             "html_url", "creator"]
+    assert set(cluster["creator"]) == {"type", "id", "display_name", "url", "html_url"}
+
+
+def test_get_catalog_item_and_404(shared):
+    session = client(shared)
+    for path in ("packages", "schedules", "clusters"):
+        items = listed(shared, path) + (listed(shared, path, status="archived") if path == "packages" else [])
+        for item in items:
+            response = session.get(api(shared, f"{path}/{item['id']}"))
+            assert response.status_code == 200 and response.json() == item
+            assert item["url"] == api(shared, f"{path}/{item['id']}")
+        missing = session.get(api(shared, f"{path}/999999"))
+        assert missing.status_code == 404 and missing.json() == {"message": "Item not found."}
+        assert session.get(f"{shared.url}/someone-else/api/{path}").status_code == 404
+
+
+def test_list_packages_filters(shared):
+    active = listed(shared, "packages")
+    archived = listed(shared, "packages", status="archived")
+    assert active and archived and {p["status"] for p in active} == {"active"}
+    assert {p["status"] for p in archived} == {"archived"}
+    used = {shared.job(i)["package_id"] for i in shared.job_ids()}
+    assert used <= {p["id"] for p in active}, "every package a job ran is active"
+    workflows = listed(shared, "packages", flow_type="workflow")
+    dataflows = listed(shared, "packages", flow_type="dataflow")
+    assert workflows and {p["flow_type"] for p in workflows} == {"workflow"}
+    assert sorted(p["id"] for p in workflows + dataflows) == sorted(p["id"] for p in active)
+    assert listed(shared, "packages", flow_type="all") == active
+    by_name = listed(shared, "packages", sort="name", direction="asc")
+    assert [p["name"] for p in by_name] == sorted(p["name"] for p in active)
+    for sort, field in (("created", "created_at"), ("updated", "updated_at")):
+        for direction in ("asc", "desc"):
+            keys = [(p[field], p["id"]) for p in listed(shared, "packages", sort=sort, direction=direction)]
+            assert keys == sorted(keys, reverse=direction == "desc")
+    since = sorted(p["updated_at"] for p in active)[-5]
+    recent = listed(shared, "packages", since=since)
+    assert len(recent) == sum(p["updated_at"] >= since for p in active) >= 5
+    assert all(p["updated_at"] >= since for p in recent)
+
+
+def test_list_schedules_filters_and_fit_the_jobs(shared):
+    session = client(shared)
+    everything = listed(shared, "schedules")
+    enabled = listed(shared, "schedules", status="enabled")
+    disabled = listed(shared, "schedules", status="disabled")
+    assert enabled and disabled and len(enabled) + len(disabled) == len(everything)
+    assert {s["status"] for s in disabled} == {"disabled"} and all(s["next_run_at"] is None for s in disabled)
+    jobs = [shared.job(i) for i in shared.job_ids()]
+    now = iso(shared.now)
+    for schedule in enabled:
+        runs = [job for job in jobs if job["creator"]["type"] == "Schedule" and job["creator"]["id"] == schedule["id"]]
+        assert schedule["execution_count"] == len(runs) > 0
+        last = max(runs, key=lambda job: job["id"])
+        assert schedule["last_run_at"] == last["created_at"] and schedule["last_run_status"] == last["status"]
+        assert schedule["start_at"] <= min(job["created_at"] for job in runs)
+        assert schedule["next_run_at"] > now and schedule["updated_at"] >= schedule["last_run_at"]
+        assert schedule["interval_unit"] in ("minutes", "hours", "days", "weeks", "months")
+        assert schedule["auto_retry"] == (last["master_auto_retry_attempts"] > 0)
+        assert {job["package_id"] for job in runs} <= {p["package_id"] for p in schedule["task"]["packages"]}
+    for direction in ("asc", "desc"):
+        keys = [(s["updated_at"], s["id"]) for s in listed(shared, "schedules", sort="updated", direction=direction)]
+        assert keys == sorted(keys, reverse=direction == "desc")
+    since = sorted(s["updated_at"] for s in everything)[-3]
+    recent = listed(shared, "schedules", since=since)
+    assert len(recent) == sum(s["updated_at"] >= since for s in everything) >= 3
+    page = session.get(api(shared, "schedules"), params={"limit": 4, "offset": 4})
+    assert [s["id"] for s in page.json()] == [s["id"] for s in everything[4:8]]
+    assert "offset=8" in page.links["next"]["url"] and "offset=0" in page.links["prev"]["url"]
+
+
+def test_schedules_and_clusters_follow_the_clock(sandbox):
+    before = {s["id"]: s for s in listed(sandbox, "schedules", status="enabled")}
+    sandbox.advance(2 * 86_400)
+    after = {s["id"]: s for s in listed(sandbox, "schedules", status="enabled")}
+    assert sum(after[i]["execution_count"] for i in after) > sum(before[i]["execution_count"] for i in before)
+    assert all(after[i]["execution_count"] >= before[i]["execution_count"] for i in after)
+    assert all(after[i]["next_run_at"] > iso(sandbox.now) for i in after)
+    jobs = [sandbox.job(i) for i in sandbox.job_ids()]
+    for cluster in listed(sandbox, "clusters"):
+        here = [job for job in jobs if job["cluster_id"] == cluster["id"]]
+        assert cluster["running_jobs_count"] == sum(job["status"] in ("running", "pending_stoppage", "stopping")
+                                                    for job in here)
+        assert cluster["queued_jobs_count"] == sum(job["status"] in ("idle", "pending", "queued") for job in here)
+
+
+def test_list_clusters_filters(shared):
+    clusters = listed(shared, "clusters")
+    available = listed(shared, "clusters", status="available")
+    terminated = listed(shared, "clusters", status="terminated")
+    assert available and terminated and len(available) + len(terminated) == len(clusters)
+    assert all(c["terminated_at"] for c in terminated) and all(c["terminated_at"] is None for c in available)
+    assert {shared.job(i)["cluster_id"] for i in shared.job_ids()} <= {c["id"] for c in available}
+    assert listed(shared, "clusters", status="error") == []
+    assert [c["id"] for c in clusters] == sorted((c["id"] for c in clusters), reverse=True)
+    page = client(shared).get(api(shared, "clusters"), params={"limit": 3, "offset": 3})
+    assert [c["id"] for c in page.json()] == [c["id"] for c in clusters[3:6]]
+
+
+@pytest.mark.parametrize("path, params", [
+    ("packages", {"status": "all"}), ("packages", {"flow_type": "etl"}), ("packages", {"sort": "size"}),
+    ("schedules", {"status": "paused"}), ("schedules", {"sort": "name"}), ("schedules", {"since": "soon"}),
+    ("clusters", {"status": "on"}), ("clusters", {"limit": "0"}), ("packages", {"offset": "-1"})])
+def test_bad_catalog_parameters_are_400(shared, path, params):
+    response = client(shared).get(api(shared, path), params=params)
+    assert response.status_code == 400 and response.json()["message"]
+
+
+def test_catalog_calls_cost_a_credit_and_are_counted_by_endpoint(sandbox):
+    session = client(sandbox)
+    for path in ("packages", "schedules", "clusters"):
+        first = listed(sandbox, path)[0]
+        session.get(api(sandbox, f"{path}/{first['id']}"))
+    stats = sandbox.stats
+    names = ("list_packages", "get_package", "list_schedules", "get_schedule", "list_clusters", "get_cluster")
+    assert [stats.by_endpoint[name] for name in names] == [1] * 6
+    assert stats.credits_used == 6
+
+
+@pytest.mark.parametrize("offset_style", ["items", "pages"])
+def test_catalog_lists_page_like_jobs(offset_style):
+    with Sandbox(jobs=50, seed=3, now=NOW, link_style="minimal", offset_style=offset_style) as sandbox:
+        session = client(sandbox)
+        everything = listed(sandbox, "packages")
+        seen, response = [], session.get(api(sandbox, "packages"), params={"limit": 7})
+        while True:
+            seen += [p["id"] for p in response.json()]
+            if "next" not in response.links:
+                break
+            assert set(query_of(response.links["next"]["url"])) == {"offset", "limit"}
+            response = session.get(response.links["next"]["url"])
+        assert seen == [p["id"] for p in everything]
+
+
+# -- the `archiver sandbox` banner ------------------------------------------------------------------
+
+def test_sandbox_command_banner_names_the_job_ids_and_passes_the_paging_options(monkeypatch):
+    import re
+
+    from click.testing import CliRunner
+
+    import archiver.sandbox
+    from archiver.cli import cli
+
+    served = {}
+
+    def serve_once(sandbox: Sandbox) -> None:   # instead of serving until Ctrl-C
+        try:
+            ids = sandbox.job_ids()
+            served.update(ids=ids, styles=(sandbox.link_style, sandbox.offset_style),
+                          status=client(sandbox).get(api(sandbox, f"jobs/{ids[-1]}")).status_code)
+        finally:
+            sandbox.stop()
+
+    monkeypatch.setattr(archiver.sandbox, "serve", serve_once)
+    result = CliRunner().invoke(cli, ["sandbox", "--port", "0", "--jobs", "120", "--seed", "3",
+                                      "--link-style", "minimal", "--offset-style", "pages"])
+    assert result.exit_code == 0, result.output
+    ids = served["ids"]
+    assert f"job ids {ids[0]}..{ids[-1]} (120 jobs)" in result.output
+    assert f"archiver sync {ids[0]} {ids[-1]}" in result.output
+    assert served["styles"] == ("minimal", "pages") and served["status"] == 200
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+ ", result.output)
+
+
+def test_sandbox_command_rejects_an_unknown_paging_style():
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    result = CliRunner().invoke(cli, ["sandbox", "--port", "0", "--link-style", "short"])
+    assert result.exit_code == 2 and "--link-style" in result.output

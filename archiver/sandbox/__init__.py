@@ -4,8 +4,10 @@
         requests.get(f"{api.url}/{api.account}/api/jobs", auth=("sandbox-key", ""))
 
 history.py generates a deterministic job history whose state follows the
-sandbox clock; render.py turns it into v1/v2 payloads; server.py serves them
-with rate limiting and injected faults (faults.py).
+sandbox clock; render.py turns it into v1/v2 payloads; resources.py renders
+the catalog (packages, schedules, clusters) at the clock; server.py serves them
+with rate limiting, injected faults (faults.py) and either paging reading of the
+docs (link_style, offset_style).
 """
 from .faults import SandboxStats
 from .server import Sandbox, serve

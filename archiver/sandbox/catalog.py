@@ -297,3 +297,101 @@ def _build_package(rng: random.Random, package_id: int, spec: PackageSpec, sched
 
 
 VARIABLE_DEFAULTS = {"batch_size": 1000, "full_refresh": "'false'", "region": "'us'"}
+
+
+# ---------------------------------------------------------------------------
+# What only the catalog endpoints show: packages, clusters and a schedule that
+# no job of the history uses (workflows, archived packages, terminated clusters,
+# a disabled schedule). Drawn from their own generator, after the history's,
+# so adding them changed no job.
+
+# name, description, flow type, status
+EXTRA_PACKAGES = (
+    ("Nightly warehouse orchestration", "Runs the warehouse loads in order, then the rollups",
+     "workflow", "active"),
+    ("Marketing attribution workflow", "Ads spend, sessions and CRM joined into attribution",
+     "workflow", "active"),
+    ("Legacy Magento orders to MySQL", "Replaced by Shopify orders to BigQuery", "dataflow", "archived"),
+    ("Mixpanel export (old)", "Superseded by Amplitude events to Snowflake", "dataflow", "archived"),
+    ("Pardot prospects to Redshift", "Marketing moved to Marketo", "dataflow", "archived"),
+)
+# name, nodes, type, region, zone, instance type
+EXTRA_CLUSTERS = (
+    ("Migration 2025", 6, "production", "amazon-web-services::us-east-1", "us-east-1a", "r5.2xlarge"),
+    ("Ad-hoc backfill", 3, "sandbox", "amazon-web-services::eu-west-1", "eu-west-1b", "m5.xlarge"),
+)
+# name, indices into EXTRA_PACKAGES
+EXTRA_SCHEDULES = (("Legacy nightly export", (2, 3)),)
+
+
+@dataclass(frozen=True)
+class ExtraPackage:
+    id: int
+    name: str
+    description: str
+    flow_type: str
+    status: str
+    owner: int        # index into Catalog.users
+    created: int      # history seconds
+    updated: int      # archived packages: when they were archived
+
+
+@dataclass(frozen=True)
+class ExtraCluster:
+    id: int
+    name: str
+    nodes: int
+    type: str
+    region: str
+    zone: str
+    instance_type: str
+    owner: int
+    created: int
+    terminated: int
+
+
+@dataclass(frozen=True)
+class ExtraSchedule:
+    id: int
+    name: str
+    packages: tuple[int, ...]   # indices into Extras.packages
+    owner: int
+    created: int
+    last_run: int               # its last run, before it was disabled
+    updated: int                # when it was disabled
+    executions: int
+
+
+@dataclass(frozen=True)
+class Extras:
+    packages: tuple[ExtraPackage, ...]
+    clusters: tuple[ExtraCluster, ...]
+    schedules: tuple[ExtraSchedule, ...]
+
+
+def build_extras(seed: int, catalog: Catalog) -> Extras:
+    rng = random.Random(f"catalog-extras:{seed}")
+    users = len(catalog.users)
+    package_ids = _increasing_ids(rng, catalog.packages[-1].id, len(EXTRA_PACKAGES), 60)
+    packages = []
+    for pid, (name, description, flow_type, status) in zip(package_ids, EXTRA_PACKAGES):
+        if status == "archived":
+            created, updated = -rng.randint(500, 900) * DAY, -rng.randint(150, 300) * DAY
+        else:
+            created, updated = -rng.randint(60, 200) * DAY, -rng.randint(1, 30) * DAY
+        packages.append(ExtraPackage(pid, name, description, flow_type, status, rng.randrange(users),
+                                     created, updated))
+    cluster_ids = _increasing_ids(rng, catalog.clusters[-1].id, len(EXTRA_CLUSTERS), 30)
+    clusters = tuple(
+        ExtraCluster(cid, name, nodes, kind, region, zone, itype, rng.randrange(users),
+                     -rng.randint(200, 400) * DAY, -rng.randint(90, 150) * DAY)
+        for cid, (name, nodes, kind, region, zone, itype) in zip(cluster_ids, EXTRA_CLUSTERS))
+    schedule_ids = _increasing_ids(rng, catalog.schedules[-1].id, len(EXTRA_SCHEDULES), 5)
+    schedules = []
+    for sid, (name, indices) in zip(schedule_ids, EXTRA_SCHEDULES):
+        created = max(packages[i].created for i in indices) + rng.randint(1, 20) * DAY
+        disabled = min(packages[i].updated for i in indices) - rng.randint(1, 10) * DAY
+        last_run = disabled - rng.randint(1, 20) * 3600
+        schedules.append(ExtraSchedule(sid, name, indices, packages[indices[0]].owner, created,
+                                       last_run, disabled, (last_run - created) // DAY))
+    return Extras(tuple(packages), clusters, tuple(schedules))

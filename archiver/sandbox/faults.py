@@ -7,7 +7,9 @@ import threading
 import time
 from typing import NamedTuple
 
-ENDPOINTS = ("get_job", "list_jobs", "job_log", "job_variables", "rate_limit_status", "control")
+ENDPOINTS = ("get_job", "list_jobs", "job_log", "job_variables", "rate_limit_status",
+             "list_packages", "get_package", "list_schedules", "get_schedule", "list_clusters", "get_cluster",
+             "control")
 FAULTS = ("error", "drop", "bad_json", "rate_limited", "unauthorized")
 UNLIMITED_CREDITS = 5000   # what is reported when no rate_limit is set (the real API's hourly credits)
 

@@ -44,6 +44,7 @@ FULL_HISTORY_SPAN = 60 * DAY      # a large history spans about this
 BUSIEST_MEAN_GAP = 600            # ...but a small one is the recent past of a ~6 jobs/hour account
 FUTURE_HORIZON = DAY              # plans are generated this far past the clock
 KEPT_RUNNING = 3                  # the last jobs before the start clock are kept unfinished
+SCHEDULED_SHARE = 0.85            # runs of a scheduled package that its schedule creates
 
 # column name -> array type code
 _COLUMNS = (
@@ -98,6 +99,8 @@ class JobTable:
         by_name = dict(zip((name for name, _ in _COLUMNS), self._columns))
         self.ids, self.created, self.ended = by_name["id"], by_name["created"], by_name["ended"]
         self.final, self.package = by_name["final"], by_name["package"]
+        self.cluster, self.attempts = by_name["cluster"], by_name["attempts"]
+        self.creator_kind, self.creator = by_name["creator_kind"], by_name["creator"]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -210,7 +213,7 @@ class _Generator:
         index = rng.choices(self.package_order, cum_weights=self.cumulative_weights)[0]
         package = catalog.packages[index]
         cluster = package.spec.cluster if rng.random() < 0.9 else rng.randrange(len(catalog.clusters))
-        if package.schedule is not None and rng.random() < 0.85:
+        if package.schedule is not None and rng.random() < SCHEDULED_SHARE:
             schedule = catalog.schedules[package.schedule]
             return _Run(index, cluster, package.schedule, schedule.owner, 0, schedule.retries)
         user = package.owner if rng.random() < 0.6 else rng.randrange(len(catalog.users))
@@ -305,6 +308,13 @@ class ListQuery:
     package_id: int | None = None
 
 
+class ScheduleRuns(NamedTuple):
+    """A schedule's runs (jobs it created, retries included) at one clock second."""
+    count: int
+    last: int | None          # job index of the latest
+    next_created: int | None  # history second the next first run will be created, if generated yet
+
+
 class History:
     """All jobs of the sandbox account, past and future, readable at any clock time.
 
@@ -323,7 +333,8 @@ class History:
         self._touches = 0
         self._view: View | None = None
         self._package_index = {p.id: i for i, p in enumerate(self.catalog.packages)}
-        mean_gap = min(FULL_HISTORY_SPAN / max(jobs, 1), BUSIEST_MEAN_GAP)
+        self._by_schedule = {s: array("q") for s in range(len(self.catalog.schedules))}   # job indices
+        self.mean_gap = mean_gap = min(FULL_HISTORY_SPAN / max(jobs, 1), BUSIEST_MEAN_GAP)
         self._gen = _Generator(rng, self.catalog, mean_gap, range(jobs - KEPT_RUNNING, jobs))
         for _ in range(jobs):
             self._append(self._gen.next_plan())
@@ -335,6 +346,8 @@ class History:
     # -- generation -------------------------------------------------------
     def _append(self, plan: JobPlan) -> None:
         self._index[plan.id] = len(self.table)
+        if plan.creator_kind == CREATED_BY_SCHEDULE:
+            self._by_schedule[plan.creator].append(len(self.table))
         self.table.append(plan)
         previous = self._latest_end[-1] if self._latest_end else plan.ended
         self._latest_end.append(max(previous, plan.ended))
@@ -408,6 +421,24 @@ class History:
             for index in indices:
                 self._touched[index] = t
             self._touches += 1
+
+    def schedule_runs(self, schedule: int, when: float) -> ScheduleRuns:
+        """How often a schedule has run by `when`, its latest run and when its next one comes."""
+        with self._lock:
+            t = self._at(when)
+            runs = self._by_schedule[schedule]
+            count = bisect_left(runs, bisect_right(self.table.created, t))
+            next_created = next((self.table.created[runs[k]] for k in range(count, len(runs))
+                                 if self.table.attempts[runs[k]] == 0), None)
+            return ScheduleRuns(count, runs[count - 1] if count else None, next_created)
+
+    def in_flight(self, when: float) -> list[tuple[int, int]]:
+        """(cluster index, status code) of every job not finished at `when`."""
+        with self._lock:
+            view = self.view(when)
+            settled = min(bisect_right(self._latest_end, self._at(when)), len(view))
+            return [(self.table.cluster[i], view.status[i]) for i in range(settled, len(view))
+                    if view.status[i] not in TERMINAL]
 
     def view(self, when: float) -> View:
         with self._lock:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, NamedTuple
@@ -25,6 +26,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from .faults import ENDPOINTS, FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
 from .history import STATUSES, History, ListQuery
 from .render import Renderer
+from .resources import (CLUSTER_STATUSES, FLOW_TYPES, PACKAGE_STATUSES, SCHEDULE_STATUSES, CatalogQuery,
+                        Resources, iso_ceiling, select)
 
 CONTENT_TYPE = "application/vnd.xplenty+json; charset=utf-8"
 MEDIA_TYPE = "application/vnd.xplenty+json"
@@ -71,55 +74,150 @@ def _integer(params: dict[str, list[str]], name: str, default: int | None, minim
     return int(text)
 
 
+def _since(params: dict[str, list[str]]) -> float | None:
+    if "since" not in params:
+        return None
+    try:
+        return parse_time(params["since"][-1])
+    except ValueError:
+        raise ValueError(f"Invalid since {params['since'][-1]!r}: expected an ISO 8601 time") from None
+
+
 def parse_list_query(params: dict[str, list[str]]) -> ListQuery:
     """List jobs parameters -> ListQuery; ValueError (-> 400) names the bad one."""
     status = _choice(params, "status", STATUSES + ("all",), "all")
-    since = None
-    if "since" in params:
-        try:
-            since = parse_time(params["since"][-1])
-        except ValueError:
-            raise ValueError(f"Invalid since {params['since'][-1]!r}: expected an ISO 8601 time") from None
     return ListQuery(
         status=None if status == "all" else status,
         sort=_choice(params, "sort", ("created", "updated"), "created"),
         direction=_choice(params, "direction", ("asc", "desc"), "desc"),
-        since=since,
+        since=_since(params),
         offset=_integer(params, "offset", 0, 0),
         limit=min(_integer(params, "limit", 20, 1), MAX_LIMIT),
         package_id=_integer(params, "package_id", None, 0),
     )
 
 
-def api_version(accept: str | None, default: int) -> int | None:
-    """The version an Accept header asks for; None if it names one we do not serve."""
-    for media_range in (accept or "").split(","):
-        media, *options = (part.strip() for part in media_range.split(";"))
-        if media.lower() != MEDIA_TYPE:
+def _is(field: str, value: str) -> Callable[[dict], bool]:
+    return (lambda item: True) if value == "all" else (lambda item: item[field] == value)
+
+
+def parse_catalog_query(kind: str, params: dict[str, list[str]]) -> CatalogQuery:
+    """List packages / schedules / clusters parameters -> CatalogQuery; ValueError (-> 400)."""
+    if kind == "clusters":   # no sort parameter: newest first
+        return CatalogQuery(_is("status", _choice(params, "status", CLUSTER_STATUSES + ("all",), "all")),
+                            None, "desc", None)
+    since = _since(params)
+    direction = _choice(params, "direction", ("asc", "desc"), "desc")
+    if kind == "schedules":
+        keep = _is("status", _choice(params, "status", SCHEDULE_STATUSES + ("all",), "all"))
+        sort = _choice(params, "sort", ("created", "updated"), "created")
+    else:   # packages: one status or the other per call, active by default
+        status = _is("status", _choice(params, "status", PACKAGE_STATUSES, "active"))
+        flow_type = _is("flow_type", _choice(params, "flow_type", FLOW_TYPES + ("all",), "all"))
+        keep = lambda item: status(item) and flow_type(item)   # noqa: E731
+        sort = _choice(params, "sort", ("created", "updated", "name"), "created")
+    return CatalogQuery(keep, sort, direction, None if since is None else iso_ceiling(since))
+
+
+LINK_STYLES = ("full", "minimal", "none")
+OFFSET_STYLES = ("items", "pages")
+LENIENT_MEDIA = ("*/*", "application/*", "application/json")
+
+
+def media_ranges(accept: str) -> list[tuple[str, dict[str, str]]]:
+    """An Accept header -> [(media type, {parameter: value})], as forgiving as clients need.
+
+    Besides RFC 7231's `type; version=2`, it reads what documentation and SDKs
+    write: `type version=2` (a space) and `type, version=2` (a comma: a parameter
+    with no media type joins the range before it).
+    """
+    ranges: list[tuple[str, dict[str, str]]] = []
+    for piece in accept.split(","):
+        tokens = [token for token in re.split(r"[;\s]+", piece) if token]
+        if not tokens:
             continue
-        for option in options:
-            name, _, value = option.partition("=")
-            if name.strip().lower() == "version":
-                return int(value) if value.strip() in ("1", "2") else None
+        if "/" not in tokens[0] and "=" in tokens[0] and ranges:
+            ranges[-1][1].update(_media_parameters(tokens))
+            continue
+        ranges.append((tokens[0].lower(), _media_parameters(tokens[1:])))
+    return ranges
+
+
+def _media_parameters(tokens: list[str]) -> dict[str, str]:
+    parameters = {}
+    for token in tokens:
+        name, _, value = token.partition("=")
+        parameters[name.strip().lower()] = value.strip().strip('"')
+    return parameters
+
+
+def _refused(parameters: dict[str, str]) -> bool:
+    """q=0 means "not this one"."""
+    try:
+        return float(parameters.get("q", "1")) <= 0
+    except ValueError:
+        return False
+
+
+def api_version(accept: str | None, default: int) -> int | None:
+    """The version an Accept header asks for; None (-> 406) if it allows nothing we serve.
+
+    application/vnd.xplenty+json with no version (the latest: `default`) or version
+    1 or 2 is served; so are */*, application/* and application/json (lenient: the
+    default version), and no Accept header at all. Any other media type, or only
+    an unknown version, is refused. The vendor type wins over a lenient range.
+    """
+    if accept is None or not accept.strip():
         return default
-    return default   # */*, application/json or nothing: be lenient
+    ranges = [(media, parameters) for media, parameters in media_ranges(accept) if not _refused(parameters)]
+    for media, parameters in ranges:
+        if media == MEDIA_TYPE:
+            version = parameters.get("version")
+            if version is None or version == "":
+                return default
+            if version in ("1", "2"):
+                return int(version)
+    if any(media in LENIENT_MEDIA for media, _ in ranges):
+        return default
+    return None
+
+
+class Paging(NamedTuple):
+    """How a list answers `offset` and what its Link header carries (the docs allow both readings)."""
+    link_style: str = "full"       # full: every query parameter | minimal: offset & limit | none: no Link
+    offset_style: str = "items"    # items: offset counts objects | pages: offset counts pages of `limit`
+
+    def first_item(self, offset: int, limit: int) -> int:
+        return offset * limit if self.offset_style == "pages" else offset
+
+    def link_header(self, base: str, path: str, params: dict[str, list[str]], offset: int, limit: int,
+                    has_more: bool, since: float | None = None) -> str | None:
+        """RFC 5988 Link header with absolute next/prev page URLs, or None."""
+        if self.link_style == "none":
+            return None
+        step = 1 if self.offset_style == "pages" else limit
+
+        def page(to: int) -> str:
+            if self.link_style == "minimal":
+                fields = {"offset": [str(to)], "limit": [str(limit)]}
+            else:
+                fields = {**params, "offset": [str(to)], "limit": [str(limit)]}
+                if since is not None and "since" in params:   # canonical: no '+' to get mangled
+                    moment = datetime.fromtimestamp(since, timezone.utc)
+                    fields["since"] = [moment.isoformat().replace("+00:00", "Z")]
+            return f"<{base}{path}?{urlencode(fields, doseq=True)}>"
+        links = []
+        if has_more:
+            links.append(f'{page(offset + step)}; rel="next"')
+        if offset > 0:
+            links.append(f'{page(max(0, offset - step))}; rel="prev"')
+        return ", ".join(links) or None
 
 
 def link_header(base: str, path: str, params: dict[str, list[str]], query: ListQuery,
                 has_more: bool) -> str | None:
-    """RFC 5988 Link header with absolute next/prev page URLs (same parameters, other offset)."""
-    def page(offset: int) -> str:
-        fields = {**params, "offset": [str(offset)], "limit": [str(query.limit)]}
-        if query.since is not None:   # canonical form: no '+' to get mangled on the way back
-            moment = datetime.fromtimestamp(query.since, timezone.utc)
-            fields["since"] = [moment.isoformat().replace("+00:00", "Z")]
-        return f"<{base}{path}?{urlencode(fields, doseq=True)}>"
-    links = []
-    if has_more:
-        links.append(f'{page(query.offset + query.limit)}; rel="next"')
-    if query.offset > 0:
-        links.append(f'{page(max(0, query.offset - query.limit))}; rel="prev"')
-    return ", ".join(links) or None
+    """Today's (full, items) Link header of a List jobs query."""
+    return Paging().link_header(base, path, params, query.offset, query.limit, has_more, query.since)
 
 
 # ---------------------------------------------------------------------------
@@ -143,11 +241,17 @@ ROUTES = (
     _route("POST", r"/_sandbox/advance", "control", "control_advance"),
     _route("POST", r"/_sandbox/touch", "control", "control_touch"),
     _route("GET", r"/rate_limit_status", "rate_limit_status", "rate_limit_status"),
-    _route("GET", _ACCOUNT + r"/rate_limit_status", "rate_limit_status", "rate_limit_status"),
+    _route("GET", _ACCOUNT + r"/rate_limit_status", "rate_limit_status", "account_rate_limit_status"),
     _route("GET", _ACCOUNT + r"/jobs", "list_jobs", "list_jobs"),
     _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)", "get_job", "get_job"),
     _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)/log", "job_log", "job_log"),
     _route("GET", _ACCOUNT + r"/jobs/(?P<job_id>\d+)/variables", "job_variables", "job_variables"),
+    _route("GET", _ACCOUNT + r"/packages", "list_packages", "list_catalog"),
+    _route("GET", _ACCOUNT + r"/packages/(?P<item_id>\d+)", "get_package", "get_catalog_item"),
+    _route("GET", _ACCOUNT + r"/schedules", "list_schedules", "list_catalog"),
+    _route("GET", _ACCOUNT + r"/schedules/(?P<item_id>\d+)", "get_schedule", "get_catalog_item"),
+    _route("GET", _ACCOUNT + r"/clusters", "list_clusters", "list_catalog"),
+    _route("GET", _ACCOUNT + r"/clusters/(?P<item_id>\d+)", "get_cluster", "get_catalog_item"),
 )
 
 
@@ -219,9 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(Reply(404, NOT_FOUND))
         version = api_version(self.headers.get("Accept"), sandbox.default_version)
         if version is None:
-            return self._send(Reply(406, {"message": "Unsupported API version"}))
-        if route.endpoint == "rate_limit_status":
-            return self._send(self.rate_limit_status())
+            return self._send(Reply(406, {"message": "Not Acceptable: the API serves "
+                                          f"{MEDIA_TYPE} (version 1 or 2)"}))
+        if route.endpoint == "rate_limit_status":   # free: no credit, no faults
+            return self._send(getattr(self, route.handler)())
         self._serve_charged(route, groups, params, path, version)
 
     def _serve_charged(self, route: Route, groups: dict, params: dict, path: str, version: int) -> None:
@@ -242,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, message = sandbox._faults.error()
             return self._send(Reply(status, {"message": message}))
         handler: Callable[..., Reply] = getattr(self, route.handler)
-        reply = handler(params, version=version, path=path, **groups)
+        reply = handler(params, version=version, path=path, endpoint=route.endpoint, **groups)
         if fault == "bad_json" and reply.status == 200:
             reply = reply._replace(body=truncated(_encode(reply.body)))
         if fault is None:
@@ -250,9 +355,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     # -- endpoints --------------------------------------------------------------
-    def rate_limit_status(self, *_args, **_kwargs) -> Reply:
+    def rate_limit_status(self) -> Reply:
+        """GET /rate_limit_status: a flat object."""
+        return Reply(200, self.sandbox._limiter.status()._asdict())
+
+    def account_rate_limit_status(self) -> Reply:
+        """GET /<account>/api/rate_limit_status: the shape the official Python SDK reads."""
         status = self.sandbox._limiter.status()
-        return Reply(200, status._asdict())
+        return Reply(200, {"limits": {"limit": status.limit, "remaining": status.remaining}})
 
     def get_job(self, params: dict, version: int, job_id: str, **_) -> Reply:
         index = self._find(job_id)
@@ -268,11 +378,36 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as error:
             return Reply(400, {"message": str(error)})
         sandbox = self.sandbox
+        paging = sandbox.paging
         now = sandbox._clock.timestamp()
-        indices, has_more = sandbox.history.select(query, now)
+        page_query = replace(query, offset=paging.first_item(query.offset, query.limit))
+        indices, has_more = sandbox.history.select(page_query, now)
         jobs = [sandbox._renderer.job(index, now, version) for index in indices]
-        link = link_header(sandbox.url, path, params, query, has_more)
+        link = paging.link_header(sandbox.url, path, params, query.offset, query.limit, has_more, query.since)
         return Reply(200, jobs, {"Link": link} if link else {})
+
+    def list_catalog(self, params: dict, path: str, endpoint: str, **_) -> Reply:
+        """List packages, schedules or clusters: filtered, sorted, paged like List jobs."""
+        kind = endpoint.removeprefix("list_")
+        try:
+            query = parse_catalog_query(kind, params)
+            offset = _integer(params, "offset", 0, 0)
+            limit = min(_integer(params, "limit", 20, 1), MAX_LIMIT)
+        except ValueError as error:
+            return Reply(400, {"message": str(error)})
+        sandbox = self.sandbox
+        items = select(sandbox._catalog_items(kind), query)
+        first = sandbox.paging.first_item(offset, limit)
+        page = items[first:first + limit]
+        since = _since(params)
+        link = sandbox.paging.link_header(sandbox.url, path, params, offset, limit,
+                                          len(items) > first + limit, since)
+        return Reply(200, page, {"Link": link} if link else {})
+
+    def get_catalog_item(self, params: dict, endpoint: str, item_id: str, **_) -> Reply:
+        kind = endpoint.removeprefix("get_") + "s"
+        found = [item for item in self.sandbox._catalog_items(kind) if item["id"] == int(item_id)]
+        return Reply(200, found[0]) if found else Reply(404, NOT_FOUND)
 
     def job_log(self, params: dict, version: int, job_id: str, **_) -> Reply:
         index = self._find(job_id)
@@ -497,6 +632,11 @@ class Sandbox:
 
     Use as a context manager (or start()/stop()); `url` is the API base, job
     URLs are f"{url}/{account}/api/jobs/{id}".
+
+    Paging plays either reading of the docs: link_style "full" (Link URLs carry
+    every query parameter), "minimal" (only offset and limit, like the docs'
+    example) or "none" (no Link header); offset_style "items" (offset counts
+    objects) or "pages" (offset counts pages of `limit`; links move it by one).
     """
 
     def __init__(self, *, jobs: int = 500, seed: int = 1, account: str = "sandbox",
@@ -504,11 +644,16 @@ class Sandbox:
                  now: datetime | None = None, latency_ms: float = 0, error_rate: float = 0,
                  drop_rate: float = 0, bad_json_rate: float = 0, rate_limit: int | None = None,
                  rate_window_s: float = 3600, default_version: int = 2,
-                 clock_speed: float = 0) -> None:
+                 clock_speed: float = 0, link_style: str = "full", offset_style: str = "items") -> None:
         if jobs < 0:
             raise ValueError("jobs must be >= 0")
         if default_version not in (1, 2):
             raise ValueError("default_version must be 1 or 2")
+        if link_style not in LINK_STYLES:
+            raise ValueError(f"link_style must be one of {', '.join(LINK_STYLES)}")
+        if offset_style not in OFFSET_STYLES:
+            raise ValueError(f"offset_style must be one of {', '.join(OFFSET_STYLES)}")
+        self.paging = Paging(link_style, offset_style)
         self.account, self.host, self.port = account, host, port
         self.latency_ms, self.default_version = latency_ms, default_version
         self._api_key = api_key
@@ -517,6 +662,7 @@ class Sandbox:
         self.stats = SandboxStats()
         self._limiter = RateLimiter(rate_limit, rate_window_s)
         self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate)
+        self._resources = Resources(self.history, seed)
         self._gate = _Gate()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -524,6 +670,14 @@ class Sandbox:
 
     def __repr__(self) -> str:   # never shows the API key
         return f"Sandbox(url={self.url!r}, account={self.account!r})"
+
+    @property
+    def link_style(self) -> str:
+        return self.paging.link_style
+
+    @property
+    def offset_style(self) -> str:
+        return self.paging.offset_style
 
     def _set_url(self) -> None:
         self.url = f"http://{self.host}:{self.port}"
@@ -607,6 +761,19 @@ class Sandbox:
         if index is None:
             raise KeyError(job_id)
         return self._render_job(index, version, log_summary)
+
+    def catalog(self, kind: str) -> list[dict]:
+        """What List packages / schedules / clusters hold now, unfiltered ("packages", ...)."""
+        if kind not in ("packages", "schedules", "clusters"):
+            raise ValueError(f"no catalog list {kind!r}")
+        return self._catalog_items(kind)
+
+    def _catalog_items(self, kind: str) -> list[dict]:
+        if kind == "packages":
+            return self._resources.packages(self._renderer)
+        if kind == "schedules":
+            return self._resources.schedules(self._renderer, self._clock.timestamp())
+        return self._resources.clusters(self._renderer, self._clock.timestamp())
 
     def _render_job(self, index: int, version: int, log_summary: bool = False) -> dict:
         return self._renderer.job(index, self._clock.timestamp(), version, log_summary and version == 2)

@@ -1,0 +1,222 @@
+"""The catalog as the API lists it: packages, schedules and clusters (v2 attributes).
+
+Objects the job history uses render exactly as they are nested in job payloads,
+plus the attributes only their own endpoints carry; catalog.Extras adds what no
+job uses (workflow and archived packages, terminated clusters, a disabled
+schedule). Whatever depends on the jobs is read off the history at the clock
+time of the request: a schedule's runs, last run and next run, a cluster's
+running and queued jobs.
+
+A schedule's interval is the cadence its runs have on average in the generated
+history (arrivals are random, so single gaps vary); next_run_at is when the
+sandbox will create its next run, if that is already generated, else the last
+run plus whole intervals.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .catalog import DAY, Extras, build_extras
+from .history import (IDLE, PENDING, PENDING_STOPPAGE, QUEUED, RUNNING, SCHEDULED_SHARE, STOPPING,
+                      History)
+from .render import Renderer
+
+SCHEDULE_STATUSES = ("enabled", "disabled")
+PACKAGE_STATUSES = ("active", "archived")
+FLOW_TYPES = ("workflow", "dataflow")
+CLUSTER_STATUSES = ("pending", "creating", "available", "scaling", "idle", "pending_terminate",
+                    "terminating", "terminated", "error")
+UNIT_SECONDS = {"minutes": 60, "hours": 3600, "days": DAY, "weeks": 7 * DAY, "months": 30 * DAY}
+NICE_INTERVALS = tuple((amount, unit) for unit, amounts in (
+    ("minutes", (1, 2, 5, 10, 15, 30)), ("hours", (1, 2, 3, 4, 6, 8, 12)), ("days", (1, 2, 3)),
+    ("weeks", (1, 2)), ("months", (1,))) for amount in amounts)
+TIME_TO_IDLE = 3600
+STACK = "pinot"
+
+PACKAGE_KEYS = ("id", "name", "description", "variables", "owner_id", "flow_type", "status", "created_at",
+                "updated_at", "url", "html_url")
+CLUSTER_KEYS = ("id", "name", "description", "status", "owner_id", "plan_id", "nodes", "type", "created_at",
+                "updated_at", "available_since", "terminated_at", "running_jobs_count", "queued_jobs_count",
+                "terminate_on_idle", "time_to_idle", "region", "zone", "master_instance_type",
+                "slave_instance_type", "stack", "url", "html_url", "creator")
+SCHEDULE_KEYS = ("id", "name", "description", "owner_id", "status", "start_at", "next_run_at",
+                 "interval_amount", "interval_unit", "last_run_at", "last_run_status", "execution_count",
+                 "overlap", "auto_retry", "auto_retry_attempts", "task", "reuse_cluster_strategy",
+                 "created_at", "updated_at", "url", "html_url")
+RUNNING_CODES = frozenset({RUNNING, PENDING_STOPPAGE, STOPPING})
+QUEUED_CODES = frozenset({IDLE, PENDING, QUEUED})
+
+
+def nice_interval(seconds: float) -> tuple[int, str]:
+    """The usual schedule interval nearest (on a log scale) to a gap in seconds."""
+    return min(NICE_INTERVALS, key=lambda nice: abs(math.log(nice[0] * UNIT_SECONDS[nice[1]] / max(seconds, 1))))
+
+
+@dataclass(frozen=True)
+class _ScheduleFacts:
+    created: int       # history seconds
+    edited: int        # last edit of its settings
+    start_at: int
+    interval: tuple[int, str]
+
+
+class Resources:
+    """Packages, schedules and clusters of the sandbox account, rendered at a clock time."""
+
+    def __init__(self, history: History, seed: int) -> None:
+        self.history, self.catalog = history, history.catalog
+        self.extras: Extras = build_extras(seed, self.catalog)
+        rng = random.Random(f"catalog-schedules:{seed}")
+        total_weight = sum(self.catalog.package_weights)
+        self._schedules = []
+        for schedule in self.catalog.schedules:
+            packages = [self.catalog.packages[i] for i in schedule.packages]
+            created = min(-DAY, max(p.created for p in packages) + rng.randint(1, 30) * DAY)
+            start_at = self._next_hour(created)
+            edited = min(-3600, created + rng.randint(0, -created // DAY) * DAY)
+            share = SCHEDULED_SHARE * sum(p.spec.weight for p in packages) / total_weight
+            self._schedules.append(_ScheduleFacts(created, edited, start_at,
+                                                  nice_interval(history.mean_gap / share)))
+
+    def _next_hour(self, t: int) -> int:
+        """The first full hour (in real time) after history second t."""
+        return t + 3600 - (t + self.history.offset) % 3600
+
+    # -- packages -------------------------------------------------------------------
+    def packages(self, renderer: Renderer) -> list[dict]:
+        items = []
+        for index, package in enumerate(self.catalog.packages):
+            fields = renderer._package(index)
+            fields.update(flow_type="dataflow", html_url=f"{renderer.web}/packages/{package.id}")
+            items.append({key: fields[key] for key in PACKAGE_KEYS})
+        users = self.catalog.users
+        for package in self.extras.packages:
+            items.append({
+                "id": package.id, "name": package.name, "description": package.description, "variables": {},
+                "owner_id": users[package.owner].id, "flow_type": package.flow_type, "status": package.status,
+                "created_at": renderer.iso(package.created), "updated_at": renderer.iso(package.updated),
+                "url": f"{renderer.api}/packages/{package.id}",
+                "html_url": f"{renderer.web}/packages/{package.id}"})
+        return items
+
+    # -- clusters -------------------------------------------------------------------
+    def clusters(self, renderer: Renderer, when: float) -> list[dict]:
+        running = [0] * len(self.catalog.clusters)
+        queued = [0] * len(self.catalog.clusters)
+        for cluster, code in self.history.in_flight(when):
+            if code in RUNNING_CODES:
+                running[cluster] += 1
+            elif code in QUEUED_CODES:
+                queued[cluster] += 1
+        items = []
+        for index, cluster in enumerate(self.catalog.clusters):
+            fields = renderer._cluster(index)
+            idle = cluster.type == "sandbox"
+            fields.update(running_jobs_count=running[index], queued_jobs_count=queued[index],
+                          terminate_on_idle=idle, time_to_idle=TIME_TO_IDLE, stack=STACK,
+                          creator=self._user(renderer, cluster.owner))
+            items.append({key: fields[key] for key in CLUSTER_KEYS})
+        users = self.catalog.users
+        for cluster in self.extras.clusters:
+            items.append({
+                "id": cluster.id, "name": cluster.name, "description": "", "status": "terminated",
+                "owner_id": users[cluster.owner].id, "plan_id": 1, "nodes": cluster.nodes,
+                "type": cluster.type, "created_at": renderer.iso(cluster.created),
+                "updated_at": renderer.iso(cluster.terminated),
+                "available_since": renderer.iso(cluster.created + 600),
+                "terminated_at": renderer.iso(cluster.terminated), "running_jobs_count": 0,
+                "queued_jobs_count": 0, "terminate_on_idle": True, "time_to_idle": TIME_TO_IDLE,
+                "region": cluster.region, "zone": cluster.zone, "master_instance_type": cluster.instance_type,
+                "slave_instance_type": cluster.instance_type, "stack": STACK,
+                "url": f"{renderer.api}/clusters/{cluster.id}", "html_url": f"{renderer.web}/clusters/{cluster.id}",
+                "creator": self._user(renderer, cluster.owner)})
+        return items
+
+    def _user(self, renderer: Renderer, index: int) -> dict:
+        user = self.catalog.users[index]
+        return {"type": "User", "id": user.id, "display_name": user.name,
+                "url": f"{renderer.api}/users/{user.id}", "html_url": f"{renderer.web}/users/{user.id}"}
+
+    # -- schedules ------------------------------------------------------------------
+    def schedules(self, renderer: Renderer, when: float) -> list[dict]:
+        history, catalog = self.history, self.catalog
+        now = math.floor(when) - history.offset
+        items = []
+        for index, (schedule, facts) in enumerate(zip(catalog.schedules, self._schedules)):
+            runs = history.schedule_runs(index, when)
+            amount, unit = facts.interval
+            step = amount * UNIT_SECONDS[unit]
+            last_run = history.table.created[runs.last] if runs.last is not None else None
+            next_run = runs.next_created
+            if next_run is None:
+                base = facts.start_at if last_run is None else last_run
+                next_run = base + max(1, (now - base) // step + 1) * step
+            packages = [catalog.packages[i] for i in schedule.packages]
+            items.append(self._schedule(
+                renderer, schedule.id, schedule.name, schedule.owner, "enabled", facts, packages_task=[
+                    {"package_id": p.id, "variables": dict(p.default_variables)} for p in packages],
+                description="Runs " + ", ".join(p.spec.name for p in packages),
+                nodes=max(catalog.clusters[p.spec.cluster].nodes for p in packages),
+                next_run=next_run, last_run=last_run,
+                last_status=history.state(runs.last, when).status if runs.last is not None else None,
+                count=runs.count, retries=schedule.retries, updated=max(facts.edited, last_run or facts.edited),
+                reuse="any"))
+        for schedule in self.extras.schedules:
+            packages = [self.extras.packages[i] for i in schedule.packages]
+            facts = _ScheduleFacts(schedule.created, schedule.updated, self._next_hour(schedule.created),
+                                   (1, "days"))
+            items.append(self._schedule(
+                renderer, schedule.id, schedule.name, schedule.owner, "disabled", facts,
+                packages_task=[{"package_id": p.id, "variables": {}} for p in packages],
+                description="Runs " + ", ".join(p.name for p in packages), nodes=2, next_run=None,
+                last_run=schedule.last_run, last_status="completed", count=schedule.executions, retries=0,
+                updated=schedule.updated, reuse="none"))
+        return items
+
+    def _schedule(self, renderer: Renderer, schedule_id: int, name: str, owner: int, status: str,
+                  facts: _ScheduleFacts, *, packages_task: list[dict], description: str, nodes: int,
+                  next_run: int | None, last_run: int | None, last_status: str | None, count: int,
+                  retries: int, updated: int, reuse: str) -> dict:
+        amount, unit = facts.interval
+        fields = {
+            "id": schedule_id, "name": name, "description": description,
+            "owner_id": self.catalog.users[owner].id, "status": status,
+            "start_at": renderer.iso(facts.start_at), "next_run_at": renderer.iso(next_run),
+            "interval_amount": amount, "interval_unit": unit, "last_run_at": renderer.iso(last_run),
+            "last_run_status": last_status, "execution_count": count, "overlap": False,
+            "auto_retry": retries > 0, "auto_retry_attempts": retries if retries > 0 else 1,
+            "task": {"nodes": nodes, "terminate_on_idle": True, "time_to_idle": TIME_TO_IDLE,
+                     "packages": packages_task},
+            "reuse_cluster_strategy": reuse, "created_at": renderer.iso(facts.created),
+            "updated_at": renderer.iso(updated), "url": f"{renderer.api}/schedules/{schedule_id}",
+            "html_url": f"{renderer.web}/schedules/{schedule_id}",
+        }
+        return {key: fields[key] for key in SCHEDULE_KEYS}
+
+
+# ---------------------------------------------------------------------------
+# listing
+
+@dataclass(frozen=True)
+class CatalogQuery:
+    keep: Callable[[dict], bool]
+    sort: str | None            # created | updated | name; None: by id
+    direction: str
+    since: str | None           # ISO 'YYYY-MM-DDTHH:MM:SSZ' (whole seconds, rounded up)
+
+
+def select(items: list[dict], query: CatalogQuery) -> list[dict]:
+    """Filter and sort catalog objects; ties (and sort None) go by id."""
+    kept = [item for item in items if query.keep(item)
+            and (query.since is None or item["updated_at"] >= query.since)]
+    field = {"created": "created_at", "updated": "updated_at", "name": "name"}.get(query.sort or "")
+    key = (lambda item: (item[field], item["id"])) if field else (lambda item: item["id"])
+    return sorted(kept, key=key, reverse=query.direction == "desc")
+
+
+def iso_ceiling(unix_time: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(unix_time)))
