@@ -366,7 +366,11 @@ def sandbox(host, port, jobs, seed, account, api_key, latency_ms, error_rate, dr
                   latency_ms=latency_ms, error_rate=error_rate, drop_rate=drop_rate,
                   bad_json_rate=bad_json_rate, rate_limit=rate_limit, rate_window_s=rate_window,
                   clock_speed=clock_speed, link_style=link_style, offset_style=offset_style)
-    api.start()
+    try:
+        api.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port "
+                          "(0 picks a free one)") from None
     if advance:
         api.advance(advance)
     ids = api.job_ids()

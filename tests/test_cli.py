@@ -82,3 +82,14 @@ def test_progress_line_only_on_a_terminal_and_never_with_quiet(monkeypatch, caps
     show(SyncSummary(mode="ids", requested=10, inserted=3, updated=1, failed=1))
     line = capsys.readouterr().err
     assert line.startswith("\r4/10 jobs") and "1 errors" in line
+
+
+def test_the_readmes_example_ids_exist_in_the_default_sandbox():
+    import re
+
+    from archiver.sandbox import Sandbox
+
+    examples = re.findall(r"^archiver sync (\d+) (\d+)\s", README, re.M)
+    assert examples
+    ids = set(Sandbox(jobs=1000, seed=1).job_ids())   # `archiver sandbox` with its defaults
+    assert all(int(a) in ids and int(b) in ids for a, b in examples)

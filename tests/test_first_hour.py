@@ -91,3 +91,11 @@ def test_https_to_a_plain_http_port_says_so_in_one_line(sqlite_url):
                                 timeout=60)
     assert result.returncode == 2 and "plain-HTTP port" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_busy_sandbox_port_is_one_line_exit_2(sqlite_url):
+    with Sandbox(jobs=1, seed=31, now=NOW) as api:
+        result = subprocess.run(archiver_cmd("sandbox", "--port", str(api.port)), capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 2 and "pick another --port" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
