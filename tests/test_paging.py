@@ -94,3 +94,18 @@ def test_a_second_run_after_a_few_changes_costs_one_call_per_100_plus_one(sqlite
             assert summary.exit_code == 0 and summary.inserted + summary.updated == changed
             assert api.stats.by_endpoint["list_jobs"] <= -(-changed // 100) + 1
         assert stored_state(sqlite_url) == api_state(api)
+
+
+@pytest.mark.parametrize("resource, filters", [("schedules", {"status": "all"}), ("packages", {"status": "active"}),
+                                               ("packages", {"status": "archived"})])
+def test_the_same_cursor_read_pages_the_catalog(resource, filters):
+    from archiver.config import Secret
+    from archiver.flows.cursor import CursorRead
+
+    with Sandbox(jobs=300, seed=55, now=NOW, link_style="minimal", offset_style="pages") as api:
+        client = XplentyClient(api.url, api.account, Secret("sandbox-key"))
+        read = CursorRead(lambda params: client.list_page(resource, params), filters, None, limit=2)
+        got = [item["id"] for page in read.pages() for item in page]
+        every = [item["id"] for item in client.list_page(resource, {**filters, "limit": 100}).items]
+        client.close()
+    assert sorted(got) == sorted(every) and len(got) == len(set(got)) > 2
