@@ -16,7 +16,7 @@ import sys
 import click
 
 from archiver import __version__
-from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings
+from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings, scrub
 from archiver.errors import ArchiverError, ConfigError
 from archiver.fields import KNOWN_STATUSES
 from archiver.textsafe import SafeFormatter, safe_text
@@ -53,7 +53,8 @@ def cli(**options) -> None:
 
 def db_option(f):
     return click.option("--db", "db", metavar="URL", envvar="ARCHIVER_DATABASE_URL", show_envvar=True,
-                        help=f"Database URL (default {DEFAULT_DATABASE_URL}).")(f)
+                        help=f"Database URL (default {DEFAULT_DATABASE_URL}). A password here shows in `ps`: "
+                        "use ARCHIVER_DATABASE_URL or ARCHIVER_DATABASE_URL_FILE.")(f)
 
 
 def account_option(help_text: str):
@@ -200,7 +201,7 @@ def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet
     from archiver.flows.runs import SyncOptions
     from archiver.payloads import read_payloads
 
-    settings = load_settings(account=account, db=db)
+    settings = load_settings(account=account, db=db, with_key=False)
     progress = progress_printer(quiet or as_json)
     options = SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock, progress=progress)
     summary = ingest_payloads(settings, read_payloads(file), options)
@@ -238,7 +239,7 @@ def db_upgrade(db, revision):
     """Migrate the database up to REVISION (default: head)."""
     from archiver.database import migrate
 
-    click.echo(migrate(load_settings(db=db).database_url, "upgrade", revision))
+    click.echo(migrate(load_settings(db=db, with_key=False).database_url, "upgrade", revision))
 
 
 @db.command("downgrade")
@@ -248,7 +249,7 @@ def db_downgrade(db, revision):
     """Migrate the database down to REVISION (`base` removes every table)."""
     from archiver.database import migrate
 
-    click.echo(migrate(load_settings(db=db).database_url, "downgrade", revision))
+    click.echo(migrate(load_settings(db=db, with_key=False).database_url, "downgrade", revision))
 
 
 @db.command("current")
@@ -257,7 +258,7 @@ def db_current(db):
     """Print the database's schema revision and the archiver's head revision."""
     from archiver.database import migrate
 
-    click.echo(migrate(load_settings(db=db).database_url, "current"))
+    click.echo(migrate(load_settings(db=db, with_key=False).database_url, "current"))
 
 
 class ReportName(click.Choice):
@@ -350,7 +351,7 @@ def report(name, db, since, package, limit, fmt):
     """Answers from the archive: failures, runtimes (p50/p95/max and trend) or status counts."""
     from archiver.flows.report import run_report
 
-    rows = run_report(load_settings(db=db).database_url, name, since, package, limit)
+    rows = run_report(load_settings(db=db, with_key=False).database_url, name, since, package, limit)
     # color=True: click would strip escape sequences from a CSV cell; the table has none left
     click.echo(format_rows(rows, fmt), color=True)
 
@@ -438,8 +439,9 @@ def demo(jobs, seed):
 
 
 def shown(message: str) -> str:
-    """An error message as it may meet the terminal: control characters escaped, one line."""
-    return safe_text(message)
+    """An error message as it may meet the terminal: the configured secrets (a database
+    password, the key) taken out, control characters escaped, one line."""
+    return safe_text(scrub(message))
 
 
 def main(argv: list[str] | None = None) -> None:
