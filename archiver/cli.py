@@ -6,17 +6,20 @@ No SQL and no HTTP here. Library errors become exit codes in exactly one place (
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 import logging
+import re
 import signal
 import sys
 
 import click
 
 from archiver import __version__
-from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings
+from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings, scrub
 from archiver.errors import ArchiverError, ConfigError
 from archiver.fields import KNOWN_STATUSES
+from archiver.textsafe import SafeFormatter, safe_text
 
 EXIT_CODES_HELP = ("Exit codes: 0 every job archived or unchanged; 1 some jobs failed or were not "
                    "found (the rest are stored); 2 usage or configuration error; 3 the API refused "
@@ -42,14 +45,16 @@ def cli(**options) -> None:
 
     The API key comes from XPLENTY_API_KEY or XPLENTY_API_KEY_FILE, never from a flag.
     """
-    logging.basicConfig(level=options["log_level"].upper(), stream=sys.stderr, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # every log line terminal-safe (API texts reach it)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=options["log_level"].upper(), handlers=[handler], force=True)
     signal.signal(signal.SIGTERM, _terminate)
 
 
 def db_option(f):
     return click.option("--db", "db", metavar="URL", envvar="ARCHIVER_DATABASE_URL", show_envvar=True,
-                        help=f"Database URL (default {DEFAULT_DATABASE_URL}).")(f)
+                        help=f"Database URL (default {DEFAULT_DATABASE_URL}). A password here shows in `ps`: "
+                        "use ARCHIVER_DATABASE_URL or ARCHIVER_DATABASE_URL_FILE.")(f)
 
 
 def account_option(help_text: str):
@@ -196,7 +201,7 @@ def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet
     from archiver.flows.runs import SyncOptions
     from archiver.payloads import read_payloads
 
-    settings = load_settings(account=account, db=db)
+    settings = load_settings(account=account, db=db, with_key=False)
     progress = progress_printer(quiet or as_json)
     options = SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock, progress=progress)
     summary = ingest_payloads(settings, read_payloads(file), options)
@@ -234,7 +239,7 @@ def db_upgrade(db, revision):
     """Migrate the database up to REVISION (default: head)."""
     from archiver.database import migrate
 
-    click.echo(migrate(load_settings(db=db).database_url, "upgrade", revision))
+    click.echo(migrate(load_settings(db=db, with_key=False).database_url, "upgrade", revision))
 
 
 @db.command("downgrade")
@@ -244,7 +249,7 @@ def db_downgrade(db, revision):
     """Migrate the database down to REVISION (`base` removes every table)."""
     from archiver.database import migrate
 
-    click.echo(migrate(load_settings(db=db).database_url, "downgrade", revision))
+    click.echo(migrate(load_settings(db=db, with_key=False).database_url, "downgrade", revision))
 
 
 @db.command("current")
@@ -253,7 +258,7 @@ def db_current(db):
     """Print the database's schema revision and the archiver's head revision."""
     from archiver.database import migrate
 
-    click.echo(migrate(load_settings(db=db).database_url, "current"))
+    click.echo(migrate(load_settings(db=db, with_key=False).database_url, "current"))
 
 
 class ReportName(click.Choice):
@@ -275,7 +280,11 @@ class ReportName(click.Choice):
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:
-    """Rows as an aligned text table, CSV or JSON."""
+    """Rows as an aligned text table, CSV or JSON.
+
+    JSON keeps every text as stored. CSV keeps it too, except that a text cell a
+    spreadsheet would run as a formula gets a leading ' (csv_cell). The table, meant for
+    a terminal, shows control and format characters escaped (textsafe.safe_text)."""
     if fmt == "json":
         return to_json(rows, indent=2)
     if not rows:
@@ -288,11 +297,11 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({c: csv_cell(row[c]) for c in columns} for row in rows)
         return buffer.getvalue().rstrip("\n")
     cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+    widths = [max(len(safe_text(c)), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(safe_text(c).ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(line.rstrip() for line in lines)
@@ -305,8 +314,24 @@ def _cell(value) -> str:
         return f"{value:.3f}" if abs(value) < 1 else f"{value:,.1f}"
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d %H:%M")
-    text = str(value)
+    text = safe_text(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # and full-width
+NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value):
+    """A CSV cell a spreadsheet shows as text (OWASP CSV injection): a text starting with
+    = + - @, a tab or a carriage return gets a leading '. Numbers, and texts that are
+    numbers (-5, +1.5e3), stay as they are."""
+    if value is None or isinstance(value, (bool, int, float, decimal.Decimal)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if text.startswith(FORMULA_STARTS) and not NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def _numeric(text: str) -> bool:
@@ -326,7 +351,9 @@ def report(name, db, since, package, limit, fmt):
     """Answers from the archive: failures, runtimes (p50/p95/max and trend) or status counts."""
     from archiver.flows.report import run_report
 
-    click.echo(format_rows(run_report(load_settings(db=db).database_url, name, since, package, limit), fmt))
+    rows = run_report(load_settings(db=db, with_key=False).database_url, name, since, package, limit)
+    # color=True: click would strip escape sequences from a CSV cell; the table has none left
+    click.echo(format_rows(rows, fmt), color=True)
 
 
 @cli.command()
@@ -411,6 +438,12 @@ def demo(jobs, seed):
     sys.exit(s.exit_code)
 
 
+def shown(message: str) -> str:
+    """An error message as it may meet the terminal: the configured secrets (a database
+    password, the key) taken out, control characters escaped, one line."""
+    return safe_text(scrub(message))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="archiver", standalone_mode=False)
@@ -424,11 +457,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("archiver: interrupted; a run in progress is marked interrupted in sync_runs", err=True)
         sys.exit(143 if isinstance(cause, Terminated) else 130)
     except ArchiverError as exc:
-        click.echo(f"archiver: error: {exc}", err=True)
+        click.echo(f"archiver: error: {shown(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug or a database failure mid-run: one line, details at debug level
         logging.getLogger("archiver").debug("unexpected error", exc_info=True)
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        click.echo(f"archiver: unexpected {type(exc).__name__}: {detail[0][:300] if detail else ''} "
+        click.echo(f"archiver: unexpected {type(exc).__name__}: {shown(detail[0][:300]) if detail else ''} "
                    "(run with --log-level debug for details)", err=True)
         sys.exit(1)

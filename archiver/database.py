@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from archiver import dialect
-from archiver.config import mask_url
+from archiver.config import check_database_url, mask_url, remember_url, scrub
 from archiver.errors import ConfigError, NoArchive, SchemaOutOfDate
 from archiver.jsonio import serialize_json
 
@@ -47,6 +47,7 @@ def database_errors(url: str) -> Iterator[None]:
     """A database that cannot be reached or named is a configuration error (exit 2) that
     says which database (password masked), what is wrong and what to do, not a traceback."""
     where = mask_url(url)
+    remember_url(url)  # a driver's message may quote part of a mis-parsed password: scrubbed below
     try:
         yield
     except NoSuchModuleError:
@@ -55,8 +56,11 @@ def database_errors(url: str) -> Iterator[None]:
         raise ConfigError(missing_driver(url, where, exc.name or "")) from None
     except ArgumentError:
         raise ConfigError(f"not a database URL: {where}; use {SUPPORTED_URLS}") from None
+    except ValueError:
+        check_database_url(url)  # the URL does not parse: a message without the parser's text
+        raise
     except OperationalError as exc:
-        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200]
+        reason = scrub(str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200])
         raise ConfigError(f"cannot open the archive at {where}: {sqlite_hint(url) or reason}") from None
 
 

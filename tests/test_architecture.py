@@ -15,7 +15,7 @@ LAYERS = [
     {"archiver.database"},
     {"archiver.dialect", "archiver.models"},
     {"archiver.records", "archiver.schema_docs", "archiver.sqltypes", "archiver.config"},
-    {"archiver.errors", "archiver.jsonio", "archiver.fields", "archiver.utc", "archiver"},
+    {"archiver.errors", "archiver.jsonio", "archiver.fields", "archiver.utc", "archiver.textsafe", "archiver"},
 ]
 SIDEWAYS = ("archiver.flows", "archiver.sandbox")
 MIGRATIONS_MAY_IMPORT = {"archiver.database", "archiver.dialect", "archiver.models", "archiver.sqltypes",

@@ -31,8 +31,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import database, dialect
 from archiver.client import ACCEPT, RetryPolicy, XplentyClient
-from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, Secret, api_root, check_api_url, mask_url, \
-    read_api_key
+from archiver.config import DEFAULT_API_URL, Secret, api_root, check_api_url, mask_url, read_api_key, \
+    resolve_database_url
 from archiver.errors import ApiError, ArchiverError, AuthError, ConfigError, RunLocked, TlsError
 from archiver.store import Archive
 
@@ -126,7 +126,11 @@ def run_doctor(*, account: str | None = None, api_url: str | None = None, db: st
     else:
         checks += [skipped(name, "needs the account, the key and a valid API URL")
                    for name in ("credentials", "api version", "rate budget")]
-    checks += _database(db or DEFAULT_DATABASE_URL, account)
+    try:
+        checks += _database(resolve_database_url(db, env), account)
+    except ConfigError as exc:  # ARCHIVER_DATABASE_URL_FILE unreadable
+        checks += [problem("database", str(exc), DB_FIX), *(skipped(n, "no usable database URL")
+                                                             for n in CHECKS[CHECKS.index("database") + 1:])]
     return DoctorResult([_shown(c, key) for c in checks])
 
 

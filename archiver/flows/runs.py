@@ -23,6 +23,7 @@ from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceede
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
+from archiver.textsafe import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,14 @@ class SyncSummary(RunCounts):
         return 1
 
     def line(self) -> str:
+        """One line for a terminal: the message (API text) has its control characters escaped."""
         verb = "would be " if self.dry_run else ""
         text = (f"{self.mode}: requested {self.requested}, {verb}inserted {self.inserted}, "
                 f"{verb}updated {self.updated}, unchanged {self.unchanged}, stale {self.stale}, "
                 f"not found {self.not_found}, failed {self.failed}; "
                 f"{self.credits_used} API credits, {self.seconds:.1f}s")
         if self.outcome != "ok":
-            text += f" [{self.outcome}" + (f": {self.message}]" if self.message else "]")
+            text += f" [{self.outcome}" + (f": {safe_text(self.message)}]" if self.message else "]")
         return ("dry run: " if self.dry_run else "") + text
 
     def as_dict(self) -> dict[str, Any]:
