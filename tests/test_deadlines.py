@@ -23,15 +23,21 @@ import requests
 from sqlalchemy import select
 
 from archiver import models
+from archiver.client import MIB, RetryPolicy, XplentyClient
+from archiver.config import Secret
+from archiver.errors import ApiError, DeadlineExceeded, ResponseTooLarge, Stopped
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
-from tests.sandboxed import KEY, NOW
+from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, wait_parked
 
-MIB = 1024 * 1024
-
+QUICK = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02, total_timeout=1.5)
 EXIT_AFTER_SIGTERM = 5.0     # the issue's contract
 DEADLINE_SLACK = 10.0        # a run ends within --max-runtime + 10 s
 PEAK_RSS_MB = 200
+
+
+def client_for(api: Sandbox, **kwargs) -> XplentyClient:
+    return XplentyClient(api.url, api.account, Secret(KEY), **kwargs)
 
 
 def wait_until(condition, timeout: float = 60, what: str = "") -> None:
@@ -111,3 +117,238 @@ def test_sandbox_oversized_and_gzip_bomb_bodies():
         assert bomb.headers["Content-Encoding"] == "gzip" and len(wire) < MIB
         assert len(gzip.decompress(wire)) == 20 * MIB
         assert api.stats.faults["oversized"] == api.stats.faults["gzip_bomb"] == 1
+
+
+# -- the client: a total deadline per attempt, interruptible waits, the cap -----------------------
+@pytest.mark.parametrize("kind", ["trickle_headers", "trickle_body", "hang"])
+def test_an_attempt_ends_at_its_total_deadline_however_the_server_answers(kind):
+    with Sandbox(jobs=3, seed=1, now=NOW) as api:
+        api.misbehave(kind, interval=0.2)      # a byte every 0.2 s never trips a 30 s read timeout
+        client = client_for(api, policy=QUICK)
+        started = time.monotonic()
+        with pytest.raises(ApiError) as failed:
+            client.get_job(api.job_ids()[0])
+        took = time.monotonic() - started
+        client.close()
+        assert failed.value.kind == "transport" and api.stats.faults[kind] == 2   # retried once
+    assert took < 2 * QUICK.total_timeout + DEADLINE_SLACK
+
+
+@pytest.mark.parametrize("kind", ["trickle_headers", "trickle_body", "hang"])
+def test_the_run_deadline_cuts_a_request_in_flight(kind):
+    with Sandbox(jobs=3, seed=1, now=NOW) as api:
+        api.misbehave(kind, interval=0.2)
+        client = client_for(api, deadline=time.monotonic() + 1.0)
+        with pytest.raises(DeadlineExceeded):
+            client.get_job(api.job_ids()[0])
+        client.close()
+        assert api.stats.faults[kind] == 1    # not retried past the deadline
+
+
+def stopped_from_another_thread(client: XplentyClient, call, ready) -> float:
+    """Run `call` in a thread, set the stop event once `ready()`, return seconds to Stopped."""
+    outcome: list = []
+
+    def work():
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    wait_until(ready, what="the request to reach its state")
+    time.sleep(0.2)
+    stopped_at = time.monotonic()
+    client.stop.set()
+    worker.join(timeout=30)
+    took = time.monotonic() - stopped_at
+    assert not worker.is_alive() and isinstance(outcome[0], Stopped), outcome
+    return took
+
+
+@pytest.mark.parametrize("kind", ["hang", "trickle_body"])
+def test_the_stop_event_ends_a_request_in_flight_at_once(kind):
+    with Sandbox(jobs=3, seed=1, now=NOW) as api:
+        api.misbehave(kind, interval=0.2)
+        client = client_for(api)
+        took = stopped_from_another_thread(client, lambda: client.get_job(api.job_ids()[0]),
+                                           lambda: api.stats.faults[kind] >= 1)
+        client.close()
+    assert took < EXIT_AFTER_SIGTERM
+
+
+def test_the_stop_event_ends_a_retry_after_wait_at_once():
+    with Sandbox(jobs=3, seed=1, now=NOW, rate_limit=1, rate_window_s=120) as api:
+        client = client_for(api)
+        client.get_job(api.job_ids()[0])   # the window's one credit
+        took = stopped_from_another_thread(client, lambda: client.get_job(api.job_ids()[1]),
+                                           lambda: api.stats.faults["rate_limited"] >= 1)
+        client.close()
+    assert took < EXIT_AFTER_SIGTERM
+
+
+def test_a_retry_after_wait_never_outlives_the_run_deadline():
+    with Sandbox(jobs=3, seed=1, now=NOW, rate_limit=1, rate_window_s=120) as api:
+        client = client_for(api, deadline=time.monotonic() + 30)
+        client.get_job(api.job_ids()[0])
+        with pytest.raises(DeadlineExceeded):        # asked to wait ~120 s with 30 s left: at once
+            client.get_job(api.job_ids()[1])
+        client.close()
+
+
+@pytest.mark.parametrize("kind", ["oversized", "gzip_bomb"])
+def test_an_answer_past_the_cap_is_too_large_and_never_retried(kind):
+    with Sandbox(jobs=3, seed=1, now=NOW) as api:
+        api.misbehave(kind, size=64 * MIB)
+        client = client_for(api, policy=RetryPolicy(max_response_bytes=MIB))
+        with pytest.raises(ResponseTooLarge) as failed:
+            client.get_job(api.job_ids()[0])
+        client.close()
+        assert failed.value.kind == "too_large" and api.stats.by_endpoint["get_job"] == 1
+
+
+def test_an_answer_declaring_a_length_past_the_cap_is_not_read():
+    with Sandbox(jobs=3, seed=1, now=NOW) as api:
+        client = client_for(api, policy=RetryPolicy(max_response_bytes=100))   # a job is ~2 KB
+        with pytest.raises(ResponseTooLarge, match="declares"):
+            client.get_job(api.job_ids()[0])
+        client.close()
+        assert api.stats.by_endpoint["get_job"] == 1
+
+
+# -- the command line: SIGTERM, --max-runtime, the cap ------------------------------------------
+def start(api: Sandbox, db_url: str, *args: str, out_dir=None) -> subprocess.Popen:
+    if out_dir is None:
+        return subprocess.Popen(archiver_cmd(*args), env=cli_env(api, db_url), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(archiver_cmd(*args), env=cli_env(api, db_url),
+                            stdout=open(out_dir / "out.txt", "w"), stderr=open(out_dir / "err.txt", "w"))
+
+
+def reach(state: str, api: Sandbox, proc: subprocess.Popen) -> None:
+    """Wait until the run is in `state` (its request parked, trickling, or in a Retry-After wait)."""
+    if state == "hung":
+        wait_parked(api, proc)
+        return
+    fault = "rate_limited" if state == "retry_after" else state
+    wait_until(lambda: api.stats.faults[fault] >= 1 or proc.poll() is not None, what=state)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.3)   # inside the read or the wait
+
+
+STATES = {  # state -> sandbox settings, set-up, archiver options
+    "hung": ({}, lambda api: api.hold_after(1, "get_job"), []),
+    "trickle_headers": ({}, lambda api: api.misbehave("trickle_headers", times=None), []),
+    "trickle_body": ({}, lambda api: api.misbehave("trickle_body", times=None), []),
+    "retry_after": ({"rate_limit": 1, "rate_window_s": 120}, lambda api: None, ["--reserve", "0"]),
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_sigterm_exits_143_within_5s_in_any_state_with_the_run_interrupted_and_the_lock_free(
+        sqlite_url, figure, state):
+    sandbox_options, set_up, extra = STATES[state]
+    with Sandbox(jobs=10, seed=51, now=NOW, **sandbox_options) as api:
+        ids = [str(i) for i in api.job_ids()[:4]]
+        set_up(api)
+        proc = start(api, sqlite_url, "sync", *ids, "--concurrency", "2", *extra)
+        try:
+            reach(state, api, proc)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            finally:
+                took = time.monotonic() - signalled
+            _, err = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            api.release()
+            api.behave()
+        assert proc.returncode == 143, err
+        assert took < EXIT_AFTER_SIGTERM, f"exit took {took:.1f}s after SIGTERM"
+        assert runs_and_errors(sqlite_url)[0] == ["interrupted"]
+        if state == "retry_after":
+            # the window's credit is spent: this run stops at its deadline, but it got the lock
+            again = run_archiver(api, sqlite_url, "sync", ids[0], "--reserve", "0", "--max-runtime", "5")
+            assert again.returncode != 4, again.stderr
+        else:
+            again = run_archiver(api, sqlite_url, "sync", *ids)   # the lock is free
+            assert again.returncode == 0, again.stderr
+    figure(f"SIGTERM ({state}): exit 143 after {took:.2f}s (contract: < {EXIT_AFTER_SIGTERM:g}s), "
+           "run interrupted, lock free")
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_max_runtime_ends_the_run_whatever_the_server_does(sqlite_url, figure, state):
+    sandbox_options, set_up, extra = STATES[state]
+    if state == "retry_after":
+        sandbox_options = {"rate_limit": 1, "rate_window_s": 60}   # Retry-After <= 60 s: waited, not refused
+    max_runtime = 5
+    with Sandbox(jobs=10, seed=52, now=NOW, **sandbox_options) as api:
+        ids = [str(i) for i in api.job_ids()[:4]]
+        set_up(api)
+        started = time.monotonic()
+        result = run_archiver(api, sqlite_url, "sync", *ids, "--max-runtime", str(max_runtime), *extra,
+                              timeout=120)
+        took = time.monotonic() - started
+        api.release()
+        api.behave()
+    assert result.returncode == 1, result.stderr
+    assert "[deadline" in result.stdout
+    assert runs_and_errors(sqlite_url)[0] == ["deadline"]
+    assert took < max_runtime + DEADLINE_SLACK, f"the run took {took:.1f}s"
+    figure(f"--max-runtime {max_runtime} ({state}): exit 1, outcome deadline after {took:.2f}s "
+           f"(overshoot {took - max_runtime:+.2f}s including start-up; contract: < +{DEADLINE_SLACK:g}s)")
+
+
+def run_measured(api: Sandbox, db_url: str, tmp_path, *args: str) -> tuple[int, str, float]:
+    """Run the archiver; (exit code, stdout, peak RSS in MB of that process alone)."""
+    proc = start(api, db_url, *args, out_dir=tmp_path)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, (tmp_path / "out.txt").read_text(), usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("kind,size", [("oversized", 256 * MIB), ("gzip_bomb", 1024 * MIB)])
+def test_an_oversized_answer_is_recorded_as_too_large_once_in_bounded_memory(sqlite_url, tmp_path, figure,
+                                                                              kind, size):
+    with Sandbox(jobs=10, seed=53, now=NOW) as api:
+        ids = api.job_ids()[:3]
+        api.misbehave(kind, times=1, size=size)    # the first request goes alone: ids[0]
+        code, out, peak = run_measured(api, sqlite_url, tmp_path, "sync", *map(str, ids))
+        requests_made = api.stats.by_endpoint["get_job"]
+    assert code == 1, out
+    outcomes, errors = runs_and_errors(sqlite_url)
+    assert outcomes == ["partial"] and errors == [(ids[0], "too_large")]
+    assert requests_made == 3                      # the oversized answer was not asked for again
+    assert peak < PEAK_RSS_MB, f"peak RSS {peak:.0f} MB"
+    figure(f"cap: {kind} of {size // MIB} MiB (decoded) -> too_large, not retried, "
+           f"peak RSS {peak:.0f} MB (limit {PEAK_RSS_MB} MB, cap 16 MiB)")
+
+
+def test_max_response_mb_sets_the_cap(sqlite_url):
+    with Sandbox(jobs=10, seed=54, now=NOW) as api:
+        ids = api.job_ids()[:2]
+        api.misbehave("oversized", times=1, size=3 * MIB)
+        small = run_archiver(api, sqlite_url, "sync", *map(str, ids), "--max-response-mb", "1")
+        api.misbehave("oversized", times=1, size=3 * MIB)
+        large = run_archiver(api, sqlite_url, "sync", *map(str, ids), "--max-response-mb", "4")
+    assert small.returncode == 1 and "failed 1" in small.stdout
+    assert large.returncode == 1     # 3 MiB passes the cap; its body is then the wrong job
+    kinds = [kind for _, kind in runs_and_errors(sqlite_url)[1]]
+    assert kinds[0] == "too_large" and kinds[1] != "too_large" and len(kinds) == 2
+
+
+def test_a_closed_client_used_again_still_watches_its_attempts():
+    with Sandbox(jobs=3, seed=1, now=NOW) as api:
+        client = client_for(api, policy=QUICK)
+        assert client.get_job(api.job_ids()[0])["id"] == api.job_ids()[0]
+        client.close()
+        api.misbehave("trickle_body", interval=0.2)
+        with pytest.raises(ApiError, match="connection failed"):
+            client.get_job(api.job_ids()[0])
+        client.close()

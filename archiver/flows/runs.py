@@ -10,16 +10,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
-from archiver.client import XplentyClient
+from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
 from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             NoArchive, NotFoundFlood, RateLimited, TlsError)
+                             NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
 STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood)  # end cleanly, keep what is stored
-FATAL = (AuthError, TlsError, *STOPPING)  # per-job errors that end the whole run
+FATAL = (AuthError, TlsError, Stopped, *STOPPING)  # per-job errors that end the whole run
 
 
 @dataclasses.dataclass
@@ -42,6 +43,8 @@ class SyncOptions:
     max_runtime: float | None = None
     max_credits: int | None = None
     reserve: int = 0
+    max_response_mb: float = 16
+    stop: threading.Event | None = None   # set on SIGTERM/Ctrl-C: requests and waits end at once
     progress: Callable[["SyncSummary"], None] | None = None
 
 
@@ -87,8 +90,10 @@ class SyncSummary(RunCounts):
 def make_client(settings: Settings, options: SyncOptions) -> XplentyClient:
     settings.require_api()
     deadline = time.monotonic() + options.max_runtime if options.max_runtime else None
+    policy = RetryPolicy(max_response_bytes=int(options.max_response_mb * MIB))
     return XplentyClient(settings.api_url, settings.account, settings.api_key, deadline=deadline,
-                         reserve=options.reserve, max_credits=options.max_credits)
+                         reserve=options.reserve, max_credits=options.max_credits, policy=policy,
+                         stop=options.stop)
 
 
 def error_row(job_id: int | None, exc: BaseException) -> dict:
@@ -306,13 +311,14 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 summary.errors.append(error_row(None, exc))
             except STOPPING as exc:
                 run.flush()
-                summary.outcome = "budget" if isinstance(exc, BudgetReached) else "stopped"
+                summary.outcome = ("budget" if isinstance(exc, BudgetReached)
+                                   else "deadline" if isinstance(exc, DeadlineExceeded) else "stopped")
                 summary.message = str(exc)
             except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
                 summary.outcome, summary.message = "stopped", str(exc)
                 summary.errors.append(error_row(None, exc))
             except BaseException as exc:
-                interrupted = isinstance(exc, KeyboardInterrupt)
+                interrupted = isinstance(exc, (KeyboardInterrupt, Stopped))
                 summary.outcome = "interrupted" if interrupted else "failed"
                 summary.message = None if interrupted else describe_error(exc)
                 raise
