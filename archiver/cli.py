@@ -164,12 +164,12 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
 
     By id: `archiver sync 157 304 1000-1100`. For cron: `archiver sync --incremental`.
     """
-    from archiver.flows.by_id import parse_id_args, sync_ids
+    from archiver.flows.by_id import JobIds, sync_ids
     from archiver.flows.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
     from archiver.flows.report import parse_since
     from archiver.flows.runs import SyncOptions
 
-    job_ids = parse_id_args(ids, ids_file or ())
+    job_ids = JobIds(ids, ids_file)   # streamed: read as the ids are fetched
     modes = [bool(job_ids), incremental, refresh_open]
     if sum(modes) != 1:
         raise ConfigError("give job ids, --incremental or --refresh-open (exactly one)")

@@ -84,6 +84,10 @@ class DeadlineExceeded(ArchiverError):
     """The whole-run deadline (--max-runtime) passed."""
 
 
+class TooManyIds(ArchiverError):
+    """More distinct job ids than one run asks for (flows.by_id.MAX_IDS): the run stops cleanly there."""
+
+
 class Stopped(ArchiverError):
     """The run was told to stop (SIGTERM or Ctrl-C): a request in flight or a wait ends at once.
     Raised in worker threads; the main thread unwinds with its KeyboardInterrupt."""

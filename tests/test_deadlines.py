@@ -352,3 +352,79 @@ def test_a_closed_client_used_again_still_watches_its_attempts():
         with pytest.raises(ApiError, match="connection failed"):
             client.get_job(api.job_ids()[0])
         client.close()
+
+
+# -- ids streamed -------------------------------------------------------------------------------
+def test_ids_stream_in_order_once_each_and_stop_at_the_cap():
+    from archiver.errors import TooManyIds
+    from archiver.flows.by_id import JobIds
+
+    ids = JobIds(["5", "3-4"], ["4", "# a comment", "6 # six", "", "5"])
+    assert list(ids) == [5, 3, 4, 6] and bool(ids)
+    capped = JobIds(["1-1000000"], cap=3).stream()
+    assert [next(capped) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(TooManyIds, match="more than 3 distinct"):
+        next(capped)
+    assert not JobIds([], [" ", "# nothing"])
+
+
+def test_an_invalid_line_of_an_id_file_is_named_before_any_request(tmp_path):
+    from archiver.errors import ConfigError
+    from archiver.flows.by_id import JobIds
+
+    path = tmp_path / "ids.txt"
+    path.write_text("157\n12x\n158\n")
+    with open(path) as lines, pytest.raises(ConfigError, match=r"'12x' \(not a plain number, line 2\)"):
+        JobIds(["300"], lines)
+
+
+def test_ids_from_a_pipe_are_fetched_before_the_pipe_ends(sqlite_url):
+    with Sandbox(jobs=10, seed=55, now=NOW) as api:
+        ids = api.job_ids()[:3]
+        proc = subprocess.Popen(archiver_cmd("sync", "--ids-file", "-"), env=cli_env(api, sqlite_url),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.stdin.write(f"{ids[0]}\n")
+            proc.stdin.flush()
+            wait_until(lambda: api.stats.by_endpoint["get_job"] >= 1 or proc.poll() is not None,
+                       what="the first request while the pipe is open")
+            assert proc.poll() is None
+            out, err = proc.communicate("\n".join(map(str, ids[1:])) + "\n", timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    assert "requested 3, inserted 3" in out
+
+
+def test_a_run_stops_cleanly_at_the_id_cap(capsys, monkeypatch, sqlite_url):
+    from archiver.flows import by_id
+    from tests.clirun import run_cli
+
+    monkeypatch.setattr(by_id, "MAX_IDS", 5)
+    with Sandbox(jobs=20, seed=56, now=NOW) as api:
+        first = api.job_ids()[0]
+        result = run_cli(capsys, monkeypatch, ["sync", f"{first}-{first + 1000}", "--json"], cli_env(api, sqlite_url))
+        asked = api.stats.by_endpoint["get_job"]
+    assert result.code == 1 and '"outcome": "stopped"' in result.out and '"requested": 5' in result.out
+    assert asked == 5
+    assert runs_and_errors(sqlite_url)[0] == ["stopped"]
+
+
+def test_ten_million_id_lines_in_bounded_memory(sqlite_url, tmp_path, figure):
+    with Sandbox(jobs=20, seed=57, now=NOW) as api:
+        ids = api.job_ids()[:10]
+        path = tmp_path / "ids.txt"
+        block = ("\n".join(map(str, ids)) + "\n") * 1000       # 10,000 lines
+        with open(path, "w") as out:
+            for _ in range(1000):
+                out.write(block)
+        started = time.monotonic()
+        code, out, peak = run_measured(api, sqlite_url, tmp_path, "sync", "--ids-file", str(path))
+        took = time.monotonic() - started
+        asked = api.stats.by_endpoint["get_job"]
+    assert code == 0, out
+    assert asked == 10 and "requested 10, inserted 10" in out
+    assert peak < PEAK_RSS_MB, f"peak RSS {peak:.0f} MB"
+    figure(f"ids: a 10,000,000-line --ids-file (10 distinct ids) -> 10 requests, peak RSS {peak:.0f} MB, "
+           f"{took:.1f}s (two passes over the file: check, then stream)")

@@ -19,8 +19,8 @@ from typing import Any
 
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError)
+from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
+                             NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError, TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -28,7 +28,7 @@ from archiver.store import Archive, describe_error
 log = logging.getLogger(__name__)
 
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
-STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood)  # end cleanly, keep what is stored
+STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood, TooManyIds)  # end cleanly, keep what is stored
 FATAL = (AuthError, TlsError, Stopped, *STOPPING)  # per-job errors that end the whole run
 
 
@@ -247,10 +247,22 @@ def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
         return client.get_job(job_id, include_log_summary=with_log_summary)
 
     todo = iter(ids)
+    ended: list[BaseException] = []   # the id source's own error (an id cap, a bad line): raised once
+                                      # the requests in flight are answered
+
+    def next_id() -> int | None:
+        if ended:
+            return None
+        try:
+            return next(todo, None)
+        except ArchiverError as exc:
+            ended.append(exc)
+            return None
+
     limit = AdaptiveLimit(client, concurrency)
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="fetch") as pool:
         running: dict[Future, int] = {}
-        first = next(todo, None)
+        first = next_id()
         if first is not None:
             running[pool.submit(one, first)] = first
         try:
@@ -262,13 +274,15 @@ def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
                     yield job_id, (None if exc else future.result()), exc
                 room = limit.current()
                 while len(running) < room:
-                    nxt = next(todo, None)
+                    nxt = next_id()
                     if nxt is None:
                         break
                     running[pool.submit(one, nxt)] = nxt
         finally:
             for future in running:
                 future.cancel()
+    if ended:
+        raise ended[0]
 
 
 class AdaptiveLimit:
