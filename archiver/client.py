@@ -449,7 +449,8 @@ class XplentyClient:
         declared = resp.headers.get("Content-Length", "")
         if not resp.headers.get("Content-Encoding") and declared.isdigit() and int(declared) > cap:
             raise self._too_large(resp, f"declares {int(declared):,} bytes", charge)
-        body = bytearray()
+        chunks: list[bytes] = []   # joined once at the end: no buffer regrowth, one copy at most
+        size = 0
         while attempt.reason is None:
             try:
                 chunk = resp.raw.read(CHUNK, decode_content=True)
@@ -457,12 +458,14 @@ class XplentyClient:
                 raise requests.ConnectionError(f"reading the body failed: {type(exc).__name__}") from exc
             if not chunk:
                 break
-            body += chunk
-            if len(body) > cap:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                chunks.clear()   # the traceback keeps this frame: let the bytes go now
                 raise self._too_large(resp, "is larger", charge)
         if attempt.reason is not None:   # the watchdog shut the socket: a short body is no body
             self._cut_short(attempt)
-        return bytes(body)
+        return b"".join(chunks)
 
     def _too_large(self, resp: requests.Response, how: str, charge: bool) -> ResponseTooLarge:
         cap = self.policy.max_response_bytes

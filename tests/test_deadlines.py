@@ -10,11 +10,12 @@ generous on a busy machine; nothing asserts a tight timing.
 
 from __future__ import annotations
 
+import base64
 import gzip
-import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -62,7 +63,7 @@ def runs_and_errors(db_url: str) -> tuple[list[str], list[tuple]]:
 # -- the sandbox's misbehaviours ------------------------------------------------------------------
 def raw_get(api: Sandbox, path: str, timeout: float = 10) -> socket.socket:
     sock = socket.create_connection((api.host, api.port), timeout=timeout)
-    auth = __import__("base64").b64encode(f"{KEY}:".encode()).decode()
+    auth = base64.b64encode(f"{KEY}:".encode()).decode()
     sock.sendall(f"GET /{api.account}/api/{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
                  "Accept: application/vnd.xplenty+json; version=2\r\n\r\n".encode())
     return sock
@@ -219,12 +220,9 @@ def test_an_answer_declaring_a_length_past_the_cap_is_not_read():
 
 
 # -- the command line: SIGTERM, --max-runtime, the cap ------------------------------------------
-def start(api: Sandbox, db_url: str, *args: str, out_dir=None) -> subprocess.Popen:
-    if out_dir is None:
-        return subprocess.Popen(archiver_cmd(*args), env=cli_env(api, db_url), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.Popen(archiver_cmd(*args), env=cli_env(api, db_url),
-                            stdout=open(out_dir / "out.txt", "w"), stderr=open(out_dir / "err.txt", "w"))
+def start(api: Sandbox, db_url: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(archiver_cmd(*args), env=cli_env(api, db_url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def reach(state: str, api: Sandbox, proc: subprocess.Popen) -> None:
@@ -305,12 +303,28 @@ def test_max_runtime_ends_the_run_whatever_the_server_does(sqlite_url, figure, s
            f"(overshoot {took - max_runtime:+.2f}s including start-up; contract: < +{DEADLINE_SLACK:g}s)")
 
 
+# `python -m archiver ARGS` that writes its peak RSS (VmHWM, which exec resets; ru_maxrss would
+# count the pre-exec copy of the test process) to $PEAK_RSS_FILE as it exits.
+MEASURED = """
+import atexit, os, runpy, sys
+
+def peak():
+    with open('/proc/self/status') as status, open(os.environ['PEAK_RSS_FILE'], 'w') as out:
+        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM:')))
+
+atexit.register(peak)
+sys.argv = ['archiver', *sys.argv[1:]]
+runpy.run_module('archiver', run_name='__main__', alter_sys=True)
+"""
+
+
 def run_measured(api: Sandbox, db_url: str, tmp_path, *args: str) -> tuple[int, str, float]:
     """Run the archiver; (exit code, stdout, peak RSS in MB of that process alone)."""
-    proc = start(api, db_url, *args, out_dir=tmp_path)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, (tmp_path / "out.txt").read_text(), usage.ru_maxrss / 1024
+    peak_file = tmp_path / "peak.txt"
+    with open(tmp_path / "out.txt", "w") as out:
+        result = subprocess.run([sys.executable, "-c", MEASURED, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=cli_env(api, db_url) | {"PEAK_RSS_FILE": str(peak_file)}, timeout=300)
+    return result.returncode, (tmp_path / "out.txt").read_text(), int(peak_file.read_text()) / 1024
 
 
 @pytest.mark.parametrize("kind,size", [("oversized", 256 * MIB), ("gzip_bomb", 1024 * MIB)])
