@@ -12,6 +12,7 @@ import logging
 import re
 import signal
 import sys
+import threading
 
 import click
 
@@ -31,8 +32,17 @@ class Terminated(KeyboardInterrupt):
     interrupted, the lock is freed), then exit 143."""
 
 
+STOP = threading.Event()   # set by SIGTERM / Ctrl-C: every request in flight and every wait ends at once
+
+
 def _terminate(signum, _frame):
+    STOP.set()
     raise Terminated()
+
+
+def _interrupt(signum, _frame):
+    STOP.set()
+    raise KeyboardInterrupt()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
@@ -48,7 +58,9 @@ def cli(**options) -> None:
     handler = logging.StreamHandler(sys.stderr)  # every log line terminal-safe (API texts reach it)
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=options["log_level"].upper(), handlers=[handler], force=True)
+    STOP.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def db_option(f):
@@ -139,7 +151,10 @@ def to_json(data, indent: int | None = None) -> str:
               help="Jobs fetched at once.")
 @click.option("--with-log-summary", is_flag=True, help="Ask for the v2 log_summary of each job.")
 @click.option("--max-runtime", type=click.FloatRange(1), default=None,
-              help="Stop cleanly after SECONDS.")
+              help="Stop cleanly after SECONDS (requests in flight included; outcome `deadline`, exit 1).")
+@click.option("--max-response-mb", type=click.FloatRange(0.001), default=16, show_default=True,
+              help="Largest answer read, in MiB after decompression; a larger one is recorded as "
+              "too_large and not retried.")
 @click.option("--max-credits", type=click.IntRange(1), default=None,
               help="Stop cleanly before spending more than N API credits.")
 @click.option("--reserve", type=click.IntRange(0), default=50, show_default=True,
@@ -149,17 +164,17 @@ def to_json(data, indent: int | None = None) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
 def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, package_id, account,
          api_url, db, dry_run, as_json, batch_size, wait, no_lock, concurrency, with_log_summary,
-         max_runtime, max_credits, reserve, allow_insecure_http, quiet):
+         max_runtime, max_response_mb, max_credits, reserve, allow_insecure_http, quiet):
     """Fetch jobs and upsert them into the archive.
 
     By id: `archiver sync 157 304 1000-1100`. For cron: `archiver sync --incremental`.
     """
-    from archiver.flows.by_id import parse_id_args, sync_ids
+    from archiver.flows.by_id import JobIds, sync_ids
     from archiver.flows.incremental import IncrementalOptions, sync_incremental, sync_refresh_open
     from archiver.flows.report import parse_since
     from archiver.flows.runs import SyncOptions
 
-    job_ids = parse_id_args(ids, ids_file or ())
+    job_ids = JobIds(ids, ids_file)   # streamed: read as the ids are fetched
     modes = [bool(job_ids), incremental, refresh_open]
     if sum(modes) != 1:
         raise ConfigError("give job ids, --incremental or --refresh-open (exactly one)")
@@ -171,7 +186,8 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
     progress = progress_printer(quiet or as_json)
     options = SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
                           with_log_summary=with_log_summary, wait=wait, lock=not no_lock,
-                          max_runtime=max_runtime, max_credits=max_credits, reserve=reserve, progress=progress)
+                          max_runtime=max_runtime, max_credits=max_credits, reserve=reserve, progress=progress,
+                          max_response_mb=max_response_mb, stop=STOP)
     if incremental:
         inc = IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
         summary = sync_incremental(settings, options, inc)

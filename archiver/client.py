@@ -3,6 +3,14 @@
 Knows nothing of SQL. Returns raw JSON (already decoded, strictly) or raises an
 ApiError subclass. requests has no default timeout and urllib3 does not retry
 errors raised while a body is read, so the retry policy lives here.
+
+Deadlines: requests' timeout bounds each socket read, not the request, so a server that
+trickles its headers or body a byte at a time never trips it. Every attempt therefore has
+a total deadline (`RetryPolicy.total_timeout`, and never past the run's `--max-runtime`):
+a watchdog thread shuts the attempt's socket when it passes, or when the run's stop event
+is set (SIGTERM, Ctrl-C), which ends a blocked read at once. Bodies are read as a stream,
+decoded in chunks and capped (`max_response_bytes`), so a gzip bomb never takes memory.
+Every wait (backoff, Retry-After, pacing) is a wait on the stop event, cut at the deadline.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
@@ -24,7 +37,7 @@ from archiver import __version__
 from archiver.config import Secret
 from archiver.jsonio import decode_body
 from archiver.errors import (ApiError, AuthError, BudgetReached, ConfigError, DeadlineExceeded, InvalidPayload,
-                             NotFound, RateLimited, TlsError)
+                             NotFound, RateLimited, ResponseTooLarge, Stopped, TlsError)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +46,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 402, 403})
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError)
+MIB = 1024 * 1024
+CHUNK = 64 * 1024          # bytes read (after decoding) per step of a body
+WATCH_TICK = 0.1           # how often the watchdog looks at the clock and the stop event
 
 
 @dataclasses.dataclass
@@ -44,7 +60,9 @@ class RetryPolicy:
     max_retry_after: float = 300.0  # a longer Retry-After ends the run instead of sleeping
     max_pace: float = 2.0  # pause per call when the rate budget is down to the reserve
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = 30.0     # one socket read; a trickling server never trips it, so also:
+    total_timeout: float = 120.0   # one attempt, connect + headers + body, whatever the server does
+    max_response_bytes: int = 16 * MIB  # an answer's size after decompression; larger is `too_large`
 
 
 @dataclasses.dataclass
@@ -119,13 +137,97 @@ def error_message(resp: requests.Response) -> str:
     return resp.reason or f"HTTP {resp.status_code}"
 
 
+class _Attempt:
+    """One request attempt's total deadline. The watchdog calls fire() when it passes or the
+    run stops; fire() shuts the socket the attempt uses, so a blocked read returns at once."""
+
+    def __init__(self, ends: float, by_run: bool):
+        self.ends, self.by_run = ends, by_run
+        self.reason: str | None = None      # "timeout" (own deadline), "deadline" (the run's), "stopped"
+        self._conn: HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def bind(self, conn: HTTPConnection) -> None:
+        with self._lock:
+            self._conn = conn
+            if self.reason is not None:
+                _shut(conn)
+
+    def fire(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            if self._conn is not None:
+                _shut(self._conn)
+
+
+def _shut(conn: HTTPConnection) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)   # wakes a thread blocked in recv (close() does not)
+        except OSError:
+            pass
+
+
+_current = threading.local()   # the attempt this thread is making, for the connection to bind to
+
+
+class _Watched:
+    """A urllib3 connection that binds itself to the thread's current attempt."""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.bind(self)  # type: ignore[arg-type]
+
+    def request(self, *args, **kwargs):
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.bind(self)  # type: ignore[arg-type]
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter with connections the watchdog can shut."""
+
+    POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(self.POOLS)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = dict(self.POOLS)
+        return manager
+
+
 class XplentyClient:
     """Talks to one account of the jobs API. Thread-safe: one Session per thread."""
 
     def __init__(self, api_url: str, account: str, api_key: Secret, *,
                  policy: RetryPolicy | None = None, reserve: int = 0, max_credits: int | None = None,
-                 deadline: float | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+                 deadline: float | None = None, stop: threading.Event | None = None,
+                 sleep: Callable[[float], None] | None = None, rng: random.Random | None = None):
         self.base = f"{api_url.rstrip('/')}/{account}/api"
         self.api_url = api_url.rstrip("/")
         self.account = account
@@ -134,12 +236,16 @@ class XplentyClient:
         self.reserve = reserve
         self.max_credits = max_credits
         self.deadline = deadline
+        self.stop = stop if stop is not None else threading.Event()
         self.usage = Usage()
-        self._sleep = sleep
+        self._sleep = sleep   # tests only: replaces the interruptible wait
         self._rng = rng or random.Random()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []
+        self._attempts: set[_Attempt] = set()
+        self._watchdog: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # -- public calls -------------------------------------------------------------------------
     def get_job(self, job_id: int, *, include_log_summary: bool = False) -> dict:
@@ -189,6 +295,8 @@ class XplentyClient:
 
     def close(self) -> None:
         with self._lock:
+            self._closing.set()   # the watchdog ends; a later call starts a new one
+            self._closing, self._watchdog = threading.Event(), None
             for s in self._sessions:
                 s.close()
             self._sessions.clear()
@@ -198,14 +306,19 @@ class XplentyClient:
         s = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
+            adapter = _WatchedAdapter()
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
             s.auth = (self._key.reveal(), "")
-            s.headers.update({"Accept": ACCEPT, "User-Agent": f"xplenty-archiver/{__version__}"})
+            s.headers.update({"Accept": ACCEPT, "User-Agent": f"xplenty-archiver/{__version__}",
+                              "Accept-Encoding": "gzip, deflate"})
             self._local.session = s
             with self._lock:
                 self._sessions.append(s)
         return s
 
     def _check_budget(self, charge: bool = True) -> None:
+        self._check_stop()
         if charge and self.max_credits is not None and self.usage.credits >= self.max_credits:
             raise BudgetReached(f"spent the --max-credits budget of {self.max_credits} credits")
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -215,7 +328,9 @@ class XplentyClient:
             raise RateLimited(f"rate budget down to {remaining} credits (reserve {self.reserve}); "
                               "stopping before the API starts refusing")
         if charge and self.reserve and remaining is not None and remaining < 3 * self.reserve:
-            self._sleep(self._pace(remaining))
+            self._pause(self._pace(remaining))
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise DeadlineExceeded("the run reached its --max-runtime deadline")
 
     def _pace(self, remaining: int) -> float:
         """Slow down as the budget nears the reserve: from no pause at three times the reserve
@@ -243,7 +358,120 @@ class XplentyClient:
             raise DeadlineExceeded("the run reached its --max-runtime deadline while backing off")
         with self._lock:
             self.usage.retries += 1
-        self._sleep(seconds)
+        self._pause(seconds)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped("the run was told to stop")
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by the stop event (then Stopped) and by the run's deadline."""
+        if seconds <= 0:
+            return self._check_stop()
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            if self.deadline is not None:
+                seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
+            self.stop.wait(seconds)
+        self._check_stop()
+
+    # -- one attempt, bounded in total -------------------------------------------------------
+    def _begin(self) -> _Attempt:
+        now = time.monotonic()
+        ends, by_run = now + self.policy.total_timeout, False
+        if self.deadline is not None and self.deadline <= ends:
+            ends, by_run = self.deadline, True
+        attempt = _Attempt(ends, by_run)
+        with self._lock:
+            self._attempts.add(attempt)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, args=(self._closing,),
+                                                  name="http-watchdog", daemon=True)
+                self._watchdog.start()
+        _current.attempt = attempt
+        return attempt
+
+    def _end(self, attempt: _Attempt) -> None:
+        _current.attempt = None
+        with self._lock:
+            self._attempts.discard(attempt)
+
+    def _watch(self, closing: threading.Event) -> None:
+        """Shut the sockets of attempts past their deadline, and of all of them on stop."""
+        while not closing.wait(WATCH_TICK):
+            stopping, now = self.stop.is_set(), time.monotonic()
+            with self._lock:
+                attempts = list(self._attempts)
+            for attempt in attempts:
+                if stopping:
+                    attempt.fire("stopped")
+                elif now >= attempt.ends:
+                    attempt.fire("deadline" if attempt.by_run else "timeout")
+
+    def _cut_short(self, attempt: _Attempt) -> None:
+        """An attempt the watchdog ended: stop, end the run, or (its own deadline) a Timeout to retry."""
+        if attempt.reason == "stopped" or self.stop.is_set():
+            raise Stopped("the run was told to stop")
+        if attempt.reason == "deadline":
+            raise DeadlineExceeded("the run reached its --max-runtime deadline during a request")
+        if attempt.reason == "timeout":
+            raise requests.Timeout(f"no whole answer within {self.policy.total_timeout:g}s")
+
+    def _send(self, url: str, params: dict | None, charge: bool) -> requests.Response:
+        """One GET whose body is read whole (within the cap) before it returns; the body is on
+        `resp.content`. Raises TRANSPORT_ERRORS, ResponseTooLarge, Stopped or DeadlineExceeded."""
+        policy = self.policy
+        attempt = self._begin()
+        resp: requests.Response | None = None
+        try:
+            left = max(0.001, attempt.ends - time.monotonic())
+            timeout = (min(policy.connect_timeout, left), min(policy.read_timeout, left))
+            resp = self._session().get(url, params=params, timeout=timeout, stream=True)
+            resp._content = self._read_body(resp, attempt, charge)
+            resp._content_consumed = True   # read to the end: close() puts the connection back
+            return resp
+        except TRANSPORT_ERRORS as exc:
+            try:
+                self._cut_short(attempt)
+            except requests.Timeout as timeout:
+                raise timeout from exc
+            raise
+        finally:
+            self._end(attempt)
+            if resp is not None:
+                resp.close()   # a body not read to the end closes its connection
+
+    def _read_body(self, resp: requests.Response, attempt: _Attempt, charge: bool) -> bytes:
+        """The decoded body, read in chunks (urllib3 inflates at most a chunk at a time, so a
+        gzip bomb stops at the cap); ResponseTooLarge past the cap."""
+        cap = self.policy.max_response_bytes
+        declared = resp.headers.get("Content-Length", "")
+        if not resp.headers.get("Content-Encoding") and declared.isdigit() and int(declared) > cap:
+            raise self._too_large(resp, f"declares {int(declared):,} bytes", charge)
+        chunks: list[bytes] = []   # joined once at the end: no buffer regrowth, one copy at most
+        size = 0
+        while attempt.reason is None:
+            try:
+                chunk = resp.raw.read(CHUNK, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise requests.ConnectionError(f"reading the body failed: {type(exc).__name__}") from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                chunks.clear()   # the traceback keeps this frame: let the bytes go now
+                raise self._too_large(resp, "is larger", charge)
+        if attempt.reason is not None:   # the watchdog shut the socket: a short body is no body
+            self._cut_short(attempt)
+        return b"".join(chunks)
+
+    def _too_large(self, resp: requests.Response, how: str, charge: bool) -> ResponseTooLarge:
+        cap = self.policy.max_response_bytes
+        self._record(resp, charge)
+        return ResponseTooLarge(resp.status_code, f"the answer {how} than the {cap / MIB:g} MiB cap "
+                                "(--max-response-mb); not retried")
 
     def _get_json(self, url: str, params: dict | None, *, job_id: int | None = None,
                   charge: bool = True, keep: list | None = None) -> Any:
@@ -254,9 +482,8 @@ class XplentyClient:
                 self._wait(self._retry_delay(last, attempt))
             self._check_budget(charge)
             try:
-                resp = self._session().get(url, params=params,
-                                           timeout=(policy.connect_timeout, policy.read_timeout))
-                body = resp.content  # read inside the try: a cut body raises here
+                resp = self._send(url, params, charge)
+                body = resp.content
             except requests.exceptions.SSLError as exc:
                 raise TlsError(tls_problem(urlsplit(url).hostname, exc)) from None
             except TRANSPORT_ERRORS as exc:

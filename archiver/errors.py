@@ -84,6 +84,25 @@ class DeadlineExceeded(ArchiverError):
     """The whole-run deadline (--max-runtime) passed."""
 
 
+class TooManyIds(ArchiverError):
+    """More distinct job ids than one run asks for (flows.by_id.MAX_IDS): the run stops cleanly there."""
+
+
+class Stopped(ArchiverError):
+    """The run was told to stop (SIGTERM or Ctrl-C): a request in flight or a wait ends at once.
+    Raised in worker threads; the main thread unwinds with its KeyboardInterrupt."""
+
+    exit_code = 130
+
+
+class ResponseTooLarge(ApiError):
+    """An answer larger than the response cap (--max-response-mb, after decompression): reading
+    stopped at the cap; never retried, recorded against its job."""
+
+    def __init__(self, status: int | None, message: str):
+        super().__init__(status, message, kind="too_large")
+
+
 class InvalidPayload(ArchiverError):
     """A payload that cannot be archived; names the job and the field, never the raw value."""
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
-from archiver.client import XplentyClient
+from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             NoArchive, NotFoundFlood, RateLimited, TlsError)
+from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
+                             NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError, TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -28,8 +29,8 @@ from archiver.textsafe import safe_text
 log = logging.getLogger(__name__)
 
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
-STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood)  # end cleanly, keep what is stored
-FATAL = (AuthError, TlsError, *STOPPING)  # per-job errors that end the whole run
+STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood, TooManyIds)  # end cleanly, keep what is stored
+FATAL = (AuthError, TlsError, Stopped, *STOPPING)  # per-job errors that end the whole run
 
 
 @dataclasses.dataclass
@@ -43,6 +44,8 @@ class SyncOptions:
     max_runtime: float | None = None
     max_credits: int | None = None
     reserve: int = 0
+    max_response_mb: float = 16
+    stop: threading.Event | None = None   # set on SIGTERM/Ctrl-C: requests and waits end at once
     progress: Callable[["SyncSummary"], None] | None = None
 
 
@@ -89,8 +92,10 @@ class SyncSummary(RunCounts):
 def make_client(settings: Settings, options: SyncOptions) -> XplentyClient:
     settings.require_api()
     deadline = time.monotonic() + options.max_runtime if options.max_runtime else None
+    policy = RetryPolicy(max_response_bytes=int(options.max_response_mb * MIB))
     return XplentyClient(settings.api_url, settings.account, settings.api_key, deadline=deadline,
-                         reserve=options.reserve, max_credits=options.max_credits)
+                         reserve=options.reserve, max_credits=options.max_credits, policy=policy,
+                         stop=options.stop)
 
 
 def error_row(job_id: int | None, exc: BaseException) -> dict:
@@ -244,10 +249,22 @@ def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
         return client.get_job(job_id, include_log_summary=with_log_summary)
 
     todo = iter(ids)
+    ended: list[BaseException] = []   # the id source's own error (an id cap, a bad line): raised once
+                                      # the requests in flight are answered
+
+    def next_id() -> int | None:
+        if ended:
+            return None
+        try:
+            return next(todo, None)
+        except ArchiverError as exc:
+            ended.append(exc)
+            return None
+
     limit = AdaptiveLimit(client, concurrency)
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="fetch") as pool:
         running: dict[Future, int] = {}
-        first = next(todo, None)
+        first = next_id()
         if first is not None:
             running[pool.submit(one, first)] = first
         try:
@@ -259,13 +276,15 @@ def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
                     yield job_id, (None if exc else future.result()), exc
                 room = limit.current()
                 while len(running) < room:
-                    nxt = next(todo, None)
+                    nxt = next_id()
                     if nxt is None:
                         break
                     running[pool.submit(one, nxt)] = nxt
         finally:
             for future in running:
                 future.cancel()
+    if ended:
+        raise ended[0]
 
 
 class AdaptiveLimit:
@@ -308,13 +327,14 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 summary.errors.append(error_row(None, exc))
             except STOPPING as exc:
                 run.flush()
-                summary.outcome = "budget" if isinstance(exc, BudgetReached) else "stopped"
+                summary.outcome = ("budget" if isinstance(exc, BudgetReached)
+                                   else "deadline" if isinstance(exc, DeadlineExceeded) else "stopped")
                 summary.message = str(exc)
             except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
                 summary.outcome, summary.message = "stopped", str(exc)
                 summary.errors.append(error_row(None, exc))
             except BaseException as exc:
-                interrupted = isinstance(exc, KeyboardInterrupt)
+                interrupted = isinstance(exc, (KeyboardInterrupt, Stopped))
                 summary.outcome = "interrupted" if interrupted else "failed"
                 summary.message = None if interrupted else describe_error(exc)
                 raise

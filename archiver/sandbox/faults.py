@@ -1,16 +1,19 @@
 """What the sandbox counts and how it misbehaves: stats, rate limiting, fault injection."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 import threading
 import time
+import zlib
 from typing import NamedTuple
 
 ENDPOINTS = ("get_job", "list_jobs", "job_log", "job_variables", "rate_limit_status",
              "list_packages", "get_package", "list_schedules", "get_schedule", "list_clusters", "get_cluster",
              "control")
-FAULTS = ("error", "drop", "bad_json", "rate_limited", "unauthorized")
+MISBEHAVIOURS = ("hang", "trickle_headers", "trickle_body", "oversized", "gzip_bomb")
+FAULTS = ("error", "drop", "bad_json", "rate_limited", "unauthorized", *MISBEHAVIOURS)
 UNLIMITED_CREDITS = 5000   # what is reported when no rate_limit is set (the real API's hourly credits)
 
 
@@ -151,3 +154,64 @@ def truncated(body: bytes) -> bytes:
 def sleep_ms(ms: float) -> None:
     if ms > 0:
         time.sleep(ms / 1000)
+
+
+class Misbehaviour(NamedTuple):
+    """One way of answering badly, chosen by Sandbox.misbehave() (see there)."""
+
+    kind: str
+    endpoint: str | None
+    interval: float      # trickles: seconds between bytes
+    size: int            # oversized, gzip_bomb: bytes of the (decoded) body
+
+
+class Misbehaving:
+    """The misbehaviour in force, for the next `times` matching requests (None: all)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._what: Misbehaviour | None = None
+        self._times: int | None = None
+        self.calm = threading.Event()   # set by behave()/stop(): hanging and trickling answers end
+
+    def set(self, what: Misbehaviour | None, times: int | None) -> None:
+        if what is not None:
+            if what.kind not in MISBEHAVIOURS:
+                raise ValueError(f"misbehave: no such kind {what.kind!r} (one of {', '.join(MISBEHAVIOURS)})")
+            if what.endpoint is not None and (what.endpoint not in ENDPOINTS or what.endpoint == "control"):
+                raise ValueError(f"misbehave: no API endpoint {what.endpoint!r}")
+            if times is not None and times < 1:
+                raise ValueError("misbehave: times must be >= 1")
+        with self._lock:
+            self._what, self._times = what, times
+            if what is None:
+                self.calm.set()
+            else:
+                self.calm.clear()
+
+    def take(self, endpoint: str) -> Misbehaviour | None:
+        if self._what is None:
+            return None
+        with self._lock:
+            what = self._what
+            if what is None or (what.endpoint is not None and what.endpoint != endpoint):
+                return None
+            if self._times is not None:
+                self._times -= 1
+                if self._times <= 0:
+                    self._what = None
+            return what
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(size: int) -> bytes:
+    """A small gzip body that inflates to `size` bytes of JSON whitespace: concatenated members
+    of 16 MiB each (a valid gzip stream), so building a 1 GiB bomb takes a moment, not seconds."""
+    member = 16 * 1024 * 1024
+
+    def compress(n: int) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        return c.compress(b" " * n) + c.flush()
+
+    whole, rest = divmod(size, member)
+    return compress(member) * whole + (compress(rest) if rest else b"")

@@ -23,7 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, NamedTuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .faults import ENDPOINTS, FaultInjector, RateLimiter, SandboxStats, sleep_ms, truncated
+from .faults import (ENDPOINTS, FaultInjector, Misbehaving, Misbehaviour, RateLimiter, SandboxStats, gzip_bomb,
+                     sleep_ms, truncated)
 from .history import STATUSES, History, ListQuery
 from .render import Renderer
 from .resources import (CLUSTER_STATUSES, FLOW_TYPES, PACKAGE_STATUSES, SCHEDULE_STATUSES, CatalogQuery,
@@ -330,8 +331,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve_charged(route, groups, params, path, version)
 
     def _serve_charged(self, route: Route, groups: dict, params: dict, path: str, version: int) -> None:
-        """Calls that cost a credit: rate limit, then faults, then the real answer."""
+        """Calls that cost a credit: a misbehaviour asked for, rate limit, then faults, then the real answer."""
         sandbox = self.sandbox
+        trouble = sandbox._misbehaving.take(route.endpoint)
+        if trouble is not None:
+            sandbox.stats.count_fault(trouble.kind)
+            handler = getattr(self, route.handler)
+            return self._misbehave(trouble, lambda: handler(params, version=version, path=path,
+                                                            endpoint=route.endpoint, **groups))
         charge = sandbox._limiter.acquire()
         if not charge.granted:
             sandbox.stats.count_fault("rate_limited")
@@ -476,18 +483,63 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, length: int | None = -1) -> None:
+        """Headers and body; `length` None sends no Content-Length (the body ends at close)."""
         body = reply.body if isinstance(reply.body, bytes) else _encode(reply.body)
+        self._send_head(reply, len(body) if length == -1 else length)
+        self.wfile.write(body)
+
+    def _send_head(self, reply: Reply, length: int | None, flush: bool = True) -> bytes:
+        """Send the status line and headers; with flush False, return them unsent."""
         limits = self.sandbox._limiter.status()
         self.send_response(reply.status)
         self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
+        if length is not None:
+            self.send_header("Content-Length", str(length))
         self.send_header("X-RateLimit-Limit", str(limits.limit))
         self.send_header("X-RateLimit-Remaining", str(limits.remaining))
         for name, value in reply.headers.items():
             self.send_header(name, value)
+        if not flush:
+            head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+            return head
         self.end_headers()
-        self.wfile.write(body)
+        return b""
+
+    def _misbehave(self, trouble: Misbehaviour, answer: Callable[[], Reply]) -> None:
+        """Answer as `trouble` says (Sandbox.misbehave). Hanging and trickling end when the
+        client hangs up, or at behave() / stop()."""
+        calm = self.sandbox._misbehaving.calm
+        self.close_connection = True
+        if trouble.kind == "hang":
+            calm.wait()
+            return
+        if trouble.kind in ("trickle_headers", "trickle_body"):
+            reply = answer()
+            body = _encode(reply.body)
+            if trouble.kind == "trickle_body":
+                self._send_head(reply, len(body))
+                slow = body
+            else:   # the status line and headers too
+                slow = self._send_head(reply, len(body), flush=False) + body
+            for i in range(len(slow)):
+                if calm.wait(trouble.interval):
+                    return
+                self.wfile.write(slow[i:i + 1])
+            return
+        if trouble.kind == "gzip_bomb":
+            bomb = gzip_bomb(trouble.size)
+            self._send(Reply(200, bomb, {"Content-Encoding": "gzip"}))
+            return
+        # oversized: a valid JSON object of `size` bytes, sent in chunks, no Content-Length
+        self._send_head(Reply(200, b""), None)
+        head, tail, block = b'{"id": 1, "pad": "', b'"}', b"x" * (1024 * 1024)
+        self.wfile.write(head)
+        left = trouble.size - len(head) - len(tail)
+        while left > 0 and not calm.is_set():
+            self.wfile.write(block[:left])
+            left -= len(block)
+        self.wfile.write(tail)
 
 
 def _encode(body: object) -> bytes:
@@ -664,6 +716,7 @@ class Sandbox:
         self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate)
         self._resources = Resources(self.history, seed)
         self._gate = _Gate()
+        self._misbehaving = Misbehaving()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._set_url()
@@ -700,6 +753,7 @@ class Sandbox:
         if server is None:
             return
         self._gate.release()    # a held request must not keep its handler thread (and us) waiting
+        self._misbehaving.set(None, None)
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -737,6 +791,27 @@ class Sandbox:
     def held(self) -> int:
         """Requests waiting at the gate now."""
         return self._gate.held
+
+    # -- misbehaving on purpose --------------------------------------------------------
+    def misbehave(self, kind: str, endpoint: str | None = "get_job", *, times: int | None = None,
+                  interval: float = 0.5, size: int = 64 * 1024 * 1024) -> None:
+        """Answer the next `times` charged requests to `endpoint` (None: every charged endpoint;
+        times None: all of them, until behave()) badly, each counted in stats.faults[kind]:
+
+        - "hang": read the request, never answer.
+        - "trickle_headers": the real answer, status line and headers included, one byte every
+          `interval` seconds; "trickle_body": the headers at once, then the body so.
+        - "oversized": a valid JSON object of `size` bytes, no Content-Length (ends at close).
+        - "gzip_bomb": Content-Encoding gzip, a body of about size/1000 bytes that inflates
+          to `size` bytes (default 64 MiB; 1 GiB is 1 MiB on the wire).
+
+        The default (nothing asked for) is unchanged behaviour.
+        """
+        self._misbehaving.set(Misbehaviour(kind, endpoint, interval, size), times)
+
+    def behave(self) -> None:
+        """Stop misbehaving; hanging and trickling answers in progress end (the connection closes)."""
+        self._misbehaving.set(None, None)
 
     # -- clock and history ----------------------------------------------------------
     @property
