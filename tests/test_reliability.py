@@ -49,7 +49,7 @@ def expected_outputs(api):
 
 def test_2000_jobs_through_5xx_drops_truncation_and_429s(sqlite_url, figure):
     with Sandbox(jobs=2000, seed=41, now=NOW, error_rate=0.2, drop_rate=0.05, bad_json_rate=0.05,
-                 rate_limit=200, rate_window_s=1) as api:
+                 throttle_rate=0.005, rate_limit=200, rate_window_s=1) as api:
         client = XplentyClient(api.url, api.account, Secret(KEY), policy=FAST_RETRIES)
         summary = sync_ids(settings_for(api, sqlite_url), api.job_ids(), SyncOptions(concurrency=16), client)
         faults = dict(api.stats.faults)

@@ -119,19 +119,26 @@ class FaultInjector:
                       (502, "Bad Gateway: the API is down or being upgraded"),
                       (503, "Service Unavailable: the API is overloaded, try later"))
 
-    def __init__(self, seed: int, error_rate: float, drop_rate: float, bad_json_rate: float) -> None:
-        for name, rate in (("error_rate", error_rate), ("drop_rate", drop_rate),
-                           ("bad_json_rate", bad_json_rate)):
+    def __init__(self, seed: int, error_rate: float, drop_rate: float, bad_json_rate: float,
+                 throttle_rate: float = 0) -> None:
+        rates = (("error", error_rate), ("drop", drop_rate), ("bad_json", bad_json_rate),
+                 ("rate_limited", throttle_rate))
+        for name, rate in rates:
             if not 0 <= rate <= 1:
-                raise ValueError(f"{name} must be between 0 and 1")
-        self._thresholds = (("error", error_rate), ("drop", error_rate + drop_rate),
-                            ("bad_json", error_rate + drop_rate + bad_json_rate))
-        self._active = error_rate + drop_rate + bad_json_rate > 0
+                raise ValueError(f"the {name} rate must be between 0 and 1")
+        if sum(rate for _, rate in rates) > 1:
+            raise ValueError("the fault rates add up to more than 1")
+        total, thresholds = 0.0, []
+        for name, rate in rates:
+            total += rate
+            thresholds.append((name, total))
+        self._thresholds = tuple(thresholds)
+        self._active = total > 0
         self._rng = random.Random(f"faults:{seed}")
         self._lock = threading.Lock()
 
     def draw(self) -> str | None:
-        """'error', 'drop', 'bad_json' or None. One draw per request."""
+        """'error', 'drop', 'bad_json', 'rate_limited' (a 429 whatever the budget) or None."""
         if not self._active:
             return None
         with self._lock:

@@ -350,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.stats.count_fault(fault)
         if fault == "drop":
             return self._drop()
+        if fault == "rate_limited":   # throttled whatever the budget: a 429 costs no credit
+            return self._send(Reply(429, {"message": "Rate Limit Exceeded"}, {"Retry-After": "1"}))
         if fault == "error":
             status, message = sandbox._faults.error()
             return self._send(Reply(status, {"message": message}))
@@ -695,7 +697,7 @@ class Sandbox:
                  api_key: str = "sandbox-key", host: str = "127.0.0.1", port: int = 0,
                  now: datetime | None = None, latency_ms: float = 0, error_rate: float = 0,
                  drop_rate: float = 0, bad_json_rate: float = 0, rate_limit: int | None = None,
-                 rate_window_s: float = 3600, default_version: int = 2,
+                 rate_window_s: float = 3600, throttle_rate: float = 0, default_version: int = 2,
                  clock_speed: float = 0, link_style: str = "full", offset_style: str = "items") -> None:
         if jobs < 0:
             raise ValueError("jobs must be >= 0")
@@ -713,7 +715,7 @@ class Sandbox:
         self.history = History(jobs, seed, self._clock.timestamp())
         self.stats = SandboxStats()
         self._limiter = RateLimiter(rate_limit, rate_window_s)
-        self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate)
+        self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate, throttle_rate)
         self._resources = Resources(self.history, seed)
         self._gate = _Gate()
         self._misbehaving = Misbehaving()
