@@ -94,3 +94,8 @@ class InvalidPayload(ArchiverError):
         self.kind = kind
         who = f"job {job_id}" if job_id is not None else "payload"
         super().__init__(f"{who}: field {field!r}: {reason}")
+
+
+class LostLock(ArchiverError):
+    """The run's lock was lost mid-run (its database session ended): the run stops writing
+    at once; another run may hold the lock now. Transient: exit 1, the next run resumes."""

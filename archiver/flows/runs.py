@@ -18,8 +18,8 @@ from typing import Any
 
 from archiver.client import XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             NoArchive, NotFoundFlood, RateLimited, TlsError)
+from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, LostLock,
+                             NotFound, NoArchive, NotFoundFlood, RateLimited, TlsError)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -216,6 +216,8 @@ class Run:
             return
         try:
             self.archive.write_jobs(batch, self.summary.run_id, after=after).add_to(self.summary)
+        except LostLock:  # never retried job by job: nothing more is written
+            raise
         except Exception as exc:
             if after is not None:
                 raise
@@ -304,10 +306,15 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
                 summary.errors.append(error_row(None, exc))
+            except LostLock as exc:
+                summary.outcome, summary.message = "lost_lock", str(exc)
             except STOPPING as exc:
-                run.flush()
                 summary.outcome = "budget" if isinstance(exc, BudgetReached) else "stopped"
                 summary.message = str(exc)
+                try:
+                    run.flush()
+                except LostLock as lost:
+                    summary.outcome, summary.message = "lost_lock", str(lost)
             except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
                 summary.outcome, summary.message = "stopped", str(exc)
                 summary.errors.append(error_row(None, exc))

@@ -1,0 +1,86 @@
+"""Locks that stay true (a run that loses its lock stops writing), SQLite locks by real path,
+schema changes under the lock, MariaDB's charset, and read-only reports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from sqlalchemy import func, select, text
+
+from archiver import database, dialect, models
+from archiver.errors import RunLocked
+from archiver.sandbox import Sandbox
+from archiver.store import Archive
+from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver, wait_parked
+
+
+def count_jobs(db_url: str) -> int:
+    engine = database.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(models.JobRow)).scalar()
+    finally:
+        engine.dispose()
+
+
+def runs(db_url: str):
+    engine = database.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(models.SyncRunRow.outcome, models.SyncRunRow.message)
+                                .order_by(models.SyncRunRow.id)).all()
+    finally:
+        engine.dispose()
+
+
+def break_the_lock(db_url: str, account: str) -> None:
+    """End the run's lock as an outage would: its server session killed (PostgreSQL
+    pg_terminate_backend, MariaDB KILL), or, on SQLite, its lock file removed."""
+    engine = database.make_engine(db_url)
+    try:
+        name = engine.dialect.name
+        if name == "sqlite":
+            os.remove(dialect.sqlite_lock_path(engine, account))
+            return
+        with engine.connect() as conn:
+            if name == "postgresql":
+                key = dialect._lock_key(account)
+                pid = conn.execute(text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND classid::bigint = :hi AND objid::bigint = :lo"),
+                    {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).scalar()
+                assert pid is not None, "no session holds the run lock"
+                assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+            else:
+                holder = conn.execute(text("SELECT IS_USED_LOCK(:n)"),
+                                      {"n": dialect.server_lock_name(engine, account)}).scalar()
+                assert holder is not None, "no session holds the run lock"
+                conn.execute(text(f"KILL {int(holder)}"))
+    finally:
+        engine.dispose()
+
+
+def test_a_run_that_loses_its_lock_stops_writing_and_says_so(db_url):
+    with Sandbox(jobs=30, seed=31, now=NOW) as api:
+        ids = [str(i) for i in api.job_ids()]
+        api.hold_after(5, "get_job")
+        proc = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "1", "--batch-size", "2"),
+                                env=cli_env(api, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            wait_parked(api, proc)
+            before = count_jobs(db_url)
+            break_the_lock(db_url, api.account)
+        finally:
+            api.release()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "[lost_lock: lost the run lock" in out, (out, err)
+    assert "unexpected" not in err
+    assert 0 < before == count_jobs(db_url)   # nothing written after the loss
+    (outcome, message), = runs(db_url)
+    assert outcome == "lost_lock" and message.startswith("lost the run lock")
+
