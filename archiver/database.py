@@ -135,10 +135,10 @@ def migrate(url: str, action: str, revision: str = "head") -> str:
             if action == "current" and dialect.is_missing_file(engine):
                 return f"{mask_url(url)}: no archive (the file does not exist); head {head_revision()}"
             try:
-                if action == "upgrade":
-                    upgrade(engine, revision)
-                elif action == "downgrade":
-                    downgrade(engine, revision)
+                if action in ("upgrade", "downgrade"):
+                    # exclusive: no run of any account writes while the schema changes (exit 4)
+                    with dialect.schema_lock(engine):
+                        (upgrade if action == "upgrade" else downgrade)(engine, revision)
             except CommandError as exc:  # an unknown revision, a downgrade past base...
                 raise ConfigError(f"archiver db {action} {revision}: {str(exc).splitlines()[0]}") from None
             current = current_revision(engine)
@@ -163,7 +163,9 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
             raise SchemaOutOfDate(f"{where} has tables but no archiver schema revision; point --db at "
                                   "an empty database or an archive")
         log.info("empty database: migrating to %s", head)
-        upgrade(engine)
+        with dialect.schema_lock(engine):
+            if current_revision(engine) is None:  # not migrated meanwhile by another first run
+                upgrade(engine)
         return
     known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
     if current not in known:

@@ -84,3 +84,79 @@ def test_a_run_that_loses_its_lock_stops_writing_and_says_so(db_url):
     (outcome, message), = runs(db_url)
     assert outcome == "lost_lock" and message.startswith("lost the run lock")
 
+
+# -- SQLite: one lock per file, however it is reached -----------------------------------------------
+def test_sqlite_lock_is_keyed_by_the_real_path_of_the_file(tmp_path, sqlite_url):
+    real = sqlite_url.removeprefix("sqlite:///")
+    link = tmp_path / "elsewhere" / "link.db"
+    link.parent.mkdir()
+    os.symlink(real, link)
+    first, second = Archive.open(sqlite_url, "acme"), Archive.open(f"sqlite:///{link}", "acme")
+    try:
+        assert dialect.sqlite_lock_path(first.engine, "acme") == dialect.sqlite_lock_path(second.engine, "acme")
+        with first.run_lock():
+            with pytest.raises(RunLocked, match="another archiver run"):
+                with second.run_lock():
+                    pass
+        with second.run_lock():  # released
+            pass
+    finally:
+        first.close()
+        second.close()
+
+
+def test_two_cli_runs_through_a_symlink_do_not_both_write(tmp_path, sqlite_url):
+    link = tmp_path / "link.db"
+    os.symlink(sqlite_url.removeprefix("sqlite:///"), link)
+    with Sandbox(jobs=20, seed=32, now=NOW) as api:
+        ids = [str(i) for i in api.job_ids()]
+        api.hold_after(3, "get_job")
+        first = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "1"), env=cli_env(api, sqlite_url),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_parked(api, first)
+            second = run_archiver(api, f"sqlite:///{link}", "sync", *ids[:2])
+        finally:
+            api.release()
+        out, err = first.communicate(timeout=120)
+    assert second.returncode == 4 and "another archiver run" in second.stderr
+    assert first.returncode == 0, err
+
+
+# -- schema changes exclude runs of every account ---------------------------------------------------
+def test_schema_changes_wait_for_no_run_and_runs_wait_for_no_schema_change(db_url):
+    one, two = Archive.open(db_url, "acme"), Archive.open(db_url, "zeta")
+    try:
+        with one.run_lock(), two.run_lock():   # runs of two accounts share the schema lock
+            with pytest.raises(RunLocked, match="an archiver run holds the lock"):
+                database.migrate(db_url, "downgrade", "base")
+            with pytest.raises(RunLocked):
+                database.migrate(db_url, "upgrade", "head")
+        with dialect.schema_lock(one.engine):
+            with pytest.raises(RunLocked, match="changing the schema"):
+                with one.run_lock():
+                    pass
+        with one.run_lock():   # all released
+            pass
+    finally:
+        one.close()
+        two.close()
+    assert count_jobs(db_url) == 0   # the tables are all still there
+
+
+def test_db_downgrade_base_during_a_sync_exits_4_and_drops_nothing(db_url):
+    with Sandbox(jobs=20, seed=33, now=NOW) as api:
+        ids = [str(i) for i in api.job_ids()]
+        api.hold_after(3, "get_job")
+        sync = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "1"), env=cli_env(api, db_url),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_parked(api, sync)
+            down = run_archiver(api, db_url, "db", "downgrade", "base")
+        finally:
+            api.release()
+        out, err = sync.communicate(timeout=120)
+    assert down.returncode == 4, down.stdout + down.stderr
+    assert "an archiver run holds the lock" in down.stderr
+    assert sync.returncode == 0, err
+    assert count_jobs(db_url) == 20
