@@ -7,7 +7,8 @@ import os
 import subprocess
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from archiver import database, dialect, models
 from archiver.errors import RunLocked
@@ -160,3 +161,49 @@ def test_db_downgrade_base_during_a_sync_exits_4_and_drops_nothing(db_url):
     assert "an archiver run holds the lock" in down.stderr
     assert sync.returncode == 0, err
     assert count_jobs(db_url) == 20
+
+
+# -- MariaDB: utf8mb4 whatever the server's default -----------------------------------------------
+def test_a_latin1_mariadb_database_stores_emoji_after_migrating(payload):
+    from archiver.parse import parse_job
+    from tests.conftest import SERVER_URLS, server_url
+
+    server_url("mysql")   # the server answers (a failure in CI, else a skip)
+    url = make_url(SERVER_URLS["mysql"])
+    url = url.set(database=f"{url.database}_latin1")
+    admin = create_engine(url.set(database="mysql"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
+            conn.execute(text(f"CREATE DATABASE `{url.database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci"))
+    finally:
+        admin.dispose()
+    db_url = url.render_as_string(hide_password=False)
+    engine = database.make_engine(db_url)
+    database.upgrade(engine, "0004")   # tables made latin1, as on such a server before 0005
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE "
+                                 "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'")).scalar().startswith("latin1")
+    database.upgrade(engine)
+    engine.dispose()
+
+    archive = Archive.open(db_url, "acme")
+    try:
+        raw = payload("job-v1-failed.json")
+        raw["errors"] = "Boom 💥: naïve façade, 日本語, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"
+        archive.write_jobs([parse_job(raw)])
+        with archive.engine.connect() as conn:
+            assert conn.execute(select(models.JobRow.errors).where(models.JobRow.id == raw["id"])).scalar() \
+                == raw["errors"]
+            other = conn.execute(text(
+                "SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME <> 'alembic_version' "
+                "AND TABLE_COLLATION <> 'utf8mb4_unicode_ci'")).all()
+            assert other == []
+            conn.execute(text("CREATE TABLE later_table (note TEXT)"))   # what a later migration would make
+            made = conn.execute(text("SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE "
+                                     "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'later_table'")).scalar()
+            conn.execute(text("DROP TABLE later_table"))
+        assert made == "utf8mb4_unicode_ci"
+    finally:
+        archive.close()
