@@ -23,17 +23,18 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from archiver import dialect
 from archiver.config import mask_url
-from archiver.errors import ConfigError, NoArchive, SchemaOutOfDate
+from archiver.errors import ConfigError, DatabaseBusy, NoArchive, SchemaOutOfDate
 from archiver.jsonio import serialize_json
 
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, create: bool = True) -> Engine:
-    """An engine for the archive at `url`; `create` lets SQLite make a new file (mode 0600)."""
-    parsed, options = dialect.engine_options(make_url(url), create=create)
+def make_engine(url: str, create: bool = True, read_only: bool = False) -> Engine:
+    """An engine for the archive at `url`; `create` lets SQLite make a new file (mode 0600);
+    `read_only` connections never write nor take SQLite's write lock (reports)."""
+    parsed, options = dialect.engine_options(make_url(url), create=create and not read_only, read_only=read_only)
     engine = create_engine(parsed, json_serializer=serialize_json, pool_pre_ping=True, **options)
-    dialect.prepare_engine(engine)
+    dialect.prepare_engine(engine, read_only=read_only)
     return engine
 
 
@@ -56,6 +57,10 @@ def database_errors(url: str) -> Iterator[None]:
     except ArgumentError:
         raise ConfigError(f"not a database URL: {where}; use {SUPPORTED_URLS}") from None
     except OperationalError as exc:
+        if dialect.is_busy(exc):  # transient: another writer; not a configuration error
+            raise DatabaseBusy(f"the archive at {where} is busy: another process held its write lock "
+                               f"for {dialect.SQLITE_BUSY_TIMEOUT:g}s (a sync, or a tool writing to it); "
+                               "a transient condition: the next run tries again") from None
         reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200]
         raise ConfigError(f"cannot open the archive at {where}: {sqlite_hint(url) or reason}") from None
 
@@ -85,11 +90,11 @@ def sqlite_hint(url: str) -> str | None:
     return None
 
 
-def open_engine(url: str, create: bool = True) -> Engine:
+def open_engine(url: str, create: bool = True, read_only: bool = False) -> Engine:
     """An engine on an archive at the newest revision: an empty database is migrated first
-    (when `create`), any other revision is refused with what to do."""
+    (when `create`), any other revision is refused with what to do. `read_only`: see make_engine."""
     with database_errors(url):
-        engine = make_engine(url, create=create)
+        engine = make_engine(url, create=create and not read_only, read_only=read_only)
         try:
             ensure_schema(engine, create=create)
         except BaseException:
@@ -130,7 +135,7 @@ def migrate(url: str, action: str, revision: str = "head") -> str:
     """`archiver db upgrade|downgrade|current`: do it, and say where the database stands.
     `current` only reads: it never creates a SQLite file."""
     with database_errors(url):
-        engine = make_engine(url, create=action != "current")
+        engine = make_engine(url, create=action != "current", read_only=action == "current")
         try:
             if action == "current" and dialect.is_missing_file(engine):
                 return f"{mask_url(url)}: no archive (the file does not exist); head {head_revision()}"

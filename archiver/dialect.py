@@ -51,26 +51,43 @@ def is_mysql(name: str) -> bool:
 SQLITE_BUSY_TIMEOUT = 30  # seconds a write waits for another writer's lock
 
 
-def engine_options(url: URL, create: bool) -> tuple[URL, dict[str, Any]]:
+def engine_options(url: URL, create: bool, read_only: bool = False) -> tuple[URL, dict[str, Any]]:
     """The URL and create_engine() options for this backend; `create` lets SQLite make a
-    new file, readable by its owner only."""
+    new file, readable by its owner only; `read_only` (reports) opens SQLite files with
+    mode=ro and PostgreSQL sessions with read-only transactions."""
     backend = url.get_backend_name()
     if is_mysql(backend):
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
         return url, {"connect_args": {"init_command": MYSQL_SESSION}}
     if backend == "postgresql":
-        return url, {"connect_args": {"keepalives": 1, "keepalives_idle": 60}}
+        args: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 60}
+        if read_only:
+            args["options"] = "-c default_transaction_read_only=on"
+        return url, {"connect_args": args}
+    if backend == "sqlite" and read_only and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:"):
+        return url, {"creator": _sqlite_read_only(url.database)}
     if backend == "sqlite" and create:
         _create_private_file(url.database)
         return url, {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     return url, {}
 
 
-def prepare_engine(engine: Engine) -> None:
+def _sqlite_read_only(path: str) -> Callable[[], Any]:
+    """Connections that can only read the file (a report on a read-only archive, or while a
+    sync holds the write lock: WAL readers never wait for the writer)."""
+    import sqlite3
+    import urllib.parse
+
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    return lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
+
+
+def prepare_engine(engine: Engine, read_only: bool = False) -> None:
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "connect", _sqlite_connect_read_only if read_only else _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
 
 
 def _create_private_file(path: str | None) -> None:
@@ -89,6 +106,23 @@ def _sqlite_connect(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_connect_read_only(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin_read)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def _sqlite_begin_read(conn: Connection) -> None:
+    """A deferred BEGIN: a consistent snapshot that takes no write lock."""
+    conn.exec_driver_sql("BEGIN")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's 'database is locked' after the whole busy timeout: another writer holds the file."""
+    return "database is locked" in str(getattr(exc, "orig", None) or exc)
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -99,3 +99,8 @@ class InvalidPayload(ArchiverError):
 class LostLock(ArchiverError):
     """The run's lock was lost mid-run (its database session ended): the run stops writing
     at once; another run may hold the lock now. Transient: exit 1, the next run resumes."""
+
+
+class DatabaseBusy(ArchiverError):
+    """The archive stayed locked by another writer for the whole busy timeout: transient
+    (exit 1), the next run retries; not a configuration error."""

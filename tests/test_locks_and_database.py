@@ -3,17 +3,21 @@ schema changes under the lock, MariaDB's charset, and read-only reports."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from archiver import database, dialect, models
-from archiver.errors import RunLocked
+from archiver.errors import DatabaseBusy, RunLocked
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
+from tests.clirun import run_cli
 from tests.sandboxed import NOW, archiver_cmd, cli_env, run_archiver, wait_parked
 
 
@@ -207,3 +211,83 @@ def test_a_latin1_mariadb_database_stores_emoji_after_migrating(payload):
         assert made == "utf8mb4_unicode_ci"
     finally:
         archive.close()
+
+
+# -- SQLite: a busy archive is transient; reports only read ----------------------------------------
+def hold_write_lock(sqlite_url: str) -> sqlite3.Connection:
+    """Another writer (a sync mid-transaction, a tool) holding the SQLite write lock."""
+    conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def store_a_job(db_url: str, raw: dict) -> None:
+    from archiver.parse import parse_job
+
+    archive = Archive.open(db_url, "acme")
+    try:
+        archive.write_jobs([parse_job(raw)])
+    finally:
+        archive.close()
+
+
+def test_a_busy_sqlite_archive_is_a_transient_exit_1_not_a_configuration_error(
+        capsys, monkeypatch, tmp_path, sqlite_url, payload):
+    monkeypatch.setattr(dialect, "SQLITE_BUSY_TIMEOUT", 0.2)  # not 30s of waiting in a test
+    saved = tmp_path / "jobs.jsonl"
+    saved.write_text(json.dumps(payload("job-v1-failed.json")) + "\n")
+    writer = hold_write_lock(sqlite_url)
+    try:
+        with pytest.raises(DatabaseBusy) as info:
+            Archive.open(sqlite_url, "acme")
+        result = run_cli(capsys, monkeypatch, ["ingest", str(saved), "--db", sqlite_url])
+    finally:
+        writer.close()
+    assert info.value.exit_code == 1
+    assert result.code == 1, result.err
+    assert "is busy: another process held its write lock" in result.err and "next run" in result.err
+    assert run_cli(capsys, monkeypatch, ["ingest", str(saved), "--db", sqlite_url]).code == 0   # once free
+
+
+def test_a_report_reads_while_a_writer_holds_the_lock(capsys, monkeypatch, sqlite_url, payload):
+    monkeypatch.setattr(dialect, "SQLITE_BUSY_TIMEOUT", 0.2)  # a report that waited would fail fast
+    store_a_job(sqlite_url, payload("job-v1-failed.json"))
+    writer = hold_write_lock(sqlite_url)
+    try:
+        result = run_cli(capsys, monkeypatch, ["report", "status", "--db", sqlite_url, "--since", "2013-01-01",
+                                               "--format", "json"])
+        current = run_cli(capsys, monkeypatch, ["db", "current", "--db", sqlite_url])
+    finally:
+        writer.close()
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == [{"status": "failed", "jobs": 1, "share": 1.0}]
+    assert current.code == 0 and f"revision {database.head_revision()}" in current.out
+
+
+def test_a_report_opens_the_archive_read_only(capsys, monkeypatch, sqlite_url, payload):
+    store_a_job(sqlite_url, payload("job-v1-failed.json"))
+    path = sqlite_url.removeprefix("sqlite:///")
+    os.chmod(path, 0o444)   # a read-only archive file (root could still write it: hence the check below)
+    result = run_cli(capsys, monkeypatch, ["report", "status", "--db", sqlite_url, "--since", "2013-01-01",
+                                           "--format", "json"])
+    assert result.code == 0, result.err
+    assert json.loads(result.out)[0]["jobs"] == 1
+    engine = database.open_engine(sqlite_url, create=False, read_only=True)   # what run_report opens
+    try:
+        with pytest.raises(OperationalError, match="readonly|read-only|query_only"):
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM jobs"))
+    finally:
+        engine.dispose()
+    os.chmod(path, 0o600)
+    assert count_jobs(sqlite_url) == 1
+
+
+def test_a_report_on_postgresql_runs_in_read_only_transactions(migrated_servers):
+    db_url = migrated_servers("postgresql")
+    engine = database.open_engine(db_url, create=False, read_only=True)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW transaction_read_only")).scalar() == "on"
+    finally:
+        engine.dispose()
