@@ -316,6 +316,26 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in str(orig)
 
 
+# Out of space: PostgreSQL disk_full; MySQL "table is full" / "disk full"; SQLITE_FULL; ENOSPC.
+DISK_FULL_PG = {"53100"}
+DISK_FULL_MYSQL = {1021, 1114}
+DISK_FULL_TEXTS = ("database or disk is full", "no space left on device", "errno: 28")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in DISK_FULL_PG:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in DISK_FULL_MYSQL:
+        return True
+    return any(t in str(orig).lower() for t in DISK_FULL_TEXTS)
+
+
 # -- run locks ---------------------------------------------------------------------------------
 # Every run holds its account's lock (exclusive) and the database's schema lock in shared mode;
 # `archiver db upgrade|downgrade` holds the schema lock exclusively, so it never changes the

@@ -104,3 +104,7 @@ class LostLock(ArchiverError):
 class DatabaseBusy(ArchiverError):
     """The archive stayed locked by another writer for the whole busy timeout: transient
     (exit 1), the next run retries; not a configuration error."""
+
+
+class DiskFull(ArchiverError):
+    """The database has no room left (disk full, a size limit): the run stops writing at once."""

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from sqlalchemy import Connection, Engine, and_, delete, func, literal_column, not_, or_, select, update
 
 from archiver import __version__, database, dialect, models
-from archiver.errors import ArchiverError, LostLock
+from archiver.errors import ArchiverError, DiskFull, LostLock
 from archiver.fields import TERMINAL_STATUSES
 from archiver.jsonio import RawJSON
 from archiver.records import WRITE_OUTCOMES, JobRecord, RunCounts, as_row
@@ -233,6 +233,8 @@ class Archive:
                         self.check_lock()
                     return result
             except Exception as exc:
+                if dialect.is_disk_full(exc):
+                    raise disk_full(exc) from exc
                 if not dialect.is_retryable(exc) or attempt == TRANSACTION_ATTEMPTS - 1:
                     raise
                 log.warning("transaction conflict (%s); retrying it", describe_error(exc))
@@ -439,6 +441,13 @@ def _summary_row(job: JobRecord) -> dict:
     s = job.log_summary
     return {"job_id": job.id, "log_id": s.id, "error_summary": s.error_summary,
             "action_items": list(s.action_items), "body": s.body, "created_at": s.created_at}
+
+
+def disk_full(exc: BaseException) -> DiskFull:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return DiskFull(f"the database has no room left (disk full or at its size limit: "
+                    f"{reason[0][:200] if reason else type(exc).__name__}); stopped writing at once; "
+                    "what was written before is kept: free space and run again")
 
 
 def describe_error(exc: BaseException) -> str:

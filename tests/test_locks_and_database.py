@@ -90,6 +90,33 @@ def test_a_run_that_loses_its_lock_stops_writing_and_says_so(db_url):
     assert outcome == "lost_lock" and message.startswith("lost the run lock")
 
 
+
+def test_once_the_lock_is_lost_the_next_run_takes_it_and_the_first_writes_nothing_more(db_url, tmp_path, payload):
+    """The reported case: the next run takes the lock and marks the first abandoned; the first,
+    released, finds its lock gone at its next commit and ends lost_lock instead of writing too."""
+    saved = tmp_path / "one.jsonl"
+    saved.write_text(json.dumps(payload("job-v1-completed.json")) + "\n")
+    with Sandbox(jobs=30, seed=34, now=NOW) as api:
+        ids = [str(i) for i in api.job_ids()]
+        api.hold_after(5, "get_job")
+        first = subprocess.Popen(archiver_cmd("sync", *ids, "--concurrency", "1", "--batch-size", "2"),
+                                 env=cli_env(api, db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        try:
+            wait_parked(api, first)
+            break_the_lock(db_url, api.account)
+            second = run_archiver(api, db_url, "ingest", str(saved), "--account", api.account)
+            during = [outcome for outcome, _ in runs(db_url)]
+            stored = count_jobs(db_url)
+        finally:
+            api.release()
+        out, err = first.communicate(timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert during == ["abandoned", "ok"]   # the second run held the lock when it marked the first
+    assert first.returncode == 1 and "lost the run lock" in out, (out, err)
+    assert count_jobs(db_url) == stored
+    assert [outcome for outcome, _ in runs(db_url)] == ["lost_lock", "ok"]
+
 # -- SQLite: one lock per file, however it is reached -----------------------------------------------
 def test_sqlite_lock_is_keyed_by_the_real_path_of_the_file(tmp_path, sqlite_url):
     real = sqlite_url.removeprefix("sqlite:///")
@@ -291,3 +318,33 @@ def test_a_report_on_postgresql_runs_in_read_only_transactions(migrated_servers)
             assert conn.execute(text("SHOW transaction_read_only")).scalar() == "on"
     finally:
         engine.dispose()
+
+
+# -- disk full ------------------------------------------------------------------------------------
+def test_a_full_database_stops_the_run_at_once_and_says_so(capsys, monkeypatch, tmp_path, sqlite_url, payload):
+    """SQLite's max_page_count stands in for a full disk: SQLITE_FULL, 'database or disk is full'."""
+    original = dialect._sqlite_connect
+
+    def small_database(dbapi_conn, record):
+        original(dbapi_conn, record)
+        pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages + 40}")
+
+    monkeypatch.setattr(dialect, "_sqlite_connect", small_database)
+    saved = tmp_path / "jobs.jsonl"
+    with saved.open("w") as out:
+        for n in range(400):
+            raw = payload("job-v1-failed.json")
+            raw["id"] = 10_000 + n
+            raw["errors"] = f"error {n}: " + "x" * 3000
+            out.write(json.dumps(raw) + "\n")
+    result = run_cli(capsys, monkeypatch, ["ingest", str(saved), "--db", sqlite_url, "--batch-size", "10"])
+    monkeypatch.setattr(dialect, "_sqlite_connect", original)
+    assert result.code == 1, result.err
+    assert "[failed: the database has no room left" in result.out, result.out + result.err
+    assert "database or disk is full" in result.out
+    assert "writing job by job" not in result.err   # stopped at once, no retries job by job
+    stored = count_jobs(sqlite_url)
+    assert 0 < stored < 400 and stored % 10 == 0   # whole batches kept, then nothing
+    (outcome, message), = runs(sqlite_url)
+    assert outcome == "failed" and message.startswith("the database has no room left")

@@ -18,8 +18,8 @@ from typing import Any
 
 from archiver.client import XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, LostLock,
-                             NotFound, NoArchive, NotFoundFlood, RateLimited, TlsError)
+from archiver.errors import (ApiError, AuthError, BudgetReached, DeadlineExceeded, DiskFull, InvalidPayload,
+                             LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited, TlsError)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
 STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood)  # end cleanly, keep what is stored
 FATAL = (AuthError, TlsError, *STOPPING)  # per-job errors that end the whole run
+STOP_WRITING = (LostLock, DiskFull)  # a write that must not be retried job by job: the run ends
 
 
 @dataclasses.dataclass
@@ -216,7 +217,7 @@ class Run:
             return
         try:
             self.archive.write_jobs(batch, self.summary.run_id, after=after).add_to(self.summary)
-        except LostLock:  # never retried job by job: nothing more is written
+        except STOP_WRITING:  # never retried job by job: nothing more is written
             raise
         except Exception as exc:
             if after is not None:
@@ -306,15 +307,15 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
                 summary.errors.append(error_row(None, exc))
-            except LostLock as exc:
-                summary.outcome, summary.message = "lost_lock", str(exc)
+            except STOP_WRITING as exc:
+                _stopped_writing(summary, exc)
             except STOPPING as exc:
                 summary.outcome = "budget" if isinstance(exc, BudgetReached) else "stopped"
                 summary.message = str(exc)
                 try:
                     run.flush()
-                except LostLock as lost:
-                    summary.outcome, summary.message = "lost_lock", str(lost)
+                except STOP_WRITING as lost:
+                    _stopped_writing(summary, lost)
             except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
                 summary.outcome, summary.message = "stopped", str(exc)
                 summary.errors.append(error_row(None, exc))
@@ -361,6 +362,12 @@ def open_archive(settings: Settings, options: SyncOptions) -> Archive:
     except NoArchive:
         log.info("no archive at %s yet: the dry run compares with an empty one", mask_url(settings.database_url))
         return Archive.scratch(settings.account)
+
+
+def _stopped_writing(summary: SyncSummary, exc: BaseException) -> None:
+    """The run lost its lock (outcome lost_lock) or the database is full (failed): exit 1."""
+    summary.outcome = "lost_lock" if isinstance(exc, LostLock) else "failed"
+    summary.message = str(exc)
 
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
