@@ -104,9 +104,20 @@ def open_engine(url: str, create: bool = True, read_only: bool = False) -> Engin
 
 
 # -- migrations -----------------------------------------------------------------------------------
+def migrations_folder() -> str:
+    """Where the migrations are: the checkout's own migrations/ when this archiver runs from a
+    source checkout (so its models and migrations always agree, even when another checkout is
+    the one installed in editable mode), else the installed package's archiver.migrations."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(checkout, "migrations")
+    if os.path.isfile(os.path.join(checkout, "pyproject.toml")) and os.path.isfile(os.path.join(folder, "env.py")):
+        return folder
+    return str(files("archiver.migrations"))
+
+
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(files("archiver.migrations")))
+    cfg.set_main_option("script_location", migrations_folder())
     cfg.attributes["database_url"] = url
     cfg.attributes["connection"] = connection
     return cfg
