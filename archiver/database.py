@@ -23,17 +23,18 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from archiver import dialect
 from archiver.config import check_database_url, mask_url, remember_url, scrub
-from archiver.errors import ConfigError, NoArchive, SchemaOutOfDate
+from archiver.errors import ConfigError, DatabaseBusy, NoArchive, SchemaOutOfDate
 from archiver.jsonio import serialize_json
 
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, create: bool = True) -> Engine:
-    """An engine for the archive at `url`; `create` lets SQLite make a new file (mode 0600)."""
-    parsed, options = dialect.engine_options(make_url(url), create=create)
+def make_engine(url: str, create: bool = True, read_only: bool = False) -> Engine:
+    """An engine for the archive at `url`; `create` lets SQLite make a new file (mode 0600);
+    `read_only` connections never write nor take SQLite's write lock (reports)."""
+    parsed, options = dialect.engine_options(make_url(url), create=create and not read_only, read_only=read_only)
     engine = create_engine(parsed, json_serializer=serialize_json, pool_pre_ping=True, **options)
-    dialect.prepare_engine(engine)
+    dialect.prepare_engine(engine, read_only=read_only)
     return engine
 
 
@@ -60,6 +61,10 @@ def database_errors(url: str) -> Iterator[None]:
         check_database_url(url)  # the URL does not parse: a message without the parser's text
         raise
     except OperationalError as exc:
+        if dialect.is_busy(exc):  # transient: another writer; not a configuration error
+            raise DatabaseBusy(f"the archive at {where} is busy: another process held its write lock "
+                               f"for {dialect.SQLITE_BUSY_TIMEOUT:g}s (a sync, or a tool writing to it); "
+                               "a transient condition: the next run tries again") from None
         reason = scrub(str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200])
         raise ConfigError(f"cannot open the archive at {where}: {sqlite_hint(url) or reason}") from None
 
@@ -89,11 +94,11 @@ def sqlite_hint(url: str) -> str | None:
     return None
 
 
-def open_engine(url: str, create: bool = True) -> Engine:
+def open_engine(url: str, create: bool = True, read_only: bool = False) -> Engine:
     """An engine on an archive at the newest revision: an empty database is migrated first
-    (when `create`), any other revision is refused with what to do."""
+    (when `create`), any other revision is refused with what to do. `read_only`: see make_engine."""
     with database_errors(url):
-        engine = make_engine(url, create=create)
+        engine = make_engine(url, create=create and not read_only, read_only=read_only)
         try:
             ensure_schema(engine, create=create)
         except BaseException:
@@ -103,9 +108,20 @@ def open_engine(url: str, create: bool = True) -> Engine:
 
 
 # -- migrations -----------------------------------------------------------------------------------
+def migrations_folder() -> str:
+    """Where the migrations are: the checkout's own migrations/ when this archiver runs from a
+    source checkout (so its models and migrations always agree, even when another checkout is
+    the one installed in editable mode), else the installed package's archiver.migrations."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(checkout, "migrations")
+    if os.path.isfile(os.path.join(checkout, "pyproject.toml")) and os.path.isfile(os.path.join(folder, "env.py")):
+        return folder
+    return str(files("archiver.migrations"))
+
+
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(files("archiver.migrations")))
+    cfg.set_main_option("script_location", migrations_folder())
     cfg.attributes["database_url"] = url
     cfg.attributes["connection"] = connection
     return cfg
@@ -134,15 +150,15 @@ def migrate(url: str, action: str, revision: str = "head") -> str:
     """`archiver db upgrade|downgrade|current`: do it, and say where the database stands.
     `current` only reads: it never creates a SQLite file."""
     with database_errors(url):
-        engine = make_engine(url, create=action != "current")
+        engine = make_engine(url, create=action != "current", read_only=action == "current")
         try:
             if action == "current" and dialect.is_missing_file(engine):
                 return f"{mask_url(url)}: no archive (the file does not exist); head {head_revision()}"
             try:
-                if action == "upgrade":
-                    upgrade(engine, revision)
-                elif action == "downgrade":
-                    downgrade(engine, revision)
+                if action in ("upgrade", "downgrade"):
+                    # exclusive: no run of any account writes while the schema changes (exit 4)
+                    with dialect.schema_lock(engine):
+                        (upgrade if action == "upgrade" else downgrade)(engine, revision)
             except CommandError as exc:  # an unknown revision, a downgrade past base...
                 raise ConfigError(f"archiver db {action} {revision}: {str(exc).splitlines()[0]}") from None
             current = current_revision(engine)
@@ -167,7 +183,9 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
             raise SchemaOutOfDate(f"{where} has tables but no archiver schema revision; point --db at "
                                   "an empty database or an archive")
         log.info("empty database: migrating to %s", head)
-        upgrade(engine)
+        with dialect.schema_lock(engine):
+            if current_revision(engine) is None:  # not migrated meanwhile by another first run
+                upgrade(engine)
         return
     known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
     if current not in known:

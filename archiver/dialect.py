@@ -51,26 +51,43 @@ def is_mysql(name: str) -> bool:
 SQLITE_BUSY_TIMEOUT = 30  # seconds a write waits for another writer's lock
 
 
-def engine_options(url: URL, create: bool) -> tuple[URL, dict[str, Any]]:
+def engine_options(url: URL, create: bool, read_only: bool = False) -> tuple[URL, dict[str, Any]]:
     """The URL and create_engine() options for this backend; `create` lets SQLite make a
-    new file, readable by its owner only."""
+    new file, readable by its owner only; `read_only` (reports) opens SQLite files with
+    mode=ro and PostgreSQL sessions with read-only transactions."""
     backend = url.get_backend_name()
     if is_mysql(backend):
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
         return url, {"connect_args": {"init_command": MYSQL_SESSION}}
     if backend == "postgresql":
-        return url, {"connect_args": {"keepalives": 1, "keepalives_idle": 60}}
+        args: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 60}
+        if read_only:
+            args["options"] = "-c default_transaction_read_only=on"
+        return url, {"connect_args": args}
+    if backend == "sqlite" and read_only and url.database and url.database != ":memory:" \
+            and not url.database.startswith("file:"):
+        return url, {"creator": _sqlite_read_only(url.database)}
     if backend == "sqlite" and create:
         _create_private_file(url.database)
         return url, {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     return url, {}
 
 
-def prepare_engine(engine: Engine) -> None:
+def _sqlite_read_only(path: str) -> Callable[[], Any]:
+    """Connections that can only read the file (a report on a read-only archive, or while a
+    sync holds the write lock: WAL readers never wait for the writer)."""
+    import sqlite3
+    import urllib.parse
+
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    return lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
+
+
+def prepare_engine(engine: Engine, read_only: bool = False) -> None:
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "connect", _sqlite_connect_read_only if read_only else _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
 
 
 def _create_private_file(path: str | None) -> None:
@@ -89,6 +106,23 @@ def _sqlite_connect(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_connect_read_only(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin_read)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def _sqlite_begin_read(conn: Connection) -> None:
+    """A deferred BEGIN: a consistent snapshot that takes no write lock."""
+    conn.exec_driver_sql("BEGIN")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's 'database is locked' after the whole busy timeout: another writer holds the file."""
+    return "database is locked" in str(getattr(exc, "orig", None) or exc)
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -282,36 +316,119 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in str(orig)
 
 
+# Out of space: PostgreSQL disk_full; MySQL "table is full" / "disk full"; SQLITE_FULL; ENOSPC.
+DISK_FULL_PG = {"53100"}
+DISK_FULL_MYSQL = {1021, 1114}
+DISK_FULL_TEXTS = ("database or disk is full", "no space left on device", "errno: 28")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in DISK_FULL_PG:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in DISK_FULL_MYSQL:
+        return True
+    return any(t in str(orig).lower() for t in DISK_FULL_TEXTS)
+
+
 # -- run locks ---------------------------------------------------------------------------------
+# Every run holds its account's lock (exclusive) and the database's schema lock in shared mode;
+# `archiver db upgrade|downgrade` holds the schema lock exclusively, so it never changes the
+# schema under a run of any account, and no run starts while it does. PostgreSQL has shared
+# advisory locks and flock has LOCK_SH; MySQL's GET_LOCK is exclusive only, so there the
+# shared mode is one of SCHEMA_SLOTS named locks and the exclusive mode all of them.
+SCHEMA_SLOTS = 16  # at most this many runs (of different accounts) at once on one MySQL database
+
+
 def _lock_key(account: str) -> int:
     digest = hashlib.sha256(f"xplenty-archiver:{account}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+SCHEMA_KEY = int.from_bytes(hashlib.sha256(b"xplenty-archiver-schema").digest()[:8], "big", signed=True)
+
+
+def server_lock_name(engine: Engine, account: str) -> str:
+    """The MySQL/MariaDB lock name of an account's run lock. Lock names are server-wide
+    (PostgreSQL's advisory keys are per database): the database's name is part of it, so
+    two archives never block each other."""
+    return f"xplenty-archiver:{hashlib.sha256(f'{engine.url.database}:{account}'.encode()).hexdigest()[:40]}"
+
+
+def _schema_slot_names(engine: Engine) -> list[str]:
+    base = hashlib.sha256(f"{engine.url.database}|schema".encode()).hexdigest()[:40]
+    return [f"xplenty-archiver:{base}:{i}" for i in range(SCHEMA_SLOTS)]
+
+
+class RunLockHolder:
+    """What holds a lock: try_acquire() -> None when taken, else why not; check() -> None
+    while the lock is still ours, else how it was lost; release() and close()."""
+
+    def try_acquire(self) -> str | None:
+        raise NotImplementedError
+
+    def check(self) -> str | None:
+        return None
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+BUSY_RUN = "another archiver run for account {account!r} holds the lock on this database"
+BUSY_SCHEMA = "`archiver db upgrade|downgrade` is changing the schema of this database"
+BUSY_ANY_RUN = "an archiver run holds the lock on this database (the schema cannot change under it)"
+
+
 @contextmanager
 def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
              sleep: Callable[[float], None] = time.sleep,
-             clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
-    """Hold the per-account run lock for the duration, or raise RunLocked.
+             clock: Callable[[], float] = time.monotonic) -> Iterator[RunLockHolder]:
+    """Hold the per-account run lock (and the schema lock, shared) for the duration, or raise
+    RunLocked. Yields the holder: holder.check() says whether the lock is still ours.
 
-    The lock lives on its own connection (PostgreSQL/MySQL) or in a file beside the
+    The lock lives on its own connection (PostgreSQL/MySQL) or in files beside the
     SQLite database, so it is released when the process dies, however it dies.
     """
-    name = engine.dialect.name
-    if name == "sqlite":
-        holder = _FileLock(sqlite_lock_path(engine, account))
-    else:
-        holder = _ServerLock(engine, account)
+    holder = _holder(engine, account)
+    with _held(holder, f"account {account!r}", wait, poll, sleep, clock):
+        yield holder
+
+
+@contextmanager
+def schema_lock(engine: Engine, wait: float = 0.0, poll: float = 0.5,
+                sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> Iterator[RunLockHolder]:
+    """Hold the schema lock exclusively (no run of any account holds its lock), or raise RunLocked."""
+    holder = _holder(engine, None)
+    with _held(holder, "a schema change", wait, poll, sleep, clock):
+        yield holder
+
+
+def _holder(engine: Engine, account: str | None) -> RunLockHolder:
+    if engine.dialect.name == "sqlite":
+        return _FileLocks(engine, account)
+    return _ServerLock(engine, account)
+
+
+@contextmanager
+def _held(holder: RunLockHolder, what: str, wait: float, poll: float, sleep, clock) -> Iterator[None]:
     deadline = clock() + max(0.0, wait)
     waiting = False
-    while not holder.try_acquire():
+    while (busy := holder.try_acquire()) is not None:
         if not waiting and wait > 0:
-            log.info("another run holds the lock for account %r: waiting up to %.0fs", account, wait)
+            log.info("%s: waiting up to %.0fs for the lock (%s)", what, wait, busy)
             waiting = True
         if clock() >= deadline:
             holder.close()
-            raise RunLocked(f"another archiver run for account {account!r} holds the lock on this "
-                            "database; try again later or pass --wait SECONDS")
+            raise RunLocked(f"{busy}; try again later or pass --wait SECONDS")
         sleep(poll)
     try:
         yield
@@ -319,33 +436,62 @@ def run_lock(engine: Engine, account: str, wait: float = 0.0, poll: float = 0.5,
         holder.release()
 
 
-def sqlite_lock_path(engine: Engine, account: str) -> Path:
+def _sqlite_base(engine: Engine) -> str | None:
+    """The archive file's real path (a symlink or another spelling reaches the same lock)."""
     database = engine.url.database
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in account)
     if not database or database == ":memory:":
+        return None
+    return os.path.realpath(database)
+
+
+def sqlite_lock_path(engine: Engine, account: str) -> Path:
+    base = _sqlite_base(engine)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in account)
+    if base is None:
         return Path(os.environ.get("TMPDIR", "/tmp")) / f"xplenty-archiver-memory-{os.getpid()}-{safe}.lock"
-    return Path(f"{database}.{safe}.lock")
+    return Path(f"{base}.{safe}.lock")
+
+
+def sqlite_schema_lock_path(engine: Engine) -> Path:
+    base = _sqlite_base(engine)
+    if base is None:
+        return Path(os.environ.get("TMPDIR", "/tmp")) / f"xplenty-archiver-memory-{os.getpid()}-schema.lock"
+    return Path(f"{base}-schema.lock")  # "-": never the name of an account's lock file
 
 
 class _FileLock:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, shared: bool = False):
         self.path = path
+        self.shared = shared
+        self.fd = -1
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # like the archive file
 
     def try_acquire(self) -> bool:
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return False
             raise
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        if not self.shared:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
         return True
 
+    def check(self) -> str | None:
+        """The locked file is still the one at the path (a deleted lock file lets a second run in)."""
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                return None
+        except OSError:
+            pass
+        return f"the lock file {self.path} was removed or replaced"
+
     def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        self.close()
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -353,33 +499,134 @@ class _FileLock:
             self.fd = -1
 
 
-class _ServerLock:
-    def __init__(self, engine: Engine, account: str):
-        self.conn = engine.connect()
-        self.mysql = is_mysql(engine.dialect.name)
-        self.key = _lock_key(account)
-        # MySQL/MariaDB lock names are server-wide (PostgreSQL's advisory keys are per
-        # database): the database's name is part of it, so two archives never block each other.
-        scope = f"{engine.url.database}:{account}"
-        self.name = f"xplenty-archiver:{hashlib.sha256(scope.encode()).hexdigest()[:40]}"
+class _FileLocks(RunLockHolder):
+    """SQLite: the schema lock file (shared by runs, exclusive for schema changes) and the
+    account's lock file, both keyed by the archive's real path."""
 
-    def try_acquire(self) -> bool:
-        if self.mysql:
-            got = self.conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self.name}).scalar()
-        else:
-            got = self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
-        self.conn.commit()
-        return bool(got)
+    def __init__(self, engine: Engine, account: str | None):
+        self.account = account
+        self.schema = _FileLock(sqlite_schema_lock_path(engine), shared=account is not None)
+        try:
+            self.run = _FileLock(sqlite_lock_path(engine, account)) if account is not None else None
+        except BaseException:
+            self.schema.close()
+            raise
+
+    def try_acquire(self) -> str | None:
+        if not self.schema.try_acquire():
+            return BUSY_SCHEMA if self.run is not None else BUSY_ANY_RUN
+        if self.run is not None and not self.run.try_acquire():
+            fcntl.flock(self.schema.fd, fcntl.LOCK_UN)
+            return BUSY_RUN.format(account=self.account)
+        return None
+
+    def check(self) -> str | None:
+        return (self.run or self.schema).check()
 
     def release(self) -> None:
         try:
-            if self.mysql:
-                self.conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
-            else:
-                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            if self.run is not None:
+                self.run.release()
+        finally:
+            self.schema.release()
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.close()
+        self.schema.close()
+
+
+class _ServerLock(RunLockHolder):
+    """PostgreSQL advisory locks / MySQL named locks on a dedicated connection."""
+
+    def __init__(self, engine: Engine, account: str | None):
+        self.conn = engine.connect()
+        self.mysql = is_mysql(engine.dialect.name)
+        self.account = account
+        self.key = _lock_key(account) if account is not None else None
+        self.name = server_lock_name(engine, account) if account is not None else None
+        self.slots = _schema_slot_names(engine)
+        self.lost = False
+
+    def _scalar(self, sql: str, **params):
+        return self.conn.execute(text(sql), params).scalar()
+
+    def try_acquire(self) -> str | None:
+        try:
+            busy = self._try_schema()
+            if busy is None and self.account is not None:
+                busy = self._try_account()
+                if busy is not None:
+                    self._release_all()
+        finally:
             self.conn.commit()
+        return busy
+
+    def _try_schema(self) -> str | None:
+        if self.account is None:  # exclusive: no run holds the shared lock
+            if self.mysql:
+                got = all(self._scalar("SELECT GET_LOCK(:n, 0)", n=n) for n in self.slots)
+                if not got:
+                    self._scalar("SELECT RELEASE_ALL_LOCKS()")
+            else:
+                got = self._scalar("SELECT pg_try_advisory_lock(:k)", k=SCHEMA_KEY)
+            return None if got else BUSY_ANY_RUN
+        if self.mysql:  # shared: any one free slot
+            got = any(self._scalar("SELECT GET_LOCK(:n, 0)", n=n) for n in self.slots)
+        else:
+            got = self._scalar("SELECT pg_try_advisory_lock_shared(:k)", k=SCHEMA_KEY)
+        return None if got else BUSY_SCHEMA
+
+    def _try_account(self) -> str | None:
+        if self.mysql:
+            got = self._scalar("SELECT GET_LOCK(:n, 0)", n=self.name)
+        else:
+            got = self._scalar("SELECT pg_try_advisory_lock(:k)", k=self.key)
+        return None if got else BUSY_RUN.format(account=self.account)
+
+    def _release_all(self) -> None:
+        if self.mysql:
+            self._scalar("SELECT RELEASE_ALL_LOCKS()")
+        else:
+            self._scalar("SELECT pg_advisory_unlock_all()")
+
+    def check(self) -> str | None:
+        """None while the lock's session is alive and the account lock is still ours."""
+        if self.lost:
+            return "the lock's database session ended"
+        try:
+            if self.mysql:
+                ours = self._scalar("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()", n=self.name) \
+                    if self.name is not None else self._scalar("SELECT 1")
+            elif self.key is not None:
+                hi, lo = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
+                ours = self._scalar(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                    "AND granted AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo",
+                    hi=hi, lo=lo)
+            else:
+                ours = self._scalar("SELECT 1")
+            self.conn.commit()
+        except DBAPIError as exc:
+            self.lost = True
+            return f"the lock's database session ended ({type(exc.orig).__name__ if exc.orig else 'gone'})"
+        if not ours:
+            self.lost = True
+            return "the lock is no longer held by this run's session"
+        return None
+
+    def release(self) -> None:
+        try:
+            if not self.lost:
+                self._release_all()
+                self.conn.commit()
+        except DBAPIError:  # the session is gone, and its locks with it
+            pass
         finally:
             self.close()
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        except DBAPIError:
+            pass

@@ -113,3 +113,17 @@ class InvalidPayload(ArchiverError):
         self.kind = kind
         who = f"job {job_id}" if job_id is not None else "payload"
         super().__init__(f"{who}: field {field!r}: {reason}")
+
+
+class LostLock(ArchiverError):
+    """The run's lock was lost mid-run (its database session ended): the run stops writing
+    at once; another run may hold the lock now. Transient: exit 1, the next run resumes."""
+
+
+class DatabaseBusy(ArchiverError):
+    """The archive stayed locked by another writer for the whole busy timeout: transient
+    (exit 1), the next run retries; not a configuration error."""
+
+
+class DiskFull(ArchiverError):
+    """The database has no room left (disk full, a size limit): the run stops writing at once."""

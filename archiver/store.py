@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from sqlalchemy import Connection, Engine, and_, delete, func, literal_column, not_, or_, select, update
 
 from archiver import __version__, database, dialect, models
-from archiver.errors import ArchiverError
+from archiver.errors import ArchiverError, DiskFull, LostLock
 from archiver.fields import TERMINAL_STATUSES
 from archiver.jsonio import RawJSON
 from archiver.records import WRITE_OUTCOMES, JobRecord, RunCounts, as_row
@@ -126,6 +126,7 @@ class Archive:
         self.engine = engine
         self.account = account
         self.lock_rows = dialect.locks_rows(engine)
+        self.lock: dialect.RunLockHolder | None = None  # the run lock while held: checked before each commit
 
     @classmethod
     def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
@@ -149,11 +150,22 @@ class Archive:
 
     @contextmanager
     def run_lock(self, wait: float = 0.0, enabled: bool = True) -> Iterator[None]:
+        """Hold the account's run lock; while held, every transaction checks it is still ours
+        before it commits (a lost lock rolls the transaction back and raises LostLock)."""
         if not enabled:
             yield
             return
-        with dialect.run_lock(self.engine, self.account or "-", wait=wait):
-            yield
+        with dialect.run_lock(self.engine, self.account or "-", wait=wait) as holder:
+            self.lock = holder
+            try:
+                yield
+            finally:
+                self.lock = None
+
+    def check_lock(self) -> None:
+        """Raise LostLock unless the run lock (when one is held) is still ours."""
+        if self.lock is not None and (why := self.lock.check()) is not None:
+            raise LostLock(f"lost the run lock: {why}; stopped writing (another run may hold it now)")
 
     # jobs
     def read_stored(self, conn: Connection, ids: Sequence[int]) -> dict[int, Stored]:
@@ -209,13 +221,20 @@ class Archive:
             result.add(decide(stored.get(job.id), job), job.id)
         return result
 
-    def transact(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one transaction, retried whole on a deadlock or lock timeout."""
+    def transact(self, work: Callable[[Connection], T], check_lock: bool = True) -> T:
+        """Run `work` in one transaction, retried whole on a deadlock or lock timeout. While
+        the run lock is held, it is checked before the commit (`check_lock`): a transaction
+        never commits after the lock was lost."""
         for attempt in range(TRANSACTION_ATTEMPTS):
             try:
                 with self.engine.begin() as conn:
-                    return work(conn)
+                    result = work(conn)
+                    if check_lock:
+                        self.check_lock()
+                    return result
             except Exception as exc:
+                if dialect.is_disk_full(exc):
+                    raise disk_full(exc) from exc
                 if not dialect.is_retryable(exc) or attempt == TRANSACTION_ATTEMPTS - 1:
                     raise
                 log.warning("transaction conflict (%s); retrying it", describe_error(exc))
@@ -391,7 +410,7 @@ class Archive:
                 conn.execute(errors_t.insert(), [{"run_id": run_id, "occurred_at": now, **e} for e in errors])
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
 
-        self.transact(work)
+        self.transact(work, check_lock=False)  # the run's own row, also after a lost lock
 
     # reads for `archiver doctor`
     def last_successful_run(self) -> dict[str, Any] | None:
@@ -422,6 +441,13 @@ def _summary_row(job: JobRecord) -> dict:
     s = job.log_summary
     return {"job_id": job.id, "log_id": s.id, "error_summary": s.error_summary,
             "action_items": list(s.action_items), "body": s.body, "created_at": s.created_at}
+
+
+def disk_full(exc: BaseException) -> DiskFull:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return DiskFull(f"the database has no room left (disk full or at its size limit: "
+                    f"{reason[0][:200] if reason else type(exc).__name__}); stopped writing at once; "
+                    "what was written before is kept: free space and run again")
 
 
 def describe_error(exc: BaseException) -> str:

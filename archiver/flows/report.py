@@ -166,7 +166,7 @@ def run_report(database_url: str, name: str, since: str, package: str | None = N
                limit: int | None = None) -> list[dict[str, Any]]:
     """`archiver report NAME`: the rows of that report over an existing archive."""
     period = parse_since(since)
-    engine = database.open_engine(database_url, create=False)
+    engine = database.open_engine(database_url, create=False, read_only=True)  # never waits for a sync
     try:
         return REPORTS[name](engine, period, package, limit)
     finally:

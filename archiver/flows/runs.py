@@ -19,8 +19,9 @@ from typing import Any
 
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, InvalidPayload, NotFound,
-                             NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError, TooManyIds)
+from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, DiskFull, InvalidPayload,
+                             LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError,
+                             TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
 STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood, TooManyIds)  # end cleanly, keep what is stored
 FATAL = (AuthError, TlsError, Stopped, *STOPPING)  # per-job errors that end the whole run
+STOP_WRITING = (LostLock, DiskFull)  # a write that must not be retried job by job: the run ends
 
 
 @dataclasses.dataclass
@@ -223,6 +225,8 @@ class Run:
             return
         try:
             self.archive.write_jobs(batch, self.summary.run_id, after=after).add_to(self.summary)
+        except STOP_WRITING:  # never retried job by job: nothing more is written
+            raise
         except Exception as exc:
             if after is not None:
                 raise
@@ -325,11 +329,16 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
                 summary.errors.append(error_row(None, exc))
+            except STOP_WRITING as exc:
+                _stopped_writing(summary, exc)
             except STOPPING as exc:
-                run.flush()
                 summary.outcome = ("budget" if isinstance(exc, BudgetReached)
                                    else "deadline" if isinstance(exc, DeadlineExceeded) else "stopped")
                 summary.message = str(exc)
+                try:
+                    run.flush()
+                except STOP_WRITING as lost:
+                    _stopped_writing(summary, lost)
             except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
                 summary.outcome, summary.message = "stopped", str(exc)
                 summary.errors.append(error_row(None, exc))
@@ -376,6 +385,12 @@ def open_archive(settings: Settings, options: SyncOptions) -> Archive:
     except NoArchive:
         log.info("no archive at %s yet: the dry run compares with an empty one", mask_url(settings.database_url))
         return Archive.scratch(settings.account)
+
+
+def _stopped_writing(summary: SyncSummary, exc: BaseException) -> None:
+    """The run lost its lock (outcome lost_lock) or the database is full (failed): exit 1."""
+    summary.outcome = "lost_lock" if isinstance(exc, LostLock) else "failed"
+    summary.message = str(exc)
 
 
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
