@@ -31,7 +31,7 @@ from archiver.utc import utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-TRANSACTION_ATTEMPTS = 5
+TRANSACTION_ATTEMPTS = 10  # deadlocks between unlocked writers can repeat on a loaded server
 
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__

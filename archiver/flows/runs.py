@@ -19,9 +19,9 @@ from typing import Any
 
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, DiskFull, InvalidPayload,
-                             LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited, Stopped, TlsError,
-                             TooManyIds)
+from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, DiskFull,
+                             InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited, Stopped,
+                             TlsError, TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
