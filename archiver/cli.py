@@ -152,7 +152,7 @@ def to_json(data, indent: int | None = None) -> str:
 @click.option("--with-log-summary", is_flag=True, help="Ask for the v2 log_summary of each job.")
 @click.option("--max-runtime", type=click.FloatRange(1), default=None,
               help="Stop cleanly after SECONDS (requests in flight included; outcome `deadline`, exit 1).")
-@click.option("--max-response-mb", type=click.FloatRange(0.001), default=16, show_default=True,
+@click.option("--max-response-mb", type=click.FloatRange(0.001), default=8, show_default=True,
               help="Largest answer read, in MiB after decompression; a larger one is recorded as "
               "too_large and not retried.")
 @click.option("--max-credits", type=click.IntRange(1), default=None,

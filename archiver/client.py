@@ -62,7 +62,7 @@ class RetryPolicy:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0     # one socket read; a trickling server never trips it, so also:
     total_timeout: float = 120.0   # one attempt, connect + headers + body, whatever the server does
-    max_response_bytes: int = 16 * MIB  # an answer's size after decompression; larger is `too_large`
+    max_response_bytes: int = 8 * MIB  # an answer's size after decompression; larger is `too_large`
 
 
 @dataclasses.dataclass
@@ -486,6 +486,11 @@ class XplentyClient:
                 body = resp.content
             except requests.exceptions.SSLError as exc:
                 raise TlsError(tls_problem(urlsplit(url).hostname, exc)) from None
+            except requests.TooManyRedirects:
+                with self._lock:
+                    self.usage.calls += 1
+                raise ConfigError(f"the API at {self.api_url} answers with redirects in a loop; check the API "
+                                  "URL (XPLENTY_API_URL)") from None
             except TRANSPORT_ERRORS as exc:
                 log.info("transport error on %s: %s (attempt %d)", url, type(exc).__name__, attempt + 1)
                 last = ApiError(None, f"connection failed: {type(exc).__name__}", kind="transport")

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, delete, func, literal_column, not_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
 from archiver.errors import ArchiverError, DiskFull, LostLock
@@ -454,6 +455,8 @@ def describe_error(exc: BaseException) -> str:
     """A short, value-free description of a database error for sync_errors."""
     if isinstance(exc, ArchiverError):
         return str(exc)
+    if not isinstance(exc, SQLAlchemyError):
+        return f"unexpected error: {type(exc).__name__}"
     orig = getattr(exc, "orig", None)
     name = type(orig).__name__ if orig is not None else type(exc).__name__
     return f"database error: {name}"

@@ -341,7 +341,18 @@ def test_an_oversized_answer_is_recorded_as_too_large_once_in_bounded_memory(sql
     assert requests_made == 3                      # the oversized answer was not asked for again
     assert peak < PEAK_RSS_MB, f"peak RSS {peak:.0f} MB"
     figure(f"cap: {kind} of {size // MIB} MiB (decoded) -> too_large, not retried, "
-           f"peak RSS {peak:.0f} MB (limit {PEAK_RSS_MB} MB, cap 16 MiB)")
+           f"peak RSS {peak:.0f} MB (limit {PEAK_RSS_MB} MB, cap 8 MiB)")
+
+
+def test_sixteen_50_mb_answers_at_concurrency_8_stay_in_bounded_memory(sqlite_url, tmp_path, figure):
+    with Sandbox(jobs=20, seed=55, now=NOW) as api:
+        ids = api.job_ids()[:16]
+        api.misbehave("oversized", times=16, size=50 * MIB)
+        code, out, peak = run_measured(api, sqlite_url, tmp_path, "sync", *map(str, ids), "--concurrency", "8")
+    assert code == 1 and "failed 16" in out
+    assert peak < PEAK_RSS_MB, f"peak RSS {peak:.0f} MB"
+    figure(f"cap: 16 answers of 50 MiB at concurrency 8 -> all too_large, peak RSS {peak:.0f} MB "
+           f"(limit {PEAK_RSS_MB} MB)")
 
 
 def test_max_response_mb_sets_the_cap(sqlite_url):

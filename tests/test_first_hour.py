@@ -99,3 +99,42 @@ def test_a_busy_sandbox_port_is_one_line_exit_2(sqlite_url):
                                 timeout=60)
     assert result.returncode == 2 and "pick another --port" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_that_fails_unexpectedly_still_prints_its_summary_without_a_traceback(sqlite_url, monkeypatch,
+                                                                                   capsys):
+    from archiver.flows import incremental
+    from tests.clirun import run_cli
+    from tests.sandboxed import KEY
+
+    def broken(run, exclude=()):
+        raise RuntimeError("a bug in the refresh")
+
+    monkeypatch.setattr(incremental, "refresh_open", broken)
+    with Sandbox(jobs=30, seed=31, now=NOW) as api:
+        env = {"XPLENTY_ACCOUNT_ID": api.account, "XPLENTY_API_KEY": KEY, "XPLENTY_API_URL": api.url,
+               "ARCHIVER_DATABASE_URL": sqlite_url}
+        plain = run_cli(capsys, monkeypatch, ["sync", "--incremental"], env)
+        as_json = run_cli(capsys, monkeypatch, ["sync", "--incremental", "--json"], env)
+    assert plain.code == 1 and "inserted 30" in plain.out and "[failed: unexpected error: RuntimeError]" in plain.out
+    assert "Traceback" not in plain.err
+    assert json.loads(as_json.out)["outcome"] == "failed"
+
+
+def test_a_redirect_loop_is_one_configuration_error():
+    import responses
+
+    from archiver.client import XplentyClient
+    from archiver.config import Secret
+    from archiver.errors import ConfigError
+
+    url = "https://api.example.test/acme/api/jobs/157"
+    with responses.RequestsMock() as mock:
+        mock.get(url, status=302, headers={"Location": url})
+        client = XplentyClient("https://api.example.test", "acme", Secret("k"))
+        try:
+            client.get_job(157)
+        except ConfigError as exc:
+            assert "redirects in a loop" in str(exc) and client.usage.calls == 1
+        else:
+            raise AssertionError("no ConfigError")

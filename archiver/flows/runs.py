@@ -19,9 +19,9 @@ from typing import Any
 
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
-from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, DeadlineExceeded, DiskFull,
-                             InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited, Stopped,
-                             TlsError, TooManyIds)
+from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
+                             DiskFull, InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited,
+                             Stopped, TlsError, TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import JobRecord, RunCounts
 from archiver.store import Archive, describe_error
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
 STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood, TooManyIds)  # end cleanly, keep what is stored
-FATAL = (AuthError, TlsError, Stopped, *STOPPING)  # per-job errors that end the whole run
+FATAL = (AuthError, TlsError, ConfigError, Stopped, *STOPPING)  # per-job errors that end the whole run
 STOP_WRITING = (LostLock, DiskFull)  # a write that must not be retried job by job: the run ends
 
 
@@ -46,7 +46,7 @@ class SyncOptions:
     max_runtime: float | None = None
     max_credits: int | None = None
     reserve: int = 0
-    max_response_mb: float = 16
+    max_response_mb: float = 8
     stop: threading.Event | None = None   # set on SIGTERM/Ctrl-C: requests and waits end at once
     progress: Callable[["SyncSummary"], None] | None = None
 
@@ -346,7 +346,12 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 interrupted = isinstance(exc, (KeyboardInterrupt, Stopped))
                 summary.outcome = "interrupted" if interrupted else "failed"
                 summary.message = None if interrupted else describe_error(exc)
-                raise
+                if interrupted or isinstance(exc, ArchiverError) or not isinstance(exc, Exception):
+                    raise
+                # anything else (a bug, a database gone): the run ends with its summary, exit 1;
+                # the traceback only at --log-level debug
+                log.debug("the run failed", exc_info=True)
+                summary.errors.append(error_row(None, exc))
             finally:
                 run.report_missing()
                 summary.seconds = time.monotonic() - started
@@ -396,5 +401,6 @@ def _stopped_writing(summary: SyncSummary, exc: BaseException) -> None:
 def _finish_run(archive: Archive, summary: SyncSummary) -> None:
     try:
         archive.finish_run(summary.run_id, summary, summary.outcome, summary.message, summary.errors)
-    except Exception:  # the run row is bookkeeping; never hide the run's own result
-        log.exception("could not record the run's outcome in sync_runs")
+    except Exception as exc:  # the run row is bookkeeping; never hide the run's own result
+        log.error("could not record the run's outcome in sync_runs: %s", describe_error(exc))
+        log.debug("recording the run's outcome failed", exc_info=True)
