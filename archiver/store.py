@@ -192,6 +192,11 @@ class Archive:
                 found.update((row.id, row.payload_hash) for row in conn.execute(query))
         return found
 
+    def has_unowned_jobs(self) -> bool:
+        with self.engine.connect() as conn:
+            query = select(jobs_t.c.id).where(jobs_t.c.account_id.is_(None)).limit(1)
+            return conn.execute(query).first() is not None
+
     def claim_unowned(self, ids: Sequence[int]) -> None:
         """Give these jobs, when stored without an account (an ingest without --account), ours."""
         unique = sorted(set(ids))

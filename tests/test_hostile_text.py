@@ -9,14 +9,13 @@ import re
 
 import pytest
 import responses
-from sqlalchemy import select
 
 from archiver import models
 from archiver.cli import csv_cell, format_rows
-from archiver.database import make_engine
 from archiver.flows.runs import SyncSummary
 from archiver.textsafe import SafeFormatter, safe_text
 from tests.clirun import run_cli
+from tests.test_sync import table
 
 API = "https://api.example.test"
 KEY = "k3y-that-must-never-leak-0123456789"
@@ -87,12 +86,6 @@ def env(sqlite_url):
             "ARCHIVER_DATABASE_URL": sqlite_url}
 
 
-def table(db_url, model):
-    engine = make_engine(db_url)
-    with engine.connect() as conn:
-        rows = [r._asdict() for r in conn.execute(select(model.__table__))]
-    engine.dispose()
-    return rows
 
 
 @pytest.mark.parametrize("as_json", [False, True])

@@ -119,6 +119,10 @@ class Run:
         self.archive, self.summary, self.options, self.client = archive, summary, options, client
         self.pending: list[tuple[Any, int | None]] = []
         self.missing: list[int] = []   # ids the API answered 404 for (logged once, as ranges)
+        # an ingest with an account gives it to jobs an earlier ingest stored without one; asked
+        # once (jobs this run stores get the account), so no other run pays a query per batch
+        self.claim = (summary.mode == "ingest" and bool(archive.account) and not options.dry_run
+                      and archive.has_unowned_jobs())
 
     def fail(self, job_id: int | None, exc: BaseException) -> None:
         row = error_row(job_id, exc)
@@ -202,7 +206,7 @@ class Run:
         prints = [fingerprint(raw) for raw, _ in batch]
         ids = [p.id for p in prints if p is not None]
         stored = self.archive.stored_hashes(ids)
-        if self.summary.mode == "ingest" and self.archive.account and not self.options.dry_run:
+        if self.claim:
             self.archive.claim_unowned(ids)
         jobs = []
         for (raw, expected_id), print_ in zip(batch, prints):
