@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Double, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy import BigInteger, Boolean, Date, Double, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from archiver.fields import INT, JOB_FIELDS, NUMBER, STATUS, TEXT, TIME
@@ -160,6 +160,9 @@ class PackageRow(Base):
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    flow_type: Mapped[str | None] = mapped_column(String(64))
+    variables: Mapped[dict | None] = mapped_column(Payload)
+    payload: Mapped[dict | None] = mapped_column(Payload)
 
 
 class ClusterRow(Base):
@@ -184,6 +187,91 @@ class ClusterRow(Base):
     url: Mapped[str | None] = mapped_column(LongText)
     html_url: Mapped[str | None] = mapped_column(LongText)
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    terminate_on_idle: Mapped[bool | None] = mapped_column(Boolean)
+    time_to_idle: Mapped[int | None] = mapped_column(BigInteger)
+    stack: Mapped[str | None] = mapped_column(LongText)
+    payload: Mapped[dict | None] = mapped_column(Payload)
+
+
+class ScheduleRow(Base):
+    """A schedule as its own List endpoint gives it (v2). Its jobs are the jobs with
+    creator_type 'Schedule' and creator_id = id."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(LongText)
+    description: Mapped[str | None] = mapped_column(LongText)
+    owner_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str | None] = mapped_column(String(64))
+    start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    interval_amount: Mapped[int | None] = mapped_column(BigInteger)
+    interval_unit: Mapped[str | None] = mapped_column(String(32))
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_run_status: Mapped[str | None] = mapped_column(String(64))
+    execution_count: Mapped[int | None] = mapped_column(BigInteger)
+    overlap: Mapped[bool | None] = mapped_column(Boolean)
+    auto_retry: Mapped[bool | None] = mapped_column(Boolean)
+    auto_retry_attempts: Mapped[int | None] = mapped_column(BigInteger)
+    reuse_cluster_strategy: Mapped[str | None] = mapped_column(String(32))
+    task_nodes: Mapped[int | None] = mapped_column(BigInteger)
+    task_terminate_on_idle: Mapped[bool | None] = mapped_column(Boolean)
+    task_time_to_idle: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    url: Mapped[str | None] = mapped_column(LongText)
+    html_url: Mapped[str | None] = mapped_column(LongText)
+    payload: Mapped[dict | None] = mapped_column(Payload)
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SchedulePackageRow(Base):
+    """The packages a schedule's task runs, in task order (replaced whenever the schedule is)."""
+
+    __tablename__ = "schedule_packages"
+
+    schedule_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("schedules.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    package_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    variables: Mapped[dict | None] = mapped_column(Payload)
+
+
+class AlertRow(Base):
+    """One alert of `archiver check`, from first seen to resolved (an episode per key)."""
+
+    __tablename__ = "alerts"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message: Mapped[str | None] = mapped_column(LongText)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    silenced_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AlertDeliveryRow(Base):
+    """Each POST of `check --notify`: which alert, which event, and whether it arrived."""
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alert_key: Mapped[str] = mapped_column(String(255), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    delivered: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(LongText)
 
 
 class CreatorRow(Base):
