@@ -373,6 +373,23 @@ def report(name, db, since, package, limit, fmt):
 
 
 @cli.command()
+@db_option
+@click.option("--textfile", metavar="PATH", help="Write to PATH atomically (for node_exporter's "
+              "--collector.textfile.directory; name it *.prom) instead of stdout.")
+@click.option("--window", default="7d", show_default=True, help="Span the runtime percentiles cover: 24h, 7d, 2w.")
+def metrics(db, textfile, window):
+    """Prometheus metrics of the archive: last successes, runs, runtimes, open alerts, syncs.
+
+    Text exposition format 0.0.4 for node_exporter's textfile collector; only reads the archive.
+    """
+    from archiver.flows.metrics import run_metrics
+
+    text = run_metrics(load_settings(db=db, with_key=False).database_url, textfile, window)
+    if textfile is None:
+        click.echo(text, nl=False)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port (0 picks a free one and prints it).")
