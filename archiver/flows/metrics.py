@@ -28,6 +28,7 @@ from archiver import database
 from archiver.errors import ArchiverError, ConfigError
 from archiver.models import AlertRow, CreatorRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
 from archiver.textsafe import safe_text
+from archiver.utc import to_utc
 
 FINAL_STATUSES = ("completed", "failed", "stopped")
 QUANTILES = (50, 95)  # percent; the method is flows.report.percentile's (linear, "inclusive")
@@ -38,8 +39,8 @@ SYNC_OUTCOMES = ("ok", "partial", "stopped", "deadline", "budget", "auth_failed"
 MAX_LABEL_CHARS = 200
 DEFAULT_WINDOW = "7d"
 
-jobs, packages, schedules, creators = JobRow.__table__, PackageRow.__table__, ScheduleRow.__table__, CreatorRow.__table__
-alerts, sync_runs = AlertRow.__table__, SyncRunRow.__table__
+jobs, packages, schedules = JobRow.__table__, PackageRow.__table__, ScheduleRow.__table__
+creators, alerts, sync_runs = CreatorRow.__table__, AlertRow.__table__, SyncRunRow.__table__
 
 
 @dataclasses.dataclass
@@ -96,8 +97,7 @@ def render(families: Iterable[Family]) -> str:
 
 # -- the figures -------------------------------------------------------------------------------------
 def unix_seconds(moment: datetime) -> float:
-    return moment.astimezone(timezone.utc).timestamp() if moment.tzinfo else \
-        moment.replace(tzinfo=timezone.utc).timestamp()
+    return to_utc(moment).timestamp()
 
 
 def package_families(conn, window_start: datetime) -> list[Family]:
@@ -157,14 +157,14 @@ def _runtime_quantiles(conn, window_start: datetime) -> tuple[dict[tuple[int, in
     exactly as statistics.quantiles(method="inclusive") does it, so the numbers agree."""
     ranked = (select(jobs.c.package_id, jobs.c.runtime_in_seconds.label("seconds"),
                      func.row_number().over(partition_by=jobs.c.package_id,
-                                            order_by=jobs.c.runtime_in_seconds).label("rank"),
+                                            order_by=jobs.c.runtime_in_seconds).label("ordinal"),
                      func.count().over(partition_by=jobs.c.package_id).label("n"))
               .where(jobs.c.status == "completed", jobs.c.runtime_in_seconds.is_not(None),
                      jobs.c.package_id.is_not(None), jobs.c.created_at >= window_start)
               .subquery())
     below = [(ranked.c.n - 1) * q // 100 + 1 for q in QUANTILES]  # 1-based rank at or below each position
-    wanted = or_(*(ranked.c.rank == b for b in below), *(ranked.c.rank == b + 1 for b in below))
-    rows = conn.execute(select(ranked.c.package_id, ranked.c.rank, ranked.c.n, ranked.c.seconds).where(wanted))
+    wanted = or_(*(ranked.c.ordinal == b for b in below), *(ranked.c.ordinal == b + 1 for b in below))
+    rows = conn.execute(select(ranked.c.package_id, ranked.c.ordinal, ranked.c.n, ranked.c.seconds).where(wanted))
     ranks: dict[int, dict[int, int]] = {}
     counts: dict[int, int] = {}
     for package_id, rank, n, seconds in rows:
@@ -209,7 +209,8 @@ def schedule_families(conn) -> list[Family]:
 
 def alert_families(conn, now: datetime) -> list[Family]:
     """Open alerts of `archiver check` by kind and severity; every known pair is present (0 when none)."""
-    open_ = Family("xplenty_alerts_open", "gauge", "Open alerts of archiver check (not resolved), acknowledged included.")
+    open_ = Family("xplenty_alerts_open", "gauge",
+                   "Open alerts of archiver check (not resolved), acknowledged included.")
     acked = Family("xplenty_alerts_acknowledged", "gauge",
                    "Open alerts silenced by archiver ack (silenced_until later than now).")
     silenced = case((alerts.c.silenced_until > now, 1), else_=0)
@@ -223,7 +224,6 @@ def alert_families(conn, now: datetime) -> list[Family]:
         open_.add(n, kind=label_text(kind), severity=label_text(severity))
         acked.add(a, kind=label_text(kind), severity=label_text(severity))
     return [open_, acked]
-
 
 
 def sync_families(conn) -> list[Family]:
