@@ -370,7 +370,16 @@ def finish(kind: str, ident: int, name: str, alerts: list[Alert], fine: str) -> 
     alerts.sort(key=lambda a: STATE_ORDER.index(a.kind))
     if not alerts:
         return Subject(kind, ident, name, "ok", fine)
-    return Subject(kind, ident, name, alerts[0].kind, "; ".join(a.message for a in alerts), alerts)
+    return Subject(kind, ident, name, alerts[0].kind, "; ".join(summary(alerts)), alerts)
+
+
+def summary(alerts: list[Alert], most_stuck: int = 2) -> list[str]:
+    """The messages of a subject's alerts, with many stuck jobs told as a count and the oldest."""
+    stuck = sorted((a for a in alerts if a.kind == "stuck"), key=lambda a: a.since)
+    said = [a.message for a in alerts if a.kind != "stuck"]
+    if len(stuck) <= most_stuck:
+        return said + [a.message for a in stuck]
+    return said + [f"{len(stuck)} jobs stuck, the oldest: {stuck[0].message}"]
 
 
 # -- packages run by hand -----------------------------------------------------------------------
