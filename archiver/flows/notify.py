@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from archiver.config import Secret, read_secret_file, remember_secret
+from archiver.config import Secret, read_secret_file, remember_secret, scrub
 from archiver.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,37 @@ def resolve_url(flag: str | None, environ: Mapping[str, str]) -> Secret | None:
         url, source = read_secret_file(URL_FILE_ENV, environ[URL_FILE_ENV]), f"the URL in {URL_FILE_ENV}"
     else:
         return None
-    remember_secret(url)
+    guard(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{source} is not an http(s) URL with a host")
     return Secret(url)
+
+
+class _Scrubbed(logging.Filter):
+    """urllib3 logs each request's path at debug level: a webhook's path is its secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        cleaned = scrub(text)
+        if cleaned != text:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+SCRUBBED = _Scrubbed()
+
+
+def guard(url: str) -> None:
+    """Remember the URL, and its path and query, as secrets (config.scrub takes them out of any
+    text), and scrub urllib3's request log lines."""
+    parts = urlsplit(url)
+    for secret in (url, parts.path, parts.query, parts.path + ("?" + parts.query if parts.query else "")):
+        if secret.strip("/"):
+            remember_secret(secret)
+    logger = logging.getLogger("urllib3.connectionpool")
+    if SCRUBBED not in logger.filters:
+        logger.addFilter(SCRUBBED)
 
 
 def where(url: Secret) -> str:
@@ -101,6 +127,7 @@ def _iso(value):
 def post(url: Secret, body: Mapping[str, Any], policy: NotifyPolicy, stop: threading.Event | None = None,
          ends: float | None = None, session: requests.Session | None = None) -> Delivery:
     """POST `body` until a 2xx, a non-retryable answer, the retries, `ends` (monotonic) or `stop`."""
+    guard(url.reveal())
     data = json.dumps(body, default=_iso, ensure_ascii=False).encode("utf-8")
     stop = stop or threading.Event()
     session = session or requests.Session()
