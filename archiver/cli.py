@@ -399,16 +399,16 @@ def check(db, fmt, fail_on, config_path, notify_flag, now_text):
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("alert", metavar="KEY")
 @click.option("--for", "for_text", metavar="DURATION", default="24h", show_default=True,
               help="How long: 90m, 24h, 2d, 1w (0m lifts a silence).")
 @db_option
-def ack(key, for_text, db):
+def ack(alert, for_text, db):
     """Silence the alert KEY (e.g. late:schedule:42): no notification, no exit 1, still on the board."""
     from archiver.flows.alerts import ack as ack_alert
     from archiver.flows.checkconfig import parse_duration
 
-    result = ack_alert(load_settings(db=db, with_key=False), key, parse_duration(for_text, "--for"))
+    result = ack_alert(load_settings(db=db, with_key=False), alert, parse_duration(for_text, "--for"))
     click.echo(result.line())
 
 
