@@ -372,6 +372,56 @@ def report(name, db, since, package, limit, fmt):
     click.echo(format_rows(rows, fmt), color=True)
 
 
+@cli.command(epilog="Exit codes: 0 nothing unsilenced at or above --fail-on; 1 something is; "
+             "2 usage or configuration error (a bad --config names the file and key).")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--fail-on", type=click.Choice(["warning", "critical"]), default="critical", show_default=True,
+              help="Exit 1 when an unsilenced alert is at or above this severity.")
+@click.option("--config", "config_path", metavar="PATH", envvar="ARCHIVER_CHECK_CONFIG", show_envvar=True,
+              help="TOML file of thresholds and severities (see docs/health.md).")
+@click.option("--notify", "notify_flag", metavar="URL", help="POST new and resolved alerts to this webhook. "
+              "It is a secret and shows in `ps`: use ARCHIVER_NOTIFY_URL or ARCHIVER_NOTIFY_URL_FILE.")
+@click.option("--now", "now_text", hidden=True, help="Judge as if it were this ISO time (tests).")
+def check(db, fmt, fail_on, config_path, notify_flag, now_text):
+    """Judge every schedule and package run by hand from the archive (no API call): late,
+    stale, failing, stuck, and the archiver's own syncs; record alerts; notify once."""
+    import os
+
+    from archiver.flows.alerts import CheckOptions, run_check
+    from archiver.flows.notify import resolve_url
+
+    options = CheckOptions(config_path=config_path, fail_on=fail_on, now=parse_now(now_text), stop=STOP,
+                           notify_url=resolve_url(notify_flag, os.environ))
+    result = run_check(load_settings(db=db, with_key=False), options)
+    click.echo(to_json(result.as_dict(), indent=2) if fmt == "json" else result.table())
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.argument("alert", metavar="KEY")
+@click.option("--for", "for_text", metavar="DURATION", default="24h", show_default=True,
+              help="How long: 90m, 24h, 2d, 1w (0m lifts a silence).")
+@db_option
+def ack(alert, for_text, db):
+    """Silence the alert KEY (e.g. late:schedule:42): no notification, no exit 1, still on the board."""
+    from archiver.flows.alerts import ack as ack_alert
+    from archiver.flows.checkconfig import parse_duration
+
+    result = ack_alert(load_settings(db=db, with_key=False), alert, parse_duration(for_text, "--for"))
+    click.echo(result.line())
+
+
+def parse_now(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--now {text!r}: use an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
 @cli.command()
 @db_option
 @click.option("--textfile", metavar="PATH", help="Write to PATH atomically (for node_exporter's "

@@ -1,0 +1,492 @@
+"""Pipeline health from the archive alone: which schedules are late, stale, failing or stuck.
+
+`evaluate(engine, config, now)` reads a handful of aggregates (SQL does the counting and the
+"last N per schedule" windows, so 100,000 jobs take well under a second) and judges each
+schedule and each package run by hand (see docs/health.md for every rule and default).
+
+Rules that judge an *absence* (late, stale) and the stuck rule judge the archive as of the
+start of the last successful incremental sync: the archive is only known to be complete up to
+then. A stopped archiver therefore yields one sync_stale alert, not a flood of late schedules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, case, func, not_, or_, select
+
+from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
+                                        CheckConfig)
+from archiver.flows.report import percentile
+from archiver.flows.schedule_time import Interval
+from archiver.models import JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
+from archiver.textsafe import safe_text
+
+jobs = JobRow.__table__
+schedules = ScheduleRow.__table__
+schedule_packages = SchedulePackageRow.__table__
+packages = PackageRow.__table__
+sync_runs = SyncRunRow.__table__
+
+STATE_ORDER = ("failing", "stale", "late", "stuck")   # a subject with several alerts shows the first
+FINISHED = ("completed", "failed")                   # `stopped` is a person's decision: neither
+OPEN = ("idle", "pending", "queued", "running", "pending_stoppage", "stopping")
+STUCK_STATUSES = ("running", "queued")
+MAX_RETRIES = 5                 # auto_retry_attempts is 1..5: a run is at most 6 jobs
+RUNTIME_SAMPLE = 200            # recent finished jobs a percentile is taken over
+GAP_SAMPLE = 51                 # recent successes the median gap is taken over
+SEVERITY_RANK = {"warning": 1, "critical": 2}
+
+
+# -- what the board holds ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class Alert:
+    key: str
+    kind: str
+    severity: str
+    message: str
+    since: datetime | None = None
+    schedule_id: int | None = None
+    package_id: int | None = None
+    job_id: int | None = None
+    silenced_until: datetime | None = None   # from the alerts table (archiver ack)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "severity": self.severity, "schedule_id": self.schedule_id,
+                "package_id": self.package_id, "job_id": self.job_id, "since": self.since,
+                "message": self.message}
+
+    def at_least(self, level: str) -> bool:
+        return SEVERITY_RANK[self.severity] >= SEVERITY_RANK[level]
+
+
+@dataclasses.dataclass
+class Subject:
+    type: str            # schedule, package or archiver
+    id: int | None
+    name: str
+    state: str           # ok, late, stale, failing, stuck, disabled, unknown (archiver: ok, sync_stale, sync_failing)
+    why: str
+    alerts: list[Alert] = dataclasses.field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.type if self.id is None else f"{self.type}:{self.id}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"subject": self.label, "type": self.type, "id": self.id, "name": self.name, "state": self.state,
+                "why": self.why, "alerts": [a.key for a in self.alerts],
+                "silenced": [a.key for a in self.alerts if a.silenced_until is not None]}
+
+
+@dataclasses.dataclass
+class Board:
+    checked_at: datetime
+    as_of: datetime                  # the archive is judged complete up to here
+    alerts: list[Alert]
+    subjects: list[Subject]
+
+
+# -- the facts, read in a few queries ------------------------------------------------------------
+def recent(conn: Connection, columns: list, partition: list, order: list, where: list, limit: int) -> list:
+    """The newest `limit` rows of each partition (ROW_NUMBER, on every backend)."""
+    number = func.row_number().over(partition_by=partition, order_by=order).label("rn")
+    inner = select(*columns, number).where(*where).subquery()
+    return conn.execute(select(inner).where(inner.c.rn <= limit)).all()
+
+
+SUCCESS_AT = func.coalesce(jobs.c.ended_at, jobs.c.created_at)
+BY_SCHEDULE = jobs.c.creator_type == "Schedule"
+
+
+def hand_filter():
+    """Jobs no schedule created, of packages no schedule's task runs."""
+    scheduled = select(schedule_packages.c.package_id).where(schedule_packages.c.package_id.is_not(None))
+    return [jobs.c.package_id.is_not(None), or_(jobs.c.creator_type.is_(None), not_(BY_SCHEDULE)),
+            jobs.c.package_id.not_in(scheduled)]
+
+
+@dataclasses.dataclass
+class Facts:
+    schedules: list
+    schedule_packages: dict[int, list[int]]
+    schedule_stats: dict[int, Any]
+    schedule_runtimes: dict[int, list[float]]
+    schedule_jobs: dict[int, dict[int | None, list]]
+    hand_stats: dict[int, Any]
+    hand_finished: dict[int, list]
+    hand_successes: dict[int, list[datetime]]
+    package_names: dict[int, str | None]
+    open_jobs: list
+    package_runtimes: dict[int, list[float]]
+    last_ok_sync: datetime | None
+    last_syncs: list
+
+
+def read_facts(conn: Connection, config: CheckConfig) -> Facts:
+    open_jobs = conn.execute(select(jobs.c.id, jobs.c.package_id, jobs.c.creator_type, jobs.c.creator_id,
+                                    jobs.c.status, jobs.c.created_at, jobs.c.started_at)
+                             .where(jobs.c.status.in_(OPEN))).all()
+    stuck_packages = sorted({j.package_id for j in open_jobs if j.package_id is not None
+                             and j.status in STUCK_STATUSES})
+    return Facts(
+        schedules=conn.execute(select(schedules).order_by(schedules.c.id)).all(),
+        schedule_packages=_schedule_packages(conn),
+        schedule_stats=_schedule_stats(conn),
+        schedule_runtimes=_runtimes(conn, jobs.c.creator_id, [BY_SCHEDULE]),
+        schedule_jobs=_schedule_jobs(conn, config.most_failing_runs() * (MAX_RETRIES + 1) + MAX_RETRIES + 1),
+        hand_stats={r.package_id: r for r in conn.execute(
+            select(jobs.c.package_id, func.count().label("jobs"), func.min(jobs.c.created_at).label("first_job"),
+                   func.max(case((jobs.c.status == "completed", SUCCESS_AT))).label("last_success"),
+                   func.sum(case((jobs.c.status == "completed", 1), else_=0)).label("successes"))
+            .where(*hand_filter()).group_by(jobs.c.package_id))},
+        hand_finished=_grouped(recent(conn, [jobs.c.package_id, jobs.c.status, jobs.c.created_at],
+                                      [jobs.c.package_id], [jobs.c.created_at.desc(), jobs.c.id.desc()],
+                                      [*hand_filter(), jobs.c.status.in_(FINISHED)], config.most_failing_runs())),
+        hand_successes={k: [r.at for r in rows] for k, rows in _grouped(recent(
+            conn, [jobs.c.package_id, SUCCESS_AT.label("at")], [jobs.c.package_id], [SUCCESS_AT.desc()],
+            [*hand_filter(), jobs.c.status == "completed"], GAP_SAMPLE)).items()},
+        package_names=dict(conn.execute(select(packages.c.id, packages.c.name)).all()),
+        open_jobs=open_jobs,
+        package_runtimes=_runtimes(conn, jobs.c.package_id, [jobs.c.package_id.in_(stuck_packages)])
+        if stuck_packages else {},
+        last_ok_sync=conn.execute(select(func.max(sync_runs.c.started_at)).where(
+            sync_runs.c.mode == "incremental", sync_runs.c.outcome == "ok")).scalar(),
+        last_syncs=conn.execute(select(sync_runs.c.started_at, sync_runs.c.outcome, sync_runs.c.mode)
+                                .where(sync_runs.c.outcome != "running", sync_runs.c.mode != "ingest")
+                                .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id.desc())
+                                .limit(SYNC_FAILING_RUNS)).all(),
+    )
+
+
+def _grouped(rows, key: str = "package_id") -> dict:
+    """Rows by `key`, oldest first (the windows return them newest first)."""
+    found: dict = defaultdict(list)
+    for row in rows:
+        found[getattr(row, key)].append(row)
+    return {k: v[::-1] for k, v in found.items()}
+
+
+def _schedule_packages(conn: Connection) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = defaultdict(list)
+    for row in conn.execute(select(schedule_packages.c.schedule_id, schedule_packages.c.package_id)
+                            .order_by(schedule_packages.c.schedule_id, schedule_packages.c.position)):
+        if row.package_id is not None:
+            found[row.schedule_id].append(row.package_id)
+    return found
+
+
+def _schedule_stats(conn: Connection) -> dict[int, Any]:
+    first_attempt = func.coalesce(jobs.c.attempts, 0) == 0
+    query = (select(jobs.c.creator_id,
+                    func.max(case((first_attempt, jobs.c.created_at))).label("last_run"),
+                    func.max(case((jobs.c.status == "completed", SUCCESS_AT))).label("last_success"),
+                    func.min(jobs.c.created_at).label("first_job"))
+             .where(BY_SCHEDULE).group_by(jobs.c.creator_id))
+    return {row.creator_id: row for row in conn.execute(query)}
+
+
+def _runtimes(conn: Connection, by, where: list) -> dict[int, list[float]]:
+    rows = recent(conn, [by.label("owner"), jobs.c.runtime_in_seconds], [by],
+                  [jobs.c.created_at.desc(), jobs.c.id.desc()],
+                  [*where, jobs.c.status == "completed", jobs.c.runtime_in_seconds.is_not(None)], RUNTIME_SAMPLE)
+    found: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        found[row.owner].append(float(row.runtime_in_seconds))
+    return found
+
+
+def _schedule_jobs(conn: Connection, limit: int) -> dict[int, dict[int | None, list]]:
+    rows = recent(conn, [jobs.c.id, jobs.c.creator_id, jobs.c.package_id, jobs.c.status, jobs.c.attempts,
+                         jobs.c.created_at], [jobs.c.creator_id, jobs.c.package_id],
+                  [jobs.c.created_at.desc(), jobs.c.id.desc()], [BY_SCHEDULE], limit)
+    found: dict[int, dict[int | None, list]] = defaultdict(lambda: defaultdict(list))
+    for row in reversed(rows):
+        found[row.creator_id][row.package_id].append(row)
+    for per_package in found.values():
+        for runs in per_package.values():
+            runs.sort(key=lambda r: (r.created_at, r.id))
+    return found
+
+
+# -- words --------------------------------------------------------------------------------------------
+def when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
+def span(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    days, minutes = divmod(minutes, 1440)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes or not (days or hours) else ""]
+    return "".join(parts)
+
+
+# -- the archiver itself ---------------------------------------------------------------------------------
+def judge_archiver(facts: Facts, config: CheckConfig, now: datetime) -> Subject:
+    alerts = []
+    last_ok = facts.last_ok_sync
+    if last_ok is None or now - last_ok >= config.sync_stale_after:
+        message = ("no successful incremental sync recorded" if last_ok is None else
+                   f"last successful incremental sync started {when(last_ok)}, {span(now - last_ok)} ago "
+                   f"(threshold {span(config.sync_stale_after)}); late and stale are judged as of then")
+        alerts.append(Alert("sync_stale", "sync_stale", config.severity("sync_stale"), message, since=last_ok))
+    runs = facts.last_syncs
+    if len(runs) == SYNC_FAILING_RUNS and all(r.outcome != "ok" for r in runs):
+        outcomes = ", ".join(f"{r.mode} {r.outcome}" for r in runs)
+        alerts.append(Alert("sync_failing", "sync_failing", config.severity("sync_failing"),
+                            f"the last {SYNC_FAILING_RUNS} sync runs did not end ok: {outcomes}",
+                            since=runs[-1].started_at))
+    why = "; ".join(a.message for a in alerts) or f"last successful incremental sync started {when(last_ok)}"
+    return Subject("archiver", None, "archiver", alerts[0].kind if alerts else "ok", why, alerts)
+
+
+# -- schedules --------------------------------------------------------------------------------------------
+def grace_of(config: CheckConfig, schedule_id: int, interval: Interval, moment: datetime) -> timedelta:
+    configured = config.value("grace", schedule_id)
+    return configured if configured is not None else max(interval.length_at(moment) * GRACE_SHARE, MIN_GRACE)
+
+
+def expected_run(s, interval: Interval, last_run: datetime | None, grace: timedelta) -> datetime | None:
+    """When the schedule's next run should have been created, from the latest evidence of a run.
+
+    The stored next_run_at/last_run_at may be stale (the incremental read only refreshes a
+    schedule when its updated_at moves), so the evidence is the newest first-attempt job or
+    the stored last_run_at, whichever is later, and the next run is the next slot of
+    start_at + k × interval after it. The stored next_run_at counts only when it lies after
+    the evidence (it then reflects an edit of the schedule, or is simply up to date)."""
+    evidence = max([t for t in (last_run, s.last_run_at) if t is not None], default=None)
+    if evidence is None:
+        if s.next_run_at is not None:
+            return s.next_run_at
+        start = s.start_at
+        return interval.first_at_or_after(start, max(start, s.created_at or start)) if start else None
+    slack = min(grace, interval.length_at(evidence) / 2)   # a run created a little before its slot
+    if s.next_run_at is not None and s.next_run_at > evidence + slack:
+        return s.next_run_at
+    if s.start_at is None:
+        return interval.add(evidence)
+    if evidence + slack < s.start_at:
+        return s.start_at
+    return interval.add(s.start_at, interval.slots_before(s.start_at, evidence + slack) + 1)
+
+
+def late_alert(s, interval: Interval, facts: Facts, config: CheckConfig, as_of: datetime,
+               busy: bool) -> tuple[Alert | None, str]:
+    stats = facts.schedule_stats.get(s.id)
+    last_run = stats.last_run if stats else None
+    grace = grace_of(config, s.id, interval, last_run or s.start_at or as_of)
+    expected = expected_run(s, interval, last_run, grace)
+    if expected is None:
+        return None, "no run time known (no start_at, next_run_at or run)"
+    if as_of < expected + grace:
+        return None, f"next run expected {when(expected)}"
+    if busy and s.overlap is False:
+        return None, f"run due {when(expected)} waits: the previous run is still open and overlap is off"
+    message = (f"expected a run at {when(expected)} ({interval.text()}); none created by {when(as_of)}, "
+               f"{span(as_of - expected)} late (grace {span(grace)})")
+    return Alert(f"late:schedule:{s.id}", "late", config.severity("late", s.id), message, since=expected,
+                 schedule_id=s.id), ""
+
+
+def stale_alert(s, interval: Interval, facts: Facts, config: CheckConfig, as_of: datetime) -> tuple[Alert | None, str]:
+    stats = facts.schedule_stats.get(s.id)
+    last_success = stats.last_success if stats else None
+    began = last_success or s.start_at or s.created_at or (stats.first_job if stats else None)
+    if began is None:
+        return None, "no run yet"
+    configured = config.value("stale_after", s.id)
+    if configured is not None:
+        due, rule = began + configured, f"stale_after {span(configured)}"
+    else:
+        p95 = percentile(facts.schedule_runtimes.get(s.id, []), 95) or 0
+        due = max(interval.add(began, 2), interval.add(began) + timedelta(seconds=p95))
+        rule = f"2 intervals or interval + p95 runtime {span(timedelta(seconds=p95))}"
+    success = f"last success {when(last_success)}" if last_success else f"no success since {when(began)}"
+    if as_of < due:
+        return None, success
+    return Alert(f"stale:schedule:{s.id}", "stale", config.severity("stale", s.id),
+                 f"{success}: older than {span(due - began)} ({rule})", since=last_success or began,
+                 schedule_id=s.id), success
+
+
+def chains(runs: list) -> list[list]:
+    """A schedule's jobs of one package as runs: a first attempt and the retries after it."""
+    found: list[list] = []
+    for job in runs:
+        if (job.attempts or 0) == 0 or not found:
+            found.append([job])
+        else:
+            found[-1].append(job)
+    return found
+
+
+def failing_finding(s, package_id: int | None, runs: list, config: CheckConfig) -> tuple[str, datetime] | None:
+    """Why the schedule's runs of this package are failing (with when it began), or None."""
+    every = chains(runs)
+    latest = every[-1][-1] if every else None
+    allowed = s.auto_retry_attempts or 0
+    if latest is not None and latest.status == "failed" and s.auto_retry and allowed and (latest.attempts or 0) >= allowed:
+        return (f"retries exhausted: the run of {when(every[-1][0].created_at)} failed on attempt "
+                f"{(latest.attempts or 0) + 1} of {allowed + 1} (job {latest.id})", every[-1][0].created_at)
+    needed = config.failing_runs(s.id, package_id)
+    finished = [c for c in every if c[-1].status in FINISHED][-needed:]
+    if len(finished) == needed and all(c[-1].status == "failed" for c in finished):
+        return (f"the last {needed} runs failed (latest job {finished[-1][-1].id})", finished[0][0].created_at)
+    return None
+
+
+def failing_alert(s, facts: Facts, config: CheckConfig) -> Alert | None:
+    for package_id, runs in sorted(facts.schedule_jobs.get(s.id, {}).items(), key=lambda kv: kv[0] or 0):
+        found = failing_finding(s, package_id, runs, config)
+        if found:
+            name = facts.package_names.get(package_id) or f"package {package_id}"
+            return Alert(f"failing:schedule:{s.id}", "failing", config.severity("failing", s.id, package_id),
+                         f"{name}: {found[0]}", since=found[1], schedule_id=s.id, package_id=package_id)
+    return None
+
+
+def judge_schedule(s, facts: Facts, config: CheckConfig, as_of: datetime, stuck: list[Alert],
+                   busy: bool) -> Subject:
+    name = s.name or f"schedule {s.id}"
+    if s.status != "enabled":
+        state = "disabled" if s.status == "disabled" else "unknown"
+        return Subject("schedule", s.id, name, state, f"status {s.status or 'unknown'}: not judged")
+    interval = Interval.of(s.interval_amount, s.interval_unit)
+    if interval is None:
+        return Subject("schedule", s.id, name, "unknown", "no usable interval (interval_amount, interval_unit)",
+                       stuck)
+    late, late_why = late_alert(s, interval, facts, config, as_of, busy)
+    stale, stale_why = stale_alert(s, interval, facts, config, as_of)
+    alerts = [a for a in (failing_alert(s, facts, config), stale, late) if a] + stuck
+    return finish("schedule", s.id, name, alerts, f"{interval.text()}; {stale_why}; {late_why}")
+
+
+def finish(kind: str, ident: int, name: str, alerts: list[Alert], fine: str) -> Subject:
+    alerts.sort(key=lambda a: STATE_ORDER.index(a.kind))
+    if not alerts:
+        return Subject(kind, ident, name, "ok", fine)
+    return Subject(kind, ident, name, alerts[0].kind, "; ".join(summary(alerts)), alerts)
+
+
+def summary(alerts: list[Alert], most_stuck: int = 2) -> list[str]:
+    """The messages of a subject's alerts, with many stuck jobs told as a count and the oldest."""
+    stuck = sorted((a for a in alerts if a.kind == "stuck"), key=lambda a: a.since)
+    said = [a.message for a in alerts if a.kind != "stuck"]
+    if len(stuck) <= most_stuck:
+        return said + [a.message for a in stuck]
+    return said + [f"{len(stuck)} jobs stuck, the oldest: {stuck[0].message}"]
+
+
+# -- packages run by hand -----------------------------------------------------------------------
+def hand_stale_alert(package_id: int, facts: Facts, config: CheckConfig, as_of: datetime) -> tuple[Alert | None, str | None]:
+    """None, None when there is too little history (and no threshold given) to judge."""
+    stats = facts.hand_stats[package_id]
+    configured = config.value("stale_after", None, package_id)
+    successes = facts.hand_successes.get(package_id, [])
+    if configured is not None:
+        limit, rule = configured, f"stale_after {span(configured)}"
+    elif stats.successes >= HAND_MIN_SUCCESSES and len(successes) >= 2:
+        gaps = [b - a for a, b in zip(successes, successes[1:])]
+        limit = 2 * statistics.median(gaps)
+        rule = f"2 × median gap between successes {span(limit / 2)}"
+    else:
+        return None, None
+    began = stats.last_success or stats.first_job
+    success = f"last success {when(stats.last_success)}" if stats.last_success else f"no success since {when(began)}"
+    if as_of < began + limit:
+        return None, success
+    return Alert(f"stale:package:{package_id}", "stale", config.severity("stale", None, package_id),
+                 f"{success}: older than {span(limit)} ({rule})", since=began, package_id=package_id), success
+
+
+def hand_failing_alert(package_id: int, facts: Facts, config: CheckConfig) -> Alert | None:
+    needed = config.failing_runs(None, package_id)
+    finished = facts.hand_finished.get(package_id, [])[-needed:]
+    if len(finished) < needed or any(r.status != "failed" for r in finished):
+        return None
+    return Alert(f"failing:package:{package_id}", "failing", config.severity("failing", None, package_id),
+                 f"the last {needed} runs failed", since=finished[0].created_at, package_id=package_id)
+
+
+def judge_package(package_id: int, facts: Facts, config: CheckConfig, as_of: datetime,
+                  stuck: list[Alert]) -> Subject:
+    name = facts.package_names.get(package_id) or f"package {package_id}"
+    stale, stale_why = hand_stale_alert(package_id, facts, config, as_of)
+    alerts = [a for a in (hand_failing_alert(package_id, facts, config), stale) if a] + stuck
+    if not alerts and stale_why is None:
+        stats = facts.hand_stats[package_id]
+        return Subject("package", package_id, name, "unknown",
+                       f"run by hand; {stats.successes} successes, too few (< {HAND_MIN_SUCCESSES}) to judge "
+                       "staleness: set stale_after for it")
+    return finish("package", package_id, name, alerts, f"run by hand; {stale_why}")
+
+
+# -- stuck jobs ---------------------------------------------------------------------------------------
+def stuck_alerts(facts: Facts, config: CheckConfig, as_of: datetime, disabled: set[int]) -> list[Alert]:
+    found = []
+    for job in facts.open_jobs:
+        schedule_id = job.creator_id if job.creator_type == "Schedule" else None
+        if job.status not in STUCK_STATUSES or schedule_id in disabled:
+            continue
+        began = (job.started_at if job.status == "running" else None) or job.created_at
+        limit = stuck_limit(facts, config, schedule_id, job.package_id)
+        if began is None or as_of - began < limit:
+            continue
+        found.append(Alert(f"stuck:job:{job.id}", "stuck", config.severity("stuck", schedule_id, job.package_id),
+                           f"job {job.id} {job.status} since {when(began)}, {span(as_of - began)} "
+                           f"(limit {span(limit)})", since=began, schedule_id=schedule_id,
+                           package_id=job.package_id, job_id=job.id))
+    return found
+
+
+def stuck_limit(facts: Facts, config: CheckConfig, schedule_id: int | None, package_id: int | None) -> timedelta:
+    configured = config.value("stuck_after", schedule_id, package_id)
+    if configured is not None:
+        return configured
+    p99 = percentile(facts.package_runtimes.get(package_id, []), 99) or 0
+    return max(2 * timedelta(seconds=p99), MIN_STUCK)
+
+
+# -- the board ------------------------------------------------------------------------------------------
+def judged_as_of(facts: Facts, now: datetime) -> datetime:
+    """The start of the last successful incremental sync (the archive is complete up to then), else now."""
+    return min(facts.last_ok_sync, now) if facts.last_ok_sync else now
+
+
+def evaluate(engine: Engine, config: CheckConfig, now: datetime) -> Board:
+    with engine.connect() as conn:
+        facts = read_facts(conn, config)
+    as_of = judged_as_of(facts, now)
+    disabled = {s.id for s in facts.schedules if s.status != "enabled"}
+    stuck = stuck_alerts(facts, config, as_of, disabled)
+    busy = {j.creator_id for j in facts.open_jobs if j.creator_type == "Schedule"}
+    subjects = [judge_archiver(facts, config, now)]
+    subjects += [judge_schedule(s, facts, config, as_of, [a for a in stuck if a.schedule_id == s.id], s.id in busy)
+                 for s in facts.schedules]
+    known = {s.id for s in facts.schedules}
+    subjects += [judge_package(p, facts, config, as_of,
+                               [a for a in stuck if a.schedule_id is None and a.package_id == p])
+                 for p in sorted(facts.hand_stats)]
+    alerts = [a for s in subjects for a in s.alerts]
+    alerts += [a for a in stuck if a.schedule_id is not None and a.schedule_id not in known]
+    return Board(now, as_of, alerts, subjects)
+
+
+def board_table(board: Board) -> str:
+    """The board for a terminal: one line per subject (state, subject, name, why), API text escaped."""
+    rows = [("STATE", "SUBJECT", "NAME", "WHY")]
+    for s in board.subjects:
+        silenced = [a for a in s.alerts if a.silenced_until is not None]
+        mark = f" (silenced until {when(min(a.silenced_until for a in silenced))})" if silenced else ""
+        rows.append((s.state + ("*" if silenced else ""), s.label, safe_text(s.name)[:40], safe_text(s.why) + mark))
+    orphans = [a for a in board.alerts if not any(a in s.alerts for s in board.subjects)]
+    rows += [(a.kind, f"job:{a.job_id}", "", safe_text(a.message)) for a in orphans]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    lines.append(f"checked {when(board.checked_at)}; absences judged as of {when(board.as_of)}")
+    return "\n".join(line.rstrip() for line in lines)
