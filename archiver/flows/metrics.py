@@ -26,14 +26,14 @@ from sqlalchemy import Engine, case, func, or_, select
 
 from archiver import database
 from archiver.errors import ArchiverError, ConfigError
+from archiver.flows.checkconfig import KINDS, SEVERITIES
 from archiver.models import AlertRow, CreatorRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
 from archiver.textsafe import safe_text
 from archiver.utc import to_utc
 
 FINAL_STATUSES = ("completed", "failed", "stopped")
 QUANTILES = (50, 95)  # percent; the method is flows.report.percentile's (linear, "inclusive")
-ALERT_KINDS = ("late", "stale", "failing", "stuck", "sync_stale", "sync_failing")
-ALERT_SEVERITIES = ("warning", "critical")
+ALERT_KINDS, ALERT_SEVERITIES = KINDS, SEVERITIES   # every pair is emitted, 0 when none is open
 SYNC_OUTCOMES = ("ok", "partial", "stopped", "deadline", "budget", "auth_failed", "failed",
                  "interrupted", "lost_lock", "abandoned")  # finished runs; `running` is not an end
 MAX_LABEL_CHARS = 200
