@@ -2,7 +2,6 @@
 List endpoints, against the sandbox and through the store, on every backend."""
 
 import copy
-from datetime import timezone
 
 import pytest
 from sqlalchemy import select
@@ -10,16 +9,15 @@ from sqlalchemy import select
 from archiver import models
 from archiver.client import Page, XplentyClient
 from archiver.errors import InvalidPayload, NotFound
-from archiver.flows.catalog import offset_pages
+from archiver.flows.catalog import archive_catalog, offset_pages
 from archiver.flows.incremental import IncrementalOptions, sync_incremental
-from archiver.flows.runs import SyncOptions
+from archiver.flows.runs import Run, SyncOptions, SyncSummary
 from archiver.parse import parse_cluster, parse_job, parse_package, parse_schedule, parse_timestamp
 from archiver.sandbox import Sandbox
 from archiver.store import Archive
 from tests.clirun import run_cli
 from tests.sandboxed import NOW, cli_env, settings_for
 
-UTC = timezone.utc
 CATALOG_CALLS = ("list_schedules", "list_packages", "list_clusters")
 SCOPES = ("catalog:schedules", "catalog:packages:active", "catalog:packages:archived")
 SCHEDULE_TIMES = ("start_at", "next_run_at", "last_run_at", "created_at", "updated_at")
@@ -413,16 +411,14 @@ def test_the_catalog_mark_moves_only_with_the_page_it_covers(api, sqlite_url, mo
         return real(self, kind, records, after)
 
     monkeypatch.setattr(Archive, "write_catalog", write_catalog)
-    with pytest.raises(RuntimeError):
-        from archiver.flows.catalog import archive_catalog
-        from archiver.flows.runs import Run, SyncSummary
-        archive = Archive.open(sqlite_url, "sandbox")
-        client = XplentyClient(api.url, api.account, settings_for(api, sqlite_url).api_key)
-        try:
+    archive = Archive.open(sqlite_url, "sandbox")
+    client = XplentyClient(api.url, api.account, settings_for(api, sqlite_url).api_key)
+    try:
+        with pytest.raises(RuntimeError):
             archive_catalog(Run(archive, SyncSummary(mode="incremental"), SyncOptions(), client))
-        finally:
-            client.close()
-            archive.close()
+    finally:
+        client.close()
+        archive.close()
     marks = table(sqlite_url, models.SyncStateRow)
     assert ("sandbox", "catalog:schedules") in marks and ("sandbox", "catalog:packages:active") not in marks
     monkeypatch.undo()

@@ -38,7 +38,7 @@ from archiver.flows.bookmark import Bookmark
 from archiver.flows.cursor import ITEMS, PAGE_LIMIT, PAGES, CursorRead, key_of
 from archiver.flows.runs import FATAL, STOP_WRITING, Run, error_row
 from archiver.parse import CATALOG_PARSERS
-from archiver.records import CatalogCounts, CatalogRecord
+from archiver.records import WRITE_OUTCOMES, CatalogCounts, CatalogRecord
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def write(run: Run, kind: str, records: list[CatalogRecord], counts: CatalogCoun
         result = archive.plan_catalog(kind, records)
     else:
         result = archive.write_catalog(kind, records, after=after)
-    for outcome in ("inserted", "updated", "unchanged", "stale"):
+    for outcome in WRITE_OUTCOMES:
         setattr(counts, outcome, getattr(counts, outcome) + len(getattr(result, outcome)))
 
 
