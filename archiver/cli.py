@@ -145,6 +145,8 @@ def to_json(data, indent: int | None = None) -> str:
 @click.option("--status", type=click.Choice(sorted(KNOWN_STATUSES)),
               help="--incremental: only jobs in this status (keeps its own mark).")
 @click.option("--package-id", type=click.IntRange(1), help="--incremental: only this package's jobs.")
+@click.option("--no-catalog", is_flag=True, help="--incremental: do not read schedules, packages and "
+              "clusters after the jobs (an unfiltered run does, for a few credits).")
 @api_options
 @run_options
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True,
@@ -162,7 +164,7 @@ def to_json(data, indent: int | None = None) -> str:
 @click.option("--allow-insecure-http", is_flag=True,
               help="Allow a plain http:// API URL on a non-loopback host (the key travels unencrypted).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
-def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, package_id, account,
+def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, package_id, no_catalog, account,
          api_url, db, dry_run, as_json, batch_size, wait, no_lock, concurrency, with_log_summary,
          max_runtime, max_response_mb, max_credits, reserve, allow_insecure_http, quiet):
     """Fetch jobs and upsert them into the archive.
@@ -178,8 +180,8 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
     modes = [bool(job_ids), incremental, refresh_open]
     if sum(modes) != 1:
         raise ConfigError("give job ids, --incremental or --refresh-open (exactly one)")
-    if not incremental and (since_text or full or status or package_id):
-        raise ConfigError("--since, --full, --status and --package-id go with --incremental")
+    if not incremental and (since_text or full or status or package_id or no_catalog):
+        raise ConfigError("--since, --full, --status, --package-id and --no-catalog go with --incremental")
     since = parse_since(since_text).start if since_text else None
     settings = load_settings(account=account, api_url=api_url, db=db,
                              allow_insecure_http=allow_insecure_http).require_api()
@@ -189,7 +191,8 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
                           max_runtime=max_runtime, max_credits=max_credits, reserve=reserve, progress=progress,
                           max_response_mb=max_response_mb, stop=STOP)
     if incremental:
-        inc = IncrementalOptions(since=since, full=full, status=status, package_id=package_id)
+        inc = IncrementalOptions(since=since, full=full, status=status, package_id=package_id,
+                                 catalog=not no_catalog)
         summary = sync_incremental(settings, options, inc)
     elif refresh_open:
         summary = sync_refresh_open(settings, options)

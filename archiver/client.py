@@ -260,12 +260,17 @@ class XplentyClient:
         return self.list_page("jobs", params)
 
     def list_page(self, resource: str, params: dict[str, Any]) -> Page:
-        """One page of a List endpoint (jobs, schedules, packages, clusters): an array of objects."""
+        """One page of a List endpoint (jobs, schedules, packages, clusters): an array of objects.
+
+        List jobs answers 404 only for a wrong account or URL (a ConfigError); another list's
+        404 may be an account without that endpoint, a NotFound for that read alone."""
         resp_holder: list[requests.Response] = []
         try:
             data = self._get_json(f"{self.base}/{resource}", params, keep=resp_holder)
-        except NotFound:  # a List endpoint of an existing account never answers 404
-            raise self.account_not_found(f"List {resource}") from None
+        except NotFound:
+            if resource == "jobs":
+                raise self.account_not_found(f"List {resource}") from None
+            raise
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             raise InvalidPayload(None, "<body>", f"List {resource} did not return an array of objects",
                                  kind="bad_shape")

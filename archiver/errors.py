@@ -104,14 +104,18 @@ class ResponseTooLarge(ApiError):
 
 
 class InvalidPayload(ArchiverError):
-    """A payload that cannot be archived; names the job and the field, never the raw value."""
+    """A payload that cannot be archived; names the object (a job unless `subject` says
+    schedule, package or cluster), its id and the field, never the raw value."""
 
-    def __init__(self, job_id: int | None, field: str, reason: str, kind: str = "invalid_payload"):
-        self.job_id = job_id
+    def __init__(self, object_id: int | None, field: str, reason: str, kind: str = "invalid_payload",
+                 subject: str = "job"):
+        self.job_id = object_id if subject == "job" else None   # the sync_errors column is for jobs only
+        self.object_id = object_id
+        self.subject = subject   # what the payload is: job, schedule, package, cluster
         self.field = field
         self.reason = reason
         self.kind = kind
-        who = f"job {job_id}" if job_id is not None else "payload"
+        who = f"{subject} {object_id}" if object_id is not None else ("payload" if subject == "job" else subject)
         super().__init__(f"{who}: field {field!r}: {reason}")
 
 

@@ -13,13 +13,13 @@ import hashlib
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from archiver.errors import InvalidPayload
 from archiver.fields import INT, JOB_FIELDS, KNOWN_STATUSES, NUMBER, STATUS, TEXT, TIME
 from archiver.jsonio import canonical_json
-from archiver.records import (ClusterRecord, CreatorRecord, JobRecord, LogSummaryRecord, OutputRecord,
-                              PackageRecord)
+from archiver.records import (CatalogRecord, ClusterRecord, CreatorRecord, JobRecord, LogSummaryRecord,
+                              OutputRecord, PackageRecord, SchedulePackageRecord, ScheduleRecord)
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,18 @@ MIN_YEAR, MAX_YEAR = 1000, 9999  # MySQL DATETIME's range, the narrowest of the 
 
 
 class _Fields:
-    """Typed, named access to one JSON object; every error names job and field."""
+    """Typed, named access to one JSON object; every error names the object (a job, or the
+    `subject` of a catalog object), its id and the field."""
 
-    def __init__(self, obj: Any, job_id: int | None, prefix: str = ""):
-        self.job_id, self.prefix = job_id, prefix
+    def __init__(self, obj: Any, object_id: int | None, prefix: str = "", subject: str = "job"):
+        self.object_id, self.prefix, self.subject = object_id, prefix, subject
         if not isinstance(obj, dict):
             raise self.error("", "expected a JSON object")
         self.obj = obj
 
     def error(self, key: str, reason: str) -> InvalidPayload:
         name = f"{self.prefix}{key}" if key else (self.prefix.rstrip(".") or "<body>")
-        return InvalidPayload(self.job_id, name, reason, kind="bad_field")
+        return InvalidPayload(self.object_id, name, reason, kind="bad_field", subject=self.subject)
 
     def has(self, key: str) -> bool:
         return key in self.obj
@@ -84,9 +85,28 @@ class _Fields:
             raise self.error(key, f"expected an ISO 8601 timestamp string, got {type(value).__name__}")
         return parse_timestamp(value, self, key)
 
+    def short(self, key: str, limit: int) -> str | None:
+        """Text for a VARCHAR(limit) column: a longer value would not fit every database."""
+        value = self.text(key)
+        if value is not None and len(value) > limit:
+            raise self.error(key, f"longer than {limit} characters")
+        return value
+
+    def flag(self, key: str) -> bool | None:
+        value = self.obj.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(key, f"expected true or false, got {type(value).__name__}")
+
+    def json_object(self, key: str) -> dict[str, Any] | None:
+        value = self.obj.get(key)
+        if value is None or isinstance(value, dict):
+            return value
+        raise self.error(key, f"expected an object, got {type(value).__name__}")
+
     def sub(self, key: str) -> "_Fields | None":
         value = self.obj.get(key)
-        return None if value is None else _Fields(value, self.job_id, f"{self.prefix}{key}.")
+        return None if value is None else _Fields(value, self.object_id, f"{self.prefix}{key}.", self.subject)
 
 
 def parse_timestamp(value: str, fields: _Fields | None = None, key: str = "") -> datetime:
@@ -137,7 +157,7 @@ def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint
     if expected_id is not None and job_id != expected_id:
         raise InvalidPayload(expected_id, "id", "the payload is for another job than the one asked for",
                              kind="wrong_id")
-    f.job_id = job_id
+    f.object_id = job_id
     text = fingerprint.text if fingerprint is not None else canonical_json(raw)
     digest = fingerprint.hash if fingerprint is not None else None
     if "\\u0000" in text:  # PostgreSQL cannot store NUL in text or JSONB: replace it everywhere
@@ -205,7 +225,7 @@ def _status(f: _Fields, key: str) -> str | None:
     if not status or len(status) > MAX_STATUS_LEN:
         raise f.error(key, f"must be 1 to {MAX_STATUS_LEN} characters")
     if status not in KNOWN_STATUSES:
-        log.warning("job %s has an unknown status %r; stored as it is", f.job_id, status[:MAX_STATUS_LEN])
+        log.warning("job %s has an unknown status %r; stored as it is", f.object_id, status[:MAX_STATUS_LEN])
     return status
 
 
@@ -266,25 +286,11 @@ def _creator(c: _Fields | None) -> CreatorRecord | None:
 
 
 def _package(p: _Fields | None) -> PackageRecord | None:
-    if p is None:
-        return None
-    return PackageRecord(id=p.int("id", required=True), name=p.text("name"), description=p.text("description"),
-                   owner_id=p.int("owner_id"), status=p.text("status"), url=p.text("url"),
-                   html_url=p.text("html_url"), created_at=p.time("created_at"),
-                   updated_at=p.time("updated_at"))
+    return None if p is None else _catalog_record(PackageRecord, p, NESTED_PACKAGE_COLUMNS)
 
 
 def _cluster(c: _Fields | None) -> ClusterRecord | None:
-    if c is None:
-        return None
-    return ClusterRecord(
-        id=c.int("id", required=True), name=c.text("name"), description=c.text("description"),
-        status=c.text("status"), owner_id=c.int("owner_id"), plan_id=c.int("plan_id"),
-        nodes=c.int("nodes"), type=c.text("type"), region=c.text("region"), zone=c.text("zone"),
-        master_instance_type=c.text("master_instance_type"),
-        slave_instance_type=c.text("slave_instance_type"), created_at=c.time("created_at"),
-        updated_at=c.time("updated_at"), available_since=c.time("available_since"),
-        terminated_at=c.time("terminated_at"), url=c.text("url"), html_url=c.text("html_url"))
+    return None if c is None else _catalog_record(ClusterRecord, c, NESTED_CLUSTER_COLUMNS)
 
 
 def _log_summary(s: _Fields | None, job_id: int) -> LogSummaryRecord | None:
@@ -296,3 +302,109 @@ def _log_summary(s: _Fields | None, job_id: int) -> LogSummaryRecord | None:
     return LogSummaryRecord(job_id=job_id, id=s.int("id"), body=s.text("body"),
                       error_summary=s.text("error_summary"), action_items=tuple(items),
                       created_at=s.time("created_at"))
+
+
+# -- the catalog: schedules, packages and clusters ---------------------------------------------------
+Reader = Callable[[_Fields, str], Any]
+
+
+def _short(limit: int) -> Reader:
+    return lambda f, key: f.short(key, limit)
+
+
+# column (= the object's key) -> how it is read. A job's nested package or cluster fills only
+# the NESTED columns; the others are filled only from the object's own List endpoint.
+NESTED_PACKAGE_COLUMNS: dict[str, Reader] = {
+    "name": _Fields.text, "description": _Fields.text, "owner_id": _Fields.int, "status": _Fields.text,
+    "url": _Fields.text, "html_url": _Fields.text, "created_at": _Fields.time, "updated_at": _Fields.time}
+LISTED_PACKAGE_COLUMNS: dict[str, Reader] = {
+    **NESTED_PACKAGE_COLUMNS, "flow_type": _short(64), "variables": _Fields.json_object}
+NESTED_CLUSTER_COLUMNS: dict[str, Reader] = {
+    "name": _Fields.text, "description": _Fields.text, "status": _Fields.text, "owner_id": _Fields.int,
+    "plan_id": _Fields.int, "nodes": _Fields.int, "type": _Fields.text, "region": _Fields.text,
+    "zone": _Fields.text, "master_instance_type": _Fields.text, "slave_instance_type": _Fields.text,
+    "created_at": _Fields.time, "updated_at": _Fields.time, "available_since": _Fields.time,
+    "terminated_at": _Fields.time, "url": _Fields.text, "html_url": _Fields.text}
+LISTED_CLUSTER_COLUMNS: dict[str, Reader] = {
+    **NESTED_CLUSTER_COLUMNS, "terminate_on_idle": _Fields.flag, "time_to_idle": _Fields.int,
+    "stack": _Fields.text}
+SCHEDULE_COLUMNS: dict[str, Reader] = {
+    "name": _Fields.text, "description": _Fields.text, "owner_id": _Fields.int, "status": _short(64),
+    "start_at": _Fields.time, "next_run_at": _Fields.time, "interval_amount": _Fields.int,
+    "interval_unit": _short(32), "last_run_at": _Fields.time, "last_run_status": _short(64),
+    "execution_count": _Fields.int, "overlap": _Fields.flag, "auto_retry": _Fields.flag,
+    "auto_retry_attempts": _Fields.int, "reuse_cluster_strategy": _short(32), "created_at": _Fields.time,
+    "updated_at": _Fields.time, "url": _Fields.text, "html_url": _Fields.text}
+# task.<key> -> column
+SCHEDULE_TASK_COLUMNS: dict[str, tuple[str, Reader]] = {
+    "nodes": ("task_nodes", _Fields.int), "terminate_on_idle": ("task_terminate_on_idle", _Fields.flag),
+    "time_to_idle": ("task_time_to_idle", _Fields.int)}
+
+
+def _read_columns(f: _Fields, readers: dict[str, Reader]) -> dict[str, Any]:
+    """The columns of the keys the object has: an absent key is absent, never None."""
+    return {column: read(f, column) for column, read in readers.items() if f.has(column)}
+
+
+def _catalog_record(record_type: type, f: _Fields, readers: dict[str, Reader], payload_text: str | None = None,
+                    **extra: Any) -> CatalogRecord:
+    columns = _read_columns(f, readers)
+    return record_type(id=f.int("id", required=True), updated_at=columns.get("updated_at"), columns=columns,
+                       payload_text=payload_text, **extra)
+
+
+def _listed(raw: Any, subject: str) -> tuple[_Fields, str]:
+    """An object from a List endpoint: its fields and its canonical JSON (NUL replaced as for jobs)."""
+    f = _Fields(raw, _guess_id(raw), subject=subject)
+    f.int("id", required=True)
+    text = canonical_json(raw)
+    if "\\u0000" in text:  # PostgreSQL cannot store NUL in text or JSONB: replace it everywhere
+        log.warning("%s %s: NUL characters in the payload are stored as U+FFFD", subject, f.object_id)
+        f.obj = _without_nul(raw)
+        text = canonical_json(f.obj)
+    return f, text
+
+
+def parse_package(raw: Any) -> PackageRecord:
+    """One object of List packages."""
+    f, text = _listed(raw, "package")
+    return _catalog_record(PackageRecord, f, LISTED_PACKAGE_COLUMNS, text)
+
+
+def parse_cluster(raw: Any) -> ClusterRecord:
+    """One object of List clusters."""
+    f, text = _listed(raw, "cluster")
+    return _catalog_record(ClusterRecord, f, LISTED_CLUSTER_COLUMNS, text)
+
+
+def parse_schedule(raw: Any) -> ScheduleRecord:
+    """One object of List schedules; its `task` fills the task_* columns and its packages."""
+    f, text = _listed(raw, "schedule")
+    task = f.sub("task")
+    columns = {**_read_columns(f, SCHEDULE_COLUMNS), **_task_columns(task)}
+    return ScheduleRecord(id=f.int("id", required=True), updated_at=columns.get("updated_at"), columns=columns,
+                          payload_text=text, packages=_task_packages(task))
+
+
+def _task_columns(task: _Fields | None) -> dict[str, Any]:
+    if task is None:
+        return {}
+    return {column: read(task, key) for key, (column, read) in SCHEDULE_TASK_COLUMNS.items() if task.has(key)}
+
+
+def _task_packages(task: _Fields | None) -> tuple[SchedulePackageRecord, ...] | None:
+    items = task.obj.get("packages") if task is not None else None
+    if items is None:
+        return None  # absent (or null): keep what is stored
+    if not isinstance(items, list):
+        raise task.error("packages", "expected an array")
+    packages = []
+    for position, item in enumerate(items):
+        p = _Fields(item, task.object_id, f"{task.prefix}packages[{position}].", task.subject)
+        packages.append(SchedulePackageRecord(position, p.int("package_id"), p.json_object("variables")))
+    return tuple(packages)
+
+
+# how each kind of catalog object is validated, by the name of its List endpoint
+CATALOG_PARSERS: dict[str, Callable[[Any], CatalogRecord]] = {
+    "schedules": parse_schedule, "packages": parse_package, "clusters": parse_cluster}

@@ -31,38 +31,44 @@ class OutputRecord:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PackageRecord:
+class CatalogRecord:
+    """A package, cluster or schedule object, as a job payload nests it or as its own List
+    endpoint gives it.
+
+    `columns` holds the table's values for the keys the object carried (a key left out is
+    absent here, not None, so a stored column is kept). `payload_text` is the object's
+    canonical JSON when it came from its List endpoint, else None (a nested object never
+    writes the columns only List endpoints fill).
+    """
+
     id: int
-    name: str | None
-    description: str | None
-    owner_id: int | None
-    status: str | None
-    url: str | None
-    html_url: str | None
-    created_at: datetime | None
     updated_at: datetime | None
+    columns: dict[str, Any]
+    payload_text: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ClusterRecord:
-    id: int
-    name: str | None
-    description: str | None
-    status: str | None
-    owner_id: int | None
-    plan_id: int | None
-    nodes: int | None
-    type: str | None
-    region: str | None
-    zone: str | None
-    master_instance_type: str | None
-    slave_instance_type: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
-    available_since: datetime | None
-    terminated_at: datetime | None
-    url: str | None
-    html_url: str | None
+class PackageRecord(CatalogRecord):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterRecord(CatalogRecord):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulePackageRecord:
+    position: int
+    package_id: int | None
+    variables: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleRecord(CatalogRecord):
+    """`packages` is None when the object has no `task.packages`: the stored ones are kept."""
+
+    packages: tuple[SchedulePackageRecord, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,3 +156,20 @@ class RunCounts:
 
 # The buckets a written batch sorts its jobs into; each is a RunCounts field.
 WRITE_OUTCOMES = ("inserted", "updated", "unchanged", "stale")
+
+
+@dataclasses.dataclass
+class CatalogCounts:
+    """What a run did with one kind of catalog object (schedules, packages or clusters).
+    Not in sync_runs, whose counts are jobs; `errors` are reads or objects that failed
+    (each a sync_errors row)."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    errors: int = 0
+
+    @property
+    def stored(self) -> int:
+        return self.inserted + self.updated

@@ -26,12 +26,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from archiver import __version__, database, dialect, models
 from archiver.errors import ArchiverError, DiskFull, LostLock
 from archiver.fields import TERMINAL_STATUSES
-from archiver.jsonio import RawJSON
-from archiver.records import WRITE_OUTCOMES, JobRecord, RunCounts, as_row
+from archiver.jsonio import RawJSON, canonical_json
+from archiver.records import WRITE_OUTCOMES, CatalogRecord, JobRecord, RunCounts, ScheduleRecord, as_row
 from archiver.utc import utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R", JobRecord, CatalogRecord)
 TRANSACTION_ATTEMPTS = 10  # deadlocks between unlocked writers can repeat on a loaded server
 
 jobs_t = models.JobRow.__table__
@@ -45,6 +46,9 @@ packages_t = models.PackageRow.__table__
 clusters_t = models.ClusterRow.__table__
 creators_t = models.CreatorRow.__table__
 summaries_t = models.JobLogSummaryRow.__table__
+schedules_t = models.ScheduleRow.__table__
+schedule_packages_t = models.SchedulePackageRow.__table__
+CATALOG_TABLES = {"schedules": schedules_t, "packages": packages_t, "clusters": clusters_t}
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
 GUARD_COLUMNS = ("status", "updated_at")
@@ -91,15 +95,36 @@ def newer_wins(old, new):
     )
 
 
-def newest_per_id(jobs: Iterable[JobRecord]) -> list[JobRecord]:
-    """One snapshot per job id (the newest), in id order."""
-    best: dict[int, JobRecord] = {}
+def newest_per_id(jobs: Iterable[R]) -> list[R]:
+    """One snapshot per id (the newest), in id order."""
+    best: dict[int, R] = {}
     floor = datetime.min.replace(tzinfo=timezone.utc)
     for job in jobs:
         held = best.get(job.id)
         if held is None or (job.updated_at or floor) >= (held.updated_at or floor):
             best[job.id] = job
     return [best[i] for i in sorted(best)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredListed:
+    updated_at: datetime | None
+    payload_text: str | None   # canonical JSON of the stored payload; None: only seen in jobs (or a stub)
+
+
+def decide_listed(stored: StoredListed | None, record: CatalogRecord) -> str:
+    """What to do with a catalog object from its List endpoint (WRITE_OUTCOMES): newer
+    updated_at wins, an equal one applies when the object differs (e.g. next_run_at moved),
+    the same object is unchanged; one without updated_at never replaces a stored one."""
+    if stored is None:
+        return "inserted"
+    if stored.payload_text == record.payload_text:
+        return "unchanged"
+    if stored.updated_at is None:
+        return "updated"
+    if record.updated_at is None or record.updated_at < stored.updated_at:
+        return "stale"
+    return "updated"
 
 
 @dataclasses.dataclass
@@ -336,14 +361,12 @@ class Archive:
             conn.execute(delete(table).where(dialect.in_ids(conn, table.c.job_id, ids[start:start + 1000])))
 
     def _upsert_dimensions(self, conn: Connection, jobs: list[JobRecord], now: datetime) -> None:
-        """Packages, clusters and creators: full rows from v2 objects, bare ids otherwise."""
+        """Packages, clusters and creators: the columns a v2 object carried (newer wins), a
+        stub row for a bare id otherwise."""
         for table, attr, id_col in ((packages_t, "package", "package_id"), (clusters_t, "cluster", "cluster_id")):
             full = {getattr(j, attr).id: getattr(j, attr) for j in jobs if getattr(j, attr) is not None}
             bare = {j.columns.get(id_col) for j in jobs} - set(full) - {None}
-            rows = [{**as_row(full[i]), "last_synced_at": now} for i in sorted(full)]
-            if rows:
-                cols = [c for c in rows[0] if c != "id" and c != "updated_at"] + ["updated_at"]
-                dialect.upsert(conn, table, rows, keys=("id",), update=cols, guard=_dimension_newer)
+            upsert_catalog_rows(conn, table, [full[i] for i in sorted(full)], now, guard=_dimension_newer)
             dialect.insert_missing(conn, table, [{"id": i} for i in sorted(bare)], keys=("id",))
         creators = {(j.creator.type, j.creator.id): j.creator for j in jobs if j.creator is not None}
         rows = [{**as_row(creators[k]), "last_synced_at": now} for k in sorted(creators)]
@@ -362,6 +385,66 @@ class Archive:
                 rows.append({"job_id": job.id, "from_status": from_status, "to_status": job.status,
                              "observed_at": now, "api_updated_at": job.updated_at, "run_id": run_id})
         dialect.insert_rows(conn, changes_t, rows)
+
+    # the catalog: schedules, packages, clusters from their own List endpoints
+    def write_catalog(self, kind: str, records: Sequence[CatalogRecord], after: Callable[[Connection], None] | None = None
+                      ) -> BatchResult:
+        """Write one page of a catalog List endpoint in one transaction (newer updated_at wins;
+        a schedule's packages replaced with it); `after(conn)` (its bookmark) commits with it."""
+        unique = newest_per_id(records)
+
+        def work(conn: Connection) -> BatchResult:
+            result = self._write_catalog(conn, kind, unique)
+            if after is not None:
+                after(conn)
+            return result
+
+        return self.transact(work)
+
+    def plan_catalog(self, kind: str, records: Sequence[CatalogRecord]) -> BatchResult:
+        """Dry run: what writing these catalog objects would do, without writing."""
+        unique = newest_per_id(records)
+        with self.engine.connect() as conn:
+            stored = self._read_listed(conn, CATALOG_TABLES[kind], [r.id for r in unique])
+        result = BatchResult()
+        for record in unique:
+            result.add(decide_listed(stored.get(record.id), record), record.id)
+        return result
+
+    def _write_catalog(self, conn: Connection, kind: str, records: list[CatalogRecord]) -> BatchResult:
+        table = CATALOG_TABLES[kind]
+        stored = self._read_listed(conn, table, [r.id for r in records])
+        result = BatchResult()
+        for record in records:
+            result.add(decide_listed(stored.get(record.id), record), record.id)
+        accepted = set(result.inserted) | set(result.updated)
+        writes = [r for r in records if r.id in accepted]
+        upsert_catalog_rows(conn, table, writes, utcnow(), guard=_listed_newer)
+        if kind == "schedules":
+            self._replace_schedule_packages(conn, [r for r in writes if r.packages is not None])
+        return result
+
+    def _read_listed(self, conn: Connection, table, ids: Sequence[int]) -> dict[int, StoredListed]:
+        found: dict[int, StoredListed] = {}
+        for start in range(0, len(ids), 1000):
+            query = (select(table.c.id, table.c.updated_at, table.c.payload)
+                     .where(dialect.in_ids(conn, table.c.id, ids[start:start + 1000])).order_by(table.c.id))
+            if self.lock_rows:
+                query = query.with_for_update()
+            for row in conn.execute(query):
+                text = None if row.payload is None else canonical_json(row.payload)
+                found[row.id] = StoredListed(row.updated_at, text)
+        return found
+
+    @staticmethod
+    def _replace_schedule_packages(conn: Connection, schedules: list[ScheduleRecord]) -> None:
+        ids = [s.id for s in schedules]
+        for start in range(0, len(ids), 1000):
+            part = ids[start:start + 1000]
+            conn.execute(delete(schedule_packages_t).where(
+                dialect.in_ids(conn, schedule_packages_t.c.schedule_id, part)))
+        rows = [{"schedule_id": s.id, **as_row(p)} for s in schedules for p in s.packages]
+        dialect.insert_rows(conn, schedule_packages_t, rows)
 
     # incremental bookmark and open jobs
     def read_mark(self, scope: str = "") -> datetime | None:
@@ -440,7 +523,28 @@ def _same_account(account: str | None):
 
 
 def _dimension_newer(old, new):
+    """For objects nested in jobs: one without updated_at still fills in what it carries."""
     return or_(old.updated_at.is_(None), new.updated_at.is_(None), new.updated_at >= old.updated_at)
+
+
+def _listed_newer(old, new):
+    """SQL twin of decide_listed() for rows written concurrently by another run."""
+    return or_(old.updated_at.is_(None), and_(new.updated_at.is_not(None), new.updated_at >= old.updated_at))
+
+
+def upsert_catalog_rows(conn: Connection, table, records: Sequence[CatalogRecord], now: datetime, guard) -> None:
+    """Rows grouped by the columns their object carried (an absent key is not written); the
+    payload only for objects from a List endpoint."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for record in records:
+        row = {"id": record.id, **record.columns, "last_synced_at": now}
+        if record.payload_text is not None:
+            row["payload"] = RawJSON(record.payload_text)
+        groups.setdefault(tuple(row), []).append(row)
+    for columns, rows in groups.items():
+        update = [c for c in columns if c not in ("id", "updated_at")]
+        update += ["updated_at"] if "updated_at" in columns else []   # the guard reads it: last (MySQL)
+        dialect.upsert(conn, table, rows, keys=("id",), update=update, guard=guard)
 
 
 def _summary_row(job: JobRecord) -> dict:

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from sqlalchemy import BigInteger, Double, String, Text
 
-from archiver import models, records
+from archiver import models, parse, records
 from archiver.fields import INT, JOB_FIELDS, KNOWN_STATUSES, NUMBER, STATUS, TEXT, TIME, Field
 from archiver.parse import parse_job
 from archiver.sandbox.history import STATUSES as SANDBOX_STATUSES
@@ -65,13 +65,33 @@ def test_a_new_field_is_parsed_and_given_a_column_from_its_declaration(monkeypat
 
 @pytest.mark.parametrize("record, table", [
     (records.OutputRecord, models.JobOutputRow.__table__),
-    (records.PackageRecord, models.PackageRow.__table__),
-    (records.ClusterRecord, models.ClusterRow.__table__),
     (records.CreatorRecord, models.CreatorRow.__table__),
 ])
 def test_each_record_field_has_a_column_and_each_column_a_field(record, table):
     fields = {f.name for f in dataclasses.fields(record)}
     assert fields ^ set(table.c.keys()) <= {"last_synced_at"}
+
+
+@pytest.mark.parametrize("columns, table", [
+    (parse.LISTED_PACKAGE_COLUMNS, models.PackageRow.__table__),
+    (parse.LISTED_CLUSTER_COLUMNS, models.ClusterRow.__table__),
+    ({**parse.SCHEDULE_COLUMNS, **dict(parse.SCHEDULE_TASK_COLUMNS.values())}, models.ScheduleRow.__table__),
+])
+def test_each_catalog_column_is_read_from_the_list_object_and_each_read_has_a_column(columns, table):
+    assert set(columns) | {"id", "payload", "last_synced_at"} == set(table.c.keys())
+
+
+@pytest.mark.parametrize("nested, listed, list_only", [
+    (parse.NESTED_PACKAGE_COLUMNS, parse.LISTED_PACKAGE_COLUMNS, {"flow_type", "variables"}),
+    (parse.NESTED_CLUSTER_COLUMNS, parse.LISTED_CLUSTER_COLUMNS, {"terminate_on_idle", "time_to_idle", "stack"}),
+])
+def test_an_object_nested_in_a_job_never_fills_the_list_only_columns(nested, listed, list_only):
+    assert set(nested) == set(listed) - list_only
+
+
+def test_a_schedule_package_record_is_a_schedule_packages_row():
+    fields = {f.name for f in dataclasses.fields(records.SchedulePackageRecord)}
+    assert fields | {"schedule_id"} == set(models.SchedulePackageRow.__table__.c.keys())
 
 
 def test_the_sandbox_serves_exactly_the_known_statuses():

@@ -42,12 +42,17 @@ def incremental(api, db_url, **inc):
     return sync_incremental(settings_for(api, db_url), SyncOptions(), IncrementalOptions(**inc))
 
 
+CATALOG_CALLS = ("list_schedules", "list_packages", "list_clusters")
+
+
 def test_first_run_archives_everything_in_at_most_11_list_calls(api, db_url):
+    """... and the catalog in 4 more: schedules, active and archived packages, clusters."""
     summary = incremental(api, db_url)
     assert summary.exit_code == 0
     assert summary.inserted == 1000 and sorted(stored(db_url)) == api.job_ids()
     assert api.stats.by_endpoint["get_job"] == 0
-    assert api.stats.by_endpoint["list_jobs"] <= 11 and summary.credits_used <= 11
+    assert [api.stats.by_endpoint[e] for e in CATALOG_CALLS] == [1, 2, 1]
+    assert api.stats.by_endpoint["list_jobs"] <= 11 and summary.credits_used <= 11 + 4
     newest = max(api.job(i)["updated_at"] for i in api.job_ids())
     assert mark(db_url).strftime("%Y-%m-%dT%H:%M:%SZ") == newest
 

@@ -30,8 +30,8 @@ def test_v2_payload_nested_objects(payload):
         ("destination3", "database_destination_component", 3_000_000_000, "csv")
     assert job.columns["html_url"] == "https://xplenty.com/acme/jobs/90412"
     assert (job.columns["attempts"], job.columns["creator_type"], job.columns["creator_id"]) == (2, "Schedule", 12)
-    assert job.package.name == "NetSuite customers to warehouse"
-    assert (job.cluster.nodes, job.cluster.region) == (2, "amazon-web-services::us-east-1")
+    assert job.package.columns["name"] == "NetSuite customers to warehouse"
+    assert (job.cluster.columns["nodes"], job.cluster.columns["region"]) == (2, "amazon-web-services::us-east-1")
     assert job.log_summary.action_items == ("Validate the Customer ID.", "Retry the job.")
     assert job.variables == {"InputPath": "'/2026/11/27'", "batch_size": "500"}
 

@@ -1,7 +1,9 @@
 """Incremental runs through List jobs: the cursor read, the high-water mark, open jobs.
 
 `archiver sync --incremental` and `--refresh-open`; the frame of a run (lock, sync_runs
-row, batch writer, fetch loop) is archiver.flows.runs', the paged read flows.cursor's.
+row, batch writer, fetch loop) is archiver.flows.runs', the paged read flows.cursor's,
+the bookmark flows.bookmark's; after the jobs an unfiltered run reads the catalog
+(flows.catalog).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
 from datetime import datetime
 
 from archiver.client import XplentyClient
 from archiver.config import Settings
+from archiver.flows.bookmark import Bookmark
+from archiver.flows.catalog import archive_catalog
 from archiver.flows.cursor import PAGE_LIMIT, CursorRead
 from archiver.flows.runs import Run, SyncOptions, SyncSummary, execute, make_client
 from archiver.records import JobRecord
@@ -27,6 +30,12 @@ class IncrementalOptions:
     full: bool = False
     status: str | None = None
     package_id: int | None = None
+    catalog: bool = True   # False: --no-catalog
+
+    @property
+    def filtered(self) -> bool:
+        """A run for some jobs only: it neither refreshes open jobs nor reads the catalog."""
+        return bool(self.status or self.package_id)
 
     @property
     def scope(self) -> str:
@@ -37,16 +46,12 @@ class IncrementalOptions:
 
 
 
-def page_mark(jobs: list[JobRecord]) -> datetime | None:
-    marks = [j.updated_at for j in jobs if j.updated_at is not None]
-    return max(marks) if marks else None
-
-
 def archive_incremental(run: Run, inc: IncrementalOptions) -> None:
     stored_mark = run.archive.read_mark(inc.scope)
     start = None if inc.full else (inc.since or stored_mark)
     may_advance = inc.full or inc.since is None or stored_mark is None or inc.since <= stored_mark
-    bookmark = Bookmark(run, inc.scope, stored_mark if may_advance else None, may_advance)
+    bookmark = Bookmark(run, inc.scope, stored_mark if may_advance else None, may_advance,
+                        on_saved=run.summary.show_mark)
     filters = {"status": inc.status or "all", **({"package_id": inc.package_id} if inc.package_id else {})}
     reader = CursorRead(run.client.list_jobs, filters, start)
     brought: set[int] = set()
@@ -59,49 +64,11 @@ def archive_incremental(run: Run, inc: IncrementalOptions) -> None:
             jobs = add_log_summaries(run, jobs)
         run.write(jobs, after=save)
     bookmark.finish()
-    if not (inc.status or inc.package_id):
-        refresh_open(run, exclude=brought)
-
-
-class Bookmark:
-    """Where the high-water mark may go: to the newest updated_at read so far, but never
-    past a job that could not be archived (then it stays before it for the rest of the
-    run) nor past a second the cursor read must check again (`hold`)."""
-
-    def __init__(self, run: Run, scope: str, saved: datetime | None, may_advance: bool):
-        self.run, self.scope, self.saved, self.may_advance = run, scope, saved, may_advance
-        self.best, self.frozen = saved, False
-
-    def advance(self, jobs: list[JobRecord], clean: list[JobRecord] | None,
-                hold: datetime | None) -> Callable | None:
-        """The bookmark write to commit with this page's jobs, or None."""
-        if not self.frozen:
-            newest = page_mark(clean if clean is not None else jobs)
-            self.frozen = clean is not None
-            if newest is not None and (self.best is None or newest > self.best):
-                self.best = newest
-        target = self.best if hold is None or self.best is None else min(self.best, hold)
-        return self._save(target)
-
-    def finish(self) -> None:
-        """After the read: the mark as far as it may go, if a page's write did not take it."""
-        save = self._save(self.best)
-        if save is not None:
-            self.run.archive.transact(save)
-
-    def _save(self, mark: datetime | None) -> Callable | None:
-        if not self.may_advance or mark is None or mark == self.saved or self.run.summary.dry_run:
-            return None
-        if self.saved is not None and mark < self.saved:
-            return None
-        self.saved = mark
-        archive, summary, scope = self.run.archive, self.run.summary, self.scope
-
-        def save(conn) -> None:
-            archive.save_mark(conn, mark, scope, summary.run_id)
-            summary.high_water_mark = mark
-
-        return save
+    if inc.filtered:
+        return
+    refresh_open(run, exclude=brought)
+    if inc.catalog:
+        archive_catalog(run, full=inc.full)
 
 
 def add_log_summaries(run: Run, jobs: list[JobRecord]) -> list[JobRecord]:

@@ -23,7 +23,7 @@ from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, 
                              DiskFull, InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited,
                              Stopped, TlsError, TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
-from archiver.records import JobRecord, RunCounts
+from archiver.records import CatalogCounts, JobRecord, RunCounts
 from archiver.store import Archive, describe_error
 from archiver.textsafe import safe_text
 
@@ -64,14 +64,28 @@ class SyncSummary(RunCounts):
     seconds: float = 0.0
     high_water_mark: datetime | None = None
     errors: list[dict] = dataclasses.field(default_factory=list)
+    catalog: dict[str, CatalogCounts] = dataclasses.field(default_factory=dict)  # kind -> counts; {}: not read
+
+    @property
+    def catalog_errors(self) -> int:
+        return sum(c.errors for c in self.catalog.values())
+
+    @property
+    def has_errors(self) -> bool:
+        """Some job, or some catalog read or object, could not be archived."""
+        return bool(self.errors_count or self.catalog_errors)
 
     @property
     def exit_code(self) -> int:
         if self.outcome == "auth_failed":
             return 3
-        if self.outcome in ("ok", "budget") and not self.errors_count:
+        if self.outcome in ("ok", "budget") and not self.has_errors:
             return 0
         return 1
+
+    def show_mark(self, mark: datetime) -> None:
+        """The jobs' high-water mark, once committed."""
+        self.high_water_mark = mark
 
     def line(self) -> str:
         """One line for a terminal: the message (API text) has its control characters escaped."""
@@ -80,9 +94,19 @@ class SyncSummary(RunCounts):
                 f"{verb}updated {self.updated}, unchanged {self.unchanged}, stale {self.stale}, "
                 f"not found {self.not_found}, failed {self.failed}; "
                 f"{self.credits_used} API credits, {self.seconds:.1f}s")
+        if self.catalog:
+            text += "; " + self.catalog_line()
         if self.outcome != "ok":
             text += f" [{self.outcome}" + (f": {safe_text(self.message)}]" if self.message else "]")
         return ("dry run: " if self.dry_run else "") + text
+
+    def catalog_line(self) -> str:
+        verb = "would be stored" if self.dry_run else "stored"
+        stored = ", ".join(f"{self.catalog[kind].stored} {kind}" for kind in ("schedules", "packages", "clusters")
+                           if kind in self.catalog)
+        unchanged = sum(c.unchanged for c in self.catalog.values())
+        errors = f", {self.catalog_errors} errors" if self.catalog_errors else ""
+        return f"catalog: {stored} {verb} ({unchanged} unchanged{errors})"
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -329,7 +353,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             run = Run(archive, summary, options, client)
             try:
                 body(run)
-                summary.outcome = "partial" if summary.errors_count else "ok"
+                summary.outcome = "partial" if summary.has_errors else "ok"
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
                 summary.errors.append(error_row(None, exc))
