@@ -358,13 +358,15 @@ class _Generator:
 
     def _settle(self) -> None:
         """Expand every tick that may come before the next job; drop runs of stopped schedules."""
-        pending, ticks = self.pending, self.ticks
+        pending, ticks, rules = self.pending, self.ticks, self.rules
         while True:
-            while ticks and ticks[0][0] <= min(self.next_arrival, pending[0][0] if pending else FOREVER):
+            bound = pending[0][0] if pending and pending[0][0] < self.next_arrival else self.next_arrival
+            if ticks and ticks[0][0] <= bound:
                 self._expand_tick()
-            if not (pending and self.rules.drops(pending[0][3], pending[0][2])):
+            elif pending and rules.stopped and rules.drops(pending[0][3], pending[0][2]):
+                heapq.heappop(pending)
+            else:
                 return
-            heapq.heappop(pending)
 
     def _expand_tick(self) -> None:
         tick, index = heapq.heappop(self.ticks)
