@@ -140,7 +140,7 @@ class Resources:
         items = []
         for index, (schedule, facts) in enumerate(zip(catalog.schedules, self._schedules)):
             runs = history.schedule_runs(index, when)
-            last_run = history.table.created[runs.last] if runs.last is not None else None
+            last_run = history.plan(runs.last).created if runs.last is not None else None
             packages = [catalog.packages[i] for i in schedule.packages]
             items.append(self._schedule(
                 renderer, schedule.id, schedule.name, schedule.owner, "enabled", facts, packages_task=[
@@ -213,7 +213,7 @@ def iso_ceiling(unix_time: float) -> str:
 
 def truth(history: History, renderer: Renderer, when: float) -> dict:
     """What the sandbox was told to break, and which jobs show it by `when` (GET /_sandbox/truth)."""
-    catalog, table = history.catalog, history.table
+    catalog = history.catalog
     now = math.floor(when) - history.offset
     found = {"now": renderer.iso(now), "scenario": history.scenario.name,
              "stopped_schedules": [], "failing_packages": [], "stuck_jobs": []}
@@ -224,15 +224,16 @@ def truth(history: History, renderer: Renderer, when: float) -> dict:
             found["stopped_schedules"].append({
                 "schedule_id": catalog.schedules[breakage.target].id, "at": at,
                 "first_missed_run_at": renderer.iso(history.cadences[breakage.target].tick_after(breakage.at)),
-                "last_job_id": table.ids[runs.last] if runs.last is not None else None})
+                "last_job_id": history.plan(runs.last).id if runs.last is not None else None})
         elif breakage.kind == "package_failing":
             jobs = history.jobs_after(breakage.target, breakage.at, when)
             found["failing_packages"].append({
                 "package_id": catalog.packages[breakage.target].id, "at": at,
-                "failed_job_ids": [table.ids[i] for i in jobs if history.state(i, when).status == "failed"]})
+                "failed_job_ids": [history.plan(i).id for i in jobs if history.state(i, when).status == "failed"]})
         else:
             index = history.stuck_job(number)
-            plan = history.plan(index) if index is not None and table.created[index] <= now else None
+            plan = history.plan(index) if index is not None else None
+            plan = plan if plan is not None and plan.created <= now else None
             found["stuck_jobs"].append({
                 "package_id": catalog.packages[breakage.target].id, "at": at,
                 "job_id": plan.id if plan else None, "created_at": renderer.iso(plan.created) if plan else None,

@@ -720,6 +720,12 @@ class Sandbox:
     every query parameter), "minimal" (only offset and limit, like the docs'
     example) or "none" (no Link header); offset_style "items" (offset counts
     objects) or "pages" (offset counts pages of `limit`; links move it by one).
+
+    scenario "normal" is a realistic account; "healthy" has hourly and daily
+    schedules whose runs never fail, stop or wait long (see history.SCENARIOS).
+    days, when given, sizes the history to about that many days instead of `jobs`.
+    break_schedule, fail_package and stuck_package (or POST /_sandbox/...) break
+    things from a clock time on; truth() (GET /_sandbox/truth) says what and where.
     """
 
     def __init__(self, *, jobs: int = 500, seed: int = 1, account: str = "sandbox",
