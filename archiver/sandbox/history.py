@@ -203,13 +203,14 @@ class Scenario:
     failure_scale: float    # multiplies each package's failure rate
     stop_share: float       # runs a user stops
     slow_queue_share: float # runs that wait 5-25 minutes for a cluster
+    runtime_spread: float   # sigma of the log-normal spread of run times around the package's median
     fixed_intervals: bool   # hourly and daily schedules, whatever the history's size
     manual_share: float     # runs users start by hand (fixed intervals; else what the schedules leave)
 
 
 SCENARIOS = {
-    "normal": Scenario("normal", 1.0, 0.03, 0.05, False, 1 - SCHEDULED_SHARE),
-    "healthy": Scenario("healthy", 0.0, 0.0, 0.0, True, 0.03),
+    "normal": Scenario("normal", 1.0, 0.03, 0.05, 0.45, False, 1 - SCHEDULED_SHARE),
+    "healthy": Scenario("healthy", 0.0, 0.0, 0.0, 0.25, True, 0.03),
 }
 HEALTHY_DAILY = frozenset({"Nightly NetSuite", "Marketing daily", "Event pipeline", "Finance close",
                            "Product analytics"})   # healthy scenario: these run daily, the others hourly
@@ -316,14 +317,16 @@ class _Generator:
     Runs by hand arrive as a Poisson stream. The next job is the earliest of both.
     """
 
-    def __init__(self, rng: random.Random, catalog: Catalog, scenario: Scenario, cadences: list[Cadence],
+    def __init__(self, rng: random.Random, catalog: Catalog, scenario: Scenario, intervals: list[int],
                  hand_gap: float, must_succeed: range) -> None:
         self.rng, self.catalog, self.scenario = rng, catalog, scenario
-        self.cadences, self.hand_gap, self.must_succeed = cadences, hand_gap, must_succeed
+        self.hand_gap, self.must_succeed = hand_gap, must_succeed
         self.rules = _Rules(())
         self.count = self.sequence = 0
+        self.last_created = -FOREVER
         self.next_id = 10_000 + rng.randint(0, 99)
         self.next_output_id = 500_000 + rng.randint(0, 999)
+        self.cadences = cadences = [Cadence(rng.randrange(interval), interval) for interval in intervals]
         self.tick_rngs = [random.Random(rng.getrandbits(64)) for _ in cadences]
         self.ticks = [(cadence.start, s) for s, cadence in enumerate(cadences)]
         heapq.heapify(self.ticks)
@@ -342,16 +345,18 @@ class _Generator:
         """Creation time of the next job."""
         self._settle()
         if self.pending and self.pending[0][0] <= self.next_arrival:
-            return self.pending[0][0]
-        return self.next_arrival
+            return max(self.pending[0][0], self.last_created + 1)
+        return max(self.next_arrival, self.last_created + 1)
 
     def next_plan(self) -> JobPlan:
+        """The next job. No two are created in the same second (so the start clock falls between two)."""
         self._settle()
         if self.pending and self.pending[0][0] <= self.next_arrival:
             created, _, _, run = heapq.heappop(self.pending)
         else:
             created, run = self.next_arrival, self._hand_run()
             self.next_arrival += self._gap()
+        self.last_created = created = max(created, self.last_created + 1)
         plan = self._plan(created, run)
         self.count += 1
         return plan
@@ -372,7 +377,7 @@ class _Generator:
         tick, index = heapq.heappop(self.ticks)
         rng, schedule = self.tick_rngs[index], self.catalog.schedules[index]
         for package in schedule.packages:
-            delay = rng.randint(2, 20) + (rng.randint(15, 55) if rng.random() < 0.2 else 0)
+            delay = rng.randint(2, 20) + (rng.randint(15, 50) if rng.random() < 0.2 else 0)
             cluster = (self.catalog.packages[package].spec.cluster if rng.random() < 0.9
                        else rng.randrange(len(self.catalog.clusters)))
             self._push(tick + delay, tick, _Run(package, cluster, index, schedule.owner, 0, schedule.retries))
@@ -401,7 +406,7 @@ class _Generator:
         queued_at = pending_at + rng.randint(5, 40)
         slow = rng.random() < scenario.slow_queue_share
         wait = 5 + int(rng.expovariate(1 / 45)) + (rng.randint(300, 1500) if slow else 0)
-        planned = min(4 * 3600, max(15, int(spec.runtime_s * math.exp(rng.gauss(0, 0.45)))))
+        planned = min(4 * 3600, max(15, int(spec.runtime_s * math.exp(rng.gauss(0, scenario.runtime_spread)))))
         if self.rules.sticks(run.package, created, self.next_id):
             started, stop_requested, stopping_at, ended, final = queued_at + wait, NO_TIME, NO_TIME, FOREVER, RUNNING
         else:
@@ -530,10 +535,10 @@ class History:
         self._by_schedule = {s: array("q") for s in range(len(self.catalog.schedules))}   # job indices
         self.mean_gap = mean_gap = min(FULL_HISTORY_SPAN / max(jobs, 1), BUSIEST_MEAN_GAP)
         intervals = _intervals(self.catalog, self.scenario, mean_gap)
-        self.cadences = [Cadence(rng.randrange(interval), interval) for interval in intervals]
         hand_gap = manual_gap(self.scenario, scheduled_rate(self.catalog, intervals), mean_gap)
-        self._gen = _Generator(rng, self.catalog, self.scenario, self.cadences, hand_gap,
+        self._gen = _Generator(rng, self.catalog, self.scenario, intervals, hand_gap,
                                range(jobs - KEPT_RUNNING, jobs))
+        self.cadences: list[Cadence] = self._gen.cadences
         for _ in range(jobs):
             self._append(self._gen.next_plan())
         self.anchor = anchor = self._anchor()
