@@ -230,9 +230,9 @@ def test_a_failing_package_fails_every_run_and_its_retries(sandbox):
     assert attempts.count(schedule["auto_retry_attempts"]) >= 2, "retries run until they are exhausted"
     incremental = list_all(sandbox, "jobs", since=since, sort="updated", direction="asc")
     assert {job["id"] for job in finished} <= {job["id"] for job in incremental}
+    failed_ids = [job["id"] for job in later if job["status"] == "failed"]
     truth = control(sandbox, "truth", "GET").json()
-    assert truth["failing_packages"] == [{"package_id": package_id, "at": iso(NOW),
-                                          "failed_job_ids": [job["id"] for job in later if job["status"] == "failed"]}]
+    assert truth["failing_packages"] == [{"package_id": package_id, "at": iso(NOW), "failed_job_ids": failed_ids}]
 
 
 def test_a_stuck_package_gets_exactly_one_job_that_runs_forever(sandbox):
@@ -254,8 +254,9 @@ def test_a_stuck_package_gets_exactly_one_job_that_runs_forever(sandbox):
     again = sandbox.job(stuck["id"])
     assert again["status"] == "running" and again["completed_at"] is None
     assert again["runtime_in_seconds"] >= 3 * DAY and again["progress"] < 1
-    still = [job for job in list_all(sandbox, "jobs", package_id=package_id, status="running")]
-    assert [job["id"] for job in still if job["created_at"] < iso(sandbox.now - timedelta(hours=2))] == [stuck["id"]]
+    running = list_all(sandbox, "jobs", package_id=package_id, status="running")
+    old = iso(sandbox.now - timedelta(hours=2))
+    assert [job["id"] for job in running if job["created_at"] < old] == [stuck["id"]]
 
 
 def test_breakages_leave_every_job_already_created_as_it_was(sandbox):

@@ -7,9 +7,9 @@ finishes running jobs and makes newly created ones appear without any
 bookkeeping.
 
 Times inside the history are *history seconds*: integers where 0 is the
-beginning of the history (about the first job's creation). `History.offset` maps them to Unix time. Plans are stored
-column-wise in arrays (about 100 bytes a job) and payloads are rendered per
-request (render.py).
+beginning of the history (about the first job's creation). `History.offset`
+maps them to Unix time. Plans are stored column-wise in arrays (about 100
+bytes a job) and payloads are rendered per request (render.py).
 
 Jobs come from three sources. Each schedule ticks at start + k x interval and
 creates one run per package of its task a few seconds after each tick; a
@@ -17,7 +17,8 @@ failed scheduled run is retried a few minutes later while the schedule has
 retries left; users start runs by hand, a Poisson stream over the packages.
 A *scenario* sets the failure and stop rates and the intervals ("normal": a
 realistic mix whose intervals scale with the history's size; "healthy": hourly
-and daily schedules where nothing goes wrong).
+and daily schedules where nothing goes wrong, and users only rerun scheduled
+packages, so that a monitor has nothing to report).
 
 The generator runs forward in time, forever: the first `jobs` plans end at the
 start clock (the *anchor*); the ones after it are the future the clock walks
@@ -207,6 +208,11 @@ class Scenario:
     fixed_intervals: bool   # hourly and daily schedules, whatever the history's size
     manual_share: float     # runs users start by hand (fixed intervals; else what the schedules leave)
 
+    @property
+    def hand_runs_scheduled_only(self) -> bool:
+        """Healthy: a package run only by hand, at random, would look stale to a monitor."""
+        return self.fixed_intervals
+
 
 SCENARIOS = {
     "normal": Scenario("normal", 1.0, 0.03, 0.05, 0.45, False, 1 - SCHEDULED_SHARE),
@@ -243,7 +249,7 @@ def _intervals(catalog: Catalog, scenario: Scenario, mean_gap: float) -> list[in
     Normal: about SCHEDULED_SHARE of all runs come from schedules, each in
     proportion to its packages' weights, so a bigger history (a smaller mean
     gap) has shorter intervals; rounded to a usual interval. Healthy: hourly,
-    or daily for the nightly and daily ones and those with runs of an hour or more.
+    or daily for HEALTHY_DAILY (their names say so, or their runs take an hour).
     """
     weights, total = catalog.package_weights, sum(catalog.package_weights)
     intervals = []
@@ -282,14 +288,18 @@ class _Rules:
     """Breakages as the generator applies them, and the stuck runs they made."""
 
     def __init__(self, breakages: tuple[Breakage, ...]) -> None:
-        self.stopped: dict[int, int] = {}
-        self.failing: dict[int, int] = {}
+        self.stopped = self._earliest(breakages, "schedule_stopped")   # schedule -> from when
+        self.failing = self._earliest(breakages, "package_failing")    # package -> from when
         self.sticking = [(number, b) for number, b in enumerate(breakages) if b.kind == "package_stuck"]
-        for b in breakages:
-            rule = self.stopped if b.kind == "schedule_stopped" else self.failing
-            if b.kind != "package_stuck" and b.at < rule.get(b.target, b.at + 1):
-                rule[b.target] = b.at
         self.stuck: dict[int, int] = {}   # breakage number -> job id it made stuck
+
+    @staticmethod
+    def _earliest(breakages: tuple[Breakage, ...], kind: str) -> dict[int, int]:
+        earliest: dict[int, int] = {}
+        for breakage in breakages:
+            if breakage.kind == kind:
+                earliest[breakage.target] = min(breakage.at, earliest.get(breakage.target, breakage.at))
+        return earliest
 
     def drops(self, run: _Run, origin: int) -> bool:
         """A run of a stopped schedule (its tick, or its retry's creation, after the stop)."""
@@ -332,7 +342,7 @@ class _Generator:
         heapq.heapify(self.ticks)
         self.pending: list[tuple[int, int, int, _Run]] = []
         self.hand_packages = [p for p in range(len(catalog.packages))
-                              if not scenario.fixed_intervals or catalog.packages[p].schedule is not None]
+                              if not scenario.hand_runs_scheduled_only or catalog.packages[p].schedule is not None]
         total = 0.0
         self.cumulative_weights = [total := total + catalog.package_weights[p] for p in self.hand_packages]
         self.next_arrival = self._gap()
@@ -406,13 +416,15 @@ class _Generator:
         queued_at = pending_at + rng.randint(5, 40)
         slow = rng.random() < scenario.slow_queue_share
         wait = 5 + int(rng.expovariate(1 / 45)) + (rng.randint(300, 1500) if slow else 0)
-        planned = min(4 * 3600, max(15, int(spec.runtime_s * math.exp(rng.gauss(0, scenario.runtime_spread)))))
+        spread = math.exp(rng.gauss(0, scenario.runtime_spread))
+        planned = min(4 * 3600, max(15, int(spec.runtime_s * spread)))
         if self.rules.sticks(run.package, created, self.next_id):
-            started, stop_requested, stopping_at, ended, final = queued_at + wait, NO_TIME, NO_TIME, FOREVER, RUNNING
+            outcome = queued_at + wait, NO_TIME, NO_TIME, FOREVER, RUNNING
         else:
-            failure_rate = 1.0 if self.rules.fails(run.package, created) else spec.failure_rate * scenario.failure_scale
-            started, stop_requested, stopping_at, ended, final = self._outcome(
-                failure_rate, queued_at, queued_at + wait, planned)
+            failing = self.rules.fails(run.package, created)
+            failure_rate = 1.0 if failing else spec.failure_rate * scenario.failure_scale
+            outcome = self._outcome(failure_rate, queued_at, queued_at + wait, planned)
+        started, stop_requested, stopping_at, ended, final = outcome
         error, failed_at_null = self._error(final, spec.errors)
         plan = JobPlan(
             id=self.next_id, created=created, pending_at=pending_at, queued_at=queued_at,
