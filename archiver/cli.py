@@ -470,15 +470,20 @@ def metrics(db, textfile, window):
               help="Link headers: every query parameter, only offset and limit (the docs' example), or none.")
 @click.option("--offset-style", type=click.Choice(["items", "pages"]), default="items", show_default=True,
               help="What `offset` counts in lists: objects, or pages of `limit`.")
+@click.option("--scenario", type=click.Choice(["normal", "healthy"]), default="normal", show_default=True,
+              help="normal: realistic failures and stops; healthy: hourly and daily schedules, nothing broken.")
+@click.option("--days", type=click.FloatRange(0, min_open=True), default=None,
+              help="Make the history about DAYS days long (instead of --jobs).")
 def sandbox(host, port, jobs, seed, account, api_key, latency_ms, error_rate, drop_rate, bad_json_rate,
-            rate_limit, rate_window, clock_speed, advance, link_style, offset_style):
+            rate_limit, rate_window, clock_speed, advance, link_style, offset_style, scenario, days):
     """Serve a local Xplenty-compatible jobs API over a generated history."""
     from archiver.sandbox import Sandbox, serve
 
     api = Sandbox(jobs=jobs, seed=seed, account=account, api_key=api_key, host=host, port=port,
                   latency_ms=latency_ms, error_rate=error_rate, drop_rate=drop_rate,
                   bad_json_rate=bad_json_rate, rate_limit=rate_limit, rate_window_s=rate_window,
-                  clock_speed=clock_speed, link_style=link_style, offset_style=offset_style)
+                  clock_speed=clock_speed, link_style=link_style, offset_style=offset_style,
+                  scenario=scenario, days=days)
     try:
         api.start()
     except OSError as exc:

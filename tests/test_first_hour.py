@@ -33,7 +33,7 @@ def test_since_takes_the_forms_report_takes(sqlite_url):
 
 
 def test_json_keeps_text_as_it_is_and_times_in_utc_with_z(sqlite_url):
-    with Sandbox(jobs=300, seed=31, now=NOW) as api:
+    with Sandbox(jobs=300, seed=34, now=NOW) as api:
         summary = json.loads(run_archiver(api, sqlite_url, "sync", "--incremental", "--json").stdout)
         failures = run_archiver(api, sqlite_url, "report", "failures", "--since", "2026-09-01", "--format", "json")
     assert summary["high_water_mark"].endswith("Z") and "T" in summary["high_water_mark"]

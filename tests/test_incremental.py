@@ -145,7 +145,7 @@ def test_refresh_open_refetches_unfinished_jobs(api, sqlite_url):
     incremental(api, sqlite_url)
     terminal = ("completed", "failed", "stopped")
     open_ids = sorted(i for i in api.job_ids() if api.job(i)["status"] not in terminal)
-    api.advance(600)   # ten minutes later some of them have finished, some still run
+    api.advance(900)   # fifteen minutes later some of them have finished, some still run
     finished = [i for i in open_ids if api.job(i)["status"] in terminal]
     assert 0 < len(finished) < len(open_ids)
     api.stats.reset()

@@ -6,18 +6,34 @@ client sees is read off the plan at the sandbox clock, so moving the clock
 finishes running jobs and makes newly created ones appear without any
 bookkeeping.
 
-Times inside the history are *history seconds*: integers where 0 is the first
-job's creation. `History.offset` maps them to Unix time. Plans are stored
-column-wise in arrays (about 100 bytes a job) and payloads are rendered per
-request (render.py).
+Times inside the history are *history seconds*: integers where 0 is the
+beginning of the history (about the first job's creation). `History.offset`
+maps them to Unix time. Plans are stored column-wise in arrays (about 100
+bytes a job) and payloads are rendered per request (render.py).
+
+Jobs come from three sources. Each schedule ticks at start + k x interval and
+creates one run per package of its task a few seconds after each tick; a
+failed scheduled run is retried a few minutes later while the schedule has
+retries left; users start runs by hand, a Poisson stream over the packages.
+A *scenario* sets the failure and stop rates and the intervals ("normal": a
+realistic mix whose intervals scale with the history's size; "healthy": hourly
+and daily schedules where nothing goes wrong, and users only rerun scheduled
+packages, so that a monitor has nothing to report).
 
 The generator runs forward in time, forever: the first `jobs` plans end at the
 start clock (the *anchor*); the ones after it are the future the clock walks
 into. It is extended on demand, from the same random stream, so the history
 is the same however far and in which steps the clock is moved.
+
+Breakages (a schedule that stops, a package whose runs fail, a run that never
+ends) only change jobs created after the clock time they were asked for, which
+no client has seen yet: the future is regenerated from a copy of the
+generator taken at the anchor, with the breakages applied. So the history is a
+function of the seed, the size and the breakages, not of when they were asked.
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 import random
@@ -44,7 +60,14 @@ FULL_HISTORY_SPAN = 60 * DAY      # a large history spans about this
 BUSIEST_MEAN_GAP = 600            # ...but a small one is the recent past of a ~6 jobs/hour account
 FUTURE_HORIZON = DAY              # plans are generated this far past the clock
 KEPT_RUNNING = 3                  # the last jobs before the start clock are kept unfinished
-SCHEDULED_SHARE = 0.85            # runs of a scheduled package that its schedule creates
+SCHEDULED_SHARE = 0.85            # normal scenario: share of all runs that schedules create...
+MIN_MANUAL_SHARE = 0.05           # ...but users start at least this share by hand
+FOREVER = 2**62                   # `ended` of a run that never ends (a stuck job)
+
+UNIT_SECONDS = {"minutes": 60, "hours": 3600, "days": DAY, "weeks": 7 * DAY, "months": 30 * DAY}
+NICE_INTERVALS = tuple((amount, unit) for unit, amounts in (
+    ("minutes", (1, 2, 5, 10, 15, 30)), ("hours", (1, 2, 3, 4, 6, 8, 12)), ("days", (1, 2, 3)),
+    ("weeks", (1, 2))) for amount in amounts)
 
 # column name -> array type code
 _COLUMNS = (
@@ -116,6 +139,10 @@ class JobTable:
         for column, value in zip(self._columns, plan):
             column[index] = value
 
+    def truncate(self, length: int) -> None:
+        for column in self._columns:
+            del column[length:]
+
 
 def phase_at(plan: JobPlan, t: int) -> tuple[int, int]:
     """(status code, time it was entered) of a job that exists at t."""
@@ -167,67 +194,237 @@ class _Run(NamedTuple):
     max_attempts: int
 
 
+# ---------------------------------------------------------------------------
+# scenarios and cadences
+
+@dataclass(frozen=True)
+class Scenario:
+    """How an account behaves: failure and stop rates, and how schedules pick their interval."""
+    name: str
+    failure_scale: float    # multiplies each package's failure rate
+    stop_share: float       # runs a user stops
+    slow_queue_share: float # runs that wait 5-25 minutes for a cluster
+    runtime_spread: float   # sigma of the log-normal spread of run times around the package's median
+    fixed_intervals: bool   # hourly and daily schedules, whatever the history's size
+    manual_share: float     # runs users start by hand (fixed intervals; else what the schedules leave)
+
+    @property
+    def hand_runs_scheduled_only(self) -> bool:
+        """Healthy: a package run only by hand, at random, would look stale to a monitor."""
+        return self.fixed_intervals
+
+
+SCENARIOS = {
+    "normal": Scenario("normal", 1.0, 0.03, 0.05, 0.45, False, 1 - SCHEDULED_SHARE),
+    "healthy": Scenario("healthy", 0.0, 0.0, 0.0, 0.25, True, 0.03),
+}
+HEALTHY_DAILY = frozenset({"Nightly NetSuite", "Marketing daily", "Event pipeline", "Finance close",
+                           "Product analytics"})   # healthy scenario: these run daily, the others hourly
+
+
+class Cadence(NamedTuple):
+    """A schedule's ticks: start + k * interval (history seconds)."""
+    start: int
+    interval: int
+
+    def tick_after(self, t: int) -> int:
+        """The first tick strictly after t."""
+        if t < self.start:
+            return self.start
+        return self.start + ((t - self.start) // self.interval + 1) * self.interval
+
+
+def nice_interval(seconds: float) -> tuple[int, str]:
+    """The usual schedule interval nearest (on a log scale) to a gap in seconds."""
+    return min(NICE_INTERVALS, key=lambda nice: abs(math.log(nice[0] * UNIT_SECONDS[nice[1]] / max(seconds, 1))))
+
+
+def interval_seconds(interval: tuple[int, str]) -> int:
+    return interval[0] * UNIT_SECONDS[interval[1]]
+
+
+def _intervals(catalog: Catalog, scenario: Scenario, mean_gap: float) -> list[int]:
+    """Each schedule's interval in seconds.
+
+    Normal: about SCHEDULED_SHARE of all runs come from schedules, each in
+    proportion to its packages' weights, so a bigger history (a smaller mean
+    gap) has shorter intervals; rounded to a usual interval. Healthy: hourly,
+    or daily for HEALTHY_DAILY (their names say so, or their runs take an hour).
+    """
+    weights, total = catalog.package_weights, sum(catalog.package_weights)
+    intervals = []
+    for schedule in catalog.schedules:
+        if scenario.fixed_intervals:
+            intervals.append(DAY if schedule.name in HEALTHY_DAILY else 3600)
+            continue
+        share = SCHEDULED_SHARE * sum(weights[p] for p in schedule.packages) / total
+        intervals.append(interval_seconds(nice_interval(len(schedule.packages) * mean_gap / share)))
+    return intervals
+
+
+def scheduled_rate(catalog: Catalog, intervals: list[int]) -> float:
+    """First-attempt runs per second all schedules create."""
+    return sum(len(s.packages) / interval for s, interval in zip(catalog.schedules, intervals))
+
+
+def manual_gap(scenario: Scenario, scheduled: float, mean_gap: float) -> float:
+    """Mean gap of the runs users start: what the schedules leave of one run per mean_gap (normal)."""
+    if scenario.fixed_intervals:
+        return 1 / (scheduled * scenario.manual_share / (1 - scenario.manual_share))
+    return 1 / max(1 / mean_gap - scheduled, MIN_MANUAL_SHARE / mean_gap)
+
+
+# ---------------------------------------------------------------------------
+# breakages
+
+class Breakage(NamedTuple):
+    """Something told to go wrong from history second `at` on (jobs created after it)."""
+    kind: str       # "schedule_stopped" | "package_failing" | "package_stuck"
+    target: int     # schedule or package index
+    at: int
+
+
+class _Rules:
+    """Breakages as the generator applies them, and the stuck runs they made."""
+
+    def __init__(self, breakages: tuple[Breakage, ...]) -> None:
+        self.stopped = self._earliest(breakages, "schedule_stopped")   # schedule -> from when
+        self.failing = self._earliest(breakages, "package_failing")    # package -> from when
+        self.sticking = [(number, b) for number, b in enumerate(breakages) if b.kind == "package_stuck"]
+        self.stuck: dict[int, int] = {}   # breakage number -> job id it made stuck
+
+    @staticmethod
+    def _earliest(breakages: tuple[Breakage, ...], kind: str) -> dict[int, int]:
+        earliest: dict[int, int] = {}
+        for breakage in breakages:
+            if breakage.kind == kind:
+                earliest[breakage.target] = min(breakage.at, earliest.get(breakage.target, breakage.at))
+        return earliest
+
+    def drops(self, run: _Run, origin: int) -> bool:
+        """A run of a stopped schedule (its tick, or its retry's creation, after the stop)."""
+        return run.schedule >= 0 and origin > self.stopped.get(run.schedule, origin)
+
+    def fails(self, package: int, created: int) -> bool:
+        return created > self.failing.get(package, created)
+
+    def sticks(self, package: int, created: int, job_id: int) -> bool:
+        """Whether this run is the one a stuck breakage waits for (and mark it taken)."""
+        for number, breakage in self.sticking:
+            if breakage.target == package and created > breakage.at and number not in self.stuck:
+                self.stuck[number] = job_id
+                return True
+        return False
+
+
 class _Generator:
     """Produces job plans in creation order, forever, from one random stream.
 
-    Arrivals are a Poisson stream over the packages (by weight); a failed
-    scheduled run whose schedule retries queues a retry run a few minutes
-    after it failed, which is created in its turn like any other job.
+    Scheduled runs are due at their schedule's ticks (each tick expands into
+    its runs, whose small delays come from the schedule's own random stream);
+    they wait in `pending` with the retries, a heap of (created, sequence,
+    origin, run) where origin is the tick (first runs) or the creation (retries).
+    Runs by hand arrive as a Poisson stream. The next job is the earliest of both.
     """
 
-    def __init__(self, rng: random.Random, catalog: Catalog, mean_gap: float,
-                 must_succeed: range) -> None:
-        self.rng, self.catalog, self.mean_gap = rng, catalog, mean_gap
-        self.must_succeed = must_succeed
-        self.count = 0
+    def __init__(self, rng: random.Random, catalog: Catalog, scenario: Scenario, intervals: list[int],
+                 hand_gap: float, must_succeed: range) -> None:
+        self.rng, self.catalog, self.scenario = rng, catalog, scenario
+        self.hand_gap, self.must_succeed = hand_gap, must_succeed
+        self.rules = _Rules(())
+        self.count = self.sequence = 0
+        self.last_created = -FOREVER
         self.next_id = 10_000 + rng.randint(0, 99)
         self.next_output_id = 500_000 + rng.randint(0, 999)
-        self.next_arrival = self._gap()
-        self.retries: list[tuple[int, int, _Run]] = []   # heap of (created, count, retry)
-        self.package_order = range(len(catalog.packages))
+        self.cadences = cadences = [Cadence(rng.randrange(interval), interval) for interval in intervals]
+        self.tick_rngs = [random.Random(rng.getrandbits(64)) for _ in cadences]
+        self.ticks = [(cadence.start, s) for s, cadence in enumerate(cadences)]
+        heapq.heapify(self.ticks)
+        self.pending: list[tuple[int, int, int, _Run]] = []
+        self.hand_packages = [p for p in range(len(catalog.packages))
+                              if not scenario.hand_runs_scheduled_only or catalog.packages[p].schedule is not None]
         total = 0.0
-        self.cumulative_weights = [total := total + w for w in catalog.package_weights]
+        self.cumulative_weights = [total := total + catalog.package_weights[p] for p in self.hand_packages]
+        self.next_arrival = self._gap()
+
+    def copy(self) -> "_Generator":
+        """An independent copy (random states included) that shares the catalog."""
+        return copy.deepcopy(self, {id(self.catalog): self.catalog})
 
     def peek_time(self) -> int:
         """Creation time of the next job."""
-        if self.retries and self.retries[0][0] <= self.next_arrival:
-            return self.retries[0][0]
-        return self.next_arrival
+        self._settle()
+        if self.pending and self.pending[0][0] <= self.next_arrival:
+            return max(self.pending[0][0], self.last_created + 1)
+        return max(self.next_arrival, self.last_created + 1)
 
     def next_plan(self) -> JobPlan:
-        if self.retries and self.retries[0][0] <= self.next_arrival:
-            created, _, run = heapq.heappop(self.retries)
+        """The next job. No two are created in the same second (so the start clock falls between two)."""
+        self._settle()
+        if self.pending and self.pending[0][0] <= self.next_arrival:
+            created, _, _, run = heapq.heappop(self.pending)
         else:
-            created, run = self.next_arrival, self._new_run()
+            created, run = self.next_arrival, self._hand_run()
             self.next_arrival += self._gap()
+        self.last_created = created = max(created, self.last_created + 1)
         plan = self._plan(created, run)
         self.count += 1
         return plan
 
-    def _gap(self) -> int:
-        return 1 + int(self.rng.expovariate(1 / self.mean_gap))
+    def _settle(self) -> None:
+        """Expand every tick that may come before the next job; drop runs of stopped schedules."""
+        pending, ticks, rules = self.pending, self.ticks, self.rules
+        while True:
+            bound = pending[0][0] if pending and pending[0][0] < self.next_arrival else self.next_arrival
+            if ticks and ticks[0][0] <= bound:
+                self._expand_tick()
+            elif pending and rules.stopped and rules.drops(pending[0][3], pending[0][2]):
+                heapq.heappop(pending)
+            else:
+                return
 
-    def _new_run(self) -> _Run:
-        """A first run (attempts 0) of a package picked by weight, by its schedule or a user."""
+    def _expand_tick(self) -> None:
+        tick, index = heapq.heappop(self.ticks)
+        rng, schedule = self.tick_rngs[index], self.catalog.schedules[index]
+        for package in schedule.packages:
+            delay = rng.randint(2, 20) + (rng.randint(15, 50) if rng.random() < 0.2 else 0)
+            cluster = (self.catalog.packages[package].spec.cluster if rng.random() < 0.9
+                       else rng.randrange(len(self.catalog.clusters)))
+            self._push(tick + delay, tick, _Run(package, cluster, index, schedule.owner, 0, schedule.retries))
+        heapq.heappush(self.ticks, (tick + self.cadences[index].interval, index))
+
+    def _push(self, created: int, origin: int, run: _Run) -> None:
+        self.sequence += 1
+        heapq.heappush(self.pending, (created, self.sequence, origin, run))
+
+    def _gap(self) -> int:
+        return 1 + int(self.rng.expovariate(1 / self.hand_gap))
+
+    def _hand_run(self) -> _Run:
+        """A run (attempts 0) a user starts, of a package picked by weight."""
         rng, catalog = self.rng, self.catalog
-        index = rng.choices(self.package_order, cum_weights=self.cumulative_weights)[0]
+        index = rng.choices(self.hand_packages, cum_weights=self.cumulative_weights)[0]
         package = catalog.packages[index]
         cluster = package.spec.cluster if rng.random() < 0.9 else rng.randrange(len(catalog.clusters))
-        if package.schedule is not None and rng.random() < SCHEDULED_SHARE:
-            schedule = catalog.schedules[package.schedule]
-            return _Run(index, cluster, package.schedule, schedule.owner, 0, schedule.retries)
         user = package.owner if rng.random() < 0.6 else rng.randrange(len(catalog.users))
         return _Run(index, cluster, -1, user, 0, 0)
 
     def _plan(self, created: int, run: _Run) -> JobPlan:
-        rng = self.rng
+        rng, scenario = self.rng, self.scenario
         spec = self.catalog.packages[run.package].spec
         pending_at = created + rng.randint(1, 4)
         queued_at = pending_at + rng.randint(5, 40)
-        wait = 5 + int(rng.expovariate(1 / 45)) + (rng.randint(300, 1500) if rng.random() < 0.05 else 0)
-        planned = min(4 * 3600, max(15, int(spec.runtime_s * math.exp(rng.gauss(0, 0.45)))))
-        started, stop_requested, stopping_at, ended, final = self._outcome(
-            spec.failure_rate, queued_at, queued_at + wait, planned)
+        slow = rng.random() < scenario.slow_queue_share
+        wait = 5 + int(rng.expovariate(1 / 45)) + (rng.randint(300, 1500) if slow else 0)
+        spread = math.exp(rng.gauss(0, scenario.runtime_spread))
+        planned = min(4 * 3600, max(15, int(spec.runtime_s * spread)))
+        if self.rules.sticks(run.package, created, self.next_id):
+            outcome = queued_at + wait, NO_TIME, NO_TIME, FOREVER, RUNNING
+        else:
+            failing = self.rules.fails(run.package, created)
+            failure_rate = 1.0 if failing else spec.failure_rate * scenario.failure_scale
+            outcome = self._outcome(failure_rate, queued_at, queued_at + wait, planned)
+        started, stop_requested, stopping_at, ended, final = outcome
         error, failed_at_null = self._error(final, spec.errors)
         plan = JobPlan(
             id=self.next_id, created=created, pending_at=pending_at, queued_at=queued_at,
@@ -253,7 +450,7 @@ class _Generator:
         if roll < failure_rate:
             ended = started + max(5, int(planned * rng.uniform(0.05, 0.95))) + 1
             return started, NO_TIME, NO_TIME, ended, FAILED
-        if roll < failure_rate + 0.03:
+        if roll < failure_rate + self.scenario.stop_share:
             if rng.random() < 0.2:   # stopped while still queued: never started
                 stop = queued_at + rng.randrange(started - queued_at)
                 started = NO_TIME
@@ -275,7 +472,7 @@ class _Generator:
         if plan.final == FAILED and run.schedule >= 0 and run.attempts < run.max_attempts:
             retry = run._replace(attempts=run.attempts + 1)
             created = plan.ended + self.rng.randint(60, 600)
-            heapq.heappush(self.retries, (created, self.count, retry))
+            self._push(created, created, retry)
 
 
 class View:
@@ -312,7 +509,17 @@ class ScheduleRuns(NamedTuple):
     """A schedule's runs (jobs it created, retries included) at one clock second."""
     count: int
     last: int | None          # job index of the latest
-    next_created: int | None  # history second the next first run will be created, if generated yet
+    next_run: int             # history second of its next tick (a stopped schedule: the first it missed)
+
+
+def expected_jobs(days: float, scenario: str = "normal", seed: int = 1) -> int:
+    """How many jobs make a history of about `days` days (normal: up to FULL_HISTORY_SPAN)."""
+    if not SCENARIOS[scenario].fixed_intervals:
+        return max(0, round(days * DAY / BUSIEST_MEAN_GAP))
+    chosen = SCENARIOS[scenario]
+    catalog = build_catalog(random.Random(seed))
+    rate = scheduled_rate(catalog, _intervals(catalog, chosen, BUSIEST_MEAN_GAP))
+    return max(0, round(days * DAY * rate / (1 - chosen.manual_share)))
 
 
 class History:
@@ -321,26 +528,38 @@ class History:
     Public methods take Unix times (floats) and are thread-safe.
     """
 
-    def __init__(self, jobs: int, seed: int, start: float) -> None:
+    def __init__(self, jobs: int, seed: int, start: float, scenario: str = "normal") -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}")
         rng = random.Random(seed)
         self.catalog = build_catalog(rng)
+        self.scenario = SCENARIOS[scenario]
         self.table = JobTable()
         self._latest_end = array("q")   # running maximum of `ended`: jobs before a point are all finished
         self._index: dict[int, int] = {}
         self._touched: dict[int, int] = {}   # job index -> history second it was touched
         self._lock = threading.RLock()
-        self._view_key: tuple[int, int] | None = None   # (clock second, touch count)
-        self._touches = 0
+        self._view_key: tuple[int, int, int] | None = None   # (clock second, touch count, regenerations)
+        self._touches = self._regenerations = 0
         self._view: View | None = None
         self._package_index = {p.id: i for i, p in enumerate(self.catalog.packages)}
+        self._schedule_index = {s.id: i for i, s in enumerate(self.catalog.schedules)}
         self._by_schedule = {s: array("q") for s in range(len(self.catalog.schedules))}   # job indices
         self.mean_gap = mean_gap = min(FULL_HISTORY_SPAN / max(jobs, 1), BUSIEST_MEAN_GAP)
-        self._gen = _Generator(rng, self.catalog, mean_gap, range(jobs - KEPT_RUNNING, jobs))
+        intervals = _intervals(self.catalog, self.scenario, mean_gap)
+        hand_gap = manual_gap(self.scenario, scheduled_rate(self.catalog, intervals), mean_gap)
+        self._gen = _Generator(rng, self.catalog, self.scenario, intervals, hand_gap,
+                               range(jobs - KEPT_RUNNING, jobs))
+        self.cadences: list[Cadence] = self._gen.cadences
         for _ in range(jobs):
             self._append(self._gen.next_plan())
-        anchor = self._anchor()
+        self.anchor = anchor = self._anchor()
         self.offset = math.floor(start) - anchor
         self._keep_last_jobs_running(anchor)
+        self._initial = len(self.table)
+        self._future = self._gen.copy()   # the generator at the anchor: the future is regenerated from it
+        self.breakages: list[Breakage] = []
+        self._generated_to = anchor
         self._generate_until(anchor + FUTURE_HORIZON)
 
     # -- generation -------------------------------------------------------
@@ -375,8 +594,28 @@ class History:
             self._latest_end.append(max(self._latest_end[-1], ended) if self._latest_end else ended)
 
     def _generate_until(self, t: int) -> None:
+        self._generated_to = max(self._generated_to, t)
         while self._gen.peek_time() <= t:
             self._append(self._gen.next_plan())
+
+    def _regenerate(self) -> None:
+        """Generate the future (every job after the anchor) again, under the breakages.
+
+        Each breakage changes only jobs created after its time, which is not
+        before the clock, so every job a client could have seen comes back the
+        same, at the same index (touches stay valid).
+        """
+        keep = self._initial
+        for job_id in self.table.ids[keep:]:
+            del self._index[job_id]
+        self.table.truncate(keep)
+        del self._latest_end[keep:]
+        for runs in self._by_schedule.values():
+            del runs[bisect_left(runs, keep):]
+        self._gen = self._future.copy()
+        self._gen.rules = _Rules(tuple(self.breakages))
+        self._regenerations += 1
+        self._generate_until(self._generated_to)
 
     def _at(self, when: float) -> int:
         """History second of a Unix time, with plans generated well past it."""
@@ -423,14 +662,57 @@ class History:
             self._touches += 1
 
     def schedule_runs(self, schedule: int, when: float) -> ScheduleRuns:
-        """How often a schedule has run by `when`, its latest run and when its next one comes."""
+        """How often a schedule has run by `when`, its latest run and its next tick.
+
+        A stopped schedule keeps showing the first tick it missed, as a
+        scheduler that silently stopped would.
+        """
         with self._lock:
             t = self._at(when)
             runs = self._by_schedule[schedule]
             count = bisect_left(runs, bisect_right(self.table.created, t))
-            next_created = next((self.table.created[runs[k]] for k in range(count, len(runs))
-                                 if self.table.attempts[runs[k]] == 0), None)
-            return ScheduleRuns(count, runs[count - 1] if count else None, next_created)
+            stopped = self._gen.rules.stopped.get(schedule, t)
+            return ScheduleRuns(count, runs[count - 1] if count else None,
+                                self.cadences[schedule].tick_after(min(t, stopped)))
+
+    # -- breakages ----------------------------------------------------------
+    def stop_schedule(self, schedule_id: int, at: float | None, now: float) -> Breakage:
+        """From `at` (default: now) the schedule's ticks create no runs (retries neither).
+
+        KeyError for an unknown schedule id; ValueError for a time before the clock.
+        """
+        return self._break("schedule_stopped", self._schedule_index[schedule_id], at, now)
+
+    def fail_package(self, package_id: int, at: float | None, now: float) -> Breakage:
+        """Every run of the package created after `at` fails, retries included."""
+        return self._break("package_failing", self._package_index[package_id], at, now)
+
+    def stick_package(self, package_id: int, at: float | None, now: float) -> Breakage:
+        """The first run of the package created after `at` starts and never ends."""
+        return self._break("package_stuck", self._package_index[package_id], at, now)
+
+    def _break(self, kind: str, target: int, at: float | None, now: float) -> Breakage:
+        with self._lock:
+            clock = self._at(now)
+            start = clock if at is None else math.floor(at) - self.offset
+            if start < clock:
+                raise ValueError("a breakage cannot start before the sandbox clock")
+            breakage = Breakage(kind, target, start)
+            self.breakages.append(breakage)
+            self._regenerate()
+            return breakage
+
+    def stuck_job(self, number: int) -> int | None:
+        """Index of the job breakage `number` made stuck, if generated yet."""
+        with self._lock:
+            job_id = self._gen.rules.stuck.get(number)
+            return None if job_id is None else self._index[job_id]
+
+    def jobs_after(self, package: int, t: int, when: float) -> list[int]:
+        """Indices of the package's jobs created after history second t and by `when`."""
+        with self._lock:
+            first, existing = bisect_right(self.table.created, t), self.existing_count(when)
+            return [i for i in range(first, existing) if self.table.package[i] == package]
 
     def in_flight(self, when: float) -> list[tuple[int, int]]:
         """(cluster index, status code) of every job not finished at `when`."""
@@ -443,7 +725,7 @@ class History:
     def view(self, when: float) -> View:
         with self._lock:
             t = self._at(when)
-            key = (t, self._touches)
+            key = (t, self._touches, self._regenerations)
             if key != self._view_key or self._view is None:
                 self._view, self._view_key = self._build_view(t), key
             return self._view

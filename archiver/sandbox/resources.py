@@ -7,10 +7,11 @@ schedule). Whatever depends on the jobs is read off the history at the clock
 time of the request: a schedule's runs, last run and next run, a cluster's
 running and queued jobs.
 
-A schedule's interval is the cadence its runs have on average in the generated
-history (arrivals are random, so single gaps vary); next_run_at is when the
-sandbox will create its next run, if that is already generated, else the last
-run plus whole intervals.
+A schedule's start_at and interval are the cadence the history ticks at
+(history.Cadence): its first runs are created a few seconds after start_at +
+k x interval; next_run_at is its next tick (a schedule told to stop keeps
+showing the first tick it missed). overlap is true: the sandbox starts a tick's
+runs whether or not the previous ones have ended.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .catalog import DAY, Extras, build_extras
-from .history import (IDLE, PENDING, PENDING_STOPPAGE, QUEUED, RUNNING, SCHEDULED_SHARE, STOPPING,
-                      History)
+from .history import (IDLE, NICE_INTERVALS, PENDING, PENDING_STOPPAGE, QUEUED, RUNNING, STOPPING,
+                      History, interval_seconds)
 from .render import Renderer
 
 SCHEDULE_STATUSES = ("enabled", "disabled")
@@ -30,10 +31,6 @@ PACKAGE_STATUSES = ("active", "archived")
 FLOW_TYPES = ("workflow", "dataflow")
 CLUSTER_STATUSES = ("pending", "creating", "available", "scaling", "idle", "pending_terminate",
                     "terminating", "terminated", "error")
-UNIT_SECONDS = {"minutes": 60, "hours": 3600, "days": DAY, "weeks": 7 * DAY, "months": 30 * DAY}
-NICE_INTERVALS = tuple((amount, unit) for unit, amounts in (
-    ("minutes", (1, 2, 5, 10, 15, 30)), ("hours", (1, 2, 3, 4, 6, 8, 12)), ("days", (1, 2, 3)),
-    ("weeks", (1, 2)), ("months", (1,))) for amount in amounts)
 TIME_TO_IDLE = 3600
 STACK = "pinot"
 
@@ -51,9 +48,9 @@ RUNNING_CODES = frozenset({RUNNING, PENDING_STOPPAGE, STOPPING})
 QUEUED_CODES = frozenset({IDLE, PENDING, QUEUED})
 
 
-def nice_interval(seconds: float) -> tuple[int, str]:
-    """The usual schedule interval nearest (on a log scale) to a gap in seconds."""
-    return min(NICE_INTERVALS, key=lambda nice: abs(math.log(nice[0] * UNIT_SECONDS[nice[1]] / max(seconds, 1))))
+def as_interval(seconds: int) -> tuple[int, str]:
+    """(interval_amount, interval_unit) of a cadence's interval (one of NICE_INTERVALS)."""
+    return next(nice for nice in NICE_INTERVALS if interval_seconds(nice) == seconds)
 
 
 @dataclass(frozen=True)
@@ -71,16 +68,12 @@ class Resources:
         self.history, self.catalog = history, history.catalog
         self.extras: Extras = build_extras(seed, self.catalog)
         rng = random.Random(f"catalog-schedules:{seed}")
-        total_weight = sum(self.catalog.package_weights)
         self._schedules = []
-        for schedule in self.catalog.schedules:
+        for schedule, cadence in zip(self.catalog.schedules, history.cadences):
             packages = [self.catalog.packages[i] for i in schedule.packages]
             created = min(-DAY, max(p.created for p in packages) + rng.randint(1, 30) * DAY)
-            start_at = self._next_hour(created)
             edited = min(-3600, created + rng.randint(0, -created // DAY) * DAY)
-            share = SCHEDULED_SHARE * sum(p.spec.weight for p in packages) / total_weight
-            self._schedules.append(_ScheduleFacts(created, edited, start_at,
-                                                  nice_interval(history.mean_gap / share)))
+            self._schedules.append(_ScheduleFacts(created, edited, cadence.start, as_interval(cadence.interval)))
 
     def _next_hour(self, t: int) -> int:
         """The first full hour (in real time) after history second t."""
@@ -144,27 +137,20 @@ class Resources:
     # -- schedules ------------------------------------------------------------------
     def schedules(self, renderer: Renderer, when: float) -> list[dict]:
         history, catalog = self.history, self.catalog
-        now = math.floor(when) - history.offset
         items = []
         for index, (schedule, facts) in enumerate(zip(catalog.schedules, self._schedules)):
             runs = history.schedule_runs(index, when)
-            amount, unit = facts.interval
-            step = amount * UNIT_SECONDS[unit]
-            last_run = history.table.created[runs.last] if runs.last is not None else None
-            next_run = runs.next_created
-            if next_run is None:
-                base = facts.start_at if last_run is None else last_run
-                next_run = base + max(1, (now - base) // step + 1) * step
+            last_run = history.plan(runs.last).created if runs.last is not None else None
             packages = [catalog.packages[i] for i in schedule.packages]
             items.append(self._schedule(
                 renderer, schedule.id, schedule.name, schedule.owner, "enabled", facts, packages_task=[
                     {"package_id": p.id, "variables": dict(p.default_variables)} for p in packages],
                 description="Runs " + ", ".join(p.spec.name for p in packages),
                 nodes=max(catalog.clusters[p.spec.cluster].nodes for p in packages),
-                next_run=next_run, last_run=last_run,
+                next_run=runs.next_run, last_run=last_run,
                 last_status=history.state(runs.last, when).status if runs.last is not None else None,
                 count=runs.count, retries=schedule.retries, updated=max(facts.edited, last_run or facts.edited),
-                reuse="any"))
+                reuse="any", overlap=True))
         for schedule in self.extras.schedules:
             packages = [self.extras.packages[i] for i in schedule.packages]
             facts = _ScheduleFacts(schedule.created, schedule.updated, self._next_hour(schedule.created),
@@ -174,20 +160,20 @@ class Resources:
                 packages_task=[{"package_id": p.id, "variables": {}} for p in packages],
                 description="Runs " + ", ".join(p.name for p in packages), nodes=2, next_run=None,
                 last_run=schedule.last_run, last_status="completed", count=schedule.executions, retries=0,
-                updated=schedule.updated, reuse="none"))
+                updated=schedule.updated, reuse="none", overlap=False))
         return items
 
     def _schedule(self, renderer: Renderer, schedule_id: int, name: str, owner: int, status: str,
                   facts: _ScheduleFacts, *, packages_task: list[dict], description: str, nodes: int,
                   next_run: int | None, last_run: int | None, last_status: str | None, count: int,
-                  retries: int, updated: int, reuse: str) -> dict:
+                  retries: int, updated: int, reuse: str, overlap: bool) -> dict:
         amount, unit = facts.interval
         fields = {
             "id": schedule_id, "name": name, "description": description,
             "owner_id": self.catalog.users[owner].id, "status": status,
             "start_at": renderer.iso(facts.start_at), "next_run_at": renderer.iso(next_run),
             "interval_amount": amount, "interval_unit": unit, "last_run_at": renderer.iso(last_run),
-            "last_run_status": last_status, "execution_count": count, "overlap": False,
+            "last_run_status": last_status, "execution_count": count, "overlap": overlap,
             "auto_retry": retries > 0, "auto_retry_attempts": retries if retries > 0 else 1,
             "task": {"nodes": nodes, "terminate_on_idle": True, "time_to_idle": TIME_TO_IDLE,
                      "packages": packages_task},
@@ -220,3 +206,36 @@ def select(items: list[dict], query: CatalogQuery) -> list[dict]:
 
 def iso_ceiling(unix_time: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(unix_time)))
+
+
+# ---------------------------------------------------------------------------
+# ground truth of the breakages
+
+def truth(history: History, renderer: Renderer, when: float) -> dict:
+    """What the sandbox was told to break, and which jobs show it by `when` (GET /_sandbox/truth)."""
+    catalog = history.catalog
+    now = math.floor(when) - history.offset
+    found = {"now": renderer.iso(now), "scenario": history.scenario.name,
+             "stopped_schedules": [], "failing_packages": [], "stuck_jobs": []}
+    for number, breakage in enumerate(list(history.breakages)):
+        at = renderer.iso(breakage.at)
+        if breakage.kind == "schedule_stopped":
+            runs = history.schedule_runs(breakage.target, when)
+            found["stopped_schedules"].append({
+                "schedule_id": catalog.schedules[breakage.target].id, "at": at,
+                "first_missed_run_at": renderer.iso(history.cadences[breakage.target].tick_after(breakage.at)),
+                "last_job_id": history.plan(runs.last).id if runs.last is not None else None})
+        elif breakage.kind == "package_failing":
+            jobs = history.jobs_after(breakage.target, breakage.at, when)
+            found["failing_packages"].append({
+                "package_id": catalog.packages[breakage.target].id, "at": at,
+                "failed_job_ids": [history.plan(i).id for i in jobs if history.state(i, when).status == "failed"]})
+        else:
+            index = history.stuck_job(number)
+            plan = history.plan(index) if index is not None else None
+            plan = plan if plan is not None and plan.created <= now else None
+            found["stuck_jobs"].append({
+                "package_id": catalog.packages[breakage.target].id, "at": at,
+                "job_id": plan.id if plan else None, "created_at": renderer.iso(plan.created) if plan else None,
+                "started_at": renderer.iso(plan.started) if plan else None})
+    return found

@@ -25,10 +25,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .faults import (ENDPOINTS, FaultInjector, Misbehaving, Misbehaviour, RateLimiter, SandboxStats, gzip_bomb,
                      sleep_ms, truncated)
-from .history import STATUSES, History, ListQuery
+from .history import SCENARIOS, STATUSES, History, ListQuery, expected_jobs
 from .render import Renderer
 from .resources import (CLUSTER_STATUSES, FLOW_TYPES, PACKAGE_STATUSES, SCHEDULE_STATUSES, CatalogQuery,
-                        Resources, iso_ceiling, select)
+                        Resources, iso_ceiling, select, truth)
 
 CONTENT_TYPE = "application/vnd.xplenty+json; charset=utf-8"
 MEDIA_TYPE = "application/vnd.xplenty+json"
@@ -241,6 +241,10 @@ ROUTES = (
     _route("POST", r"/_sandbox/stats/reset", "control", "control_reset_stats"),
     _route("POST", r"/_sandbox/advance", "control", "control_advance"),
     _route("POST", r"/_sandbox/touch", "control", "control_touch"),
+    _route("POST", r"/_sandbox/break_schedule", "control", "control_break_schedule"),
+    _route("POST", r"/_sandbox/fail_package", "control", "control_fail_package"),
+    _route("POST", r"/_sandbox/stuck_package", "control", "control_stuck_package"),
+    _route("GET", r"/_sandbox/truth", "control", "control_truth"),
     _route("GET", r"/rate_limit_status", "rate_limit_status", "rate_limit_status"),
     _route("GET", _ACCOUNT + r"/rate_limit_status", "rate_limit_status", "account_rate_limit_status"),
     _route("GET", _ACCOUNT + r"/jobs", "list_jobs", "list_jobs"),
@@ -455,6 +459,31 @@ class _Handler(BaseHTTPRequestHandler):
         except KeyError:
             return Reply(404, NOT_FOUND)
         return Reply(200, {"touched": ids, "now": _iso(self.sandbox.now)})
+
+    def control_break_schedule(self, params: dict) -> Reply:
+        return self._break(params, "schedule_id", self.sandbox.break_schedule)
+
+    def control_fail_package(self, params: dict) -> Reply:
+        return self._break(params, "package_id", self.sandbox.fail_package)
+
+    def control_stuck_package(self, params: dict) -> Reply:
+        return self._break(params, "package_id", self.sandbox.stuck_package)
+
+    def control_truth(self, params: dict) -> Reply:
+        return Reply(200, self.sandbox.truth())
+
+    def _break(self, params: dict, name: str, action: Callable[..., dict]) -> Reply:
+        """?<name>=ID[&at=ISO]: 200 with the breakage, 404 for an unknown id, 400 for bad input."""
+        try:
+            target = _integer(params, name, None, 0)
+            if target is None:
+                raise ValueError(f"{name} is required")
+            at = _since({"since": params["at"]}) if "at" in params else None
+            return Reply(200, action(target, None if at is None else datetime.fromtimestamp(at, timezone.utc)))
+        except KeyError:
+            return Reply(404, NOT_FOUND)
+        except ValueError as error:
+            return Reply(400, {"message": str(error).replace("since", "at")})
 
     # -- helpers ----------------------------------------------------------------
     def _find(self, job_id: str) -> int | None:
@@ -691,6 +720,12 @@ class Sandbox:
     every query parameter), "minimal" (only offset and limit, like the docs'
     example) or "none" (no Link header); offset_style "items" (offset counts
     objects) or "pages" (offset counts pages of `limit`; links move it by one).
+
+    scenario "normal" is a realistic account; "healthy" has hourly and daily
+    schedules whose runs never fail, stop or wait long (see history.SCENARIOS).
+    days, when given, sizes the history to about that many days instead of `jobs`.
+    break_schedule, fail_package and stuck_package (or POST /_sandbox/...) break
+    things from a clock time on; truth() (GET /_sandbox/truth) says what and where.
     """
 
     def __init__(self, *, jobs: int = 500, seed: int = 1, account: str = "sandbox",
@@ -698,7 +733,12 @@ class Sandbox:
                  now: datetime | None = None, latency_ms: float = 0, error_rate: float = 0,
                  drop_rate: float = 0, bad_json_rate: float = 0, rate_limit: int | None = None,
                  rate_window_s: float = 3600, throttle_rate: float = 0, default_version: int = 2,
-                 clock_speed: float = 0, link_style: str = "full", offset_style: str = "items") -> None:
+                 clock_speed: float = 0, link_style: str = "full", offset_style: str = "items",
+                 scenario: str = "normal", days: float | None = None) -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}")
+        if days is not None:
+            jobs = expected_jobs(days, scenario, seed)
         if jobs < 0:
             raise ValueError("jobs must be >= 0")
         if default_version not in (1, 2):
@@ -712,7 +752,7 @@ class Sandbox:
         self.latency_ms, self.default_version = latency_ms, default_version
         self._api_key = api_key
         self._clock = _Clock(_start_time(now), clock_speed)
-        self.history = History(jobs, seed, self._clock.timestamp())
+        self.history = History(jobs, seed, self._clock.timestamp(), scenario)
         self.stats = SandboxStats()
         self._limiter = RateLimiter(rate_limit, rate_window_s)
         self._faults = FaultInjector(seed, error_rate, drop_rate, bad_json_rate, throttle_rate)
@@ -829,6 +869,38 @@ class Sandbox:
 
     def job_ids(self) -> list[int]:
         return self.history.job_ids(self._clock.timestamp())
+
+    # -- breakages ----------------------------------------------------------------
+    def break_schedule(self, schedule_id: int, at: datetime | None = None) -> dict:
+        """From `at` (default: now) the schedule creates no more jobs (retries neither), yet it stays
+        enabled and its next_run_at keeps showing the first tick it missed.
+
+        Jobs created up to `at` are unchanged. KeyError for an unknown schedule id;
+        ValueError for a time before the sandbox clock.
+        """
+        return self._break(self.history.stop_schedule, schedule_id, at)
+
+    def fail_package(self, package_id: int, at: datetime | None = None) -> dict:
+        """Every run of the package created after `at` (default: now) fails, with an error text;
+        scheduled runs are retried as their schedule says, and the retries fail too."""
+        return self._break(self.history.fail_package, package_id, at)
+
+    def stuck_package(self, package_id: int, at: datetime | None = None) -> dict:
+        """The first run of the package created after `at` (default: now) starts, then stays
+        `running` forever. Each call makes one more stuck job (truth() names them)."""
+        return self._break(self.history.stick_package, package_id, at)
+
+    def truth(self) -> dict:
+        """The breakages asked for and the jobs that show them now (also GET /_sandbox/truth)."""
+        return truth(self.history, self._renderer, self._clock.timestamp())
+
+    def _break(self, action: Callable[[int, float | None, float], object], item_id: int,
+               at: datetime | None) -> dict:
+        when = None if at is None else _start_time(at).timestamp()
+        breakage = action(item_id, when, self._clock.timestamp())
+        key = "schedule_id" if breakage.kind == "schedule_stopped" else "package_id"
+        return {"kind": breakage.kind, key: item_id, "at": self._renderer.iso(breakage.at),
+                "now": _iso(self.now)}
 
     def job(self, job_id: int, version: int = 2, *, log_summary: bool = False) -> dict:
         """The payload Get job returns now (with log_summary: as with ?include=log_summary)."""
