@@ -511,7 +511,7 @@ def demo(jobs, seed):
     """Sync a sandbox account into ./demo.db and print a short report. No configuration needed."""
     from pathlib import Path
 
-    from archiver.flows.demo import FURTHER_SQL, run_demo
+    from archiver.flows.demo import BROKEN_FOR, FURTHER_SQL, run_demo
 
     result = run_demo(Path.cwd(), jobs=jobs, seed=seed)
     s = result.summary
@@ -525,7 +525,10 @@ def demo(jobs, seed):
         [{k: r[k] for k in ("package", "runs", "p50_seconds", "p95_seconds", "max_seconds")}
          for r in result.slowest], "table") + "\n")
     click.echo(f"Look further with SQL: sqlite3 {result.path.name}\n\n{FURTHER_SQL}\n\n"
-               f"or: archiver report failures --db sqlite:///{result.path.name} --since 30d")
+               f"or: archiver report failures --db sqlite:///{result.path.name} --since 30d\n")
+    click.echo(f"Pipeline health (archiver check). {BROKEN_FOR.total_seconds() / 3600:g} hours before the sync the "
+               "sandbox broke two pipelines: " + "; ".join(result.breakages) + ".\n"
+               + result.health.table() + f"\n\nagain: archiver check --db sqlite:///{result.path.name}")
     sys.exit(s.exit_code)
 
 

@@ -1,6 +1,7 @@
 """`archiver sync` as a subprocess against the sandbox over real HTTP."""
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -129,3 +130,11 @@ def test_demo_in_an_empty_folder(tmp_path):
         count = len(conn.execute(select(models.JobRow.id)).all())
     archive.close()
     assert count >= 300
+    board = result.stdout.split("Pipeline health (archiver check)", 1)[1]
+    states = {line.split()[1]: line.split()[0] for line in board.splitlines()[2:] if line[:1].isalpha()
+              and ":" in line.split()[1]}
+    failing = re.search(r"of schedule (\d+) fails every run", board).group(1)
+    stopped = re.search(r"schedule (\d+) \(.*?\) stopped creating jobs", board).group(1)
+    assert states[f"schedule:{failing}"] == "failing"          # the demo's breakages, found
+    assert states[f"schedule:{stopped}"] in ("late", "stale")
+    assert board.rstrip().endswith("archiver check --db sqlite:///demo.db")

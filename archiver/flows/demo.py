@@ -1,18 +1,23 @@
-"""`archiver demo`: the sandbox API, a SQLite archive and a short report, with no configuration."""
+"""`archiver demo`: the sandbox API, a SQLite archive, a short report and the health board, with no
+configuration."""
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 from archiver import database
 from archiver.config import Secret, Settings
+from archiver.flows.alerts import CheckOptions, CheckResult, run_check
 from archiver.flows.incremental import IncrementalOptions, sync_incremental
 from archiver.flows.report import failures_report, jobs_stored, parse_since, runtimes_report, status_report
 from archiver.flows.runs import SyncOptions, SyncSummary
 from archiver.sandbox import Sandbox
+from archiver.utc import utcnow
 
 SANDBOX_KEY = "sandbox-key"
+BROKEN_FOR = timedelta(hours=8)
 FURTHER_SQL = """\
 -- failure rate per package over the last 30 days
 SELECT package_name, SUM(jobs) AS jobs, SUM(failed) AS failed,
@@ -37,20 +42,40 @@ class DemoResult:
     status: list[dict]
     failing: list[dict]
     slowest: list[dict]
+    health: CheckResult
+    breakages: list[str]
 
 
 def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -> DemoResult:
     path = folder / "demo.db"
-    with Sandbox(jobs=jobs, seed=seed, api_key=SANDBOX_KEY) as api:
+    with Sandbox(jobs=jobs, seed=seed, api_key=SANDBOX_KEY, now=utcnow() - BROKEN_FOR) as api:
+        breakages = break_two_pipelines(api)
+        api.advance(BROKEN_FOR.total_seconds())
         settings = Settings(account=api.account, api_key=Secret(SANDBOX_KEY), api_url=api.url,
                             database_url=f"sqlite:///{path}")
         summary = sync_incremental(settings, SyncOptions(), IncrementalOptions())
+    health = run_check(settings, CheckOptions())
     engine = database.open_engine(settings.database_url, create=False)
     try:
         period = parse_since(since)
         return DemoResult(path=path, summary=summary, jobs_stored=jobs_stored(engine),
                           status=status_report(engine, period),
                           failing=failures_report(engine, period, limit=5),
-                          slowest=runtimes_report(engine, period, limit=5))
+                          slowest=runtimes_report(engine, period, limit=5), health=health,
+                          breakages=breakages)
     finally:
         engine.dispose()
+
+
+def break_two_pipelines(api: Sandbox) -> list[str]:
+    """Give the health board something to find: BROKEN_FOR before the sync, the sandbox makes
+    the package of its most frequent schedule fail every run and stops the next most frequent
+    schedule (it stays enabled but creates no jobs)."""
+    catalog = api.history.catalog
+    by_frequency = sorted(range(len(catalog.schedules)), key=lambda i: api.history.cadences[i].interval)
+    failing, stopped = catalog.schedules[by_frequency[0]], catalog.schedules[by_frequency[1]]
+    package = catalog.packages[failing.packages[0]]
+    api.fail_package(package.id)
+    api.break_schedule(stopped.id)
+    return [f"package {package.id} ({package.spec.name}) of schedule {failing.id} fails every run",
+            f"schedule {stopped.id} ({stopped.name}) stopped creating jobs"]

@@ -214,6 +214,10 @@ def _schedule_jobs(conn: Connection, limit: int) -> dict[int, dict[int | None, l
 
 
 # -- words --------------------------------------------------------------------------------------------
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
 
@@ -421,7 +425,8 @@ def judge_package(package_id: int, facts: Facts, config: CheckConfig, as_of: dat
     if not alerts and stale_why is None:
         stats = facts.hand_stats[package_id]
         return Subject("package", package_id, name, "unknown",
-                       f"run by hand; {stats.successes} successes, too few (< {HAND_MIN_SUCCESSES}) to judge "
+                       f"run by hand; {plural(stats.successes, 'success', 'successes')}, too few "
+                       f"(< {HAND_MIN_SUCCESSES}) to judge "
                        "staleness: set stale_after for it")
     return finish("package", package_id, name, alerts, f"run by hand; {stale_why}")
 

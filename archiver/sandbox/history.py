@@ -218,7 +218,7 @@ SCENARIOS = {
     "normal": Scenario("normal", 1.0, 0.03, 0.05, 0.45, False, 1 - SCHEDULED_SHARE),
     "healthy": Scenario("healthy", 0.0, 0.0, 0.0, 0.25, True, 0.03),
 }
-HEALTHY_DAILY = frozenset({"Nightly NetSuite", "Marketing daily", "Event pipeline", "Finance close",
+HEALTHY_DAILY = frozenset({"NetSuite sync", "Marketing", "Event pipeline", "Finance close",
                            "Product analytics"})   # healthy scenario: these run daily, the others hourly
 
 
@@ -249,7 +249,7 @@ def _intervals(catalog: Catalog, scenario: Scenario, mean_gap: float) -> list[in
     Normal: about SCHEDULED_SHARE of all runs come from schedules, each in
     proportion to its packages' weights, so a bigger history (a smaller mean
     gap) has shorter intervals; rounded to a usual interval. Healthy: hourly,
-    or daily for HEALTHY_DAILY (their names say so, or their runs take an hour).
+    or daily for HEALTHY_DAILY (nightly work, or runs that take an hour).
     """
     weights, total = catalog.package_weights, sum(catalog.package_weights)
     intervals = []
