@@ -33,6 +33,7 @@ SEVERITY = {SLOW: "warning", ZERO_RECORDS: "critical", VOLUME_DROP: "warning", F
 
 SUCCESS = "completed"
 MAD_TO_SD = 1.4826  # the MAD of a normal sample times this estimates its standard deviation
+TINY_SPREAD = 1e-9  # a constant series with spread_floor 0 still divides
 DIRECTIONS = ("down", "up", "both")
 
 
@@ -62,9 +63,11 @@ class Thresholds:
     weekday_min: int = 4         # samples of the run's weekday needed for a weekday median
     weekday_weeks: int = 4       # weeks looked back for them
     spread_floor: float = 0.1    # floor of the robust sd of the log values (0.1 ≈ ±10 %)
-    slow_z: float = 3.5          # robust z of log(runtime) above the baseline
-    slow_ratio: float = 3.0      # and at least this many times the baseline median
+    slow_z: float = 3.0          # robust z of log(runtime) above the baseline
+    slow_ratio: float = 3.1      # and at least this many times the baseline median
     slow_abs_s: float = 60.0     # and at least this many seconds above it
+    zero_loaded_share: float = 0.75  # zero_records only on an output that loaded records in this share
+                                     # of its baseline runs (0.5: "the median is > 0")
     volume_z: float = 3.5        # robust z of log(1 + records) away from the baseline
     volume_drop: float = 0.8     # and at most (1 - this) × the median (up: at least 1 / (1 - this) ×)
     volume_direction: str = "down"  # down, up or both
@@ -140,7 +143,7 @@ def prior_successes(runs: Sequence[Run], end: int, window: int) -> list[Run]:
 def robust_baseline(values: Sequence[float], spread_floor: float) -> Baseline:
     center = median(values)
     mad = median([abs(v - center) for v in values])
-    return Baseline(center, max(MAD_TO_SD * mad, spread_floor), mad, len(values))
+    return Baseline(center, max(MAD_TO_SD * mad, spread_floor, TINY_SPREAD), mad, len(values))
 
 
 def same_weekday(runs: Sequence[Run], end: int, moment: datetime, thresholds: Thresholds = DEFAULTS) -> list[Run]:
@@ -179,7 +182,8 @@ def weekday_baseline(values: Sequence[float], weekdays: Sequence[int], same_day:
     mad = median([abs(value - centers[day]) for value, day in zip(values, weekdays)])
     by_weekday = len(same_day) >= thresholds.weekday_min
     center = median(same_day) if by_weekday else pooled
-    return Baseline(center, max(MAD_TO_SD * mad, thresholds.spread_floor), mad, len(values), by_weekday)
+    return Baseline(center, max(MAD_TO_SD * mad, thresholds.spread_floor, TINY_SPREAD), mad, len(values),
+                    by_weekday)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -277,13 +281,14 @@ def score_outputs(run: Run, past: Past, thresholds: Thresholds = DEFAULTS) -> li
 def score_output(run: Run, key: str, count: int, history: Sequence[tuple[int, int]], same_day: Sequence[int],
                  thresholds: Thresholds = DEFAULTS) -> Verdict | None:
     """One output of a run against the same output's earlier (count, weekday) and the counts
-    of its weekday. 0 records: zero_records when the median of the prior counts is > 0."""
+    of its weekday. 0 records: zero_records when at least `zero_loaded_share` of the prior counts
+    are > 0 (at 0.5, when their median is > 0)."""
     if len(history) < thresholds.min_history:
         return None
     counts = [c for c, _ in history]
     if count == 0:
-        typical = median(counts)
-        return _zero_records(run, key, typical, len(counts)) if typical > 0 else None
+        loaded = sum(1 for c in counts if c > 0) / len(counts)
+        return _zero_records(run, key, median(counts), len(counts)) if loaded >= thresholds.zero_loaded_share else None
     baseline = weekday_baseline([math.log1p(c) for c in counts], [d for _, d in history],
                                 [math.log1p(c) for c in same_day], thresholds)
     return _volume_change(run, key, count, baseline, thresholds)
