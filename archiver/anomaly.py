@@ -74,7 +74,7 @@ class Thresholds:
     disappear_share: float = 0.8  # an output in at least this share of the baseline runs, absent now
     flaky_days: float = 14.0     # retry chains looked at
     flaky_min_chains: int = 5    # fewer chains in that time: never listed
-    flaky_share: float = 0.2     # share of chains that needed a retry to succeed
+    flaky_share: float = 0.3     # share of chains that needed a retry to succeed
     flaky_clear: int = 5         # this many clean first attempts in a row clear the package
 
     def __post_init__(self) -> None:
