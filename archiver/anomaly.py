@@ -21,8 +21,7 @@ import dataclasses
 import math
 from datetime import datetime, timedelta
 from statistics import median
-from bisect import bisect_left
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 SLOW = "slow"
 ZERO_RECORDS = "zero_records"
@@ -34,6 +33,7 @@ SEVERITY = {SLOW: "warning", ZERO_RECORDS: "critical", VOLUME_DROP: "warning", F
 SUCCESS = "completed"
 MAD_TO_SD = 1.4826  # the MAD of a normal sample times this estimates its standard deviation
 TINY_SPREAD = 1e-9  # a constant series with spread_floor 0 still divides
+MEDIAN_SE = math.sqrt(math.pi / 2)  # the standard error of a median of n normal samples is this × sd / √n
 DIRECTIONS = ("down", "up", "both")
 
 
@@ -60,11 +60,11 @@ class Thresholds:
 
     window: int = 30             # previous successful runs in a baseline
     min_history: int = 8         # fewer prior successful runs (runs, for flaky): no verdict
-    weekday_min: int = 4         # samples of the run's weekday needed for a weekday median
-    weekday_weeks: int = 4       # weeks looked back for them
+    weekday_min: int = 4         # samples of a weekday needed for a weekday factor
+    weekday_weeks: int = 8       # weeks looked back for the weekday factors
     spread_floor: float = 0.1    # floor of the robust sd of the log values (0.1 ≈ ±10 %)
-    slow_z: float = 3.0          # robust z of log(runtime) above the baseline
-    slow_ratio: float = 3.1      # and at least this many times the baseline median
+    slow_z: float = 3.5          # robust z of log(runtime) above the baseline
+    slow_ratio: float = 3.0      # and at least this many times the baseline median
     slow_abs_s: float = 60.0     # and at least this many seconds above it
     zero_loaded_share: float = 0.75  # zero_records only on an output that loaded records in this share
                                      # of its baseline runs (0.5: "the median is > 0")
@@ -117,7 +117,8 @@ class Verdict:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Baseline:
     """A robust centre and spread of log values: `center` and `spread` (a standard deviation,
-    floored) on the log scale, `mad` the raw MAD, `n` the samples."""
+    floored) on the log scale, `mad` the raw MAD of the residuals, `n` the samples of the centre,
+    `by_weekday` whether the centre is the run's weekday's rather than the pooled one."""
 
     center: float
     spread: float
@@ -128,86 +129,186 @@ class Baseline:
 
 # --- baselines ---------------------------------------------------------------------------------
 
-def prior_successes(runs: Sequence[Run], end: int, window: int) -> list[Run]:
-    """The last `window` successful runs among runs[:end], oldest first; reads only the tail."""
-    found: list[Run] = []
-    i = end - 1
-    while i >= 0 and len(found) < window:
-        if runs[i].succeeded:
-            found.append(runs[i])
-        i -= 1
-    found.reverse()
-    return found
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """What the baselines read of one earlier run, computed once per run: its UTC day (ordinal)
+    and weekday, each output's records_count, and the log values of each measure: `RUNTIME`
+    log(runtime), an output key log(1 + records_count); a measure without a value is absent."""
+
+    ok: bool
+    day: int
+    weekday: int
+    counts: dict[str, int | None]
+    logs: dict[object, float]
 
 
-def robust_baseline(values: Sequence[float], spread_floor: float) -> Baseline:
-    center = median(values)
-    mad = median([abs(v - center) for v in values])
-    return Baseline(center, max(MAD_TO_SD * mad, spread_floor, TINY_SPREAD), mad, len(values))
+RUNTIME = ("runtime",)  # the measure of log(runtime) in Sample.logs (output keys are strings)
 
 
-def same_weekday(runs: Sequence[Run], end: int, moment: datetime, thresholds: Thresholds = DEFAULTS) -> list[Run]:
-    """Successful runs among runs[:end] on the weekday of `moment` (UTC), in the last
-    `weekday_weeks` weeks, at most `window` of them, newest first. Found by bisection, so an
-    hourly package costs its same-weekday runs, not the week between."""
-    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    found: list[Run] = []
-    for week in range(thresholds.weekday_weeks + 1):
-        start = midnight - timedelta(weeks=week)
-        lo = bisect_left(runs, start, 0, end, key=_created)
-        hi = bisect_left(runs, min(start + timedelta(days=1), moment), lo, end, key=_created)
-        found += [runs[i] for i in range(hi - 1, lo - 1, -1) if runs[i].succeeded][:thresholds.window - len(found)]
-        if len(found) >= thresholds.window:
-            break
-    return found
+def sample(run: Run) -> Sample:
+    logs: dict[object, float] = {key: math.log1p(count) for key, count in run.outputs if count is not None}
+    if run.runtime_s:
+        logs[RUNTIME] = math.log(run.runtime_s)
+    return Sample(run.succeeded, run.created_at.toordinal(), run.created_at.weekday(), dict(run.outputs), logs)
 
 
-def _created(run: Run) -> datetime:
-    return run.created_at
+class _Samples:
+    """`sample` of runs[i] on first use: scoring one new job reads only the tail it walks."""
 
+    __slots__ = ("runs", "done")
 
-def weekday_baseline(values: Sequence[float], weekdays: Sequence[int], same_day: Sequence[float],
-                     thresholds: Thresholds) -> Baseline:
-    """The median of the run's own weekday when there are `weekday_min` samples of it (from up
-    to `weekday_weeks` weeks back: an hourly package's last 30 runs hold one or two weekdays),
-    else the median of the pooled window. The spread is always the pooled window's: the residuals
-    of each sample from its own weekday's median where the window holds `weekday_min` of that
-    weekday, else from the pooled median, since four samples cannot estimate a spread."""
-    groups: dict[int, list[float]] = {}
-    for value, day in zip(values, weekdays):
-        groups.setdefault(day, []).append(value)
-    pooled = median(values)
-    centers = {day: median(group) if len(group) >= thresholds.weekday_min else pooled
-               for day, group in groups.items()}
-    mad = median([abs(value - centers[day]) for value, day in zip(values, weekdays)])
-    by_weekday = len(same_day) >= thresholds.weekday_min
-    center = median(same_day) if by_weekday else pooled
-    return Baseline(center, max(MAD_TO_SD * mad, thresholds.spread_floor, TINY_SPREAD), mad, len(values),
-                    by_weekday)
+    def __init__(self, runs: Sequence[Run]):
+        self.runs, self.done = runs, {}
+
+    def __getitem__(self, i: int) -> Sample:
+        found = self.done.get(i)
+        if found is None:
+            found = self.done[i] = sample(self.runs[i])
+        return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Past:
-    """What a run is compared with: the last `window` successful runs before it (oldest
-    first) and the successful runs of its weekday (newest first, see `same_weekday`)."""
+    """What a run is compared with. `prior`: the last `window` successful runs before it, oldest
+    first. `groups`: for each weekday, the successful runs of that weekday in the last
+    `weekday_weeks` weeks (and earlier today), newest first, at most `window` of each. `weekday`:
+    the run's."""
 
-    prior: Sequence[Run]
-    same_day: Sequence[Run]
+    prior: list[Sample]
+    groups: dict[int, list[Sample]]
+    weekday: int
+
+    @property
+    def own(self) -> list[Sample]:
+        return self.groups.get(self.weekday, [])
 
 
-def past_of(history: Sequence[Run], moment: datetime, thresholds: Thresholds = DEFAULTS) -> Past:
-    """The baselines' runs for a run at `moment`, from its package's earlier runs (time order)."""
-    return Past(prior_successes(history, len(history), thresholds.window),
-                same_weekday(history, len(history), moment, thresholds))
+def past_of(samples, end: int, moment: datetime, thresholds: Thresholds = DEFAULTS) -> Past:
+    """The Past of a run at `moment` from samples[:end] (time order), in one walk back over at
+    most `weekday_weeks` weeks (further only to fill `prior`, for a package that runs less than
+    daily); it stops as soon as `prior` is full and the run's weekday has `window` samples, so an
+    hourly package reads about a week of runs, a daily one `weekday_weeks` weeks."""
+    weekday, window = moment.weekday(), thresholds.window
+    cutoff = moment.toordinal() - 7 * thresholds.weekday_weeks
+    prior: list[Sample] = []
+    groups: dict[int, list[Sample]] = {weekday: []}
+    own = groups[weekday]
+    for i in range(end - 1, -1, -1):
+        s = samples[i]
+        if not s.ok:
+            continue
+        if s.day < cutoff or len(own) >= window:
+            if len(prior) >= window:
+                break
+            prior.append(s)
+            continue
+        if len(prior) < window:
+            prior.append(s)
+        group = groups.get(s.weekday)
+        if group is None:
+            groups[s.weekday] = [s]
+        elif len(group) < window:
+            group.append(s)
+    prior.reverse()
+    return Past(prior, {weekday: own} if len(own) >= window else groups, weekday)
+
+
+class _Index:
+    """`past_of` for each run of a whole history in turn (`score_history`), from the successful
+    runs so far and those of each weekday, kept as the history is scored: the same Past as
+    `past_of` (tests/test_anomaly.py checks it), without walking back a week per run."""
+
+    def __init__(self, thresholds: Thresholds):
+        self.window, self.weeks = thresholds.window, thresholds.weekday_weeks
+        self.ok: list[Sample] = []
+        self.by_weekday: list[list[Sample]] = [[] for _ in range(7)]
+
+    def add(self, s: Sample) -> None:
+        if s.ok:
+            self.ok.append(s)
+            self.by_weekday[s.weekday].append(s)
+
+    def past(self, moment: datetime) -> Past:
+        weekday, window = moment.weekday(), self.window
+        cutoff = moment.toordinal() - 7 * self.weeks
+        own = _newest(self.by_weekday[weekday], cutoff, window)
+        if len(own) >= window:
+            groups = {weekday: own}
+        else:
+            groups = {day: found for day in range(7) if (found := _newest(self.by_weekday[day], cutoff, window))}
+        return Past(self.ok[-window:], groups, weekday)
+
+
+def _newest(samples: list[Sample], cutoff: int, window: int) -> list[Sample]:
+    """The last `window` of `samples` from day `cutoff` on, newest first."""
+    found = samples[:-window - 1:-1]
+    while found and found[-1].day < cutoff:
+        found.pop()
+    return found
+
+
+def robust_baseline(values: Sequence[float], spread_floor: float, by_weekday: bool = False,
+                    spread: bool = True) -> Baseline:
+    """Median and floored MAD of `values` (spread False: the centre alone, spread and mad NaN)."""
+    center = median(values)
+    if not spread:
+        return Baseline(center, math.nan, math.nan, len(values), by_weekday)
+    mad = median([abs(v - center) for v in values])
+    return Baseline(center, max(MAD_TO_SD * mad, spread_floor, TINY_SPREAD), mad, len(values), by_weekday)
+
+
+def shrink(factor: float, standard_error: float) -> float:
+    """A weekday factor times factor² / (factor² + se²): one within its own noise shrinks
+    towards 0, a clear one stays (the posterior mean under a normal prior of its own size)."""
+    square = factor * factor
+    return factor * square / (square + standard_error * standard_error) if square else 0.0
+
+
+def weekday_baseline(prior: Sequence[tuple[float, int]], groups: dict[int, list[float]], weekday: int,
+                     thresholds: Thresholds = DEFAULTS, spread: bool = True) -> Baseline:
+    """The centre of `prior` ((value, weekday) of the last `window` runs) for a run on `weekday`.
+
+    Each weekday with `weekday_min` samples in `groups` (its values over `weekday_weeks` weeks)
+    gets a factor: its median minus the median of those weekday medians, shrunk by its standard
+    error (`shrink`; 1.25 × spread / √n). The centre is the median of the prior values with their
+    own weekday's factor taken off, plus the run's weekday's: 30 runs set the level, 8 weeks
+    the weekday effect, and a weekday without a clear effect costs no precision. The spread is
+    that of the residuals from each weekday's median (from the pooled median without two such
+    weekdays). With no factor the centre is the plain median of the prior values (and with
+    `spread` False, the spread and mad are NaN then: the caller only wanted the centre)."""
+    medians = {day: median(values) for day, values in groups.items() if len(values) >= thresholds.weekday_min}
+    factors: dict[int, float] = {}
+    if len(medians) >= 2:
+        mad = median([abs(v - medians[day]) for day in medians for v in groups[day]])
+        spread = max(MAD_TO_SD * mad, thresholds.spread_floor, TINY_SPREAD)
+        typical = median(medians.values())
+        factors = {day: shrink(m - typical, MEDIAN_SE * spread / math.sqrt(len(groups[day])))
+                   for day, m in medians.items()}
+    if not factors:
+        return robust_baseline([v for v, _ in prior], thresholds.spread_floor, spread=spread)
+    center = median([v - factors.get(day, 0.0) for v, day in prior]) + factors.get(weekday, 0.0)
+    return Baseline(center, spread, mad, len(prior), weekday in factors and factors[weekday] != 0.0)
+
+
+def baseline_of(past: Past, measure: object, thresholds: Thresholds = DEFAULTS, spread: bool = True) -> Baseline | None:
+    """The baseline of a measure (`RUNTIME` or an output key): the median of the run's own weekday
+    when it has `window` values (an hourly package), else `weekday_baseline`; None with fewer
+    than `min_history` prior values. `spread` False: only the centre is sure to be computed (a
+    cheap first look: most runs are far inside every bound)."""
+    own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
+    if len(own) >= thresholds.window:
+        return robust_baseline(own, thresholds.spread_floor, by_weekday=True, spread=spread)
+    prior = [(v, s.weekday) for s in past.prior if (v := s.logs.get(measure)) is not None]
+    if len(prior) < thresholds.min_history:
+        return None
+    groups = {day: values for day, runs in past.groups.items()
+              if len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= thresholds.weekday_min}
+    return weekday_baseline(prior, groups, past.weekday, thresholds, spread)
 
 
 def runtime_baseline(past: Past, thresholds: Thresholds = DEFAULTS) -> Baseline | None:
-    """Log runtimes of the prior successful runs; None below `min_history` of them."""
-    timed = [r for r in past.prior if r.runtime_s]
-    if len(timed) < thresholds.min_history:
-        return None
-    return weekday_baseline([math.log(r.runtime_s) for r in timed], [r.created_at.weekday() for r in timed],
-                            [math.log(r.runtime_s) for r in past.same_day if r.runtime_s], thresholds)
+    """The baseline of log(runtime) of the prior successful runs; None below `min_history` of them."""
+    return baseline_of(past, RUNTIME, thresholds)
 
 
 # --- slow runs ------------------------------------------------------------------------------
@@ -231,14 +332,18 @@ def score_running(run: Run, elapsed_s: float, history: Sequence[Run],
     """`slow` for a job still running whose elapsed time already passed the bound."""
     if elapsed_s <= 0:
         return None
-    return _slow_verdict(run, elapsed_s, past_of(history, run.created_at, thresholds), thresholds,
-                         "still running after")
+    past = past_of(_Samples(history), len(history), run.created_at, thresholds)
+    return _slow_verdict(run, elapsed_s, past, thresholds, "still running after")
 
 
 def _slow_verdict(run: Run, seconds: float, past: Past, thresholds: Thresholds, what: str) -> Verdict | None:
-    baseline = runtime_baseline(past, thresholds)
-    if baseline is None:
+    centre = baseline_of(past, RUNTIME, thresholds, spread=False)
+    if centre is None:
         return None
+    typical = math.exp(centre.center)
+    if seconds <= max(typical * thresholds.slow_ratio, typical + thresholds.slow_abs_s):
+        return None  # inside the floors, whatever the spread
+    baseline = runtime_baseline(past, thresholds)
     bound = slow_bound(baseline, thresholds)
     if seconds <= bound:
         return None
@@ -252,46 +357,37 @@ def _slow_verdict(run: Run, seconds: float, past: Past, thresholds: Thresholds, 
 
 # --- outputs: zero records, volume drops, disappearing outputs ---------------------------------
 
-def output_counts(runs: Iterable[Run]) -> dict[str, list[tuple[int | None, int]]]:
-    """For each output key, (records_count, weekday) of each run that has it, in one pass."""
-    found: dict[str, list[tuple[int | None, int]]] = {}
-    for run in runs:
-        weekday = run.created_at.weekday()
-        for key, count in run.outputs:
-            found.setdefault(key, []).append((count, weekday))
-    return found
-
-
 def score_outputs(run: Run, past: Past, thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
     """Zero records, volume changes and disappeared outputs of a successful run."""
     if not run.succeeded or len(past.prior) < thresholds.min_history:
         return []
-    prior, same_day = output_counts(past.prior), output_counts(past.same_day)
     verdicts = []
     for key, count in run.outputs:
         if count is None:
             continue
-        verdict = score_output(run, key, count, [(c, d) for c, d in prior.get(key, ()) if c is not None],
-                               [c for c, _ in same_day.get(key, ()) if c is not None], thresholds)
+        verdict = score_output(run, key, count, past, thresholds)
         if verdict is not None:
             verdicts.append(verdict)
-    return verdicts + disappeared_outputs(run, prior, len(past.prior), thresholds)
+    return verdicts + disappeared_outputs(run, past.prior, thresholds)
 
 
-def score_output(run: Run, key: str, count: int, history: Sequence[tuple[int, int]], same_day: Sequence[int],
-                 thresholds: Thresholds = DEFAULTS) -> Verdict | None:
-    """One output of a run against the same output's earlier (count, weekday) and the counts
-    of its weekday. 0 records: zero_records when at least `zero_loaded_share` of the prior counts
-    are > 0 (at 0.5, when their median is > 0)."""
-    if len(history) < thresholds.min_history:
-        return None
-    counts = [c for c, _ in history]
+def score_output(run: Run, key: str, count: int, past: Past, thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """One output of a run against the same output's earlier counts. 0 records: zero_records
+    when at least `zero_loaded_share` of the prior counts are > 0 (at 0.5, when their median is > 0)."""
     if count == 0:
+        counts = [c for s in past.prior if (c := s.counts.get(key)) is not None]
+        if len(counts) < thresholds.min_history:
+            return None
         loaded = sum(1 for c in counts if c > 0) / len(counts)
         return _zero_records(run, key, median(counts), len(counts)) if loaded >= thresholds.zero_loaded_share else None
-    baseline = weekday_baseline([math.log1p(c) for c in counts], [d for _, d in history],
-                                [math.log1p(c) for c in same_day], thresholds)
-    return _volume_change(run, key, count, baseline, thresholds)
+    centre = baseline_of(past, key, thresholds, spread=False)
+    if centre is None:
+        return None
+    typical, keep = math.expm1(centre.center), 1 - thresholds.volume_drop
+    direction = thresholds.volume_direction
+    if not ((count < typical * keep and direction != "up") or (count > typical / keep and direction != "down")):
+        return None  # inside the relative floor, whatever the spread
+    return _volume_change(run, key, count, baseline_of(past, key, thresholds), thresholds)
 
 
 def _zero_records(run: Run, key: str, typical: float, n: int) -> Verdict:
@@ -323,19 +419,24 @@ def _change(count: int, typical: float) -> str:
     return f"{abs(count / typical - 1):.0%} from" if typical else "from"
 
 
-def disappeared_outputs(run: Run, prior: dict[str, list[tuple[int | None, int]]], runs: int,
-                        thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
-    """Outputs in at least `disappear_share` of the `runs` baseline runs that this run lacks
-    (`prior`: `output_counts` of those runs). A run without any output is not judged: missing
-    data is likelier than every output gone at once."""
-    if not run.outputs or not runs:
+def disappeared_outputs(run: Run, prior: Sequence[Sample], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
+    """Outputs in at least `disappear_share` of the `prior` baseline runs that this run lacks.
+    A run without any output is not judged: missing data is likelier than every output gone at once."""
+    if not run.outputs or not prior:
         return []
     present = {key for key, _ in run.outputs}
-    return [Verdict(run.job_id, run.package_id, VOLUME_DROP, len(seen) / runs,
-                    median([c for c, _ in seen if c is not None] or [0]), None, runs, thresholds.disappear_share,
-                    f"output {key} missing; it was in {len(seen)} of the {runs} prior successful runs", key)
-            for key, seen in sorted(prior.items())
-            if key not in present and len(seen) >= thresholds.disappear_share * runs]
+    if set().union(*(s.counts for s in prior)) <= present:
+        return []
+    seen: dict[str, list[int | None]] = {}
+    for s in prior:
+        for key, count in s.counts.items():
+            if key not in present:
+                seen.setdefault(key, []).append(count)
+    runs = len(prior)
+    return [Verdict(run.job_id, run.package_id, VOLUME_DROP, len(counts) / runs,
+                    median([c for c in counts if c is not None] or [0]), None, runs, thresholds.disappear_share,
+                    f"output {key} missing; it was in {len(counts)} of the {runs} prior successful runs", key)
+            for key, counts in sorted(seen.items()) if len(counts) >= thresholds.disappear_share * runs]
 
 
 # --- flaky packages ------------------------------------------------------------------------
@@ -422,20 +523,33 @@ def score_run(run: Run, history: Sequence[Run], thresholds: Thresholds = DEFAULT
     """Every verdict on a newly finished job, given its package's earlier runs in time order.
 
     Reads only the tail of `history` (the last `window` successful runs, `weekday_weeks` weeks
-    of the run's weekday, the last `flaky_days` of runs), so the caller may pass just that much.
+    of runs at most, the last `flaky_days` of runs), so the caller may pass just that much.
     """
-    return _score(run, history, len(history), thresholds)
+    if not run.succeeded:
+        return []
+    past = past_of(_Samples(history), len(history), run.created_at, thresholds)
+    return _score(run, history, len(history), thresholds, past)
 
 
 def score_history(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
     """Every verdict on every run of one package's history (time order), each scored with only
-    its past, as a sync would have scored it: for re-scoring after a threshold change."""
-    return [v for end, run in enumerate(runs) for v in _score(run, runs, end, thresholds)]
+    its past, as a sync would have scored it: for re-scoring after a threshold change. Each
+    run's `sample` is computed once; the baselines' runs come from an `_Index`."""
+    return [v for end, past in pasts(runs, thresholds) for v in _score(runs[end], runs, end, thresholds, past)]
 
 
-def _score(run: Run, runs: Sequence[Run], end: int, thresholds: Thresholds) -> list[Verdict]:
+def pasts(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> Iterator[tuple[int, Past]]:
+    """(index, Past) of each successful run of a history (time order), as `past_of` would give
+    it, from an `_Index` kept as the history is walked: linear in the history."""
+    index = _Index(thresholds)
+    for end, run in enumerate(runs):
+        if run.succeeded:
+            yield end, index.past(run.created_at)
+        index.add(sample(run))
+
+
+def _score(run: Run, runs: Sequence[Run], end: int, thresholds: Thresholds, past: Past) -> list[Verdict]:
     """`run` scored against runs[:end] (not copied: re-scoring a history stays linear)."""
-    past = Past(prior_successes(runs, end, thresholds.window), same_weekday(runs, end, run.created_at, thresholds))
     verdicts = [v for v in (score_runtime(run, past, thresholds), _score_flaky(run, runs, end, thresholds))
                 if v is not None]
     return verdicts + score_outputs(run, past, thresholds)
