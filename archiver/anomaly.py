@@ -3,7 +3,8 @@
 Pure functions over small typed records: no database, no I/O. The caller hands over a
 package's runs in time order; every rule looks only at the runs *before* the one it
 scores (the run under test is never in its own baseline, so a jump cannot hide itself),
-and only at the tail it needs: the last `Thresholds.window` successful runs and the last
+and only at the tail it needs: the last `Thresholds.window` successful runs, at most
+`Thresholds.weekday_weeks` weeks of runs for the weekday effects, and the last
 `Thresholds.flaky_days` of retry chains. Scoring a new job therefore costs O(window),
 whatever the size of the archive. Every number of the rules is a field of `Thresholds`;
 the defaults were chosen on bench/anomalies.py (docs/anomalies.md has the table).
