@@ -14,7 +14,7 @@ LAYERS = [
     {"archiver.client", "archiver.parse", "archiver.store", "archiver.payloads", "archiver.sandbox"},
     {"archiver.database"},
     {"archiver.dialect", "archiver.models"},
-    {"archiver.records", "archiver.schema_docs", "archiver.sqltypes", "archiver.config"},
+    {"archiver.records", "archiver.schema_docs", "archiver.sqltypes", "archiver.config", "archiver.anomaly"},
     {"archiver.errors", "archiver.jsonio", "archiver.fields", "archiver.utc", "archiver.textsafe", "archiver"},
 ]
 SIDEWAYS = ("archiver.flows", "archiver.sandbox")

@@ -1,0 +1,556 @@
+"""Anomalies in a package's run history: slow runs, zero-record successes, volume drops, flaky packages.
+
+Pure functions over small typed records: no database, no I/O. The caller hands over a
+package's runs in time order; every rule looks only at the runs *before* the one it
+scores (the run under test is never in its own baseline, so a jump cannot hide itself),
+and only at the tail it needs: the last `Thresholds.window` successful runs, at most
+`Thresholds.weekday_weeks` weeks of runs for the weekday effects, and the last
+`Thresholds.flaky_days` of retry chains. Scoring a new job therefore costs O(window),
+whatever the size of the archive. Every number of the rules is a field of `Thresholds`;
+the defaults were chosen on bench/anomalies.py (docs/anomalies.md has the table).
+
+Baselines are robust: the median and the MAD of log values (log runtime, log(1 + records)),
+so one earlier outlier moves neither, and a ratio on the raw scale is a difference on the
+log scale. A MAD from 30 samples is often half the true spread by chance, so the spread has
+a floor, and a verdict needs a relative floor (and for runtimes an absolute one) as well as
+a robust z-score: a very stable series never alarms on an ordinary change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import datetime, timedelta
+from statistics import median
+from typing import Iterable, Iterator, Sequence
+
+SLOW = "slow"
+ZERO_RECORDS = "zero_records"
+VOLUME_DROP = "volume_drop"
+FLAKY = "flaky"
+KINDS = (SLOW, ZERO_RECORDS, VOLUME_DROP, FLAKY)
+SEVERITY = {SLOW: "warning", ZERO_RECORDS: "critical", VOLUME_DROP: "warning", FLAKY: "warning"}
+
+SUCCESS = "completed"
+MAD_TO_SD = 1.4826  # the MAD of a normal sample times this estimates its standard deviation
+TINY_SPREAD = 1e-9  # a constant series with spread_floor 0 still divides
+MEDIAN_SE = math.sqrt(math.pi / 2)  # the standard error of a median of n normal samples is this × sd / √n
+DIRECTIONS = ("down", "up", "both")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """One job of a package, as much as the rules need. `outputs`: (output key, records_count)."""
+
+    job_id: int
+    package_id: int
+    created_at: datetime
+    status: str
+    runtime_s: float | None
+    attempts: int = 0
+    outputs: tuple[tuple[str, int | None], ...] = ()
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Every tunable of the rules. Defaults chosen on bench/anomalies.py (see docs/anomalies.md)."""
+
+    window: int = 30             # previous successful runs in a baseline
+    min_history: int = 8         # fewer prior successful runs (runs, for flaky): no verdict
+    weekday_min: int = 4         # samples of a weekday needed for a weekday factor
+    weekday_weeks: int = 8       # weeks looked back for the weekday factors
+    spread_floor: float = 0.1    # floor of the robust sd of the log values (0.1 ≈ ±10 %)
+    slow_z: float = 3.5          # robust z of log(runtime) above the baseline
+    slow_ratio: float = 3.0      # and at least this many times the baseline median
+    slow_abs_s: float = 60.0     # and at least this many seconds above it
+    zero_loaded_share: float = 0.75  # zero_records only on an output that loaded records in this share
+                                     # of its baseline runs (0.5: "the median is > 0")
+    volume_z: float = 3.5        # robust z of log(1 + records) away from the baseline
+    volume_drop: float = 0.8     # and at most (1 - this) × the median (up: at least 1 / (1 - this) ×)
+    volume_direction: str = "down"  # down, up or both
+    disappear_share: float = 0.8  # an output in at least this share of the baseline runs, absent now
+    flaky_days: float = 14.0     # retry chains looked at
+    flaky_min_chains: int = 5    # fewer chains in that time: never listed
+    flaky_share: float = 0.3     # share of chains that needed a retry to succeed
+    flaky_clear: int = 5         # this many clean first attempts in a row clear the package
+
+    def __post_init__(self) -> None:
+        if self.volume_direction not in DIRECTIONS:
+            raise ValueError(f"volume_direction must be one of {DIRECTIONS}, not {self.volume_direction!r}")
+        if not 0 < self.volume_drop < 1:
+            raise ValueError("volume_drop must be between 0 and 1 (0.8 flags a drop of 80 % or more)")
+        if self.window < self.min_history or self.min_history < 1:
+            raise ValueError("need 1 <= min_history <= window")
+
+
+DEFAULTS = Thresholds()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """One anomaly of one job. Units follow the kind: seconds (slow), records (zero_records,
+    volume_drop), share of chains (flaky). `score`: robust z (slow, volume_drop), 0 records
+    (zero_records), the share (flaky); for a missing output, the share of baseline runs that had
+    it. `mad`: MAD of the log values (None where no log baseline applies). `n`: runs (chains, for
+    flaky) in the baseline. `threshold`: the bound the value crossed. `output_key`: the output of
+    a zero_records or volume_drop verdict (one job may have several)."""
+
+    job_id: int
+    package_id: int
+    kind: str
+    score: float
+    baseline_median: float | None
+    mad: float | None
+    n: int
+    threshold: float
+    message: str
+    output_key: str | None = None
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY[self.kind]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Baseline:
+    """A robust centre and spread of log values: `center` and `spread` (a standard deviation,
+    floored) on the log scale, `mad` the raw MAD of the residuals, `n` the samples of the centre,
+    `by_weekday` whether the centre is the run's weekday's rather than the pooled one."""
+
+    center: float
+    spread: float
+    mad: float
+    n: int
+    by_weekday: bool = False
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """What the baselines read of one earlier run, computed once per run: its UTC day (ordinal)
+    and weekday, each output's records_count, and the log values of each measure: `RUNTIME`
+    log(runtime), an output key log(1 + records_count); a measure without a value is absent."""
+
+    ok: bool
+    day: int
+    weekday: int
+    counts: dict[str, int | None]
+    logs: dict[object, float]
+
+
+RUNTIME = ("runtime",)  # the measure of log(runtime) in Sample.logs (output keys are strings)
+
+
+def sample(run: Run) -> Sample:
+    logs: dict[object, float] = {key: math.log1p(count) for key, count in run.outputs if count is not None}
+    if run.runtime_s:
+        logs[RUNTIME] = math.log(run.runtime_s)
+    return Sample(run.succeeded, run.created_at.toordinal(), run.created_at.weekday(), dict(run.outputs), logs)
+
+
+class _Samples:
+    """`sample` of runs[i] on first use: scoring one new job reads only the tail it walks."""
+
+    __slots__ = ("runs", "done")
+
+    def __init__(self, runs: Sequence[Run]):
+        self.runs, self.done = runs, {}
+
+    def __getitem__(self, i: int) -> Sample:
+        found = self.done.get(i)
+        if found is None:
+            found = self.done[i] = sample(self.runs[i])
+        return found
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Past:
+    """What a run is compared with. `prior`: the last `window` successful runs before it, oldest
+    first. `groups`: for each weekday, the successful runs of that weekday in the last
+    `weekday_weeks` weeks (and earlier today), newest first, at most `window` of each. `weekday`:
+    the run's."""
+
+    prior: list[Sample]
+    groups: dict[int, list[Sample]]
+    weekday: int
+
+    @property
+    def own(self) -> list[Sample]:
+        return self.groups.get(self.weekday, [])
+
+
+def past_of(samples, end: int, moment: datetime, thresholds: Thresholds = DEFAULTS) -> Past:
+    """The Past of a run at `moment` from samples[:end] (time order), in one walk back over at
+    most `weekday_weeks` weeks (further only to fill `prior`, for a package that runs less than
+    daily); it stops as soon as `prior` is full and the run's weekday has `window` samples, so an
+    hourly package reads about a week of runs, a daily one `weekday_weeks` weeks."""
+    weekday, window = moment.weekday(), thresholds.window
+    cutoff = moment.toordinal() - 7 * thresholds.weekday_weeks
+    prior: list[Sample] = []
+    groups: dict[int, list[Sample]] = {weekday: []}
+    own = groups[weekday]
+    for i in range(end - 1, -1, -1):
+        s = samples[i]
+        if not s.ok:
+            continue
+        if s.day < cutoff or len(own) >= window:
+            if len(prior) >= window:
+                break
+            prior.append(s)
+            continue
+        if len(prior) < window:
+            prior.append(s)
+        group = groups.get(s.weekday)
+        if group is None:
+            groups[s.weekday] = [s]
+        elif len(group) < window:
+            group.append(s)
+    prior.reverse()
+    return Past(prior, {weekday: own} if len(own) >= window else groups, weekday)
+
+
+class _Index:
+    """`past_of` for each run of a whole history in turn (`score_history`), from the successful
+    runs so far and those of each weekday, kept as the history is scored: the same Past as
+    `past_of` (tests/test_anomaly.py checks it), without walking back a week per run."""
+
+    def __init__(self, thresholds: Thresholds):
+        self.window, self.weeks = thresholds.window, thresholds.weekday_weeks
+        self.ok: list[Sample] = []
+        self.by_weekday: list[list[Sample]] = [[] for _ in range(7)]
+
+    def add(self, s: Sample) -> None:
+        if s.ok:
+            self.ok.append(s)
+            self.by_weekday[s.weekday].append(s)
+
+    def past(self, moment: datetime) -> Past:
+        weekday, window = moment.weekday(), self.window
+        cutoff = moment.toordinal() - 7 * self.weeks
+        own = _newest(self.by_weekday[weekday], cutoff, window)
+        if len(own) >= window:
+            groups = {weekday: own}
+        else:
+            groups = {day: found for day in range(7) if (found := _newest(self.by_weekday[day], cutoff, window))}
+        return Past(self.ok[-window:], groups, weekday)
+
+
+def _newest(samples: list[Sample], cutoff: int, window: int) -> list[Sample]:
+    """The last `window` of `samples` from day `cutoff` on, newest first."""
+    found = samples[:-window - 1:-1]
+    while found and found[-1].day < cutoff:
+        found.pop()
+    return found
+
+
+def robust_baseline(values: Sequence[float], spread_floor: float, by_weekday: bool = False,
+                    spread: bool = True) -> Baseline:
+    """Median and floored MAD of `values` (spread False: the centre alone, spread and mad NaN)."""
+    center = median(values)
+    if not spread:
+        return Baseline(center, math.nan, math.nan, len(values), by_weekday)
+    mad = median([abs(v - center) for v in values])
+    return Baseline(center, max(MAD_TO_SD * mad, spread_floor, TINY_SPREAD), mad, len(values), by_weekday)
+
+
+def shrink(factor: float, standard_error: float) -> float:
+    """A weekday factor times factor² / (factor² + se²): one within its own noise shrinks
+    towards 0, a clear one stays (the posterior mean under a normal prior of its own size)."""
+    square = factor * factor
+    return factor * square / (square + standard_error * standard_error) if square else 0.0
+
+
+def weekday_baseline(prior: Sequence[tuple[float, int]], groups: dict[int, list[float]], weekday: int,
+                     thresholds: Thresholds = DEFAULTS, spread: bool = True) -> Baseline:
+    """The centre of `prior` ((value, weekday) of the last `window` runs) for a run on `weekday`.
+
+    Each weekday with `weekday_min` samples in `groups` (its values over `weekday_weeks` weeks)
+    gets a factor: its median minus the median of those weekday medians, shrunk by its standard
+    error (`shrink`; 1.25 × spread / √n). The centre is the median of the prior values with their
+    own weekday's factor taken off, plus the run's weekday's: 30 runs set the level, 8 weeks
+    the weekday effect, and a weekday without a clear effect costs no precision. The spread is
+    that of the residuals from each weekday's median (from the pooled median without two such
+    weekdays). With no factor the centre is the plain median of the prior values (and with
+    `spread` False, the spread and mad are NaN then: the caller only wanted the centre)."""
+    medians = {day: median(values) for day, values in groups.items() if len(values) >= thresholds.weekday_min}
+    factors: dict[int, float] = {}
+    if len(medians) >= 2:
+        mad = median([abs(v - medians[day]) for day in medians for v in groups[day]])
+        spread = max(MAD_TO_SD * mad, thresholds.spread_floor, TINY_SPREAD)
+        typical = median(medians.values())
+        factors = {day: shrink(m - typical, MEDIAN_SE * spread / math.sqrt(len(groups[day])))
+                   for day, m in medians.items()}
+    if not factors:
+        return robust_baseline([v for v, _ in prior], thresholds.spread_floor, spread=spread)
+    center = median([v - factors.get(day, 0.0) for v, day in prior]) + factors.get(weekday, 0.0)
+    return Baseline(center, spread, mad, len(prior), weekday in factors and factors[weekday] != 0.0)
+
+
+def baseline_of(past: Past, measure: object, thresholds: Thresholds = DEFAULTS, spread: bool = True) -> Baseline | None:
+    """The baseline of a measure (`RUNTIME` or an output key): the median of the run's own weekday
+    when it has `window` values (an hourly package), else `weekday_baseline`; None with fewer
+    than `min_history` prior values. `spread` False: only the centre is sure to be computed (a
+    cheap first look: most runs are far inside every bound)."""
+    own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
+    if len(own) >= thresholds.window:
+        return robust_baseline(own, thresholds.spread_floor, by_weekday=True, spread=spread)
+    prior = [(v, s.weekday) for s in past.prior if (v := s.logs.get(measure)) is not None]
+    if len(prior) < thresholds.min_history:
+        return None
+    groups = {day: values for day, runs in past.groups.items()
+              if len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= thresholds.weekday_min}
+    return weekday_baseline(prior, groups, past.weekday, thresholds, spread)
+
+
+def runtime_baseline(past: Past, thresholds: Thresholds = DEFAULTS) -> Baseline | None:
+    """The baseline of log(runtime) of the prior successful runs; None below `min_history` of them."""
+    return baseline_of(past, RUNTIME, thresholds)
+
+
+# --- slow runs ------------------------------------------------------------------------------
+
+def slow_bound(baseline: Baseline, thresholds: Thresholds = DEFAULTS) -> float:
+    """The runtime in seconds above which a run is slow: every floor at once."""
+    typical = math.exp(baseline.center)
+    return max(math.exp(baseline.center + thresholds.slow_z * baseline.spread),
+               typical * thresholds.slow_ratio, typical + thresholds.slow_abs_s)
+
+
+def score_runtime(run: Run, past: Past, thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """`slow` when a successful run's runtime passed the bound of the prior successful runs."""
+    if not run.succeeded or not run.runtime_s:
+        return None
+    return _slow_verdict(run, run.runtime_s, past, thresholds, "runtime")
+
+
+def score_running(run: Run, elapsed_s: float, history: Sequence[Run],
+                  thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """`slow` for a job still running whose elapsed time already passed the bound."""
+    if elapsed_s <= 0:
+        return None
+    past = past_of(_Samples(history), len(history), run.created_at, thresholds)
+    return _slow_verdict(run, elapsed_s, past, thresholds, "still running after")
+
+
+def _slow_verdict(run: Run, seconds: float, past: Past, thresholds: Thresholds, what: str) -> Verdict | None:
+    centre = baseline_of(past, RUNTIME, thresholds, spread=False)
+    if centre is None:
+        return None
+    typical = math.exp(centre.center)
+    if seconds <= max(typical * thresholds.slow_ratio, typical + thresholds.slow_abs_s):
+        return None  # inside the floors, whatever the spread
+    baseline = runtime_baseline(past, thresholds)
+    bound = slow_bound(baseline, thresholds)
+    if seconds <= bound:
+        return None
+    typical = math.exp(baseline.center)
+    z = (math.log(seconds) - baseline.center) / baseline.spread
+    scope = f"{run.created_at:%A} median" if baseline.by_weekday else "median"
+    return Verdict(run.job_id, run.package_id, SLOW, z, typical, baseline.mad, baseline.n, bound,
+                   f"{what} {seconds:,.0f} s: {seconds / typical:.1f}× the {scope} {typical:,.0f} s of "
+                   f"{baseline.n} prior successful runs (bound {bound:,.0f} s, z {z:.1f})")
+
+
+# --- outputs: zero records, volume drops, disappearing outputs ---------------------------------
+
+def score_outputs(run: Run, past: Past, thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
+    """Zero records, volume changes and disappeared outputs of a successful run."""
+    if not run.succeeded or len(past.prior) < thresholds.min_history:
+        return []
+    verdicts = []
+    for key, count in run.outputs:
+        if count is None:
+            continue
+        verdict = score_output(run, key, count, past, thresholds)
+        if verdict is not None:
+            verdicts.append(verdict)
+    return verdicts + disappeared_outputs(run, past.prior, thresholds)
+
+
+def score_output(run: Run, key: str, count: int, past: Past, thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """One output of a run against the same output's earlier counts. 0 records: zero_records
+    when at least `zero_loaded_share` of the prior counts are > 0 (at 0.5, when their median is > 0)."""
+    if count == 0:
+        counts = [c for s in past.prior if (c := s.counts.get(key)) is not None]
+        if len(counts) < thresholds.min_history:
+            return None
+        loaded = sum(1 for c in counts if c > 0) / len(counts)
+        return _zero_records(run, key, median(counts), len(counts)) if loaded >= thresholds.zero_loaded_share else None
+    centre = baseline_of(past, key, thresholds, spread=False)
+    if centre is None:
+        return None
+    typical, keep = math.expm1(centre.center), 1 - thresholds.volume_drop
+    direction = thresholds.volume_direction
+    if not ((count < typical * keep and direction != "up") or (count > typical / keep and direction != "down")):
+        return None  # inside the relative floor, whatever the spread
+    return _volume_change(run, key, count, baseline_of(past, key, thresholds), thresholds)
+
+
+def _zero_records(run: Run, key: str, typical: float, n: int) -> Verdict:
+    return Verdict(run.job_id, run.package_id, ZERO_RECORDS, 0.0, typical, None, n, 0.0,
+                   f"completed with 0 records on {key}; median {typical:,.0f} over {n} prior successful runs", key)
+
+
+def _volume_change(run: Run, key: str, count: int, baseline: Baseline, thresholds: Thresholds) -> Verdict | None:
+    typical = math.expm1(baseline.center)
+    z = (math.log1p(count) - baseline.center) / baseline.spread
+    low = min(typical * (1 - thresholds.volume_drop),
+              math.expm1(baseline.center - thresholds.volume_z * baseline.spread))
+    high = max(typical / (1 - thresholds.volume_drop),
+               math.expm1(baseline.center + thresholds.volume_z * baseline.spread))
+    direction = thresholds.volume_direction
+    if count < low and direction in ("down", "both"):
+        bound, change = low, "dropped"
+    elif count > high and direction in ("up", "both"):
+        bound, change = high, "rose"
+    else:
+        return None
+    scope = f"{run.created_at:%A} median" if baseline.by_weekday else "median"
+    return Verdict(run.job_id, run.package_id, VOLUME_DROP, z, typical, baseline.mad, baseline.n, bound,
+                   f"{key}: {count:,} records, {change} {_change(count, typical)} the {scope} {typical:,.0f} "
+                   f"of {baseline.n} prior successful runs (bound {bound:,.0f}, z {z:.1f})", key)
+
+
+def _change(count: int, typical: float) -> str:
+    return f"{abs(count / typical - 1):.0%} from" if typical else "from"
+
+
+def disappeared_outputs(run: Run, prior: Sequence[Sample], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
+    """Outputs in at least `disappear_share` of the `prior` baseline runs that this run lacks.
+    A run without any output is not judged: missing data is likelier than every output gone at once."""
+    if not run.outputs or not prior:
+        return []
+    present = {key for key, _ in run.outputs}
+    if set().union(*(s.counts for s in prior)) <= present:
+        return []
+    seen: dict[str, list[int | None]] = {}
+    for s in prior:
+        for key, count in s.counts.items():
+            if key not in present:
+                seen.setdefault(key, []).append(count)
+    runs = len(prior)
+    return [Verdict(run.job_id, run.package_id, VOLUME_DROP, len(counts) / runs,
+                    median([c for c in counts if c is not None] or [0]), None, runs, thresholds.disappear_share,
+                    f"output {key} missing; it was in {len(counts)} of the {runs} prior successful runs", key)
+            for key, counts in sorted(seen.items()) if len(counts) >= thresholds.disappear_share * runs]
+
+
+# --- flaky packages ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chain:
+    """A first attempt and its retries (attempts 0, 1, 2 …), in time order."""
+
+    runs: tuple[Run, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Succeeded at its first attempt."""
+        return self.runs[0].attempts == 0 and self.runs[0].succeeded
+
+    @property
+    def retried_to_success(self) -> bool:
+        """Succeeded, but not at its first attempt (chains end at their success)."""
+        return len(self.runs) > 1 and self.runs[-1].status == SUCCESS
+
+
+def chains(runs: Iterable[Run]) -> list[Chain]:
+    """Group runs in time order into retry chains: attempts 0 opens one, attempts > 0 extend it
+    (a retry whose first attempt lies outside `runs` opens a chain of its own)."""
+    grouped: list[list[Run]] = []
+    for run in runs:
+        if run.attempts and grouped:
+            grouped[-1].append(run)
+        else:
+            grouped.append([run])
+    return [Chain(tuple(group)) for group in grouped]
+
+
+def recent_runs(runs: Sequence[Run], end: int, since: datetime) -> list[Run]:
+    """runs[:end] created at or after `since`, oldest first; reads only the tail."""
+    i = end
+    while i > 0 and runs[i - 1].created_at >= since:
+        i -= 1
+    return list(runs[i:end])
+
+
+def flaky_status(history: Sequence[Run], now: datetime, thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """`flaky` when, over the last `flaky_days` before `now`, at least `flaky_share` of at least
+    `flaky_min_chains` chains needed a retry to succeed, unless the last `flaky_clear` chains were
+    clean first attempts. Names the last job of the latest retried chain. For listing packages
+    (check, metrics); reads only the tail of `history`."""
+    if len(history) < thresholds.min_history:
+        return None
+    since = now - timedelta(days=thresholds.flaky_days)
+    return flaky_verdict(chains(recent_runs(history, len(history), since)), thresholds)
+
+
+def score_flaky(run: Run, history: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """`flaky` on a retry that succeeded, when its package is flaky with this run counted."""
+    return _score_flaky(run, history, len(history), thresholds)
+
+
+def _score_flaky(run: Run, runs: Sequence[Run], end: int, thresholds: Thresholds) -> Verdict | None:
+    if not (run.succeeded and run.attempts) or end < thresholds.min_history:
+        return None
+    since = run.created_at - timedelta(days=thresholds.flaky_days)
+    return flaky_verdict(chains([*recent_runs(runs, end, since), run]), thresholds)
+
+
+def flaky_verdict(recent: Sequence[Chain], thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    if len(recent) < thresholds.flaky_min_chains:
+        return None
+    last = recent[-thresholds.flaky_clear:]
+    if len(last) == thresholds.flaky_clear and all(c.clean for c in last):
+        return None
+    retried = [c for c in recent if c.retried_to_success]
+    share = len(retried) / len(recent)
+    if not retried or share < thresholds.flaky_share:
+        return None
+    job = retried[-1].runs[-1]
+    return Verdict(job.job_id, job.package_id, FLAKY, share, None, None, len(recent), thresholds.flaky_share,
+                   f"{len(retried)} of {len(recent)} runs in {thresholds.flaky_days:g} days needed a retry "
+                   f"to succeed ({share:.0%}; listed from {thresholds.flaky_share:.0%})")
+
+
+# --- one new job, a whole history ----------------------------------------------------------
+
+def score_run(run: Run, history: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
+    """Every verdict on a newly finished job, given its package's earlier runs in time order.
+
+    Reads only the tail of `history` (the last `window` successful runs, `weekday_weeks` weeks
+    of runs at most, the last `flaky_days` of runs), so the caller may pass just that much.
+    """
+    if not run.succeeded:
+        return []
+    past = past_of(_Samples(history), len(history), run.created_at, thresholds)
+    return _score(run, history, len(history), thresholds, past)
+
+
+def score_history(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
+    """Every verdict on every run of one package's history (time order), each scored with only
+    its past, as a sync would have scored it: for re-scoring after a threshold change. Each
+    run's `sample` is computed once; the baselines' runs come from an `_Index`."""
+    return [v for end, past in pasts(runs, thresholds) for v in _score(runs[end], runs, end, thresholds, past)]
+
+
+def pasts(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> Iterator[tuple[int, Past]]:
+    """(index, Past) of each successful run of a history (time order), as `past_of` would give
+    it, from an `_Index` kept as the history is walked: linear in the history."""
+    index = _Index(thresholds)
+    for end, run in enumerate(runs):
+        if run.succeeded:
+            yield end, index.past(run.created_at)
+        index.add(sample(run))
+
+
+def _score(run: Run, runs: Sequence[Run], end: int, thresholds: Thresholds, past: Past) -> list[Verdict]:
+    """`run` scored against runs[:end] (not copied: re-scoring a history stays linear)."""
+    verdicts = [v for v in (score_runtime(run, past, thresholds), _score_flaky(run, runs, end, thresholds))
+                if v is not None]
+    return verdicts + score_outputs(run, past, thresholds)
