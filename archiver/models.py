@@ -259,6 +259,29 @@ class AlertRow(Base):
     resolved_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class JobAnomalyRow(Base):
+    """A verdict of the anomaly rules (archiver.anomaly) on one job; several per job when
+    several outputs drop. Written where jobs are written, for newly finished jobs."""
+
+    __tablename__ = "job_anomalies"
+    __table_args__ = (Index("ix_job_anomalies_package_id_detected_at", "package_id", "detected_at"),)
+
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    output_key: Mapped[str] = mapped_column(String(255), primary_key=True, default="")
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    severity: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Double)
+    baseline_median: Mapped[float | None] = mapped_column(Double)
+    mad: Mapped[float | None] = mapped_column(Double)
+    n: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    message: Mapped[str] = mapped_column(LongText)
+    job_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class AlertDeliveryRow(Base):
     """Each POST of `check --notify`: which alert, which event, and whether it arrived."""
 
