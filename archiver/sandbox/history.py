@@ -45,6 +45,7 @@ from functools import cached_property
 from itertools import islice
 from typing import Iterator, NamedTuple
 
+from .anomalies import SIGMA, AnomalyModel, Injection
 from .catalog import DAY, ERRORS, Catalog, build_catalog
 
 STATUSES = ("idle", "pending", "queued", "running", "completed", "failed",
@@ -207,6 +208,7 @@ class Scenario:
     runtime_spread: float   # sigma of the log-normal spread of run times around the package's median
     fixed_intervals: bool   # hourly and daily schedules, whatever the history's size
     manual_share: float     # runs users start by hand (fixed intervals; else what the schedules leave)
+    anomalies: bool = False # weekday effects, flaky packages and injected anomalies (anomalies.py)
 
     @property
     def hand_runs_scheduled_only(self) -> bool:
@@ -217,6 +219,8 @@ class Scenario:
 SCENARIOS = {
     "normal": Scenario("normal", 1.0, 0.03, 0.05, 0.45, False, 1 - SCHEDULED_SHARE),
     "healthy": Scenario("healthy", 0.0, 0.0, 0.0, 0.25, True, 0.03),
+    # a normal account with rarer failures (none flaky by chance) and noise of CV 0.3
+    "anomalies": Scenario("anomalies", 0.25, 0.03, 0.05, SIGMA, False, 1 - SCHEDULED_SHARE, anomalies=True),
 }
 HEALTHY_DAILY = frozenset({"NetSuite sync", "Marketing", "Event pipeline", "Finance close",
                            "Product analytics"})   # healthy scenario: these run daily, the others hourly
@@ -328,8 +332,8 @@ class _Generator:
     """
 
     def __init__(self, rng: random.Random, catalog: Catalog, scenario: Scenario, intervals: list[int],
-                 hand_gap: float, must_succeed: range) -> None:
-        self.rng, self.catalog, self.scenario = rng, catalog, scenario
+                 hand_gap: float, must_succeed: range, model: AnomalyModel | None = None) -> None:
+        self.rng, self.catalog, self.scenario, self.model = rng, catalog, scenario, model
         self.hand_gap, self.must_succeed = hand_gap, must_succeed
         self.rules = _Rules(())
         self.count = self.sequence = 0
@@ -418,13 +422,17 @@ class _Generator:
         wait = 5 + int(rng.expovariate(1 / 45)) + (rng.randint(300, 1500) if slow else 0)
         spread = math.exp(rng.gauss(0, scenario.runtime_spread))
         planned = min(4 * 3600, max(15, int(spec.runtime_s * spread)))
+        timing = planned   # what failure and stop times scale with
+        if self.model is not None:
+            planned = min(4 * 3600, max(15, int(spec.runtime_s * self.model.factor(run.package, created) * spread)))
         if self.rules.sticks(run.package, created, self.next_id):
             outcome = queued_at + wait, NO_TIME, NO_TIME, FOREVER, RUNNING
         else:
-            failing = self.rules.fails(run.package, created)
-            failure_rate = 1.0 if failing else spec.failure_rate * scenario.failure_scale
-            outcome = self._outcome(failure_rate, queued_at, queued_at + wait, planned)
+            outcome = self._outcome(self._failure_rate(run, created), queued_at, queued_at + wait, timing)
         started, stop_requested, stopping_at, ended, final = outcome
+        if final == COMPLETED:
+            planned = self._inject(run, planned)
+            ended = started + planned
         error, failed_at_null = self._error(final, spec.errors)
         plan = JobPlan(
             id=self.next_id, created=created, pending_at=pending_at, queued_at=queued_at,
@@ -439,6 +447,26 @@ class _Generator:
         self.next_output_id += len(spec.outputs) + rng.randint(0, 3)
         self._queue_retry(plan, run)
         return plan
+
+    def _failure_rate(self, run: _Run, created: int) -> float:
+        if self.rules.fails(run.package, created):
+            return 1.0
+        if self.model is not None and self.model.first_attempt_fails(run.package, run.schedule >= 0, run.attempts):
+            return self.model.flaky_failure
+        return self.catalog.packages[run.package].spec.failure_rate * self.scenario.failure_scale
+
+    def _inject(self, run: _Run, planned: int) -> int:
+        """The run time of a completed run, after the anomaly model had its say (slowdowns).
+
+        The runs kept running at the start clock are stretched later: never injected.
+        """
+        if self.model is None:
+            return planned
+        injection = self.model.pick(self.next_id, run.package, len(self.catalog.packages[run.package].spec.outputs),
+                                    self.count, self.count not in self.must_succeed)
+        if injection is not None and injection.kind == "slow":
+            return int(planned * injection.factor)
+        return planned
 
     def _outcome(self, failure_rate: float, queued_at: int, started: int,
                  planned: int) -> tuple[int, int, int, int, int]:
@@ -473,6 +501,19 @@ class _Generator:
             retry = run._replace(attempts=run.attempts + 1)
             created = plan.ended + self.rng.randint(60, 600)
             self._push(created, created, retry)
+
+
+def _copy(rng: random.Random) -> random.Random:
+    twin = random.Random()
+    twin.setstate(rng.getstate())
+    return twin
+
+
+def _anchor(gen: _Generator, last: int | None) -> int:
+    """History second of the start clock: just after the last initial job, before the next."""
+    if last is None:
+        return 0
+    return last + min(gen.rng.randint(0, 45), (gen.peek_time() - last) // 2)
 
 
 class View:
@@ -548,12 +589,19 @@ class History:
         self.mean_gap = mean_gap = min(FULL_HISTORY_SPAN / max(jobs, 1), BUSIEST_MEAN_GAP)
         intervals = _intervals(self.catalog, self.scenario, mean_gap)
         hand_gap = manual_gap(self.scenario, scheduled_rate(self.catalog, intervals), mean_gap)
-        self._gen = _Generator(rng, self.catalog, self.scenario, intervals, hand_gap,
-                               range(jobs - KEPT_RUNNING, jobs))
+        must_succeed = range(jobs - KEPT_RUNNING, jobs)
+
+        def generator(stream: random.Random, model: AnomalyModel | None) -> _Generator:
+            return _Generator(stream, self.catalog, self.scenario, intervals, hand_gap, must_succeed, model)
+
+        model = None
+        if self.scenario.anomalies:
+            model = self._anomaly_model(seed, jobs, start, intervals, generator(_copy(rng), None))
+        self._gen = generator(rng, model)
         self.cadences: list[Cadence] = self._gen.cadences
         for _ in range(jobs):
             self._append(self._gen.next_plan())
-        self.anchor = anchor = self._anchor()
+        self.anchor = anchor = _anchor(self._gen, self.table.created[-1] if jobs else None)
         self.offset = math.floor(start) - anchor
         self._keep_last_jobs_running(anchor)
         self._initial = len(self.table)
@@ -571,12 +619,42 @@ class History:
         previous = self._latest_end[-1] if self._latest_end else plan.ended
         self._latest_end.append(max(previous, plan.ended))
 
-    def _anchor(self) -> int:
-        """History second of the start clock: just after the last initial job, before the next."""
-        if not len(self.table):
-            return 0
-        last, following = self.table.created[-1], self._gen.peek_time()
-        return last + min(self._gen.rng.randint(0, 45), (following - last) // 2)
+    def _anomaly_model(self, seed: int, jobs: int, start: float, intervals: list[int],
+                       probe: _Generator) -> AnomalyModel:
+        """The anomaly model, its weekdays those of the start clock's time line.
+
+        The start clock's history second (the anchor) is known only once the first `jobs`
+        plans are made, and they need the weekdays. Creation times do not depend on the
+        model's weekday factors (failure and stop times ignore them), so a first pass with
+        any offset finds the anchor the real one will have.
+        """
+        probe.model = AnomalyModel(seed, self.catalog, intervals, 0)
+        last = None
+        for _ in range(jobs):
+            last = probe.next_plan().created
+        return AnomalyModel(seed, self.catalog, intervals, math.floor(start) - _anchor(probe, last))
+
+    def injections(self, when: float) -> list[tuple[int, Injection]]:
+        """(job index, injection) of the injected jobs existing at `when`, by job id."""
+        with self._lock:
+            injected = self._gen.model.injections if self._gen.model is not None else {}
+            found = [(self.find(job_id, when), injection) for job_id, injection in sorted(injected.items())]
+            return [(index, injection) for index, injection in found if index is not None]
+
+    @property
+    def flaky_packages(self) -> list[int]:
+        """Indices of the packages the anomaly model made flaky."""
+        return sorted(self._gen.model.flaky) if self._gen.model is not None else []
+
+    def records(self, plan: JobPlan) -> list[int] | None:
+        """Records each output of the job gets from a complete run under the anomaly model
+        (None without one: the renderer's own draw)."""
+        with self._lock:
+            model = self._gen.model
+            if model is None:
+                return None
+            typical = [output.records for output in self.catalog.packages[plan.package].spec.outputs]
+            return model.records(plan.seed, plan.package, plan.created, typical, model.injections.get(plan.id))
 
     def _keep_last_jobs_running(self, anchor: int) -> None:
         """Stretch the last few initial runs so the start clock always has some in flight.

@@ -26,6 +26,11 @@ V2_KEYS = ("id", "status", "variables", "owner_id", "progress", "attempts",
            "completed_at", "url", "html_url", "log_url", "creator", "package", "cluster")
 
 
+def component_name(package: CatalogPackage, output: int) -> str:
+    """The destination component an output comes from (v2 outputs[].component.name)."""
+    return f"destination{package.component_numbers[output]}"
+
+
 class Renderer:
     def __init__(self, history: History, base_url: str, account: str) -> None:
         self.history, self.catalog = history, history.catalog
@@ -90,7 +95,7 @@ class Renderer:
     # -- nested objects ------------------------------------------------------
     def _outputs(self, plan: JobPlan, state: JobState, version: int) -> list[dict]:
         package = self.catalog.packages[plan.package]
-        records = self._full_records(plan, package)
+        records = self.history.records(plan) or self._full_records(plan, package)
         created = self.iso(state.started if state.started is not None else plan.created)
         updated = self.iso(state.updated)
         outputs = []
@@ -98,7 +103,7 @@ class Renderer:
             output_id = plan.first_output_id + k
             url = f"{self.api}/jobs/{plan.id}/outputs/{output_id}"
             count = records[k] if state.status == "completed" else int(records[k] * state.progress)
-            component = f"destination{package.component_numbers[k]}"
+            component = component_name(package, k)
             if version == 1:
                 outputs.append({"component_name": component, "created_at": created, "id": output_id,
                                 "name": spec.name, "preview_url": f"{url}/preview",

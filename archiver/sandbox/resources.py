@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .anomalies import FLAKY_FAILURE
 from .catalog import DAY, Extras, build_extras
 from .history import (IDLE, NICE_INTERVALS, PENDING, PENDING_STOPPAGE, QUEUED, RUNNING, STOPPING,
                       History, interval_seconds)
-from .render import Renderer
+from .render import Renderer, component_name
 
 SCHEDULE_STATUSES = ("enabled", "disabled")
 PACKAGE_STATUSES = ("active", "archived")
@@ -216,7 +217,8 @@ def truth(history: History, renderer: Renderer, when: float) -> dict:
     catalog = history.catalog
     now = math.floor(when) - history.offset
     found = {"now": renderer.iso(now), "scenario": history.scenario.name,
-             "stopped_schedules": [], "failing_packages": [], "stuck_jobs": []}
+             "stopped_schedules": [], "failing_packages": [], "stuck_jobs": [],
+             "anomalies": anomalies(history, renderer, when)}
     for number, breakage in enumerate(list(history.breakages)):
         at = renderer.iso(breakage.at)
         if breakage.kind == "schedule_stopped":
@@ -238,4 +240,26 @@ def truth(history: History, renderer: Renderer, when: float) -> dict:
                 "package_id": catalog.packages[breakage.target].id, "at": at,
                 "job_id": plan.id if plan else None, "created_at": renderer.iso(plan.created) if plan else None,
                 "started_at": renderer.iso(plan.started) if plan else None})
+    return found
+
+
+def anomalies(history: History, renderer: Renderer, when: float) -> list[dict]:
+    """The anomaly scenario's injections in jobs existing at `when`, then one entry per flaky
+    package (job_id None). `output` is the output's component name (what an archive keys
+    outputs on), `output_name` its name; both None for slowdowns and flaky packages."""
+    catalog = history.catalog
+    found = []
+    for index, injection in history.injections(when):
+        plan = history.plan(index)
+        package = catalog.packages[plan.package]
+        output = injection.output >= 0
+        found.append({
+            "job_id": plan.id, "package_id": package.id, "kind": injection.kind, "factor": injection.factor,
+            "output": component_name(package, injection.output) if output else None,
+            "output_name": package.spec.outputs[injection.output].name if output else None,
+            "created_at": renderer.iso(plan.created), "status": history.state(index, when).status})
+    for package in history.flaky_packages:
+        found.append({"job_id": None, "package_id": catalog.packages[package].id, "kind": "flaky",
+                      "factor": FLAKY_FAILURE, "output": None, "output_name": None,
+                      "created_at": None, "status": None})
     return found

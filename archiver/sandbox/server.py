@@ -722,7 +722,10 @@ class Sandbox:
     objects) or "pages" (offset counts pages of `limit`; links move it by one).
 
     scenario "normal" is a realistic account; "healthy" has hourly and daily
-    schedules whose runs never fail, stop or wait long (see history.SCENARIOS).
+    schedules whose runs never fail, stop or wait long (see history.SCENARIOS);
+    "anomalies" is a normal account with run-to-run noise of CV 0.3, weekday effects, a flaky
+    package and injected slowdowns, zero-record successes and volume drops (anomalies.py),
+    listed in truth()["anomalies"].
     days, when given, sizes the history to about that many days instead of `jobs`.
     break_schedule, fail_package and stuck_package (or POST /_sandbox/...) break
     things from a clock time on; truth() (GET /_sandbox/truth) says what and where.
