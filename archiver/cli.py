@@ -470,8 +470,10 @@ def metrics(db, textfile, window):
               help="Link headers: every query parameter, only offset and limit (the docs' example), or none.")
 @click.option("--offset-style", type=click.Choice(["items", "pages"]), default="items", show_default=True,
               help="What `offset` counts in lists: objects, or pages of `limit`.")
-@click.option("--scenario", type=click.Choice(["normal", "healthy"]), default="normal", show_default=True,
-              help="normal: realistic failures and stops; healthy: hourly and daily schedules, nothing broken.")
+@click.option("--scenario", type=click.Choice(["normal", "healthy", "anomalies"]), default="normal",
+              show_default=True,
+              help="normal: realistic failures and stops; healthy: hourly and daily schedules, nothing broken; "
+                   "anomalies: noise of CV 0.3 with weekday effects, injected anomalies (GET /_sandbox/truth).")
 @click.option("--days", type=click.FloatRange(0, min_open=True), default=None,
               help="Make the history about DAYS days long (instead of --jobs).")
 def sandbox(host, port, jobs, seed, account, api_key, latency_ms, error_rate, drop_rate, bad_json_rate,
@@ -511,7 +513,7 @@ def demo(jobs, seed):
     """Sync a sandbox account into ./demo.db and print a short report. No configuration needed."""
     from pathlib import Path
 
-    from archiver.flows.demo import BROKEN_FOR, FURTHER_SQL, run_demo
+    from archiver.flows.demo import BROKEN_FOR, FURTHER_SQL, describe_anomaly, run_demo
 
     result = run_demo(Path.cwd(), jobs=jobs, seed=seed)
     s = result.summary
@@ -526,6 +528,9 @@ def demo(jobs, seed):
          for r in result.slowest], "table") + "\n")
     click.echo(f"Look further with SQL: sqlite3 {result.path.name}\n\n{FURTHER_SQL}\n\n"
                f"or: archiver report failures --db sqlite:///{result.path.name} --since 30d\n")
+    if result.anomalies:
+        click.echo("The sandbox injected (scenario anomalies; GET /_sandbox/truth):\n"
+                   + "".join(f"  {describe_anomaly(anomaly)}\n" for anomaly in result.anomalies))
     click.echo(f"Pipeline health (archiver check). {BROKEN_FOR.total_seconds() / 3600:g} hours before the sync the "
                "sandbox broke two pipelines: " + "; ".join(result.breakages) + ".\n"
                + result.health.table() + f"\n\nagain: archiver check --db sqlite:///{result.path.name}")

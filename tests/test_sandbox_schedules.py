@@ -291,7 +291,8 @@ def test_a_breakage_cannot_start_in_the_past(sandbox):
     with pytest.raises(KeyError):
         sandbox.fail_package(1)
     assert control(sandbox, "truth", "GET").json() == {
-        "now": iso(NOW), "scenario": "healthy", "stopped_schedules": [], "failing_packages": [], "stuck_jobs": []}
+        "now": iso(NOW), "scenario": "healthy", "stopped_schedules": [], "failing_packages": [], "stuck_jobs": [],
+        "anomalies": []}
 
 
 def test_control_endpoints_are_free(sandbox):

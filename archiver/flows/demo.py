@@ -44,13 +44,19 @@ class DemoResult:
     slowest: list[dict]
     health: CheckResult
     breakages: list[str]
+    anomalies: list[dict]   # what the sandbox injected (its truth()["anomalies"])
 
 
 def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -> DemoResult:
+    """The sandbox's "anomalies" scenario: about one injected anomaly every 50 jobs once a
+    package has 8 successful runs, so the default 400 jobs (about 3 days) hold a handful in
+    their last two days (slowdowns, zero-record successes, volume drops) and a flaky package."""
     path = folder / "demo.db"
-    with Sandbox(jobs=jobs, seed=seed, api_key=SANDBOX_KEY, now=utcnow() - BROKEN_FOR) as api:
+    with Sandbox(jobs=jobs, seed=seed, api_key=SANDBOX_KEY, now=utcnow() - BROKEN_FOR,
+                 scenario="anomalies") as api:
         breakages = break_two_pipelines(api)
         api.advance(BROKEN_FOR.total_seconds())
+        anomalies = api.truth()["anomalies"]
         settings = Settings(account=api.account, api_key=Secret(SANDBOX_KEY), api_url=api.url,
                             database_url=f"sqlite:///{path}")
         summary = sync_incremental(settings, SyncOptions(), IncrementalOptions())
@@ -62,7 +68,7 @@ def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -
                           status=status_report(engine, period),
                           failing=failures_report(engine, period, limit=5),
                           slowest=runtimes_report(engine, period, limit=5), health=health,
-                          breakages=breakages)
+                          breakages=breakages, anomalies=anomalies)
     finally:
         engine.dispose()
 
@@ -70,12 +76,27 @@ def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -
 def break_two_pipelines(api: Sandbox) -> list[str]:
     """Give the health board something to find: BROKEN_FOR before the sync, the sandbox makes
     the package of its most frequent schedule fail every run and stops the next most frequent
-    schedule (it stays enabled but creates no jobs)."""
+    schedule (it stays enabled but creates no jobs). Schedules of a flaky package are left
+    alone, so that it stays flaky rather than failing or silent."""
     catalog = api.history.catalog
-    by_frequency = sorted(range(len(catalog.schedules)), key=lambda i: api.history.cadences[i].interval)
+    flaky = set(api.history.flaky_packages)
+    by_frequency = sorted((i for i, schedule in enumerate(catalog.schedules) if not flaky & set(schedule.packages)),
+                          key=lambda i: api.history.cadences[i].interval)
     failing, stopped = catalog.schedules[by_frequency[0]], catalog.schedules[by_frequency[1]]
     package = catalog.packages[failing.packages[0]]
     api.fail_package(package.id)
     api.break_schedule(stopped.id)
     return [f"package {package.id} ({package.spec.name}) of schedule {failing.id} fails every run",
             f"schedule {stopped.id} ({stopped.name}) stopped creating jobs"]
+
+
+def describe_anomaly(anomaly: dict) -> str:
+    """One injected anomaly in a few words, for the demo's output."""
+    kind, job = anomaly["kind"], f"job {anomaly['job_id']} of package {anomaly['package_id']}"
+    if kind == "slow":
+        return f"a {anomaly['factor']:g}x slower run ({job})"
+    if kind == "zero_records":
+        return f"0 records on {anomaly['output_name']} ({job}, completed)"
+    if kind == "volume_drop":
+        return f"{1 - anomaly['factor']:.0%} fewer records on {anomaly['output_name']} ({job})"
+    return f"a flaky package ({anomaly['package_id']}: {anomaly['factor']:.0%} of its scheduled first attempts fail)"
