@@ -9,7 +9,8 @@ sandbox a history whose quirks are known exactly:
 - Injections, one about every INJECT_EVERY jobs, cycling through INJECTED_KINDS, each on a
   completed run whose package already has MIN_PRIOR successful runs (enough for a verdict):
   slowdowns (the run's noisy runtime times 10 or 4), zero-record successes (one output at 0)
-  and volume drops (one output at 1-10 % of its noisy count).
+  and volume drops (one output at 1-8 % of its typical count, whatever the run's noise and
+  weekday: at most a tenth of its median).
 - Flaky packages (FLAKY_PACKAGES, on schedules that retry): their scheduled first attempts
   fail with probability FLAKY_FAILURE; retries fail only at the (low) usual rate.
 
@@ -31,6 +32,7 @@ MIN_PRIOR = 8                  # successful runs of the package before an inject
 INJECT_EVERY = 50              # jobs between two injections, on average
 INJECTED_KINDS = ("slow", "zero_records", "volume_drop", "slow")
 SLOW_FACTORS = (10, 4)         # the first slow of the cycle is 10x, the second 4x
+VOLUME_DROP_RATIOS = (0.01, 0.08)   # a volume drop's records over the output's typical count
 FLAKY_PACKAGES = 1
 FLAKY_FAILURE = 0.5            # share of a flaky package's scheduled first attempts that fail
 THURSDAY = 3                   # weekday (Monday 0) of 1970-01-01
@@ -38,7 +40,7 @@ THURSDAY = 3                   # weekday (Monday 0) of 1970-01-01
 
 class Injection(NamedTuple):
     """One injected anomaly: kind, the output index it hit (-1: none) and its factor
-    (slowdown factor, or the records ratio: 0 for zero_records)."""
+    (slowdown factor, or the records over the output's typical count: 0 for zero_records)."""
     kind: str
     output: int
     factor: float
@@ -96,7 +98,7 @@ class AnomalyModel:
             self.slow_count += 1
             return Injection(kind, -1, factor)
         output = self.rng.randrange(outputs)
-        ratio = 0.0 if kind == "zero_records" else round(self.rng.uniform(0.01, 0.1), 3)
+        ratio = 0.0 if kind == "zero_records" else round(self.rng.uniform(*VOLUME_DROP_RATIOS), 3)
         return Injection(kind, output, ratio)
 
     def records(self, seed: int, package: int, created: int, typical: Sequence[float],
@@ -105,7 +107,8 @@ class AnomalyModel:
         rng, factor = random.Random(seed), self.factor(package, created)
         counts = [max(1, int(records * factor * self.noise(rng))) for records in typical]
         if injection is not None and injection.output >= 0:
-            counts[injection.output] = int(counts[injection.output] * injection.factor)
+            hit = injection.output
+            counts[hit] = 0 if injection.kind == "zero_records" else max(1, int(typical[hit] * injection.factor))
         return counts
 
 
