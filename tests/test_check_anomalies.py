@@ -129,6 +129,17 @@ def test_output_keys_that_are_long_or_not_plain_get_a_stable_digest():
         assert len(anomaly_key("zero_records", 2**63 - 1, output)) <= MAX_KEY
 
 
+def test_outputs_differing_only_in_case_get_keys_differing_beyond_case(rows):
+    """A case-blind alerts.key (MariaDB's collation) must not merge them (there, job_anomalies
+    itself cannot hold both; SQLite and PostgreSQL can)."""
+    ids = hand_history(rows, 7)
+    verdict(rows, ids[-1], 7, "zero_records", LAST, "orders")
+    verdict(rows, ids[-1], 7, "zero_records", LAST, "Orders")
+    keys = set(alerts(rows.url))
+    assert len(keys) == 2 and len({k.casefold() for k in keys}) == 2
+    assert "zero_records:package:7:Orders" in keys and keys == set(alerts(rows.url))
+
+
 def test_long_output_keys_are_recorded_in_the_alerts_table(rows):
     ids = hand_history(rows, 7)
     output = "destination/" + "é" * 240

@@ -70,14 +70,15 @@ def thresholds(config: CheckConfig) -> anomaly.Thresholds:
 
 
 # -- keys ----------------------------------------------------------------------------------------------
-def anomaly_key(kind: str, package_id: int, output: str | None = None) -> str:
+def anomaly_key(kind: str, package_id: int, output: str | None = None, digest: bool = False) -> str:
     """`kind:package:ID[:OUTPUT]`. An output key that is not plain ([A-Za-z0-9_.-]) or does not
-    fit in 255 characters becomes a plain prefix of it, `~` and 12 hex digits of its SHA-256:
-    the same output always gets the same key, which a shell can pass to `archiver ack`."""
+    fit in 255 characters (or with `digest`) becomes a plain prefix of it, `~` and 12 hex digits
+    of its SHA-256: the same output always gets the same key, which a shell can pass to
+    `archiver ack`."""
     base = f"{kind}:package:{package_id}"
     if output is None:
         return base
-    if PLAIN_OUTPUT.fullmatch(output) and len(base) + 1 + len(output) <= MAX_KEY:
+    if not digest and PLAIN_OUTPUT.fullmatch(output) and len(base) + 1 + len(output) <= MAX_KEY:
         return f"{base}:{output}"
     digest = hashlib.sha256(output.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
     room = MAX_KEY - len(base) - 2 - DIGEST_CHARS
@@ -159,11 +160,18 @@ def anomaly_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, 
 
 
 def verdict_findings(verdicts: list, config: CheckConfig) -> list[Finding]:
-    found = []
-    for v in verdicts:
+    """One finding per verdict on a latest success. Two outputs whose keys differ only in case
+    (`Orders`, `orders`) would be one key to MariaDB's case-blind collation: the second gets
+    the digest form."""
+    found, taken = [], set()
+    for v in sorted(verdicts, key=lambda v: (v.package_id, v.kind, v.output_key)):   # the same on every backend
         schedule_id = creator_schedule(v)
         output = v.output_key if v.kind in OUTPUT_KINDS else None
-        found.append(Finding(anomaly_key(v.kind, v.package_id, output), v.kind,
+        key = anomaly_key(v.kind, v.package_id, output)
+        if key.casefold() in taken:
+            key = anomaly_key(v.kind, v.package_id, output, digest=True)
+        taken.add(key.casefold())
+        found.append(Finding(key, v.kind,
                              config.severity(v.kind, schedule_id, v.package_id),
                              f"{v.kind} (job {v.job_id}, the latest success): {v.message}", since=v.created_at,
                              schedule_id=schedule_id, package_id=v.package_id, job_id=v.job_id))

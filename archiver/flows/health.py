@@ -436,7 +436,7 @@ def judge_package(package_id: int, facts: Facts, config: CheckConfig, as_of: dat
                        f"run by hand; {plural(stats.successes, 'success', 'successes')}, too few "
                        f"(< {HAND_MIN_SUCCESSES}) to judge "
                        "staleness: set stale_after for it")
-    return finish("package", package_id, name, alerts, f"run by hand; {stale_why or 'too few successes to judge staleness'}")
+    return finish("package", package_id, name, alerts, f"run by hand; {stale_why}")
 
 
 # -- stuck jobs ---------------------------------------------------------------------------------------
