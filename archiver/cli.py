@@ -388,7 +388,8 @@ def report(name, db, since, package, limit, fmt):
 @click.option("--now", "now_text", hidden=True, help="Judge as if it were this ISO time (tests).")
 def check(db, fmt, fail_on, config_path, notify_flag, now_text):
     """Judge every schedule and package run by hand from the archive (no API call): late,
-    stale, failing, stuck, and the archiver's own syncs; record alerts; notify once."""
+    stale, failing, stuck, anomalies (slow, zero_records, volume_drop, flaky), and the archiver's
+    own syncs; record alerts; notify once."""
     import os
 
     from archiver.flows.alerts import CheckOptions, run_check

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
-from archiver import database
+from archiver import anomaly, database
 from archiver.flows.alerts import CheckOptions, run_check
 from archiver.flows.incremental import IncrementalOptions, sync_incremental
 from archiver.flows.runs import SyncOptions
@@ -86,7 +86,18 @@ def test_each_breakage_is_reported_at_the_first_check_after_its_threshold(tmp_pa
                 seen.setdefault(key, api.now)
 
     assert {key.split(":")[0] for key in seen} >= {"late", "failing", "stuck"}
+    slow = [when for key, when in seen.items() if key.startswith("slow:job:")]
+    stuck = [when for key, when in seen.items() if key.startswith("stuck:job:")]
+    assert all(s <= min(stuck) for s in slow)     # slow is the early warning, stuck the hard limit
     assert seen[f"late:schedule:{BROKEN_SCHEDULE}"] < first_missed + LATE_GRACE + STEP
+
+
+def typical_runtime(conn) -> float:
+    """The median runtime of the stuck package's completed jobs."""
+    runtimes = sorted(conn.execute(select(JobRow.runtime_in_seconds).where(
+        JobRow.package_id == STUCK_PACKAGE, JobRow.status == "completed",
+        JobRow.runtime_in_seconds.is_not(None))).scalars())
+    return runtimes[len(runtimes) // 2] if runtimes else float("inf")
 
 
 def expected_alerts(url: str, now: datetime, first_missed: datetime, stuck_job: dict,
@@ -110,6 +121,8 @@ def expected_alerts(url: str, now: datetime, first_missed: datetime, stuck_job: 
                     must.add(f"stuck:job:{stuck_id}")
                 if now >= started + STUCK_FLOOR:
                     may.add(f"stuck:job:{stuck_id}")
+                if now >= started + anomaly.DEFAULTS.slow_ratio * timedelta(seconds=typical_runtime(conn)):
+                    may.add(f"slow:job:{stuck_id}")   # past the slow bound's ratio floor: not computed exactly
             failing = f"failing:schedule:{FAILING_SCHEDULE}"
             exhausted, failed_first = failed_chains(conn, broken_at)
             if exhausted >= 3:

@@ -19,7 +19,8 @@ from sqlalchemy import insert
 from archiver import database
 from archiver.flows import metrics
 from archiver.flows.report import percentile
-from archiver.models import AlertRow, CreatorRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
+from archiver import anomaly
+from archiver.models import AlertRow, CreatorRow, JobAnomalyRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
 from archiver.textsafe import safe_text
 from tests.clirun import run_cli
 from tests.conftest import IN_CI
@@ -35,7 +36,7 @@ FAMILY_TYPES = {  # as the prometheus_client parser names them (a counter's _tot
     "xplenty_package_runs": "counter", "xplenty_package_window_completed_runs": "gauge",
     "xplenty_package_runtime_seconds": "summary", "xplenty_runtime_window_seconds": "gauge",
     "xplenty_schedule_info": "gauge", "xplenty_schedule_last_success_timestamp_seconds": "gauge",
-    "xplenty_alerts_open": "gauge", "xplenty_alerts_acknowledged": "gauge",
+    "xplenty_alerts_open": "gauge", "xplenty_alerts_acknowledged": "gauge", "xplenty_anomalies": "counter",
     "archiver_last_successful_sync_timestamp_seconds": "gauge", "archiver_sync_runs": "counter",
 }
 FAMILIES = set(FAMILY_TYPES)
@@ -99,7 +100,16 @@ def history() -> dict[str, list[dict]]:
         "sync_runs": [sync_run("ok", NOW - timedelta(hours=3)), sync_run("ok", NOW - timedelta(minutes=20)),
                       sync_run("failed", NOW - timedelta(minutes=10)), sync_run("partial", NOW - timedelta(hours=9)),
                       sync_run("running", None), sync_run("brand_new_outcome", NOW - timedelta(days=3))],
+        "job_anomalies": [verdict(1000, "zero_records", "orders"), verdict(1000, "zero_records", "customers"),
+                          verdict(1001, "slow"), verdict(1002, "volume_drop", "orders"),
+                          verdict(1003, "legacy_kind")],
     }
+
+
+def verdict(job_id, kind, output_key="") -> dict:
+    return dict(job_id=job_id, kind=kind, output_key=output_key, package_id=1,
+                severity=anomaly.SEVERITY.get(kind, "warning"), score=1.0, n=10, message="m",
+                job_created_at=NOW - timedelta(days=1), detected_at=NOW)
 
 
 def alert(key, kind, severity, silenced_until=None, resolved_at=None) -> dict:
@@ -113,7 +123,7 @@ def sync_run(outcome, finished_at) -> dict:
 
 
 TABLES = {"jobs": JobRow, "packages": PackageRow, "schedules": ScheduleRow, "creators": CreatorRow,
-          "alerts": AlertRow, "sync_runs": SyncRunRow}
+          "alerts": AlertRow, "sync_runs": SyncRunRow, "job_anomalies": JobAnomalyRow}
 
 
 def build(url: str, data: dict[str, list[dict]]) -> str:
@@ -208,7 +218,16 @@ def test_open_alerts_by_kind_and_severity_with_zeros_for_every_known_pair(output
             assert found[key("xplenty_alerts_open", kind=kind, severity=severity)] == opened.get((kind, severity), 0)
             assert found[key("xplenty_alerts_acknowledged", kind=kind, severity=severity)] == \
                 acked.get((kind, severity), 0)
-    assert len([k for k in found if k[0] == "xplenty_alerts_open"]) == 6 * 2 + 1
+    assert len([k for k in found if k[0] == "xplenty_alerts_open"]) == len(metrics.ALERT_KINDS) * 2 + 1
+    assert {"slow", "zero_records", "volume_drop", "flaky"} <= set(metrics.ALERT_KINDS)
+
+
+def test_anomaly_verdicts_by_kind_over_the_whole_history(output):
+    found = samples(output)
+    expected = {"zero_records": 2, "slow": 1, "volume_drop": 1, "flaky": 0, "legacy_kind": 1}
+    assert {k: found[key("xplenty_anomalies_total", kind=k)] for k in expected} == expected
+    assert len([k for k in found if k[0] == "xplenty_anomalies_total"]) == len(expected)
+    assert "# TYPE xplenty_anomalies_total counter" in output
 
 
 def test_the_archivers_own_syncs(output):
@@ -225,6 +244,8 @@ def test_an_empty_archive_says_never_synced_and_zero_alerts(sqlite_url):
     found = samples(metrics.run_metrics(sqlite_url, now=NOW))
     assert found[key("archiver_last_successful_sync_timestamp_seconds")] == 0
     assert found[key("xplenty_alerts_open", kind="stale", severity="critical")] == 0
+    assert found[key("xplenty_alerts_open", kind="zero_records", severity="critical")] == 0
+    assert all(found[key("xplenty_anomalies_total", kind=k)] == 0 for k in anomaly.KINDS)
     assert not [k for k in found if k[0].startswith("xplenty_package")]
 
 

@@ -29,12 +29,13 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from archiver import anomaly
 from archiver.errors import ConfigError
 
-KINDS = ("late", "stale", "failing", "stuck", "sync_stale", "sync_failing")
+KINDS = ("late", "stale", "failing", "stuck", "sync_stale", "sync_failing", *anomaly.KINDS)
 SEVERITIES = ("warning", "critical")
 DEFAULT_SEVERITY = {"late": "warning", "stale": "critical", "failing": "critical", "stuck": "warning",
-                    "sync_stale": "critical", "sync_failing": "warning"}
+                    "sync_stale": "critical", "sync_failing": "warning", **anomaly.SEVERITY}
 DEFAULT_FAILING_RUNS = 3
 DEFAULT_SYNC_STALE_AFTER = timedelta(hours=1)
 SYNC_FAILING_RUNS = 3

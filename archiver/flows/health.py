@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, not_, or_, select
 
+from archiver import anomaly
+from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_anomaly_facts
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
                                         CheckConfig)
 from archiver.flows.report import percentile
@@ -32,7 +34,8 @@ schedule_packages = SchedulePackageRow.__table__
 packages = PackageRow.__table__
 sync_runs = SyncRunRow.__table__
 
-STATE_ORDER = ("failing", "stale", "late", "stuck")   # a subject with several alerts shows the first
+STATE_ORDER = ("failing", "stale", "late", "stuck", "anomalous")   # a subject with several alerts shows the first
+ANOMALOUS = "anomalous"         # the state of a subject whose only alerts are slow, zero_records, volume_drop, flaky
 FINISHED = ("completed", "failed")                   # `stopped` is a person's decision: neither
 OPEN = ("idle", "pending", "queued", "running", "pending_stoppage", "stopping")
 STUCK_STATUSES = ("running", "queued")
@@ -69,7 +72,8 @@ class Subject:
     type: str            # schedule, package or archiver
     id: int | None
     name: str
-    state: str           # ok, late, stale, failing, stuck, disabled, unknown (archiver: ok, sync_stale, sync_failing)
+    state: str           # ok, late, stale, failing, stuck, anomalous, disabled, unknown
+                         # (archiver: ok, sync_stale, sync_failing)
     why: str
     alerts: list[Alert] = dataclasses.field(default_factory=list)
 
@@ -355,7 +359,7 @@ def failing_alert(s, facts: Facts, config: CheckConfig) -> Alert | None:
 
 
 def judge_schedule(s, facts: Facts, config: CheckConfig, as_of: datetime, stuck: list[Alert],
-                   busy: bool) -> Subject:
+                   busy: bool, anomalies: list[Alert]) -> Subject:
     name = s.name or f"schedule {s.id}"
     if s.status != "enabled":
         state = "disabled" if s.status == "disabled" else "unknown"
@@ -363,18 +367,22 @@ def judge_schedule(s, facts: Facts, config: CheckConfig, as_of: datetime, stuck:
     interval = Interval.of(s.interval_amount, s.interval_unit)
     if interval is None:
         return Subject("schedule", s.id, name, "unknown", "no usable interval (interval_amount, interval_unit)",
-                       stuck)
+                       stuck + anomalies)
     late, late_why = late_alert(s, interval, facts, config, as_of, busy)
     stale, stale_why = stale_alert(s, interval, facts, config, as_of)
-    alerts = [a for a in (failing_alert(s, facts, config), stale, late) if a] + stuck
+    alerts = [a for a in (failing_alert(s, facts, config), stale, late) if a] + stuck + anomalies
     return finish("schedule", s.id, name, alerts, f"{interval.text()}; {stale_why}; {late_why}")
 
 
+def state_of(alert: Alert) -> str:
+    return ANOMALOUS if alert.kind in anomaly.KINDS else alert.kind
+
+
 def finish(kind: str, ident: int, name: str, alerts: list[Alert], fine: str) -> Subject:
-    alerts.sort(key=lambda a: STATE_ORDER.index(a.kind))
+    alerts.sort(key=lambda a: STATE_ORDER.index(state_of(a)))
     if not alerts:
         return Subject(kind, ident, name, "ok", fine)
-    return Subject(kind, ident, name, alerts[0].kind, "; ".join(summary(alerts)), alerts)
+    return Subject(kind, ident, name, state_of(alerts[0]), "; ".join(summary(alerts)), alerts)
 
 
 def summary(alerts: list[Alert], most_stuck: int = 2) -> list[str]:
@@ -418,10 +426,10 @@ def hand_failing_alert(package_id: int, facts: Facts, config: CheckConfig) -> Al
 
 
 def judge_package(package_id: int, facts: Facts, config: CheckConfig, as_of: datetime,
-                  stuck: list[Alert]) -> Subject:
+                  stuck: list[Alert], anomalies: list[Alert]) -> Subject:
     name = facts.package_names.get(package_id) or f"package {package_id}"
     stale, stale_why = hand_stale_alert(package_id, facts, config, as_of)
-    alerts = [a for a in (hand_failing_alert(package_id, facts, config), stale) if a] + stuck
+    alerts = [a for a in (hand_failing_alert(package_id, facts, config), stale) if a] + stuck + anomalies
     if not alerts and stale_why is None:
         stats = facts.hand_stats[package_id]
         return Subject("package", package_id, name, "unknown",
@@ -466,20 +474,38 @@ def judged_as_of(facts: Facts, now: datetime) -> datetime:
 def evaluate(engine: Engine, config: CheckConfig, now: datetime) -> Board:
     with engine.connect() as conn:
         facts = read_facts(conn, config)
-    as_of = judged_as_of(facts, now)
+        as_of = judged_as_of(facts, now)
+        anomaly_facts = read_anomaly_facts(conn, facts.open_jobs, as_of, config)
     disabled = {s.id for s in facts.schedules if s.status != "enabled"}
     stuck = stuck_alerts(facts, config, as_of, disabled)
+    anomalies = anomaly_alerts(anomaly_facts, facts, config, as_of, disabled)
     busy = {j.creator_id for j in facts.open_jobs if j.creator_type == "Schedule"}
     subjects = [judge_archiver(facts, config, now)]
-    subjects += [judge_schedule(s, facts, config, as_of, [a for a in stuck if a.schedule_id == s.id], s.id in busy)
-                 for s in facts.schedules]
-    known = {s.id for s in facts.schedules}
-    subjects += [judge_package(p, facts, config, as_of,
-                               [a for a in stuck if a.schedule_id is None and a.package_id == p])
+    subjects += [judge_schedule(s, facts, config, as_of, of_schedule(stuck, s.id), s.id in busy,
+                                of_schedule(anomalies, s.id)) for s in facts.schedules]
+    subjects += [judge_package(p, facts, config, as_of, of_hand_package(stuck, p), of_hand_package(anomalies, p))
                  for p in sorted(facts.hand_stats)]
     alerts = [a for s in subjects for a in s.alerts]
+    known = {s.id for s in facts.schedules}
     alerts += [a for a in stuck if a.schedule_id is not None and a.schedule_id not in known]
+    shown = {id(a) for a in alerts}
+    alerts += [a for a in anomalies if id(a) not in shown]   # e.g. a hand run of a scheduled package
     return Board(now, as_of, alerts, subjects)
+
+
+def of_schedule(alerts: list[Alert], schedule_id: int) -> list[Alert]:
+    return [a for a in alerts if a.schedule_id == schedule_id]
+
+
+def of_hand_package(alerts: list[Alert], package_id: int) -> list[Alert]:
+    return [a for a in alerts if a.schedule_id is None and a.package_id == package_id]
+
+
+def anomaly_alerts(anomaly_facts: AnomalyFacts, facts: Facts, config: CheckConfig, as_of: datetime,
+                   disabled: set[int]) -> list[Alert]:
+    """slow, zero_records, volume_drop and flaky (flows/anomaly_checks.py says when each is open)."""
+    found = anomaly_findings(anomaly_facts, facts.open_jobs, config, as_of, disabled)
+    return [Alert(**dataclasses.asdict(f)) for f in found]
 
 
 def board_table(board: Board) -> str:
@@ -490,7 +516,7 @@ def board_table(board: Board) -> str:
         mark = f" (silenced until {when(min(a.silenced_until for a in silenced))})" if silenced else ""
         rows.append((s.state + ("*" if silenced else ""), s.label, safe_text(s.name)[:40], safe_text(s.why) + mark))
     orphans = [a for a in board.alerts if not any(a in s.alerts for s in board.subjects)]
-    rows += [(a.kind, f"job:{a.job_id}", "", safe_text(a.message)) for a in orphans]
+    rows += [(a.kind, ":".join(a.key.split(":")[1:3]), "", safe_text(a.message)) for a in orphans]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
     lines.append(f"checked {when(board.checked_at)}; absences judged as of {when(board.as_of)}")

@@ -3,7 +3,7 @@
 Text exposition format 0.0.4: HELP and TYPE lines, no sample timestamps, base units
 (seconds; points in time as Unix seconds named `_timestamp_seconds`), counters named
 `_total`. Cardinality is bounded: per package 10 series, per schedule 2, plus a fixed
-set for alerts and the archiver's own runs. No job id is ever a label. Names come from
+set for alerts, anomaly verdicts by kind and the archiver's own runs. No job id is ever a label. Names come from
 the API, so they appear only in the `_info` series, terminal-safe (textsafe), cut to
 MAX_LABEL_CHARS and escaped as the format says. Every other series carries ids only;
 join names in with `* on(package_id) group_left(package) xplenty_package_info`.
@@ -24,10 +24,10 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, case, func, or_, select
 
-from archiver import database
+from archiver import anomaly, database
 from archiver.errors import ArchiverError, ConfigError
 from archiver.flows.checkconfig import KINDS, SEVERITIES
-from archiver.models import AlertRow, CreatorRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
+from archiver.models import AlertRow, CreatorRow, JobAnomalyRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
 from archiver.textsafe import safe_text
 from archiver.utc import to_utc
 
@@ -41,6 +41,7 @@ DEFAULT_WINDOW = "7d"
 
 jobs, packages, schedules = JobRow.__table__, PackageRow.__table__, ScheduleRow.__table__
 creators, alerts, sync_runs = CreatorRow.__table__, AlertRow.__table__, SyncRunRow.__table__
+job_anomalies = JobAnomalyRow.__table__
 
 
 @dataclasses.dataclass
@@ -226,6 +227,18 @@ def alert_families(conn, now: datetime) -> list[Family]:
     return [open_, acked]
 
 
+def anomaly_families(conn) -> list[Family]:
+    """Verdicts of the anomaly rules by kind (every kind present, 0 when none): a count per
+    kind, not per package, so the per-package budget stays at 10 series."""
+    verdicts = Family("xplenty_anomalies_total", "counter",
+                      "Anomaly verdicts stored in job_anomalies by kind, over the whole archived history "
+                      "(a re-score rewrites them: read a drop as a counter reset).")
+    found = dict(conn.execute(select(job_anomalies.c.kind, func.count()).group_by(job_anomalies.c.kind)).all())
+    for kind in [*anomaly.KINDS, *sorted(set(found) - set(anomaly.KINDS), key=str)]:
+        verdicts.add(found.get(kind, 0), kind=label_text(kind))
+    return [verdicts]
+
+
 def sync_families(conn) -> list[Family]:
     """The archiver's own runs: when one last ended ok, and how many ended each way."""
     last = Family("archiver_last_successful_sync_timestamp_seconds", "gauge",
@@ -250,7 +263,7 @@ def collect(engine: Engine, window: timedelta, now: datetime | None = None) -> l
     window_family.add(window.total_seconds())
     with engine.connect() as conn, conn.begin():
         return [*package_families(conn, now - window), window_family, *schedule_families(conn),
-                *alert_families(conn, now), *sync_families(conn)]
+                *alert_families(conn, now), *anomaly_families(conn), *sync_families(conn)]
 
 
 def parse_window(text: str) -> timedelta:

@@ -1,0 +1,212 @@
+"""The anomaly alerts of `archiver check`: slow, zero_records, volume_drop, flaky (docs/health.md).
+
+An alert says what is true *now*, not what once happened (that is `report anomalies`):
+
+- `slow:package:ID`, `zero_records:package:ID:OUTPUT`, `volume_drop:package:ID:OUTPUT` are open
+  while the package's latest completed job (by created_at) carries that verdict in
+  job_anomalies, and that job was created within ANOMALY_WINDOW before the as-of time. The
+  next completed job without the verdict resolves it; so does the window running out.
+- `flaky:package:ID` is open while anomaly.flaky_status lists the package over its retry
+  chains of the last 14 days (read here from jobs, only for packages with a retry that
+  succeeded in that time), so 5 clean first attempts or the chains ageing out resolve it.
+- `slow:job:ID` is open while a `running` job's elapsed time is past the slow bound of its
+  package (anomaly.score_running over its last RUNNING_HISTORY successful runs): an early
+  warning, distinct from `stuck` (a hard limit); it resolves when the job ends.
+
+Reads are bounded by time (the window, 14 days) or per package (ROW_NUMBER), never the archive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, func, select
+
+from archiver import anomaly
+from archiver.flows.checkconfig import CheckConfig
+from archiver.models import JobAnomalyRow, JobRow
+
+jobs = JobRow.__table__
+job_anomalies = JobAnomalyRow.__table__
+
+ANOMALY_WINDOW = timedelta(days=7)   # a latest success older than this no longer alerts (stale does)
+RUNNING_HISTORY = 400                # successful runs a running job is compared with
+MAX_KEY = 255                        # alerts.key
+JOB_KINDS = (anomaly.SLOW, anomaly.ZERO_RECORDS, anomaly.VOLUME_DROP)   # read from job_anomalies
+OUTPUT_KINDS = (anomaly.ZERO_RECORDS, anomaly.VOLUME_DROP)
+PLAIN_OUTPUT = re.compile(r"[A-Za-z0-9_.\-]+")
+DIGEST_CHARS = 12
+
+
+@dataclasses.dataclass
+class Finding:
+    """The fields of a health.Alert (health builds one from each)."""
+
+    key: str
+    kind: str
+    severity: str
+    message: str
+    since: datetime | None = None
+    schedule_id: int | None = None
+    package_id: int | None = None
+    job_id: int | None = None
+
+
+@dataclasses.dataclass
+class AnomalyFacts:
+    verdicts: list                         # job_anomalies rows on each package's latest completed job
+    flaky_runs: dict[int, list[anomaly.Run]]
+    flaky_creators: dict[int, int | None]  # job id -> the schedule that created it (None: not one)
+    running_history: dict[int, list[anomaly.Run]]
+
+
+def thresholds(config: CheckConfig) -> anomaly.Thresholds:
+    """The rules' thresholds (the documented defaults until the config carries its own)."""
+    return anomaly.DEFAULTS
+
+
+# -- keys ----------------------------------------------------------------------------------------------
+def anomaly_key(kind: str, package_id: int, output: str | None = None, digest: bool = False) -> str:
+    """`kind:package:ID[:OUTPUT]`. An output key that is not plain ([A-Za-z0-9_.-]) or does not
+    fit in 255 characters (or with `digest`) becomes a plain prefix of it, `~` and 12 hex digits
+    of its SHA-256: the same output always gets the same key, which a shell can pass to
+    `archiver ack`."""
+    base = f"{kind}:package:{package_id}"
+    if output is None:
+        return base
+    if not digest and PLAIN_OUTPUT.fullmatch(output) and len(base) + 1 + len(output) <= MAX_KEY:
+        return f"{base}:{output}"
+    digest = hashlib.sha256(output.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
+    room = MAX_KEY - len(base) - 2 - DIGEST_CHARS
+    plain = re.sub(r"[^A-Za-z0-9_.\-]", "_", output)[:room]
+    return f"{base}:{plain}~{digest}"
+
+
+# -- reading -------------------------------------------------------------------------------------------
+def read_anomaly_facts(conn: Connection, open_jobs: list, as_of: datetime, config: CheckConfig) -> AnomalyFacts:
+    running = sorted({j.package_id for j in open_jobs if j.status == "running" and j.package_id is not None})
+    flaky_runs, flaky_creators = _flaky_runs(conn, as_of - timedelta(days=thresholds(config).flaky_days))
+    return AnomalyFacts(verdicts=_latest_verdicts(conn, as_of - ANOMALY_WINDOW), flaky_runs=flaky_runs,
+                        flaky_creators=flaky_creators,
+                        running_history=_successful_runs(conn, running) if running else {})
+
+
+def _latest_verdicts(conn: Connection, since: datetime) -> list:
+    """The slow/zero_records/volume_drop verdicts on each package's latest completed job, when
+    that job was created at or after `since`; with the job's creator."""
+    flagged = (select(job_anomalies.c.package_id)
+               .where(job_anomalies.c.job_created_at >= since, job_anomalies.c.kind.in_(JOB_KINDS)).distinct())
+    number = func.row_number().over(partition_by=jobs.c.package_id,
+                                    order_by=[jobs.c.created_at.desc(), jobs.c.id.desc()]).label("rn")
+    latest = (select(jobs.c.id, number)
+              .where(jobs.c.status == "completed", jobs.c.created_at >= since, jobs.c.package_id.in_(flagged))
+              .subquery())
+    query = (select(job_anomalies.c.job_id, job_anomalies.c.kind, job_anomalies.c.output_key, jobs.c.package_id,
+                    job_anomalies.c.message, jobs.c.created_at, jobs.c.creator_type, jobs.c.creator_id)
+             .join(jobs, jobs.c.id == job_anomalies.c.job_id)
+             .where(job_anomalies.c.kind.in_(JOB_KINDS),
+                    job_anomalies.c.job_id.in_(select(latest.c.id).where(latest.c.rn == 1)))
+             .order_by(jobs.c.package_id, job_anomalies.c.kind, job_anomalies.c.output_key))
+    return conn.execute(query).all()
+
+
+def _flaky_runs(conn: Connection, since: datetime) -> tuple[dict[int, list[anomaly.Run]], dict[int, int | None]]:
+    """Every job since `since` of the packages with a retry that succeeded since then, as Runs
+    (and the schedule that created each)."""
+    retried = (select(jobs.c.package_id).where(jobs.c.created_at >= since, jobs.c.status == "completed",
+                                                jobs.c.attempts > 0, jobs.c.package_id.is_not(None)).distinct())
+    rows = conn.execute(select(jobs.c.id, jobs.c.package_id, jobs.c.created_at, jobs.c.status, jobs.c.attempts,
+                               jobs.c.creator_type, jobs.c.creator_id)
+                        .where(jobs.c.created_at >= since, jobs.c.package_id.in_(retried))
+                        .order_by(jobs.c.package_id, jobs.c.created_at, jobs.c.id)).all()
+    found: dict[int, list[anomaly.Run]] = defaultdict(list)
+    for r in rows:
+        found[r.package_id].append(anomaly.Run(r.id, r.package_id, r.created_at, r.status, None, r.attempts or 0))
+    return found, {r.id: creator_schedule(r) for r in rows}
+
+
+def _successful_runs(conn: Connection, package_ids: list[int]) -> dict[int, list[anomaly.Run]]:
+    """The last RUNNING_HISTORY completed jobs with a runtime of each package, oldest first."""
+    number = func.row_number().over(partition_by=jobs.c.package_id,
+                                    order_by=[jobs.c.created_at.desc(), jobs.c.id.desc()]).label("rn")
+    inner = (select(jobs.c.id, jobs.c.package_id, jobs.c.created_at, jobs.c.runtime_in_seconds, jobs.c.attempts,
+                    number)
+             .where(jobs.c.package_id.in_(package_ids), jobs.c.status == "completed",
+                    jobs.c.runtime_in_seconds.is_not(None)).subquery())
+    rows = conn.execute(select(inner).where(inner.c.rn <= RUNNING_HISTORY)
+                        .order_by(inner.c.package_id, inner.c.created_at, inner.c.id)).all()
+    found: dict[int, list[anomaly.Run]] = defaultdict(list)
+    for r in rows:
+        found[r.package_id].append(anomaly.Run(r.id, r.package_id, r.created_at, "completed",
+                                               float(r.runtime_in_seconds), r.attempts or 0))
+    return found
+
+
+def creator_schedule(row) -> int | None:
+    return row.creator_id if row.creator_type == "Schedule" else None
+
+
+# -- judging -------------------------------------------------------------------------------------------
+def anomaly_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, as_of: datetime,
+                     disabled: set[int]) -> list[Finding]:
+    """Every anomaly alert, none for a job a disabled schedule created."""
+    found = [*verdict_findings(facts.verdicts, config), *flaky_findings(facts, config, as_of),
+             *running_findings(facts, open_jobs, config, as_of)]
+    return [f for f in found if f.schedule_id not in disabled]
+
+
+def verdict_findings(verdicts: list, config: CheckConfig) -> list[Finding]:
+    """One finding per verdict on a latest success. Two outputs whose keys differ only in case
+    (`Orders`, `orders`) would be one key to MariaDB's case-blind collation: the second gets
+    the digest form."""
+    found, taken = [], set()
+    for v in sorted(verdicts, key=lambda v: (v.package_id, v.kind, v.output_key)):   # the same on every backend
+        schedule_id = creator_schedule(v)
+        output = v.output_key if v.kind in OUTPUT_KINDS else None
+        key = anomaly_key(v.kind, v.package_id, output)
+        if key.casefold() in taken:
+            key = anomaly_key(v.kind, v.package_id, output, digest=True)
+        taken.add(key.casefold())
+        found.append(Finding(key, v.kind,
+                             config.severity(v.kind, schedule_id, v.package_id),
+                             f"{v.kind} (job {v.job_id}, the latest success): {v.message}", since=v.created_at,
+                             schedule_id=schedule_id, package_id=v.package_id, job_id=v.job_id))
+    return found
+
+
+def flaky_findings(facts: AnomalyFacts, config: CheckConfig, as_of: datetime) -> list[Finding]:
+    found = []
+    for package_id, runs in sorted(facts.flaky_runs.items()):
+        verdict = anomaly.flaky_status(runs, as_of, thresholds(config))
+        if verdict is None:
+            continue
+        schedule_id = facts.flaky_creators.get(verdict.job_id)
+        job = next(r for r in runs if r.job_id == verdict.job_id)
+        found.append(Finding(anomaly_key(anomaly.FLAKY, package_id), anomaly.FLAKY,
+                             config.severity(anomaly.FLAKY, schedule_id, package_id),
+                             f"flaky: {verdict.message}", since=job.created_at, schedule_id=schedule_id,
+                             package_id=package_id, job_id=verdict.job_id))
+    return found
+
+
+def running_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, as_of: datetime) -> list[Finding]:
+    """`slow:job:ID`: a running job whose elapsed time (since started_at) passed the slow bound."""
+    found = []
+    for job in open_jobs:
+        if job.status != "running" or job.started_at is None or job.package_id is None:
+            continue
+        history = [r for r in facts.running_history.get(job.package_id, []) if r.created_at < job.created_at]
+        run = anomaly.Run(job.id, job.package_id, job.created_at, job.status, None)
+        verdict = anomaly.score_running(run, (as_of - job.started_at).total_seconds(), history, thresholds(config))
+        if verdict is None:
+            continue
+        schedule_id = creator_schedule(job)
+        found.append(Finding(f"slow:job:{job.id}", anomaly.SLOW,
+                             config.severity(anomaly.SLOW, schedule_id, job.package_id),
+                             f"slow: job {job.id} {verdict.message}", since=job.started_at,
+                             schedule_id=schedule_id, package_id=job.package_id, job_id=job.id))
+    return found
