@@ -17,8 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
+from archiver import anomaly
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
+from archiver.flows.anomalies import score_jobs
 from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              DiskFull, InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited,
                              Stopped, TlsError, TooManyIds)
@@ -49,6 +51,8 @@ class SyncOptions:
     max_response_mb: float = 8
     stop: threading.Event | None = None   # set on SIGTERM/Ctrl-C: requests and waits end at once
     progress: Callable[["SyncSummary"], None] | None = None
+    anomalies: anomaly.Thresholds = anomaly.DEFAULTS   # the [anomalies] of the check config
+    score_anomalies: bool = True   # off only to measure what scoring costs (bench/anomaly_overhead.py)
 
 
 @dataclasses.dataclass
@@ -252,7 +256,7 @@ class Run:
             self.archive.plan(batch).add_to(self.summary)
             return
         try:
-            self.archive.write_jobs(batch, self.summary.run_id, after=after).add_to(self.summary)
+            result = self.archive.write_jobs(batch, self.summary.run_id, after=after)
         except STOP_WRITING:  # never retried job by job: nothing more is written
             raise
         except Exception as exc:
@@ -264,8 +268,29 @@ class Run:
             log.warning("batch of %d failed (%s); writing job by job", len(batch), describe_error(exc))
             for job in batch:
                 self.write([job])
+        else:
+            result.add_to(self.summary)
+            self.score(result.finished)
         if self.options.progress:
             self.options.progress(self.summary)
+
+
+    def score(self, job_ids: list[int]) -> None:
+        """Anomaly verdicts on the jobs a committed batch finished. A failure is logged and
+        recorded (sync_errors kind 'anomaly', no job) and the run goes on: the jobs are stored,
+        and `archiver anomalies --rescore` computes the verdicts again."""
+        if not (job_ids and self.options.score_anomalies):
+            return
+        try:
+            score_jobs(self.archive, job_ids, self.options.anomalies)
+        except STOP_WRITING:
+            raise
+        except Exception as exc:
+            message = f"anomaly scoring of {len(job_ids)} jobs failed: {describe_error(exc)}"
+            log.warning("%s; the jobs are stored (archiver anomalies --rescore scores them again)", message)
+            log.debug("anomaly scoring failed", exc_info=True)
+            self.summary.errors.append({"job_id": None, "kind": "anomaly", "http_status": None, "field": None,
+                                        "message": message})
 
 
 # -- concurrent fetching --------------------------------------------------------------------------
