@@ -16,14 +16,15 @@ its id; two outputs of one job with the same key count as one (their records sum
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, and_, delete, or_, select
 
 from archiver import anomaly, dialect, models
 from archiver.anomaly import Run, Thresholds, Verdict
@@ -58,11 +59,14 @@ def job_columns():
 
 
 def as_runs(conn: Connection, rows: Sequence) -> list[Run]:
-    """Job rows as anomaly Runs in time order (created_at, then id), with their outputs."""
+    """Job rows (in time order: created_at, then id) as anomaly Runs, with their outputs."""
     outputs = read_outputs(conn, [r.id for r in rows])
-    runs = [Run(r.id, r.package_id, r.created_at, r.status or "", r.runtime_in_seconds, r.attempts or 0,
+    return [Run(r.id, r.package_id, r.created_at, r.status or "", r.runtime_in_seconds, r.attempts or 0,
                 outputs.get(r.id, ())) for r in rows]
-    return sorted(runs, key=lambda run: (run.created_at, run.job_id))
+
+
+def in_time_order(query):
+    return query.order_by(jobs_t.c.created_at, jobs_t.c.id)
 
 
 def read_outputs(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[str, int | None], ...]]:
@@ -79,64 +83,121 @@ def read_outputs(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[
     return {job_id: tuple(sorted(found.items())) for job_id, found in counts.items()}
 
 
-def new_runs(conn: Connection, ids: Sequence[int]) -> list[Run]:
-    """The scoreable jobs among `ids`: with a package and a created_at."""
+def runs_of(conn: Connection, ids: Sequence[int]) -> list[Run]:
+    """The scoreable jobs among `ids` (with a package and a created_at)."""
     rows = []
     for start in range(0, len(ids), CHUNK):
-        rows += conn.execute(select(*job_columns()).where(
+        rows += conn.execute(in_time_order(select(*job_columns()).where(
             dialect.in_ids(conn, jobs_t.c.id, ids[start:start + CHUNK]),
-            jobs_t.c.package_id.is_not(None), jobs_t.c.created_at.is_not(None))).all()
+            jobs_t.c.package_id.is_not(None), jobs_t.c.created_at.is_not(None)))).all()
     return as_runs(conn, rows)
 
 
-def spans(runs: Sequence[Run], gap: timedelta) -> Iterator[list[Run]]:
-    """One package's new runs (time order) cut where two are more than `gap` apart: the runs
-    between two new ones are loaded whole, so a far older one gets a history of its own."""
-    group: list[Run] = []
-    for run in runs:
-        if group and run.created_at - group[-1].created_at > gap:
-            yield group
-            group = []
-        group.append(run)
-    if group:
-        yield group
+def histories_since(conn: Connection, since: dict[int, datetime], window: int) -> dict[int, list[Run]]:
+    """For each package, its runs created from `since[package]` on (the newest HISTORY_CAP of
+    them), plus its last `window` successful runs before that when those hold fewer (a package
+    that runs less than daily): what the rules read for jobs created `lookback` after `since`.
+    One query for all the packages (and one per package that runs less than daily)."""
+    rows: dict[int, list] = defaultdict(list)
+    packages = sorted(since)
+    for start in range(0, len(packages), 100):
+        part = packages[start:start + 100]
+        query = select(*job_columns()).where(or_(*(and_(jobs_t.c.package_id == p, jobs_t.c.created_at >= since[p])
+                                                   for p in part)))
+        for row in conn.execute(in_time_order(query)):
+            rows[row.package_id].append(row)
+    for package_id in packages:
+        found = rows[package_id] = rows[package_id][-HISTORY_CAP:]
+        successes = sum(1 for r in found if r.status == anomaly.SUCCESS)
+        if successes < window and len(found) < HISTORY_CAP:
+            older = conn.execute(select(*job_columns()).where(
+                jobs_t.c.package_id == package_id, jobs_t.c.created_at < since[package_id],
+                jobs_t.c.status == anomaly.SUCCESS)
+                .order_by(jobs_t.c.created_at.desc(), jobs_t.c.id.desc()).limit(window)).all()
+            rows[package_id] = [*reversed(older), *found]
+    every = [r for p in packages for r in rows[p]]
+    runs = iter(as_runs(conn, every))
+    return {p: [next(runs) for _ in rows[p]] for p in packages}
 
 
-def history_around(conn: Connection, package_id: int, start: datetime, end: datetime,
-                   thresholds: Thresholds) -> list[Run]:
-    """A package's runs from `lookback` before `start` (at most HISTORY_CAP of those) to `end`,
-    plus the last `window` successful runs before that when the span holds fewer."""
-    package = jobs_t.c.package_id == package_id
-    since = start - lookback(thresholds)
-    before = conn.execute(select(*job_columns()).where(
-        package, jobs_t.c.created_at >= since, jobs_t.c.created_at < start)
-        .order_by(jobs_t.c.created_at.desc(), jobs_t.c.id.desc()).limit(HISTORY_CAP)).all()
-    during = conn.execute(select(*job_columns()).where(
-        package, jobs_t.c.created_at >= start, jobs_t.c.created_at <= end)).all()
-    successes = sum(1 for r in before if r.status == anomaly.SUCCESS)
-    older = []
-    if successes < thresholds.window and len(before) < HISTORY_CAP:
-        older = conn.execute(select(*job_columns()).where(
-            package, jobs_t.c.created_at < since, jobs_t.c.status == anomaly.SUCCESS)
-            .order_by(jobs_t.c.created_at.desc(), jobs_t.c.id.desc()).limit(thresholds.window)).all()
-    return as_runs(conn, [*older, *before, *during])
+class PackageRuns:
+    """One package's runs in time order, complete from `start` on (plus a few older successes)."""
+
+    def __init__(self, start: datetime, runs: list[Run]):
+        self.start, self.runs = start, runs
+        self.keys = [time_key(r) for r in runs]
+        self.where = {r.job_id: time_key(r) for r in runs}
+
+    def put(self, run: Run) -> None:
+        """Add or replace a run (a job written again: its status, runtime or outputs changed)."""
+        old = self.where.get(run.job_id)
+        if old is not None:
+            i = bisect.bisect_left(self.keys, old)
+            del self.keys[i], self.runs[i]
+        key = self.where[run.job_id] = time_key(run)
+        i = bisect.bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.runs.insert(i, run)
+
+    def index(self, run: Run) -> int:
+        return bisect.bisect_left(self.keys, time_key(run))
 
 
-def score_new(conn: Connection, new: Sequence[Run], thresholds: Thresholds) -> list[Verdict]:
-    """Each new run scored against the runs before it (never itself), package by package."""
-    verdicts: list[Verdict] = []
-    by_package: dict[int, list[Run]] = defaultdict(list)
-    for run in new:
-        by_package[run.package_id].append(run)
-    for package_id, runs in sorted(by_package.items()):
-        for group in spans(runs, lookback(thresholds)):
-            history = history_around(conn, package_id, group[0].created_at, group[-1].created_at, thresholds)
-            position = {run.job_id: i for i, run in enumerate(history)}
-            for run in group:
-                i = position.get(run.job_id)
-                if i is not None:
-                    verdicts += anomaly.score_run(history[i], history[:i], thresholds)
-    return verdicts
+def time_key(run: Run) -> tuple[datetime, int]:
+    return (run.created_at, run.job_id)
+
+
+class Scorer:
+    """Scores the newly finished jobs of each batch a run commits and stores their verdicts.
+
+    Each job is scored against the runs of its package before it (never itself), loaded from the
+    archive once per run and package (`lookback` before the oldest new job) and kept up to date
+    with every job the run writes, so a first sync, where every job is new and a package's jobs
+    come in many batches, reads each package's history once rather than once per batch."""
+
+    def __init__(self, archive: Archive, thresholds: Thresholds = anomaly.DEFAULTS):
+        self.archive, self.thresholds = archive, thresholds
+        self.packages: dict[int, PackageRuns] = {}
+
+    def batch(self, written: Sequence[int], finished: Sequence[int]) -> list[Verdict]:
+        """`written`: every job the batch inserted or updated; `finished`: those that became terminal.
+        One transaction after the batch's: a failure here never touches the jobs."""
+        if not finished and not self.packages:
+            return []
+        try:
+            return self.archive.transact(lambda conn: self._batch(conn, written, set(finished)))
+        except BaseException:
+            self.packages.clear()   # the kept runs may be half updated
+            raise
+
+    def _batch(self, conn: Connection, written: Sequence[int], finished: set[int]) -> list[Verdict]:
+        fresh = runs_of(conn, written)
+        for run in fresh:
+            held = self.packages.get(run.package_id)
+            if held is not None and run.created_at >= held.start:
+                held.put(run)
+        new: dict[int, list[Run]] = defaultdict(list)
+        for run in fresh:
+            if run.job_id in finished:
+                new[run.package_id].append(run)
+        self.load({p: runs[0].created_at - lookback(self.thresholds) for p, runs in new.items()}, conn)
+        verdicts = [v for package_id, runs in sorted(new.items()) for v in self.score(package_id, runs)]
+        replace_verdicts(conn, sorted(finished), verdicts, {r.job_id: r.created_at for r in fresh})
+        return verdicts
+
+    def load(self, since: dict[int, datetime], conn: Connection) -> None:
+        """Load the packages whose kept runs do not reach back to `since` (or grew too long)."""
+        missing = {p: moment for p, moment in since.items()
+                   if (held := self.packages.get(p)) is None or held.start > moment
+                   or len(held.runs) > 2 * HISTORY_CAP}
+        for package_id, runs in histories_since(conn, missing, self.thresholds.window).items():
+            self.packages[package_id] = PackageRuns(missing[package_id], runs)
+
+    def score(self, package_id: int, new: list[Run]) -> list[Verdict]:
+        held = self.packages[package_id]
+        where = [(held.index(run), run) for run in new]
+        indices = [i for i, run in where if i < len(held.runs) and held.runs[i].job_id == run.job_id]
+        return anomaly.score_runs(held.runs, indices, self.thresholds)
 
 
 # -- writing verdicts -----------------------------------------------------------------------------
@@ -163,21 +224,6 @@ def replace_verdicts(conn: Connection, job_ids: Sequence[int], verdicts: Iterabl
     rows = {(r["job_id"], r["kind"], r["output_key"]): r
             for r in (verdict_row(v, created.get(v.job_id), now) for v in verdicts)}
     dialect.insert_rows(conn, anomalies_t, [rows[k] for k in sorted(rows)])
-
-
-def score_jobs(archive: Archive, job_ids: Sequence[int], thresholds: Thresholds = anomaly.DEFAULTS) -> list[Verdict]:
-    """Score the jobs that newly finished in a committed batch and store their verdicts (one
-    transaction, after the batch's: a failure here never touches the jobs)."""
-    if not job_ids:
-        return []
-
-    def work(conn: Connection) -> list[Verdict]:
-        new = new_runs(conn, job_ids)
-        verdicts = score_new(conn, new, thresholds)
-        replace_verdicts(conn, job_ids, verdicts, {run.job_id: run.created_at for run in new})
-        return verdicts
-
-    return archive.transact(work)
 
 
 # -- re-scoring the whole history -----------------------------------------------------------------
@@ -221,8 +267,8 @@ def package_ids(archive: Archive, only: int | None) -> list[int]:
 
 def rescore_package(conn: Connection, package_id: int, thresholds: Thresholds) -> tuple[int, list[Verdict]]:
     """One package's whole history scored anew; every verdict under its id replaced."""
-    rows = conn.execute(select(*job_columns()).where(jobs_t.c.package_id == package_id,
-                                                     jobs_t.c.created_at.is_not(None))).all()
+    rows = conn.execute(in_time_order(select(*job_columns()).where(
+        jobs_t.c.package_id == package_id, jobs_t.c.created_at.is_not(None)))).all()
     runs = as_runs(conn, rows)
     verdicts = anomaly.score_history(runs, thresholds)
     conn.execute(delete(anomalies_t).where(anomalies_t.c.package_id == package_id))
