@@ -3,6 +3,7 @@
 
     PYTHONPATH=. python bench/anomaly_overhead.py                   # 20,000 jobs, 3 runs a side
     PYTHONPATH=. python bench/anomaly_overhead.py --jobs 5000 --runs 5 --hours 24
+    PYTHONPATH=. python bench/anomaly_overhead.py --latency-ms 100   # an API that takes 0.1 s to answer
 
 Two measurements against an in-process sandbox API, each a fresh SQLite archive in a
 temporary folder, with scoring on (the default) and off (SyncOptions(score_anomalies=False)),
@@ -72,7 +73,7 @@ def order(runs_: int) -> list[bool]:
 
 def first_sync(args, folder: Path) -> dict[bool, list[float]]:
     times: dict[bool, list[float]] = {True: [], False: []}
-    with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY) as api:
+    with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY, latency_ms=args.latency_ms) as api:
         for i, score in enumerate(order(args.runs)):
             path = folder / f"first-{i}.db"
             times[score].append(sync(api, path, score))
@@ -83,7 +84,7 @@ def first_sync(args, folder: Path) -> dict[bool, list[float]]:
 def incremental(args, folder: Path) -> tuple[dict[bool, list[float]], int]:
     times: dict[bool, list[float]] = {True: [], False: []}
     base = folder / "base.db"
-    with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY) as api:
+    with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY, latency_ms=args.latency_ms) as api:
         sync(api, base, True)
         SCORING[0] = 0.0   # the base sync's scoring is not measured
         before = len(api.job_ids())
@@ -113,6 +114,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs on each side (at least 3)")
     parser.add_argument("--hours", type=float, default=6, help="clock advance before the incremental sync")
     parser.add_argument("--target", type=float, default=0.10)
+    parser.add_argument("--latency-ms", type=float, default=0, help="the sandbox's answer delay (0: in-process, "
+                        "the worst case for the ratio)")
     args = parser.parse_args()
     timed_scoring()
     ok = True

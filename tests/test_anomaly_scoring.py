@@ -233,3 +233,32 @@ def test_scoring_reads_only_the_tail_of_a_long_history(sqlite_url, monkeypatch):
     load(sqlite_url, [job(NEW, START + timedelta(days=366), runtime=6000)])
     assert kinds(sqlite_url) == [(NEW, "slow", "")]
     assert max(seen) <= 8 * 7 + 2 + 1
+
+
+def test_scoring_in_many_batches_agrees_with_a_rescore(db_url):
+    """The runs kept between batches give each job the history a re-score gives it."""
+    raws = [job(i, START + timedelta(hours=7 * i), runtime=600 + (i * 37) % 200,
+                records=(1000 + (i * 53) % 300, 0 if i % 3 == 0 else 400)) for i in range(1, 121)]
+    for i in (40, 77, 101):
+        raws[i]["runtime_in_seconds"] = 9000
+    raws[90]["outputs"][0]["records_count"] = 0
+    raws[60]["outputs"] = raws[60]["outputs"][:1]
+    load(db_url, raws, batch_size=7)
+    at_sync = [v[:4] for v in verdicts(db_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    scoring.rescore(Settings(account="acme", database_url=db_url))
+    assert [v[:4] for v in verdicts(db_url)] == at_sync
+
+
+def test_an_incremental_sync_of_the_sandbox_scores_without_errors(sqlite_url):
+    from archiver.flows.incremental import IncrementalOptions, sync_incremental
+    from archiver.sandbox import Sandbox
+    from tests.sandboxed import NOW, settings_for
+
+    with Sandbox(jobs=1500, seed=5, now=NOW) as api:
+        summary = sync_incremental(settings_for(api, sqlite_url), SyncOptions(batch_size=100),
+                                   IncrementalOptions(catalog=False))
+        finished = {i for i in api.job_ids() if api.job(i)["status"] == "completed"}
+    assert summary.exit_code == 0 and summary.errors == []
+    scored = {v[0] for v in verdicts(sqlite_url)}
+    assert scored and scored <= finished

@@ -2,17 +2,17 @@
 
 archiver.anomaly holds the rules (pure functions); this module feeds them from the archive and
 stores what they say in job_anomalies. After each batch a sync or ingest commits, the jobs that
-became terminal in it are scored against their package's earlier runs: only the tail the rules
-read is loaded (LOOKBACK of runs before the first new job, at most HISTORY_CAP of them, plus the
-last `window` successful runs before that for a package that runs less than daily), so the cost
-grows with the new jobs, not with the archive. `rescore` replays every package's whole history
-with anomaly.score_history (linear) after a threshold change.
+became terminal in it are scored against their package's earlier runs (`Scorer`): only the tail
+the rules read is loaded (`lookback` before the first new job, at most HISTORY_CAP runs, plus the
+last `window` successful runs before that for a package that runs less than daily), once per run
+and package, and kept up to date with what the run writes, so the cost grows with the new jobs,
+not with the archive. `rescore` replays every package's whole history with
+anomaly.score_history (linear) after a threshold change.
 
 A verdict is replaced whole: a job's verdicts are deleted and its new ones inserted in one
 transaction, so scoring a job again (a re-score) is idempotent. An output is keyed by its
 component name (the destination in the package, stable from run to run), else its name, else
-its id; two outputs of one job with the same key count as one (their records summed).
-"""
+its id; two outputs of one job with the same key count as one (their records summed)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from archiver import anomaly, dialect, models
 from archiver.anomaly import Run, Thresholds, Verdict
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
 anomalies_t = models.JobAnomalyRow.__table__
-HISTORY_CAP = 5000   # earlier runs of a package loaded to score new jobs (a run every ~16 minutes for 8 weeks)
+HISTORY_CAP = 5000   # runs of a package kept between batches before they are loaded afresh
+RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
 CHUNK = 1000         # ids per IN list
 KEY_LENGTH = 255     # job_anomalies.output_key
 
@@ -93,44 +94,83 @@ def runs_of(conn: Connection, ids: Sequence[int]) -> list[Run]:
     return as_runs(conn, rows)
 
 
-def histories_since(conn: Connection, since: dict[int, datetime], window: int) -> dict[int, list[Run]]:
-    """For each package, its runs created from `since[package]` on (the newest HISTORY_CAP of
-    them), plus its last `window` successful runs before that when those hold fewer (a package
-    that runs less than daily): what the rules read for jobs created `lookback` after `since`.
-    One query for all the packages (and one per package that runs less than daily)."""
-    rows: dict[int, list] = defaultdict(list)
-    packages = sorted(since)
+@dataclasses.dataclass(frozen=True)
+class Want:
+    """What to load of a package to score its new runs: every run from `first` (the oldest new
+    one) on; before it, the newest `recent` runs back to `since` (the lookback); all runs back
+    to `flaky_since` when a new run is a successful retry (None: none is)."""
+
+    first: datetime
+    since: datetime
+    recent: int
+    flaky_since: datetime | None
+
+
+def want(new: Sequence[Run], thresholds: Thresholds) -> Want:
+    first = new[0].created_at
+    retried = any(run.succeeded and run.attempts for run in new)
+    return Want(first, first - lookback(thresholds), RECENT_RUNS * thresholds.window,
+                first - timedelta(days=thresholds.flaky_days) if retried else None)
+
+
+def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int, list[Run]]:
+    """The runs each package's Want asks for, plus its last `window` successful runs before
+    `since` when those found hold fewer (a package that runs less than daily). A few queries for
+    all the packages together (and one per package that runs less than daily)."""
+    c, rows = jobs_t.c, defaultdict(dict)
+    packages = sorted(wants)
     for start in range(0, len(packages), 100):
         part = packages[start:start + 100]
-        query = select(*job_columns()).where(or_(*(and_(jobs_t.c.package_id == p, jobs_t.c.created_at >= since[p])
-                                                   for p in part)))
-        for row in conn.execute(in_time_order(query)):
-            rows[row.package_id].append(row)
-    for package_id in packages:
-        found = rows[package_id] = rows[package_id][-HISTORY_CAP:]
-        successes = sum(1 for r in found if r.status == anomaly.SUCCESS)
-        if successes < window and len(found) < HISTORY_CAP:
+        newest = func.row_number().over(partition_by=c.package_id, order_by=(c.created_at.desc(), c.id.desc()))
+        before = (select(*job_columns(), newest.label("rank"))
+                  .where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].since, c.created_at < wants[p].first)
+                               for p in part))).subquery())
+        queries = [select(*(before.c[col.name] for col in job_columns())).where(
+                       or_(*(and_(before.c.package_id == p, before.c.rank <= wants[p].recent) for p in part))),
+                   select(*job_columns()).where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].first)
+                                                     for p in part)))]
+        flaky = [p for p in part if wants[p].flaky_since is not None]
+        if flaky:
+            queries.append(select(*job_columns()).where(or_(*(
+                and_(c.package_id == p, c.created_at >= wants[p].flaky_since, c.created_at < wants[p].first)
+                for p in flaky))))
+        for query in queries:
+            for row in conn.execute(query):
+                rows[row.package_id][row.id] = row
+    for p in packages:
+        found = rows[p]
+        if sum(1 for r in found.values() if r.status == anomaly.SUCCESS and r.created_at < wants[p].first) < window:
             older = conn.execute(select(*job_columns()).where(
-                jobs_t.c.package_id == package_id, jobs_t.c.created_at < since[package_id],
-                jobs_t.c.status == anomaly.SUCCESS)
-                .order_by(jobs_t.c.created_at.desc(), jobs_t.c.id.desc()).limit(window)).all()
-            rows[package_id] = [*reversed(older), *found]
-    every = [r for p in packages for r in rows[p]]
-    runs = iter(as_runs(conn, every))
-    return {p: [next(runs) for _ in rows[p]] for p in packages}
+                c.package_id == p, c.created_at < wants[p].since, c.status == anomaly.SUCCESS)
+                .order_by(c.created_at.desc(), c.id.desc()).limit(window))
+            found.update((r.id, r) for r in older)
+    ordered = {p: sorted(rows[p].values(), key=lambda r: (r.created_at, r.id)) for p in packages}
+    runs = iter(as_runs(conn, [r for p in packages for r in ordered[p]]))
+    return {p: [next(runs) for _ in ordered[p]] for p in packages}
 
 
 class PackageRuns:
-    """One package's runs in time order, complete from `start` on (plus a few older successes)."""
+    """One package's runs in time order: the newest before `start` (at most RECENT_RUNS × window
+    of them, and a few older successes), every one from `complete` on, and those written since."""
 
-    def __init__(self, start: datetime, runs: list[Run]):
-        self.start, self.runs = start, runs
+    def __init__(self, start: datetime, complete: datetime, runs: list[Run]):
+        self.start, self.complete, self.runs = start, complete, runs
         self.keys = [time_key(r) for r in runs]
         self.where = {r.job_id: time_key(r) for r in runs}
+        self.samples: dict[int, anomaly.Sample] = {}   # what the baselines read of each run, once
+
+    def __getitem__(self, i: int) -> anomaly.Sample:
+        """anomaly.sample(runs[i]), computed once per run (and again after `put` replaced it)."""
+        run = self.runs[i]
+        found = self.samples.get(run.job_id)
+        if found is None:
+            found = self.samples[run.job_id] = anomaly.sample(run)
+        return found
 
     def put(self, run: Run) -> None:
         """Add or replace a run (a job written again: its status, runtime or outputs changed)."""
         old = self.where.get(run.job_id)
+        self.samples.pop(run.job_id, None)
         if old is not None:
             i = bisect.bisect_left(self.keys, old)
             del self.keys[i], self.runs[i]
@@ -138,6 +178,9 @@ class PackageRuns:
         i = bisect.bisect_left(self.keys, key)
         self.keys.insert(i, key)
         self.runs.insert(i, run)
+
+    def covers(self, want: Want) -> bool:
+        return self.start <= want.since and (want.flaky_since is None or self.complete <= want.flaky_since)
 
     def index(self, run: Run) -> int:
         return bisect.bisect_left(self.keys, time_key(run))
@@ -180,24 +223,24 @@ class Scorer:
         for run in fresh:
             if run.job_id in finished:
                 new[run.package_id].append(run)
-        self.load({p: runs[0].created_at - lookback(self.thresholds) for p, runs in new.items()}, conn)
+        self.load({p: want(runs, self.thresholds) for p, runs in new.items()}, conn)
         verdicts = [v for package_id, runs in sorted(new.items()) for v in self.score(package_id, runs)]
         replace_verdicts(conn, sorted(finished), verdicts, {r.job_id: r.created_at for r in fresh})
         return verdicts
 
-    def load(self, since: dict[int, datetime], conn: Connection) -> None:
-        """Load the packages whose kept runs do not reach back to `since` (or grew too long)."""
-        missing = {p: moment for p, moment in since.items()
-                   if (held := self.packages.get(p)) is None or held.start > moment
-                   or len(held.runs) > 2 * HISTORY_CAP}
-        for package_id, runs in histories_since(conn, missing, self.thresholds.window).items():
-            self.packages[package_id] = PackageRuns(missing[package_id], runs)
+    def load(self, wants: dict[int, Want], conn: Connection) -> None:
+        """Load the packages whose kept runs do not reach back far enough (or grew too long)."""
+        missing = {p: w for p, w in wants.items() if (held := self.packages.get(p)) is None
+                   or not held.covers(w) or len(held.runs) > 2 * HISTORY_CAP}
+        for package_id, runs in histories(conn, missing, self.thresholds.window).items():
+            w = missing[package_id]
+            self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs)
 
     def score(self, package_id: int, new: list[Run]) -> list[Verdict]:
         held = self.packages[package_id]
         where = [(held.index(run), run) for run in new]
         indices = [i for i, run in where if i < len(held.runs) and held.runs[i].job_id == run.job_id]
-        return anomaly.score_runs(held.runs, indices, self.thresholds)
+        return anomaly.score_runs(held.runs, indices, self.thresholds, samples=held)
 
 
 # -- writing verdicts -----------------------------------------------------------------------------
