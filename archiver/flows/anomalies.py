@@ -3,10 +3,10 @@
 archiver.anomaly holds the rules (pure functions); this module feeds them from the archive and
 stores what they say in job_anomalies. After each batch a sync or ingest commits, the jobs that
 became terminal in it are scored against their package's earlier runs (`Scorer`): only the tail
-the rules read is loaded (`lookback` before the first new job, at most HISTORY_CAP runs, plus the
-last `window` successful runs before that for a package that runs less than daily), once per run
-and package, and kept up to date with what the run writes, so the cost grows with the new jobs,
-not with the archive. `rescore` replays every package's whole history with
+the rules read is loaded (`Want`: the newest RECENT_RUNS × window runs of the lookback before
+the first new job, the flaky window only for a successful retry, the last `window` successes of
+a package that runs less than daily), once per run and package, and kept up to date with what
+the run writes, so the cost grows with the new jobs, not with the archive. `rescore` replays every package's whole history with
 anomaly.score_history (linear) after a threshold change.
 
 A verdict is replaced whole: a job's verdicts are deleted and its new ones inserted in one
@@ -60,8 +60,9 @@ def job_columns():
 
 
 def as_runs(conn: Connection, rows: Sequence) -> list[Run]:
-    """Job rows (in time order: created_at, then id) as anomaly Runs, with their outputs."""
-    outputs = read_outputs(conn, [r.id for r in rows])
+    """Job rows (in time order: created_at, then id) as anomaly Runs; only the successful ones
+    with their outputs (the rules read the outputs of successful runs only)."""
+    outputs = read_outputs(conn, [r.id for r in rows if r.status == anomaly.SUCCESS])
     return [Run(r.id, r.package_id, r.created_at, r.status or "", r.runtime_in_seconds, r.attempts or 0,
                 outputs.get(r.id, ())) for r in rows]
 
@@ -194,7 +195,7 @@ class Scorer:
     """Scores the newly finished jobs of each batch a run commits and stores their verdicts.
 
     Each job is scored against the runs of its package before it (never itself), loaded from the
-    archive once per run and package (`lookback` before the oldest new job) and kept up to date
+    archive once per run and package (`Want`) and kept up to date
     with every job the run writes, so a first sync, where every job is new and a package's jobs
     come in many batches, reads each package's history once rather than once per batch."""
 
