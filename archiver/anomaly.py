@@ -532,6 +532,20 @@ def score_run(run: Run, history: Sequence[Run], thresholds: Thresholds = DEFAULT
     return _score(run, history, len(history), thresholds, past)
 
 
+def score_runs(runs: Sequence[Run], indices: Iterable[int], thresholds: Thresholds = DEFAULTS,
+               samples=None) -> list[Verdict]:
+    """`score_run(runs[i], runs[:i])` for each i in `indices`, without copying the history and with
+    each run's `sample` computed once: the new jobs of one package written in one batch. `samples`:
+    `sample(runs[i])` by index, kept by a caller that scores the same history again and again."""
+    samples = _Samples(runs) if samples is None else samples
+    verdicts: list[Verdict] = []
+    for end in indices:
+        run = runs[end]
+        if run.succeeded:
+            verdicts += _score(run, runs, end, thresholds, past_of(samples, end, run.created_at, thresholds))
+    return verdicts
+
+
 def score_history(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
     """Every verdict on every run of one package's history (time order), each scored with only
     its past, as a sync would have scored it: for re-scoring after a threshold change. Each

@@ -189,7 +189,7 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
     options = SyncOptions(dry_run=dry_run, concurrency=concurrency, batch_size=batch_size,
                           with_log_summary=with_log_summary, wait=wait, lock=not no_lock,
                           max_runtime=max_runtime, max_credits=max_credits, reserve=reserve, progress=progress,
-                          max_response_mb=max_response_mb, stop=STOP)
+                          max_response_mb=max_response_mb, stop=STOP, anomalies=anomaly_thresholds())
     if incremental:
         inc = IncrementalOptions(since=since, full=full, status=status, package_id=package_id,
                                  catalog=not no_catalog)
@@ -222,10 +222,40 @@ def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet
 
     settings = load_settings(account=account, db=db, with_key=False)
     progress = progress_printer(quiet or as_json)
-    options = SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock, progress=progress)
+    options = SyncOptions(dry_run=dry_run, batch_size=batch_size, wait=wait, lock=not no_lock, progress=progress,
+                          anomalies=anomaly_thresholds())
     summary = ingest_payloads(settings, read_payloads(file), options)
     print_summary(summary, as_json, progress)
     sys.exit(summary.exit_code)
+
+
+def anomaly_thresholds(config_path: str | None = None):
+    """The [anomalies] table of the check config (--config, else ARCHIVER_CHECK_CONFIG), else the defaults."""
+    from archiver.flows.checkconfig import load_config
+
+    return load_config(config_path).anomalies
+
+
+@cli.command(epilog="Exit codes: 0 done; 2 usage or configuration error (a bad --config names the file "
+             "and key); 4 another run holds the lock.")
+@click.option("--rescore", is_flag=True, required=True, help="Score every job's run history again and "
+              "replace the stored verdicts (after a threshold change).")
+@click.option("--package", "package_id", type=click.IntRange(1), help="Only this package's jobs.")
+@click.option("--config", "config_path", metavar="PATH", envvar="ARCHIVER_CHECK_CONFIG", show_envvar=True,
+              help="TOML file whose [anomalies] table sets the thresholds (see docs/anomalies.md).")
+@db_option
+@account_option("Account whose run lock is held while re-scoring.")
+@click.option("--wait", type=click.FloatRange(0), default=0, help="Wait up to SECONDS for another run's lock.")
+def anomalies(rescore, package_id, config_path, db, account, wait):
+    """Anomaly verdicts (slow, zero_records, volume_drop, flaky): `--rescore` recomputes them.
+
+    sync and ingest score each job once, when it finishes; see them with `archiver report anomalies`.
+    """
+    from archiver.flows.anomalies import rescore as rescore_all
+
+    thresholds = anomaly_thresholds(config_path)
+    result = rescore_all(load_settings(account=account, db=db, with_key=False), thresholds, package_id, wait)
+    click.echo("\n".join(result.lines()))
 
 
 @cli.command(epilog="Exit codes: 0 every check passed (warnings allowed); 1 the API did not answer; "
@@ -367,7 +397,8 @@ def _numeric(text: str) -> bool:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
 def report(name, db, since, package, limit, fmt):
-    """Answers from the archive: failures, runtimes (p50/p95/max and trend) or status counts."""
+    """Answers from the archive: failures, runtimes (p50/p95/max and trend), status counts or
+    anomalies (the verdicts stored by sync and ingest, newest first)."""
     from archiver.flows.report import run_report
 
     rows = run_report(load_settings(db=db, with_key=False).database_url, name, since, package, limit)

@@ -85,6 +85,13 @@ def decide(stored: Stored | None, job: JobRecord) -> str:
     return "updated"
 
 
+def newly_finished(writes: Iterable[JobRecord], stored: dict[int, Stored]) -> list[int]:
+    """Ids of the written jobs whose status became terminal in this write (new ones included):
+    the jobs the anomaly rules score once; a finished job written again is not among them."""
+    return [j.id for j in writes if j.is_terminal
+            and (j.id not in stored or stored[j.id].status not in TERMINAL_STATUSES)]
+
+
 def newer_wins(old, new):
     """SQL twin of decide() for rows written concurrently by another run."""
     return or_(
@@ -135,6 +142,7 @@ class BatchResult:
     updated: list[int] = dataclasses.field(default_factory=list)
     unchanged: list[int] = dataclasses.field(default_factory=list)
     stale: list[int] = dataclasses.field(default_factory=list)
+    finished: list[int] = dataclasses.field(default_factory=list)  # written, and terminal for the first time
 
     def add(self, outcome: str, job_id: int) -> None:
         getattr(self, outcome).append(job_id)
@@ -303,6 +311,7 @@ class Archive:
             writes = self._drop_lost_races(conn, writes, result)
         self._replace_children(conn, writes)
         self._record_status_changes(conn, writes, stored, now, run_id)
+        result.finished = newly_finished(writes, stored)
         return result
 
     def _drop_lost_races(self, conn: Connection, writes: list[JobRecord], result: BatchResult) -> list[JobRecord]:

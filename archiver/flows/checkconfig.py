@@ -17,11 +17,16 @@ the file and the key, so a typo never silently turns a rule off.
     [packages.7]
     stale_after = "2d"
     stuck_after = "3h"
+
+    [anomalies]          # any field of archiver.anomaly.Thresholds (docs/anomalies.md)
+    slow_ratio = 4.0
+    volume_direction = "both"
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -75,6 +80,7 @@ class CheckConfig:
     packages: Mapping[int, Tuning] = dataclasses.field(default_factory=dict)
     sync_stale_after: timedelta = DEFAULT_SYNC_STALE_AFTER
     source: str | None = None
+    anomalies: anomaly.Thresholds = anomaly.DEFAULTS
 
     def scopes(self, schedule_id: int | None = None, package_id: int | None = None) -> list[Tuning]:
         """The scopes that apply, strongest first: the schedule, the package, [defaults]."""
@@ -114,10 +120,10 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> CheckConfig:
-    unknown = set(data) - {"defaults", "schedules", "packages"}
+    unknown = set(data) - {"defaults", "schedules", "packages", "anomalies"}
     if unknown:
         raise ConfigError(f"check config {source}: unknown key {sorted(unknown)[0]!r} (use [defaults], "
-                          "[schedules.ID] or [packages.ID])")
+                          "[schedules.ID], [packages.ID] or [anomalies])")
     defaults = dict(_table(data.get("defaults", {}), source, "defaults"))
     sync_stale = defaults.pop("sync_stale_after", None)
     return CheckConfig(
@@ -127,6 +133,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> CheckConf
         sync_stale_after=(_duration(sync_stale, source, "defaults.sync_stale_after")
                           if sync_stale is not None else DEFAULT_SYNC_STALE_AFTER),
         source=source,
+        anomalies=_thresholds(_table(data.get("anomalies", {}), source, "anomalies"), source),
     )
 
 
@@ -185,3 +192,37 @@ def _severities(value: Any, source: str, where: str) -> dict[str, str]:
             raise ConfigError(f"check config {source}: {where}.severity.{kind} = {level!r}: "
                               "use \"warning\" or \"critical\"")
     return dict(table)
+
+
+THRESHOLD_TYPES = {f.name: f.type for f in dataclasses.fields(anomaly.Thresholds)}  # "int", "float", "str"
+SHARES = ("zero_loaded_share", "disappear_share", "flaky_share")  # 0 to 1
+AT_LEAST_ONE = ("window", "min_history", "weekday_min", "flaky_min_chains", "flaky_clear")
+
+
+def _thresholds(table: Mapping[str, Any], source: str) -> anomaly.Thresholds:
+    """[anomalies]: any field of anomaly.Thresholds over its default, each checked for its kind."""
+    unknown = set(table) - set(THRESHOLD_TYPES)
+    if unknown:
+        raise ConfigError(f"check config {source}: unknown key anomalies.{sorted(unknown)[0]} "
+                          f"(known: {', '.join(THRESHOLD_TYPES)})")
+    return dataclasses.replace(anomaly.DEFAULTS, **{name: _threshold(name, value, source)
+                                                    for name, value in table.items()})
+
+
+def _threshold(name: str, value: Any, source: str) -> Any:
+    key, kind = f"anomalies.{name}", THRESHOLD_TYPES[name]
+    if kind == "str":
+        if value not in anomaly.DIRECTIONS:
+            raise ConfigError(f"check config {source}: {key} = {value!r}: use one of "
+                              + ", ".join(f'"{d}"' for d in anomaly.DIRECTIONS))
+        return value
+    whole = kind == "int"
+    number = not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+    if not number or not math.isfinite(value) or value < (1 if name in AT_LEAST_ONE else 0):
+        what = "a whole number" if whole else "a number"
+        raise ConfigError(f"check config {source}: {key} must be {what} of at least "
+                          f"{1 if name in AT_LEAST_ONE else 0}")
+    if (name in SHARES and value > 1) or (name == "volume_drop" and value >= 1):
+        raise ConfigError(f"check config {source}: {key} = {value!r}: a share, "
+                          + ("below 1" if name == "volume_drop" else "from 0 to 1"))
+    return value if whole else float(value)

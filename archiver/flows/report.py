@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, String, Text, column, func, select, table
+from sqlalchemy import BigInteger, Double, Engine, Integer, String, Text, column, func, select, table
 
 from archiver import database
 from archiver.errors import ConfigError
@@ -30,6 +30,15 @@ job_failures = table(
     column("package_name", Text), column("failed_at", UTCDateTime), column("errors", Text),
     column("error_summary", Text), column("attempt", BigInteger),
 )
+
+job_anomalies = table(
+    "job_anomalies", column("job_id", BigInteger), column("kind", String), column("output_key", String),
+    column("package_id", BigInteger), column("severity", String), column("score", Double),
+    column("baseline_median", Double), column("n", Integer), column("message", Text),
+    column("job_created_at", UTCDateTime),
+)
+packages = table("packages", column("id", BigInteger), column("name", Text))
+jobs = table("jobs", column("id", BigInteger), column("html_url", Text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +168,37 @@ def runtimes_report(engine: Engine, period: Period, package: str | None = None,
     return rows[:limit] if limit else rows
 
 
-REPORTS = {"failures": failures_report, "runtimes": runtimes_report, "status": status_report}
+def anomalies_report(engine: Engine, period: Period, package: str | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    """The stored anomaly verdicts on jobs created in the period, newest job first (job_anomalies,
+    written by every sync and ingest; docs/anomalies.md)."""
+    a = job_anomalies
+    query = (select(a.c.job_id, a.c.package_id, packages.c.name.label("package_name"), a.c.kind, a.c.severity,
+                    a.c.output_key, a.c.score, a.c.baseline_median, a.c.n, a.c.message, a.c.job_created_at,
+                    jobs.c.html_url)
+             .select_from(a.outerjoin(packages, packages.c.id == a.c.package_id)
+                          .outerjoin(jobs, jobs.c.id == a.c.job_id))
+             .where(a.c.job_created_at >= period.start, a.c.job_created_at < period.end)
+             .order_by(a.c.job_created_at.desc(), a.c.job_id.desc(), a.c.kind, a.c.output_key))
+    if package is not None:
+        query = query.where(a.c.package_id == int(package) if package.isdigit()
+                            else func.lower(packages.c.name).like(f"%{package.lower()}%"))
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        return [{"job_id": r.job_id, "package_id": r.package_id, "package": _label(r), "kind": r.kind,
+                 "severity": r.severity, "output_key": r.output_key or None, "score": _round(r.score, 2),
+                 "baseline": _round(r.baseline_median, 1), "n": r.n, "message": r.message,
+                 "created_at": r.job_created_at, "html_url": r.html_url}
+                for r in conn.execute(query)]
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+REPORTS = {"anomalies": anomalies_report, "failures": failures_report, "runtimes": runtimes_report,
+           "status": status_report}
 
 
 def run_report(database_url: str, name: str, since: str, package: str | None = None,

@@ -17,14 +17,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
+from archiver import anomaly
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
+from archiver.flows.anomalies import Scorer
 from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              DiskFull, InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited,
                              Stopped, TlsError, TooManyIds)
 from archiver.parse import Fingerprint, fingerprint, parse_job
 from archiver.records import CatalogCounts, JobRecord, RunCounts
-from archiver.store import Archive, describe_error
+from archiver.store import Archive, BatchResult, describe_error
 from archiver.textsafe import safe_text
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class SyncOptions:
     max_response_mb: float = 8
     stop: threading.Event | None = None   # set on SIGTERM/Ctrl-C: requests and waits end at once
     progress: Callable[["SyncSummary"], None] | None = None
+    anomalies: anomaly.Thresholds = anomaly.DEFAULTS   # the [anomalies] of the check config
+    score_anomalies: bool = True   # off only to measure what scoring costs (bench/anomaly_overhead.py)
 
 
 @dataclasses.dataclass
@@ -145,6 +149,7 @@ class Run:
         self.missing: list[int] = []   # ids the API answered 404 for (logged once, as ranges)
         # an ingest with an account gives it to jobs an earlier ingest stored without one; asked
         # once (jobs this run stores get the account), so no other run pays a query per batch
+        self.scorer = Scorer(archive, options.anomalies) if options.score_anomalies and not options.dry_run else None
         self.claim = (summary.mode == "ingest" and bool(archive.account) and not options.dry_run
                       and archive.has_unowned_jobs())
 
@@ -252,7 +257,7 @@ class Run:
             self.archive.plan(batch).add_to(self.summary)
             return
         try:
-            self.archive.write_jobs(batch, self.summary.run_id, after=after).add_to(self.summary)
+            result = self.archive.write_jobs(batch, self.summary.run_id, after=after)
         except STOP_WRITING:  # never retried job by job: nothing more is written
             raise
         except Exception as exc:
@@ -264,8 +269,29 @@ class Run:
             log.warning("batch of %d failed (%s); writing job by job", len(batch), describe_error(exc))
             for job in batch:
                 self.write([job])
+        else:
+            result.add_to(self.summary)
+            self.score(result)
         if self.options.progress:
             self.options.progress(self.summary)
+
+
+    def score(self, result: BatchResult) -> None:
+        """Anomaly verdicts on the jobs a committed batch finished. A failure is logged and
+        recorded (sync_errors kind 'anomaly', no job) and the run goes on: the jobs are stored,
+        and `archiver anomalies --rescore` computes the verdicts again."""
+        if self.scorer is None:
+            return
+        try:
+            self.scorer.batch(result.inserted + result.updated, result.finished)
+        except STOP_WRITING:
+            raise
+        except Exception as exc:
+            message = f"anomaly scoring of {len(result.finished)} jobs failed: {describe_error(exc)}"
+            log.warning("%s; the jobs are stored (archiver anomalies --rescore scores them again)", message)
+            log.debug("anomaly scoring failed", exc_info=True)
+            self.summary.errors.append({"job_id": None, "kind": "anomaly", "http_status": None, "field": None,
+                                        "message": message})
 
 
 # -- concurrent fetching --------------------------------------------------------------------------

@@ -1,0 +1,320 @@
+"""Anomaly verdicts in the archive: the newly finished jobs of each written batch, and re-scoring.
+
+archiver.anomaly holds the rules (pure functions); this module feeds them from the archive and
+stores what they say in job_anomalies. After each batch a sync or ingest commits, the jobs that
+became terminal in it are scored against their package's earlier runs (`Scorer`): only the tail
+the rules read is loaded (`Want`: the newest RECENT_RUNS × window runs of the lookback before
+the first new job, the flaky window only for a successful retry, the last `window` successes of
+a package that runs less than daily), once per run and package, and kept up to date with what
+the run writes, so the cost grows with the new jobs, not with the archive. `rescore` replays every package's whole history with
+anomaly.score_history (linear) after a threshold change.
+
+A verdict is replaced whole: a job's verdicts are deleted and its new ones inserted in one
+transaction, so scoring a job again (a re-score) is idempotent. An output is keyed by its
+component name (the destination in the package, stable from run to run), else its name, else
+its id; two outputs of one job with the same key count as one (their records summed)."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, delete, func, or_, select
+
+from archiver import anomaly, dialect, models
+from archiver.anomaly import Run, Thresholds, Verdict
+from archiver.config import Settings
+from archiver.store import Archive
+from archiver.utc import utcnow
+
+log = logging.getLogger(__name__)
+
+jobs_t = models.JobRow.__table__
+outputs_t = models.JobOutputRow.__table__
+anomalies_t = models.JobAnomalyRow.__table__
+HISTORY_CAP = 5000   # runs of a package kept between batches before they are loaded afresh
+RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
+CHUNK = 1000         # ids per IN list
+KEY_LENGTH = 255     # job_anomalies.output_key
+
+
+def lookback(thresholds: Thresholds) -> timedelta:
+    """How far back the rules look in time: the weekday factors' weeks (and their first day) or the
+    flaky window, whichever is longer."""
+    return max(timedelta(weeks=thresholds.weekday_weeks, days=1), timedelta(days=thresholds.flaky_days))
+
+
+# -- reading runs ---------------------------------------------------------------------------------
+def output_key(component_name: str | None, name: str | None, output_id: int) -> str:
+    return (component_name or name or f"output {output_id}")[:KEY_LENGTH]
+
+
+def job_columns():
+    return (jobs_t.c.id, jobs_t.c.package_id, jobs_t.c.created_at, jobs_t.c.status,
+            jobs_t.c.runtime_in_seconds, jobs_t.c.attempts)
+
+
+def as_runs(conn: Connection, rows: Sequence) -> list[Run]:
+    """Job rows (in time order: created_at, then id) as anomaly Runs; only the successful ones
+    with their outputs (the rules read the outputs of successful runs only)."""
+    outputs = read_outputs(conn, [r.id for r in rows if r.status == anomaly.SUCCESS])
+    return [Run(r.id, r.package_id, r.created_at, r.status or "", r.runtime_in_seconds, r.attempts or 0,
+                outputs.get(r.id, ())) for r in rows]
+
+
+def in_time_order(query):
+    return query.order_by(jobs_t.c.created_at, jobs_t.c.id)
+
+
+def read_outputs(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[str, int | None], ...]]:
+    counts: dict[int, dict[str, int | None]] = defaultdict(dict)
+    for start in range(0, len(ids), CHUNK):
+        query = select(outputs_t.c.job_id, outputs_t.c.id, outputs_t.c.component_name, outputs_t.c.name,
+                       outputs_t.c.records_count).where(dialect.in_ids(conn, outputs_t.c.job_id,
+                                                                        ids[start:start + CHUNK]))
+        for row in conn.execute(query):
+            found = counts[row.job_id]
+            key = output_key(row.component_name, row.name, row.id)
+            held = found.get(key)
+            found[key] = row.records_count if held is None else held + (row.records_count or 0)
+    return {job_id: tuple(sorted(found.items())) for job_id, found in counts.items()}
+
+
+def runs_of(conn: Connection, ids: Sequence[int]) -> list[Run]:
+    """The scoreable jobs among `ids` (with a package and a created_at)."""
+    rows = []
+    for start in range(0, len(ids), CHUNK):
+        rows += conn.execute(in_time_order(select(*job_columns()).where(
+            dialect.in_ids(conn, jobs_t.c.id, ids[start:start + CHUNK]),
+            jobs_t.c.package_id.is_not(None), jobs_t.c.created_at.is_not(None)))).all()
+    return as_runs(conn, rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Want:
+    """What to load of a package to score its new runs: every run from `first` (the oldest new
+    one) on; before it, the newest `recent` runs back to `since` (the lookback); all runs back
+    to `flaky_since` when a new run is a successful retry (None: none is)."""
+
+    first: datetime
+    since: datetime
+    recent: int
+    flaky_since: datetime | None
+
+
+def want(new: Sequence[Run], thresholds: Thresholds) -> Want:
+    first = new[0].created_at
+    retried = any(run.succeeded and run.attempts for run in new)
+    return Want(first, first - lookback(thresholds), RECENT_RUNS * thresholds.window,
+                first - timedelta(days=thresholds.flaky_days) if retried else None)
+
+
+def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int, list[Run]]:
+    """The runs each package's Want asks for, plus its last `window` successful runs before
+    `since` when those found hold fewer (a package that runs less than daily). A few queries for
+    all the packages together (and one per package that runs less than daily)."""
+    c, rows = jobs_t.c, defaultdict(dict)
+    packages = sorted(wants)
+    for start in range(0, len(packages), 100):
+        part = packages[start:start + 100]
+        newest = func.row_number().over(partition_by=c.package_id, order_by=(c.created_at.desc(), c.id.desc()))
+        before = (select(*job_columns(), newest.label("rank"))
+                  .where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].since, c.created_at < wants[p].first)
+                               for p in part))).subquery())
+        queries = [select(*(before.c[col.name] for col in job_columns())).where(
+                       or_(*(and_(before.c.package_id == p, before.c.rank <= wants[p].recent) for p in part))),
+                   select(*job_columns()).where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].first)
+                                                     for p in part)))]
+        flaky = [p for p in part if wants[p].flaky_since is not None]
+        if flaky:
+            queries.append(select(*job_columns()).where(or_(*(
+                and_(c.package_id == p, c.created_at >= wants[p].flaky_since, c.created_at < wants[p].first)
+                for p in flaky))))
+        for query in queries:
+            for row in conn.execute(query):
+                rows[row.package_id][row.id] = row
+    for p in packages:
+        found = rows[p]
+        if sum(1 for r in found.values() if r.status == anomaly.SUCCESS and r.created_at < wants[p].first) < window:
+            older = conn.execute(select(*job_columns()).where(
+                c.package_id == p, c.created_at < wants[p].since, c.status == anomaly.SUCCESS)
+                .order_by(c.created_at.desc(), c.id.desc()).limit(window))
+            found.update((r.id, r) for r in older)
+    ordered = {p: sorted(rows[p].values(), key=lambda r: (r.created_at, r.id)) for p in packages}
+    runs = iter(as_runs(conn, [r for p in packages for r in ordered[p]]))
+    return {p: [next(runs) for _ in ordered[p]] for p in packages}
+
+
+class PackageRuns:
+    """One package's runs in time order: the newest before `start` (at most RECENT_RUNS × window
+    of them, and a few older successes), every one from `complete` on, and those written since."""
+
+    def __init__(self, start: datetime, complete: datetime, runs: list[Run]):
+        self.start, self.complete, self.runs = start, complete, runs
+        self.keys = [time_key(r) for r in runs]
+        self.where = {r.job_id: time_key(r) for r in runs}
+        self.samples: dict[int, anomaly.Sample] = {}   # what the baselines read of each run, once
+
+    def __getitem__(self, i: int) -> anomaly.Sample:
+        """anomaly.sample(runs[i]), computed once per run (and again after `put` replaced it)."""
+        run = self.runs[i]
+        found = self.samples.get(run.job_id)
+        if found is None:
+            found = self.samples[run.job_id] = anomaly.sample(run)
+        return found
+
+    def put(self, run: Run) -> None:
+        """Add or replace a run (a job written again: its status, runtime or outputs changed)."""
+        old = self.where.get(run.job_id)
+        self.samples.pop(run.job_id, None)
+        if old is not None:
+            i = bisect.bisect_left(self.keys, old)
+            del self.keys[i], self.runs[i]
+        key = self.where[run.job_id] = time_key(run)
+        i = bisect.bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.runs.insert(i, run)
+
+    def covers(self, want: Want) -> bool:
+        return self.start <= want.since and (want.flaky_since is None or self.complete <= want.flaky_since)
+
+    def index(self, run: Run) -> int:
+        return bisect.bisect_left(self.keys, time_key(run))
+
+
+def time_key(run: Run) -> tuple[datetime, int]:
+    return (run.created_at, run.job_id)
+
+
+class Scorer:
+    """Scores the newly finished jobs of each batch a run commits and stores their verdicts.
+
+    Each job is scored against the runs of its package before it (never itself), loaded from the
+    archive once per run and package (`Want`) and kept up to date
+    with every job the run writes, so a first sync, where every job is new and a package's jobs
+    come in many batches, reads each package's history once rather than once per batch."""
+
+    def __init__(self, archive: Archive, thresholds: Thresholds = anomaly.DEFAULTS):
+        self.archive, self.thresholds = archive, thresholds
+        self.packages: dict[int, PackageRuns] = {}
+
+    def batch(self, written: Sequence[int], finished: Sequence[int]) -> list[Verdict]:
+        """`written`: every job the batch inserted or updated; `finished`: those that became terminal.
+        One transaction after the batch's: a failure here never touches the jobs."""
+        if not finished and not self.packages:
+            return []
+        try:
+            return self.archive.transact(lambda conn: self._batch(conn, written, set(finished)))
+        except BaseException:
+            self.packages.clear()   # the kept runs may be half updated
+            raise
+
+    def _batch(self, conn: Connection, written: Sequence[int], finished: set[int]) -> list[Verdict]:
+        fresh = runs_of(conn, written)
+        for run in fresh:
+            held = self.packages.get(run.package_id)
+            if held is not None and run.created_at >= held.start:
+                held.put(run)
+        new: dict[int, list[Run]] = defaultdict(list)
+        for run in fresh:
+            if run.job_id in finished:
+                new[run.package_id].append(run)
+        self.load({p: want(runs, self.thresholds) for p, runs in new.items()}, conn)
+        verdicts = [v for package_id, runs in sorted(new.items()) for v in self.score(package_id, runs)]
+        replace_verdicts(conn, sorted(finished), verdicts, {r.job_id: r.created_at for r in fresh})
+        return verdicts
+
+    def load(self, wants: dict[int, Want], conn: Connection) -> None:
+        """Load the packages whose kept runs do not reach back far enough (or grew too long)."""
+        missing = {p: w for p, w in wants.items() if (held := self.packages.get(p)) is None
+                   or not held.covers(w) or len(held.runs) > 2 * HISTORY_CAP}
+        for package_id, runs in histories(conn, missing, self.thresholds.window).items():
+            w = missing[package_id]
+            self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs)
+
+    def score(self, package_id: int, new: list[Run]) -> list[Verdict]:
+        held = self.packages[package_id]
+        where = [(held.index(run), run) for run in new]
+        indices = [i for i, run in where if i < len(held.runs) and held.runs[i].job_id == run.job_id]
+        return anomaly.score_runs(held.runs, indices, self.thresholds, samples=held)
+
+
+# -- writing verdicts -----------------------------------------------------------------------------
+def verdict_row(verdict: Verdict, created_at: datetime | None, now: datetime) -> dict:
+    return {"job_id": verdict.job_id, "kind": verdict.kind, "output_key": (verdict.output_key or "")[:KEY_LENGTH],
+            "package_id": verdict.package_id, "severity": verdict.severity, "score": finite(verdict.score),
+            "baseline_median": finite(verdict.baseline_median), "mad": finite(verdict.mad), "n": verdict.n,
+            "threshold": finite(verdict.threshold), "message": verdict.message,
+            "job_created_at": created_at, "detected_at": now}
+
+
+def finite(value: float | None) -> float | None:
+    """NaN and infinities are not numbers every database stores: NULL."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def replace_verdicts(conn: Connection, job_ids: Sequence[int], verdicts: Iterable[Verdict],
+                     created: dict[int, datetime | None]) -> None:
+    """The verdicts of `job_ids`, replaced whole (deleted, then inserted in key order)."""
+    ids = sorted(set(job_ids))
+    for start in range(0, len(ids), CHUNK):
+        conn.execute(delete(anomalies_t).where(dialect.in_ids(conn, anomalies_t.c.job_id, ids[start:start + CHUNK])))
+    now = utcnow()
+    rows = {(r["job_id"], r["kind"], r["output_key"]): r
+            for r in (verdict_row(v, created.get(v.job_id), now) for v in verdicts)}
+    dialect.insert_rows(conn, anomalies_t, [rows[k] for k in sorted(rows)])
+
+
+# -- re-scoring the whole history -----------------------------------------------------------------
+@dataclasses.dataclass
+class RescoreResult:
+    packages: int = 0
+    jobs: int = 0
+    kinds: Counter = dataclasses.field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        counts = ", ".join(f"{kind} {self.kinds[kind]}" for kind in anomaly.KINDS)
+        return [f"re-scored {self.jobs} jobs of {self.packages} packages: {sum(self.kinds.values())} verdicts "
+                f"({counts})"]
+
+
+def rescore(settings: Settings, thresholds: Thresholds = anomaly.DEFAULTS, package_id: int | None = None,
+            wait: float = 0.0) -> RescoreResult:
+    """Replace the stored verdicts of every package (or one) by those of its whole history under
+    `thresholds`, package by package (one transaction each), under the account's run lock."""
+    archive = Archive.open(settings.database_url, settings.account, create=False)
+    result = RescoreResult()
+    try:
+        with archive.run_lock(wait):
+            for pid in package_ids(archive, package_id):
+                jobs, verdicts = archive.transact(lambda conn, pid=pid: rescore_package(conn, pid, thresholds))
+                result.packages += 1
+                result.jobs += jobs
+                result.kinds.update(v.kind for v in verdicts)
+    finally:
+        archive.close()
+    return result
+
+
+def package_ids(archive: Archive, only: int | None) -> list[int]:
+    query = select(jobs_t.c.package_id).where(jobs_t.c.package_id.is_not(None)).distinct()
+    if only is not None:
+        query = query.where(jobs_t.c.package_id == only)
+    with archive.engine.connect() as conn:
+        return sorted(conn.execute(query).scalars())
+
+
+def rescore_package(conn: Connection, package_id: int, thresholds: Thresholds) -> tuple[int, list[Verdict]]:
+    """One package's whole history scored anew; every verdict under its id replaced."""
+    rows = conn.execute(in_time_order(select(*job_columns()).where(
+        jobs_t.c.package_id == package_id, jobs_t.c.created_at.is_not(None)))).all()
+    runs = as_runs(conn, rows)
+    verdicts = anomaly.score_history(runs, thresholds)
+    conn.execute(delete(anomalies_t).where(anomalies_t.c.package_id == package_id))
+    replace_verdicts(conn, [r.job_id for r in runs], verdicts, {r.job_id: r.created_at for r in runs})
+    return len(runs), verdicts

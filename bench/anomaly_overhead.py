@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""What scoring the newly finished jobs adds to a sync (issue 15: at most 10 %).
+
+    PYTHONPATH=. python bench/anomaly_overhead.py                   # 20,000 jobs, 3 runs a side
+    PYTHONPATH=. python bench/anomaly_overhead.py --jobs 5000 --runs 5 --hours 24
+    PYTHONPATH=. python bench/anomaly_overhead.py --latency-ms 100   # an API that takes 0.1 s to answer
+
+Two measurements against an in-process sandbox API, each a fresh SQLite archive in a
+temporary folder, with scoring on (the default) and off (SyncOptions(score_anomalies=False)),
+interleaved (on, off, off, on, ...) so drift in the machine hits both sides alike:
+
+- first sync: `sync --incremental --no-catalog` of the whole sandbox history into an empty
+  archive; every finished job is newly finished, so every one is scored.
+- incremental: an archive synced once (with scoring), the sandbox clock advanced `--hours`,
+  then the incremental sync of the new and newly finished jobs, on copies of that archive.
+
+Prints the median seconds of each side, the overhead in % and the seconds spent inside the
+scoring itself (flows.anomalies.Scorer.batch) during the scored runs. Exit 1 when an overhead
+passes `--target` (10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from archiver.config import Secret, Settings  # noqa: E402
+from archiver.flows.anomalies import Scorer  # noqa: E402
+from archiver.flows.incremental import IncrementalOptions, sync_incremental  # noqa: E402
+from archiver.flows.runs import SyncOptions  # noqa: E402
+from archiver.sandbox import Sandbox  # noqa: E402
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+KEY = "sandbox-key"
+SCORING = [0.0]   # seconds inside Scorer.batch, summed
+
+
+def timed_scoring() -> None:
+    real = Scorer.batch
+
+    def batch(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            SCORING[0] += time.perf_counter() - started
+
+    Scorer.batch = batch
+
+
+def sync(api: Sandbox, path: Path, score: bool) -> float:
+    settings = Settings(account=api.account, api_key=Secret(KEY), api_url=api.url, database_url=f"sqlite:///{path}")
+    started = time.perf_counter()
+    summary = sync_incremental(settings, SyncOptions(score_anomalies=score), IncrementalOptions(catalog=False))
+    seconds = time.perf_counter() - started
+    if summary.exit_code != 0 or summary.errors:
+        raise SystemExit(f"sync failed: {summary.line()} {summary.errors[:3]}")
+    return seconds
+
+
+def order(runs_: int) -> list[bool]:
+    """on, off, off, on, on, off, ...: each side goes first half the time."""
+    return [side for i in range(runs_) for side in ((True, False) if i % 2 == 0 else (False, True))]
+
+
+def first_sync(args, folder: Path) -> dict[bool, list[float]]:
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY, latency_ms=args.latency_ms) as api:
+        for i, score in enumerate(order(args.runs)):
+            path = folder / f"first-{i}.db"
+            times[score].append(sync(api, path, score))
+            path.unlink()
+    return times
+
+
+def incremental(args, folder: Path) -> tuple[dict[bool, list[float]], int]:
+    times: dict[bool, list[float]] = {True: [], False: []}
+    base = folder / "base.db"
+    with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY, latency_ms=args.latency_ms) as api:
+        sync(api, base, True)
+        SCORING[0] = 0.0   # the base sync's scoring is not measured
+        before = len(api.job_ids())
+        api.advance(args.hours * 3600)
+        new = len(api.job_ids()) - before
+        for i, score in enumerate(order(args.runs)):
+            path = folder / f"inc-{i}.db"
+            shutil.copy(base, path)
+            times[score].append(sync(api, path, score))
+            path.unlink()
+    return times, new
+
+
+def line(name: str, times: dict[bool, list[float]], scoring: float, target: float) -> tuple[str, bool]:
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    overhead = on / off - 1
+    per_run = scoring / len(times[True])
+    return (f"{name}: with scoring {on:.2f} s, without {off:.2f} s (medians of {len(times[True])}); "
+            f"overhead {overhead:+.1%} (target <= {target:.0%}); inside Scorer.batch {per_run:.2f} s a run "
+            f"({per_run / on:.1%} of it)"), overhead <= target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3, help="runs on each side (at least 3)")
+    parser.add_argument("--hours", type=float, default=6, help="clock advance before the incremental sync")
+    parser.add_argument("--target", type=float, default=0.10)
+    parser.add_argument("--latency-ms", type=float, default=0, help="the sandbox's answer delay (0: in-process, "
+                        "the worst case for the ratio)")
+    args = parser.parse_args()
+    timed_scoring()
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="anomaly-overhead-") as tmp:
+        folder = Path(tmp)
+        SCORING[0] = 0.0
+        times = first_sync(args, folder)
+        text, good = line(f"first sync of {args.jobs} jobs", times, SCORING[0], args.target)
+        print(text)
+        ok &= good
+        SCORING[0] = 0.0
+        times, new = incremental(args, folder)
+        text, good = line(f"incremental after {args.hours:g} h ({new} new jobs)", times, SCORING[0], args.target)
+        print(text)
+        ok &= good
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

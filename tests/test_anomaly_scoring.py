@@ -1,0 +1,264 @@
+"""Anomaly verdicts where jobs are written (flows.anomalies): newly finished jobs only, against
+their past only; re-scoring; `report anomalies`; the [anomalies] thresholds of the check config."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from archiver import anomaly, models
+from archiver.config import Settings
+from archiver.database import open_engine
+from archiver.flows import anomalies as scoring
+from archiver.flows.checkconfig import load_config
+from archiver.flows.ingest import ingest
+from archiver.flows.report import run_report
+from archiver.flows.runs import SyncOptions
+from tests.clirun import run_cli
+from tests.conftest import load_payload
+
+START = datetime(2026, 9, 1, 6, 0, tzinfo=timezone.utc)
+PACKAGE = 434
+NEW = 1000  # the id of the job under test; history ids are 1..30
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job(job_id: int, created: datetime, runtime: int = 600, records: tuple[int, int] = (1000, 400),
+        status: str = "completed", package_id: int = PACKAGE) -> dict:
+    """A v1 job payload: `records` on the outputs destination1 and destination2."""
+    raw = copy.deepcopy(load_payload("job-v1-completed.json"))
+    ended = created + timedelta(seconds=runtime + 10)
+    raw.update(id=job_id, status=status, package_id=package_id, created_at=iso(created),
+               started_at=iso(created + timedelta(seconds=10)), updated_at=iso(ended),
+               completed_at=iso(ended) if status == "completed" else None, runtime_in_seconds=runtime)
+    raw["outputs"] = [dict(o, id=job_id * 10 + k, records_count=n) for k, (o, n) in enumerate(zip(raw["outputs"], records))]
+    return raw
+
+
+def stable_history(n: int = 30) -> list[dict]:
+    """A daily package: runtime 600 s ± 2 %, records 1000 ± 2 % and 400."""
+    return [job(i, START + timedelta(days=i), runtime=600 + (i % 5 - 2) * 6, records=(1000 + (i % 3) * 10, 400))
+            for i in range(1, n + 1)]
+
+
+def load(db_url: str, raws: list[dict], **options):
+    return ingest(Settings(account="acme", database_url=db_url), iter(raws), SyncOptions(**options))
+
+
+def verdicts(db_url: str) -> list[tuple]:
+    engine = open_engine(db_url, create=False)
+    t = models.JobAnomalyRow.__table__
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(select(t.c.job_id, t.c.kind, t.c.output_key, t.c.n, t.c.detected_at)
+                                                    .order_by(t.c.job_id, t.c.kind, t.c.output_key))]
+    finally:
+        engine.dispose()
+
+
+def kinds(db_url: str) -> list[tuple]:
+    return [v[:3] for v in verdicts(db_url)]
+
+
+def later(days: int = 31) -> datetime:
+    return START + timedelta(days=days)
+
+
+def test_a_10x_runtime_after_a_stable_history_is_slow_at_the_ingest_that_writes_it(db_url):
+    load(db_url, stable_history())
+    assert kinds(db_url) == []
+    summary = load(db_url, [job(NEW, later(), runtime=6000)])
+    assert summary.exit_code == 0
+    (found,) = verdicts(db_url)
+    assert found[:3] == (NEW, "slow", "") and found[3] == 30  # its 30 predecessors, never itself
+
+
+def test_a_finished_job_synced_again_unchanged_or_updated_is_not_scored_again(db_url):
+    load(db_url, [*stable_history(), job(NEW, later(), runtime=6000)])
+    first = verdicts(db_url)
+    assert [v[:2] for v in first] == [(NEW, "slow")]
+    assert load(db_url, [job(NEW, later(), runtime=6000)]).unchanged == 1
+    touched = job(NEW, later(), runtime=6000)
+    touched["updated_at"] = iso(later() + timedelta(hours=5))   # newer snapshot, still completed
+    assert load(db_url, [touched]).updated == 1
+    assert verdicts(db_url) == first   # same detected_at: not re-scored
+
+
+def test_a_job_scored_when_it_finishes_not_while_it_runs(db_url):
+    load(db_url, stable_history())
+    running = job(NEW, later(), runtime=5000, status="running")
+    load(db_url, [running])
+    assert kinds(db_url) == []
+    load(db_url, [job(NEW, later(), runtime=6000)])
+    assert kinds(db_url) == [(NEW, "slow", "")]
+
+
+def test_zero_records_on_an_output_whose_history_has_records(db_url):
+    load(db_url, [*stable_history(), job(NEW, later(), records=(0, 400))])
+    assert kinds(db_url) == [(NEW, "zero_records", "destination1")]
+
+
+def test_the_run_under_test_is_never_in_its_own_baseline(db_url):
+    """Eight earlier runs give a verdict; the job itself would have made seven prior ones look like eight."""
+    history = stable_history(8)
+    load(db_url, [*history[:7], job(NEW, later(9), runtime=6000)])
+    assert kinds(db_url) == []  # 7 prior runs: below min_history
+    load(db_url, [history[7], job(NEW + 1, later(10), runtime=6000)])
+    assert kinds(db_url) == [(NEW + 1, "slow", "")]
+
+
+def test_rescore_replaces_verdicts_idempotently(db_url):
+    load(db_url, [*stable_history(), job(NEW, later(), runtime=6000), job(NEW + 1, later(32), records=(0, 400))])
+    at_sync = kinds(db_url)
+    assert at_sync == [(NEW, "slow", ""), (NEW + 1, "zero_records", "destination1")]
+    settings = Settings(account="acme", database_url=db_url)
+    first = scoring.rescore(settings)
+    assert kinds(db_url) == at_sync and first.kinds == {"slow": 1, "zero_records": 1}
+    assert (first.packages, first.jobs) == (1, 32)
+    scoring.rescore(settings, package_id=PACKAGE)
+    assert kinds(db_url) == at_sync
+    strict = scoring.rescore(settings, anomaly.Thresholds(slow_ratio=1e9))
+    assert kinds(db_url) == [(NEW + 1, "zero_records", "destination1")] and strict.kinds["slow"] == 0
+
+
+def test_a_scoring_failure_loses_no_job_and_is_recorded(db_url, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in a rule")
+
+    monkeypatch.setattr(anomaly, "score_runs", broken)
+    summary = load(db_url, [*stable_history(), job(NEW, later(), runtime=6000)], batch_size=10)
+    assert (summary.inserted, summary.exit_code) == (31, 0)
+    assert [e["kind"] for e in summary.errors] == ["anomaly"] * 4
+    engine = open_engine(db_url, create=False)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(models.JobRow.id)).scalars().all().__len__() == 31
+            assert set(conn.execute(select(models.SyncErrorRow.kind)).scalars()) == {"anomaly"}
+    finally:
+        engine.dispose()
+    assert kinds(db_url) == []
+
+
+def test_dry_run_and_switched_off_scoring_write_no_verdict(db_url):
+    load(db_url, stable_history())
+    load(db_url, [job(NEW, later(), runtime=6000)], dry_run=True)
+    load(db_url, [job(NEW, later(), runtime=6000)], score_anomalies=False)
+    assert kinds(db_url) == []
+
+
+def test_report_anomalies_rows_filters_and_formats(db_url, capsys, monkeypatch):
+    other = [job(100 + i, START + timedelta(days=i), package_id=7) for i in range(1, 31)]
+    hostile = job(NEW + 2, later(33), package_id=7, records=(0, 400))
+    for raw in (*other, hostile):   # an output named like a formula, with an escape sequence
+        raw["outputs"][0]["component_name"] = "=HYPERLINK(\"x\")\x1b[31m"
+    load(db_url, [*stable_history(), *other, job(NEW, later(), runtime=6000),
+                  job(NEW + 1, later(32), records=(0, 400)), hostile])
+    now = datetime.now(timezone.utc)
+    since = f"{(now - START).days + 1}d"
+    rows = run_report(db_url, "anomalies", since)
+    assert [(r["job_id"], r["kind"]) for r in rows] == [(NEW + 2, "zero_records"), (NEW + 1, "zero_records"),
+                                                        (NEW, "slow")]
+    slow = rows[-1]
+    assert {"job_id", "package_id", "kind", "score", "baseline", "n", "message", "package", "output_key",
+            "severity", "created_at", "html_url"} <= set(slow)
+    assert (slow["package_id"], slow["n"], slow["severity"], slow["output_key"]) == (PACKAGE, 30, "warning", None)
+    assert 590 < slow["baseline"] < 610 and slow["score"] > 3.5 and "prior successful runs" in slow["message"]
+    assert rows[0]["severity"] == "critical"
+    assert [r["job_id"] for r in run_report(db_url, "anomalies", since, package="434")] == [NEW + 1, NEW]
+    assert [r["job_id"] for r in run_report(db_url, "anomalies", since, limit=1)] == [NEW + 2]
+    assert run_report(db_url, "anomalies", "1d") == []
+    result = run_cli(capsys, monkeypatch, ["report", "anomalies", "--db", db_url, "--since", since, "--format", "csv"])
+    assert result.code == 0
+    table = list(csv.DictReader(io.StringIO(result.out)))
+    assert [r["kind"] for r in table] == ["zero_records", "zero_records", "slow"]
+    assert table[0]["output_key"].startswith("'=HYPERLINK")   # the CSV-injection guard
+    result = run_cli(capsys, monkeypatch, ["report", "anomalies", "--db", db_url, "--since", since, "--format", "json"])
+    assert [r["job_id"] for r in json.loads(result.out)] == [NEW + 2, NEW + 1, NEW]
+    result = run_cli(capsys, monkeypatch, ["report", "anomalies", "--db", db_url, "--since", since])
+    assert result.code == 0 and "zero_records" in result.out and "\x1b" not in result.out
+    assert "\\x1b" in result.out or "\\u001b" in result.out or "\\e" in result.out
+
+
+def test_config_anomalies_overrides_a_threshold_for_ingest_and_rescore(sqlite_url, tmp_path, capsys, monkeypatch):
+    config = tmp_path / "check.toml"
+    config.write_text("[anomalies]\nslow_ratio = 20.0\n")
+    assert load_config(str(config)).anomalies.slow_ratio == 20.0
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in [*stable_history(), job(NEW, later(), runtime=6000)]))
+    env = {"ARCHIVER_CHECK_CONFIG": str(config)}
+    result = run_cli(capsys, monkeypatch, ["ingest", str(lines), "--db", sqlite_url], env=env)
+    assert result.code == 0, result.err
+    assert kinds(sqlite_url) == []   # 10x is below a ratio of 20
+    monkeypatch.delenv("ARCHIVER_CHECK_CONFIG")
+    result = run_cli(capsys, monkeypatch, ["anomalies", "--rescore", "--db", sqlite_url])
+    assert result.code == 0 and "slow 1" in result.out
+    assert kinds(sqlite_url) == [(NEW, "slow", "")]
+    result = run_cli(capsys, monkeypatch, ["anomalies", "--rescore", "--db", sqlite_url, "--config", str(config)])
+    assert result.code == 0 and "slow 0" in result.out and kinds(sqlite_url) == []
+
+
+@pytest.mark.parametrize("text, key", [("slow_rati = 4.0", "anomalies.slow_rati"),
+                                       ("window = 0", "anomalies.window"),
+                                       ("volume_direction = \"sideways\"", "anomalies.volume_direction"),
+                                       ("flaky_share = 1.5", "anomalies.flaky_share"),
+                                       ("slow_z = \"high\"", "anomalies.slow_z")])
+def test_a_bad_anomalies_key_exits_2_naming_file_and_key(sqlite_url, tmp_path, capsys, monkeypatch, text, key):
+    config = tmp_path / "check.toml"
+    config.write_text(f"[anomalies]\n{text}\n")
+    result = run_cli(capsys, monkeypatch, ["anomalies", "--rescore", "--db", sqlite_url, "--config", str(config)])
+    assert result.code == 2 and str(config) in result.err and key in result.err
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text(json.dumps(job(1, START)))
+    result = run_cli(capsys, monkeypatch, ["ingest", str(lines), "--db", sqlite_url],
+                     env={"ARCHIVER_CHECK_CONFIG": str(config)})
+    assert result.code == 2 and key in result.err
+
+
+def test_scoring_reads_only_the_tail_of_a_long_history(sqlite_url, monkeypatch):
+    """A job a year after the first runs reads the lookback (and the last `window` successes), not the year."""
+    history = [job(i, START + timedelta(days=i)) for i in range(1, 366)]
+    load(sqlite_url, history)
+    seen = []
+    real = scoring.as_runs
+    monkeypatch.setattr(scoring, "as_runs", lambda conn, rows: seen.append(len(rows)) or real(conn, rows))
+    load(sqlite_url, [job(NEW, START + timedelta(days=366), runtime=6000)])
+    assert kinds(sqlite_url) == [(NEW, "slow", "")]
+    assert max(seen) <= 8 * 7 + 2 + 1
+
+
+def test_scoring_in_many_batches_agrees_with_a_rescore(db_url):
+    """The runs kept between batches give each job the history a re-score gives it."""
+    raws = [job(i, START + timedelta(hours=7 * i), runtime=600 + (i * 37) % 200,
+                records=(1000 + (i * 53) % 300, 0 if i % 3 == 0 else 400)) for i in range(1, 121)]
+    for i in (40, 77, 101):
+        raws[i]["runtime_in_seconds"] = 9000
+    raws[90]["outputs"][0]["records_count"] = 0
+    raws[60]["outputs"] = raws[60]["outputs"][:1]
+    load(db_url, raws, batch_size=7)
+    at_sync = [v[:4] for v in verdicts(db_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    scoring.rescore(Settings(account="acme", database_url=db_url))
+    assert [v[:4] for v in verdicts(db_url)] == at_sync
+
+
+def test_an_incremental_sync_of_the_sandbox_scores_without_errors(sqlite_url):
+    from archiver.flows.incremental import IncrementalOptions, sync_incremental
+    from archiver.sandbox import Sandbox
+    from tests.sandboxed import NOW, settings_for
+
+    with Sandbox(jobs=1500, seed=5, now=NOW) as api:
+        summary = sync_incremental(settings_for(api, sqlite_url), SyncOptions(batch_size=100),
+                                   IncrementalOptions(catalog=False))
+        finished = {i for i in api.job_ids() if api.job(i)["status"] == "completed"}
+    assert summary.exit_code == 0 and summary.errors == []
+    scored = {v[0] for v in verdicts(sqlite_url)}
+    assert scored and scored <= finished
