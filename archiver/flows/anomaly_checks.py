@@ -65,8 +65,8 @@ class AnomalyFacts:
 
 
 def thresholds(config: CheckConfig) -> anomaly.Thresholds:
-    """The rules' thresholds (the documented defaults until the config carries its own)."""
-    return anomaly.DEFAULTS
+    """The rules' thresholds: the config's [anomalies] table over the documented defaults."""
+    return config.anomalies
 
 
 # -- keys ----------------------------------------------------------------------------------------------
