@@ -319,9 +319,9 @@ class ReportName(click.Choice):
 
     @property
     def choices(self):
-        from archiver.flows.report import REPORTS
+        from archiver.flows.report import DOCUMENTS, REPORTS
 
-        return tuple(REPORTS)
+        return tuple(REPORTS) + tuple(DOCUMENTS)
 
     @choices.setter
     def choices(self, _value) -> None:
@@ -390,18 +390,31 @@ def _numeric(text: str) -> bool:
 @cli.command()
 @click.argument("name", type=ReportName())
 @db_option
-@click.option("--since", default="7d", show_default=True,
-              help="Period: a span back from now (7d, 24h, 2w) or a date (2026-11-01).")
+@click.option("--since", default=None,
+              help="Period: a span back from now (7d, 24h, 2w) or a date (2026-11-01). "
+                   "Default: 7d, and 90d for html.")
 @click.option("--package", metavar="ID|NAME", help="Only this package (id, or part of its name).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
-def report(name, db, since, package, limit, fmt):
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="html: the file to write (default report.html).")
+def report(name, db, since, package, limit, fmt, output):
     """Answers from the archive: failures, runtimes (p50/p95/max and trend), status counts or
-    anomalies (the verdicts stored by sync and ingest, newest first)."""
-    from archiver.flows.report import run_report
+    anomalies (the verdicts stored by sync and ingest, newest first); `html` writes one
+    self-contained page of charts and tables that opens offline."""
+    from pathlib import Path
 
-    rows = run_report(load_settings(db=db, with_key=False).database_url, name, since, package, limit)
+    from archiver.flows.report import DOCUMENTS, run_report
+
+    database_url = load_settings(db=db, with_key=False).database_url
+    if name in DOCUMENTS:
+        from archiver.flows.report_html import write_html_report
+
+        written = write_html_report(database_url, Path(output or DOCUMENTS[name]), since or "90d", package)
+        click.echo(f"wrote {written.path} ({written.bytes:,} bytes, {written.seconds:.1f}s)")
+        return
+    rows = run_report(database_url, name, since or "7d", package, limit)
     # color=True: click would strip escape sequences from a CSV cell; the table has none left
     click.echo(format_rows(rows, fmt), color=True)
 
@@ -565,7 +578,9 @@ def demo(jobs, seed):
                    + "".join(f"  {describe_anomaly(anomaly)}\n" for anomaly in result.anomalies))
     click.echo(f"Pipeline health (archiver check). {BROKEN_FOR.total_seconds() / 3600:g} hours before the sync the "
                "sandbox broke two pipelines: " + "; ".join(result.breakages) + ".\n"
-               + result.health.table() + f"\n\nagain: archiver check --db sqlite:///{result.path.name}")
+               + result.health.table() + f"\n\nagain: archiver check --db sqlite:///{result.path.name}\n")
+    click.echo(f"The same as one page of charts, to open in a browser (offline): {result.report}\n"
+               f"again: archiver report html --db sqlite:///{result.path.name} -o {result.report.name}")
     sys.exit(s.exit_code)
 
 

@@ -1,5 +1,5 @@
-"""`archiver demo`: the sandbox API, a SQLite archive, a short report and the health board, with no
-configuration."""
+"""`archiver demo`: the sandbox API, a SQLite archive, a short report, the health board and the
+HTML report (demo-report.html), with no configuration."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from archiver.config import Secret, Settings
 from archiver.flows.alerts import CheckOptions, CheckResult, run_check
 from archiver.flows.incremental import IncrementalOptions, sync_incremental
 from archiver.flows.report import failures_report, jobs_stored, parse_since, runtimes_report, status_report
+from archiver.flows.report_html import write_html_report
 from archiver.flows.runs import SyncOptions, SyncSummary
 from archiver.sandbox import Sandbox
 from archiver.utc import utcnow
@@ -45,6 +46,7 @@ class DemoResult:
     health: CheckResult
     breakages: list[str]
     anomalies: list[dict]   # what the sandbox injected (its truth()["anomalies"])
+    report: Path            # demo-report.html next to the archive
 
 
 def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -> DemoResult:
@@ -61,6 +63,7 @@ def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -
                             database_url=f"sqlite:///{path}")
         summary = sync_incremental(settings, SyncOptions(), IncrementalOptions())
     health = run_check(settings, CheckOptions())
+    report = write_html_report(settings.database_url, folder / "demo-report.html", since).path
     engine = database.open_engine(settings.database_url, create=False)
     try:
         period = parse_since(since)
@@ -68,7 +71,7 @@ def run_demo(folder: Path, jobs: int = 400, seed: int = 1, since: str = "60d") -
                           status=status_report(engine, period),
                           failing=failures_report(engine, period, limit=5),
                           slowest=runtimes_report(engine, period, limit=5), health=health,
-                          breakages=breakages, anomalies=anomalies)
+                          breakages=breakages, anomalies=anomalies, report=report)
     finally:
         engine.dispose()
 

@@ -199,6 +199,7 @@ def _round(value: float | None, digits: int) -> float | None:
 
 REPORTS = {"anomalies": anomalies_report, "failures": failures_report, "runtimes": runtimes_report,
            "status": status_report}
+DOCUMENTS = {"html": "report.html"}   # reports written as one file (-o, default name): flows/report_html.py
 
 
 def run_report(database_url: str, name: str, since: str, package: str | None = None,
