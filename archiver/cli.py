@@ -573,14 +573,14 @@ def demo(jobs, seed):
          for r in result.slowest], "table") + "\n")
     click.echo(f"Look further with SQL: sqlite3 {result.path.name}\n\n{FURTHER_SQL}\n\n"
                f"or: archiver report failures --db sqlite:///{result.path.name} --since 30d\n")
+    click.echo(f"All of it as one page of charts, to open in a browser (offline): {result.report}\n"
+               f"  again: archiver report html --db sqlite:///{result.path.name} -o {result.report.name}\n")
     if result.anomalies:
         click.echo("The sandbox injected (scenario anomalies; GET /_sandbox/truth):\n"
                    + "".join(f"  {describe_anomaly(anomaly)}\n" for anomaly in result.anomalies))
     click.echo(f"Pipeline health (archiver check). {BROKEN_FOR.total_seconds() / 3600:g} hours before the sync the "
                "sandbox broke two pipelines: " + "; ".join(result.breakages) + ".\n"
-               + result.health.table() + f"\n\nagain: archiver check --db sqlite:///{result.path.name}\n")
-    click.echo(f"The same as one page of charts, to open in a browser (offline): {result.report}\n"
-               f"again: archiver report html --db sqlite:///{result.path.name} -o {result.report.name}")
+               + result.health.table() + f"\n\nagain: archiver check --db sqlite:///{result.path.name}")
     sys.exit(s.exit_code)
 
 

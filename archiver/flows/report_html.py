@@ -281,12 +281,14 @@ def records(conn: Connection, period: Period, package: str | None) -> dict[str, 
     ranked = sorted(conn.execute(per_output), key=lambda o: (-o.runs, -int(o.records or 0), o.package_id or 0, o.output))
     top = ranked[:TOP_OUTPUTS]
     names = package_names(conn, {o.package_id for o in top})
+    wanted = {(o.package_id, o.output) for o in top}
     per_day = (select(rows.c.package_id, rows.c.output, rows.c.day, func.sum(rows.c.records).label("records"))
-               .where(or_(*(and_(rows.c.package_id == o.package_id, rows.c.output == o.output) for o in top)))
-               .group_by(rows.c.package_id, rows.c.output, rows.c.day)) if top else None
+               .where(rows.c.package_id.in_(list({p for p, _ in wanted})))   # not by output: MySQL collations differ
+               .group_by(rows.c.package_id, rows.c.output, rows.c.day))
     values: dict[tuple, dict[date, float]] = defaultdict(dict)
-    for row in conn.execute(per_day) if per_day is not None else ():
-        values[(row.package_id, row.output)][row.day] = float(row.records or 0)
+    for row in conn.execute(per_day) if top else ():
+        if (row.package_id, row.output) in wanted:
+            values[(row.package_id, row.output)][row.day] = float(row.records or 0)
     marks = volume_marks(conn, period, [(o.package_id, o.output) for o in top], values)
     series = [{"name": f"{label(names.get(o.package_id), o.package_id)} → {o.output}", "runs": o.runs,
                "records": int(o.records or 0), "days": values.get((o.package_id, o.output), {})} for o in top]
