@@ -373,3 +373,16 @@ def test_png_colors_counts_a_blank_page_as_one_color(tmp_path):
     blank.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10, 11, 8, 2, 0, 0, 0))
                       + chunk(b"IDAT", zlib.compress(first + rows)) + chunk(b"IEND", b""))
     assert png_colors(blank) == 1
+
+
+def test_an_empty_archive_gives_a_valid_page_that_says_so(sqlite_url, tmp_path):
+    page = write_html_report(sqlite_url, tmp_path / "empty.html", now=NOW).path.read_text(encoding="utf-8")
+    document = parse(page)
+    assert "No failures in this period." in page and "No completed jobs in this period." in page
+    assert {s.get("id") for s in document.iter(f"{XHTML}section")} == set(SECTIONS)
+
+
+def test_package_narrows_the_page_to_matching_packages(sqlite_url, tmp_path):
+    wide_archive(sqlite_url, packages=12, days=10)
+    page = write_html_report(sqlite_url, tmp_path / "one.html", "30d", package="number 11 ", now=NOW).path.read_text()
+    assert "package number 11 to the warehouse" in page and "package number 12 to" not in page
