@@ -49,7 +49,7 @@ details{margin:4px 0 12px}summary{cursor:pointer;color:#0072B2}
 .card b{display:block;font-size:20px}.card span{font-size:12px;color:#444}
 nav ul{margin:4px 0;padding-left:18px;columns:3}
 @media print{body{max-width:none;font-size:11px}nav{display:none}details{display:block}details>summary{display:none}
- details:not([open])>*{display:block}h2{break-after:avoid}svg,table,.card{break-inside:avoid}a{color:#000;text-decoration:none}}
+ details::details-content{content-visibility:visible;display:block}h2{break-after:avoid}svg,table,.card{break-inside:avoid}a{color:#000;text-decoration:none}}
 </style>
 </head>
 <body>
