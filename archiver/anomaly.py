@@ -23,7 +23,7 @@ import dataclasses
 import math
 from datetime import datetime, timedelta
 from statistics import median
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 SLOW = "slow"
 ZERO_RECORDS = "zero_records"
@@ -334,14 +334,16 @@ def baseline_of(past: Past, measure: object, thresholds: Thresholds = DEFAULTS, 
     when it has `window` values (an hourly package), else `weekday_baseline`; None with fewer
     than `min_history` prior values. `spread` False: only the centre is sure to be computed (a
     cheap first look: most runs are far inside every bound)."""
-    own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
-    if len(own) >= thresholds.window:
-        return robust_baseline(own, thresholds.spread_floor, by_weekday=True, spread=spread)
+    if len(past.own) >= thresholds.window:   # else its values cannot be `window` either
+        own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
+        if len(own) >= thresholds.window:
+            return robust_baseline(own, thresholds.spread_floor, by_weekday=True, spread=spread)
     prior = [(v, s.weekday) for s in past.prior if (v := s.logs.get(measure)) is not None]
     if len(prior) < thresholds.min_history:
         return None
-    groups = {day: values for day, runs in past.groups.items()
-              if len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= thresholds.weekday_min}
+    least = thresholds.weekday_min
+    groups = {day: values for day, runs in past.groups.items() if len(runs) >= least
+              and len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= least}
     return weekday_baseline(prior, groups, past.weekday, thresholds, spread)
 
 
@@ -480,9 +482,9 @@ def disappeared_outputs(run: Run, prior: Sequence[Sample], thresholds: Threshold
 
 # --- flaky packages ------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Chain:
-    """A first attempt and its retries (attempts 0, 1, 2 …), in time order."""
+class Chain(NamedTuple):
+    """A first attempt and its retries (attempts 0, 1, 2 …), in time order. A NamedTuple: scoring
+    a successful retry groups two weeks of its package's runs into chains, cheaply."""
 
     runs: tuple[Run, ...]
 
