@@ -18,11 +18,12 @@ a robust z-score: a very stable series never alarms on an ordinary change.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from datetime import datetime, timedelta
 from statistics import median
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 SLOW = "slow"
 ZERO_RECORDS = "zero_records"
@@ -214,38 +215,75 @@ def past_of(samples, end: int, moment: datetime, thresholds: Thresholds = DEFAUL
     return Past(prior, {weekday: own} if len(own) >= window else groups, weekday)
 
 
-class _Index:
-    """`past_of` for each run of a whole history in turn (`score_history`), from the successful
-    runs so far and those of each weekday, kept as the history is scored: the same Past as
-    `past_of` (tests/test_anomaly.py checks it), without walking back a week per run."""
+class Timeline:
+    """The successful runs' samples of one package by key (time order), and those of each
+    weekday, so that the Past of any run is a few bisections rather than a walk back over a
+    week of runs: `past` gives what `past_of` gives (tests/test_anomaly.py checks it). Runs may
+    come in any order and be replaced (`discard`, then `add`): a sync writes a package's jobs
+    over many batches, not always in time order."""
 
     def __init__(self, thresholds: Thresholds):
         self.window, self.weeks = thresholds.window, thresholds.weekday_weeks
-        self.ok: list[Sample] = []
-        self.by_weekday: list[list[Sample]] = [[] for _ in range(7)]
+        self.ok = _Keyed()
+        self.by_weekday = [_Keyed() for _ in range(7)]
 
-    def add(self, s: Sample) -> None:
+    def add(self, key, s: Sample) -> None:
         if s.ok:
-            self.ok.append(s)
-            self.by_weekday[s.weekday].append(s)
+            self.ok.add(key, s)
+            self.by_weekday[s.weekday].add(key, s)
 
-    def past(self, moment: datetime) -> Past:
+    def discard(self, key, s: Sample) -> None:
+        if s.ok:
+            self.ok.discard(key)
+            self.by_weekday[s.weekday].discard(key)
+
+    def past(self, key, moment: datetime) -> Past:
+        """The Past of a run at `moment` from the samples with a key below `key`."""
         weekday, window = moment.weekday(), self.window
         cutoff = moment.toordinal() - 7 * self.weeks
-        own = _newest(self.by_weekday[weekday], cutoff, window)
+        own = self.by_weekday[weekday].newest(key, cutoff, window)
         if len(own) >= window:
             groups = {weekday: own}
         else:
-            groups = {day: found for day in range(7) if (found := _newest(self.by_weekday[day], cutoff, window))}
-        return Past(self.ok[-window:], groups, weekday)
+            groups = {day: found for day in range(7) if (found := self.by_weekday[day].newest(key, cutoff, window))}
+        return Past(self.ok.before(key, window), groups, weekday)
 
 
-def _newest(samples: list[Sample], cutoff: int, window: int) -> list[Sample]:
-    """The last `window` of `samples` from day `cutoff` on, newest first."""
-    found = samples[:-window - 1:-1]
-    while found and found[-1].day < cutoff:
-        found.pop()
-    return found
+class _Keyed:
+    """Samples sorted by key."""
+
+    __slots__ = ("keys", "samples")
+
+    def __init__(self):
+        self.keys: list = []
+        self.samples: list[Sample] = []
+
+    def add(self, key, s: Sample) -> None:
+        if not self.keys or key > self.keys[-1]:
+            self.keys.append(key)
+            self.samples.append(s)
+            return
+        i = bisect.bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.samples.insert(i, s)
+
+    def discard(self, key) -> None:
+        i = bisect.bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            del self.keys[i], self.samples[i]
+
+    def before(self, key, window: int) -> list[Sample]:
+        """The last `window` samples with a key below `key`, oldest first."""
+        end = bisect.bisect_left(self.keys, key)
+        return self.samples[max(0, end - window):end]
+
+    def newest(self, key, cutoff: int, window: int) -> list[Sample]:
+        """The last `window` samples with a key below `key` from day `cutoff` on, newest first."""
+        found = self.before(key, window)
+        found.reverse()
+        while found and found[-1].day < cutoff:
+            found.pop()
+        return found
 
 
 def robust_baseline(values: Sequence[float], spread_floor: float, by_weekday: bool = False,
@@ -296,14 +334,16 @@ def baseline_of(past: Past, measure: object, thresholds: Thresholds = DEFAULTS, 
     when it has `window` values (an hourly package), else `weekday_baseline`; None with fewer
     than `min_history` prior values. `spread` False: only the centre is sure to be computed (a
     cheap first look: most runs are far inside every bound)."""
-    own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
-    if len(own) >= thresholds.window:
-        return robust_baseline(own, thresholds.spread_floor, by_weekday=True, spread=spread)
+    if len(past.own) >= thresholds.window:   # else its values cannot be `window` either
+        own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
+        if len(own) >= thresholds.window:
+            return robust_baseline(own, thresholds.spread_floor, by_weekday=True, spread=spread)
     prior = [(v, s.weekday) for s in past.prior if (v := s.logs.get(measure)) is not None]
     if len(prior) < thresholds.min_history:
         return None
-    groups = {day: values for day, runs in past.groups.items()
-              if len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= thresholds.weekday_min}
+    least = thresholds.weekday_min
+    groups = {day: values for day, runs in past.groups.items() if len(runs) >= least
+              and len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= least}
     return weekday_baseline(prior, groups, past.weekday, thresholds, spread)
 
 
@@ -442,9 +482,9 @@ def disappeared_outputs(run: Run, prior: Sequence[Sample], thresholds: Threshold
 
 # --- flaky packages ------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Chain:
-    """A first attempt and its retries (attempts 0, 1, 2 …), in time order."""
+class Chain(NamedTuple):
+    """A first attempt and its retries (attempts 0, 1, 2 …), in time order. A NamedTuple: scoring
+    a successful retry groups two weeks of its package's runs into chains, cheaply."""
 
     runs: tuple[Run, ...]
 
@@ -532,35 +572,27 @@ def score_run(run: Run, history: Sequence[Run], thresholds: Thresholds = DEFAULT
     return _score(run, history, len(history), thresholds, past)
 
 
-def score_runs(runs: Sequence[Run], indices: Iterable[int], thresholds: Thresholds = DEFAULTS,
-               samples=None) -> list[Verdict]:
-    """`score_run(runs[i], runs[:i])` for each i in `indices`, without copying the history and with
-    each run's `sample` computed once: the new jobs of one package written in one batch. `samples`:
-    `sample(runs[i])` by index, kept by a caller that scores the same history again and again."""
-    samples = _Samples(runs) if samples is None else samples
-    verdicts: list[Verdict] = []
-    for end in indices:
-        run = runs[end]
-        if run.succeeded:
-            verdicts += _score(run, runs, end, thresholds, past_of(samples, end, run.created_at, thresholds))
-    return verdicts
+def score_at(runs: Sequence[Run], end: int, past: Past, thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
+    """`score_run(runs[end], runs[:end])` with the run's Past given (from a `Timeline`)."""
+    run = runs[end]
+    return _score(run, runs, end, thresholds, past) if run.succeeded else []
 
 
 def score_history(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> list[Verdict]:
     """Every verdict on every run of one package's history (time order), each scored with only
     its past, as a sync would have scored it: for re-scoring after a threshold change. Each
-    run's `sample` is computed once; the baselines' runs come from an `_Index`."""
+    run's `sample` is computed once; the baselines' runs come from a `Timeline`."""
     return [v for end, past in pasts(runs, thresholds) for v in _score(runs[end], runs, end, thresholds, past)]
 
 
 def pasts(runs: Sequence[Run], thresholds: Thresholds = DEFAULTS) -> Iterator[tuple[int, Past]]:
     """(index, Past) of each successful run of a history (time order), as `past_of` would give
-    it, from an `_Index` kept as the history is walked: linear in the history."""
-    index = _Index(thresholds)
+    it, from a `Timeline` kept as the history is walked: linear in the history."""
+    timeline = Timeline(thresholds)
     for end, run in enumerate(runs):
         if run.succeeded:
-            yield end, index.past(run.created_at)
-        index.add(sample(run))
+            yield end, timeline.past(end, run.created_at)
+        timeline.add(end, sample(run))
 
 
 def _score(run: Run, runs: Sequence[Run], end: int, thresholds: Thresholds, past: Past) -> list[Verdict]:

@@ -299,3 +299,29 @@ def test_the_benchmark_meets_the_targets_on_a_fixed_seed():
     figures = anomalies.measure(history, anomalies.score(history))
     assert anomalies.missed(figures) == [], figures
     assert figures["recall slow4"] >= 0.8 and figures["false per 100 package-days"] <= 0.1, figures
+
+
+def test_a_timeline_filled_in_any_order_gives_the_walk_backs_past():
+    """A sync writes a package's jobs in batches, not always in time order, and writes some again:
+    the Timeline kept across batches still gives each run the Past that past_of walks back to."""
+    import random
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_history import generate
+
+    for runs in list(generate(seed=4, packages=6, days=30).runs.values()):
+        keys = list(range(len(runs)))
+        random.Random(len(runs)).shuffle(keys)
+        timeline = anomaly.Timeline(DEFAULTS)
+        for i in keys:
+            timeline.add(i, anomaly.sample(dataclasses.replace(runs[i], status="failed")))
+            timeline.discard(i, anomaly.sample(dataclasses.replace(runs[i], status="failed")))
+            timeline.add(i, anomaly.sample(runs[i]))
+        samples = [anomaly.sample(run) for run in runs]
+        for i, run in enumerate(runs):
+            assert groups(timeline.past(i, run.created_at)) == groups(anomaly.past_of(samples, i, run.created_at))
+
+
+def groups(past: anomaly.Past) -> tuple:
+    """A Past without its empty weekday groups (past_of keeps the run's own, even empty)."""
+    return past.prior, {day: runs for day, runs in past.groups.items() if runs}, past.weekday

@@ -134,7 +134,7 @@ def test_a_scoring_failure_loses_no_job_and_is_recorded(db_url, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("a bug in a rule")
 
-    monkeypatch.setattr(anomaly, "score_runs", broken)
+    monkeypatch.setattr(anomaly, "score_at", broken)
     summary = load(db_url, [*stable_history(), job(NEW, later(), runtime=6000)], batch_size=10)
     assert (summary.inserted, summary.exit_code) == (31, 0)
     assert [e["kind"] for e in summary.errors] == ["anomaly"] * 4

@@ -138,3 +138,7 @@ def test_demo_in_an_empty_folder(tmp_path):
     assert states[f"schedule:{failing}"] == "failing"          # the demo's breakages, found
     assert states[f"schedule:{stopped}"] in ("late", "stale")
     assert board.rstrip().endswith("archiver check --db sqlite:///demo.db")
+    check = subprocess.run([sys.executable, "-m", "archiver", "check", "--db", "sqlite:///demo.db", "--format", "json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    kinds = {alert["kind"] for alert in json.loads(check.stdout)["alerts"]}
+    assert {"zero_records", "slow"} <= kinds   # the injected anomalies on the latest runs, on the board

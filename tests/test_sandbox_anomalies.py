@@ -236,3 +236,19 @@ def test_the_demo_holds_one_anomaly_of_each_kind(tmp_path):
     assert all(describe_anomaly(a) for a in result.anomalies)
     moments = [created(a) for a in result.anomalies if a["job_id"] is not None]
     assert max(moments) - min(moments) < timedelta(days=3)   # the recent past of a ~3-day history
+
+
+def test_the_watched_packages_latest_completed_runs_carry_a_zero_record_success_and_a_10x_slowdown():
+    """What a health board can show: an anomaly on a package's latest completed run."""
+    from archiver.sandbox.anomalies import LATEST_KINDS, watched_packages
+    from archiver.sandbox.history import COMPLETED, History
+
+    history = History(800, 2, NOW.timestamp(), "anomalies")
+    model = history._gen.model
+    watched = watched_packages(history.catalog, [c.interval for c in history.cadences], model.flaky)
+    assert len(set(watched)) == 2
+    for package, kind in zip(watched, LATEST_KINDS):
+        completed = [history.table.ids[i] for i in range(history._initial)
+                     if history.table.package[i] == package and history.table.final[i] == COMPLETED]
+        injection = model.injections[completed[-1]]
+        assert (injection.kind, injection.factor) == ((kind, 0.0) if kind == "zero_records" else (kind, 10))

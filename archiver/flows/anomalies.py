@@ -152,33 +152,40 @@ def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int
 
 class PackageRuns:
     """One package's runs in time order: the newest before `start` (at most RECENT_RUNS × window
-    of them, and a few older successes), every one from `complete` on, and those written since."""
+    of them, and a few older successes), every one from `complete` on, and those written since;
+    with the `anomaly.Timeline` of their samples, kept across the batches of a run, so that the
+    baselines of each new job are a few bisections away, not a walk back over its past."""
 
-    def __init__(self, start: datetime, complete: datetime, runs: list[Run]):
+    def __init__(self, start: datetime, complete: datetime, runs: list[Run], thresholds: Thresholds):
         self.start, self.complete, self.runs = start, complete, runs
         self.keys = [time_key(r) for r in runs]
         self.where = {r.job_id: time_key(r) for r in runs}
-        self.samples: dict[int, anomaly.Sample] = {}   # what the baselines read of each run, once
-
-    def __getitem__(self, i: int) -> anomaly.Sample:
-        """anomaly.sample(runs[i]), computed once per run (and again after `put` replaced it)."""
-        run = self.runs[i]
-        found = self.samples.get(run.job_id)
-        if found is None:
-            found = self.samples[run.job_id] = anomaly.sample(run)
-        return found
+        self.samples = {r.job_id: anomaly.sample(r) for r in runs}   # what the baselines read of each run
+        self.timeline = anomaly.Timeline(thresholds)
+        for run in runs:
+            self.timeline.add(self.where[run.job_id], self.samples[run.job_id])
 
     def put(self, run: Run) -> None:
         """Add or replace a run (a job written again: its status, runtime or outputs changed)."""
         old = self.where.get(run.job_id)
-        self.samples.pop(run.job_id, None)
         if old is not None:
+            self.timeline.discard(old, self.samples[run.job_id])
             i = bisect.bisect_left(self.keys, old)
             del self.keys[i], self.runs[i]
         key = self.where[run.job_id] = time_key(run)
         i = bisect.bisect_left(self.keys, key)
         self.keys.insert(i, key)
         self.runs.insert(i, run)
+        self.samples[run.job_id] = anomaly.sample(run)
+        self.timeline.add(key, self.samples[run.job_id])
+
+    def score(self, run: Run, thresholds: Thresholds) -> list[Verdict]:
+        """The verdicts on a kept run against the kept runs before it."""
+        i = self.index(run)
+        if i >= len(self.runs) or self.runs[i].job_id != run.job_id:
+            return []
+        kept = self.runs[i]
+        return anomaly.score_at(self.runs, i, self.timeline.past(self.keys[i], kept.created_at), thresholds)
 
     def covers(self, want: Want) -> bool:
         return self.start <= want.since and (want.flaky_since is None or self.complete <= want.flaky_since)
@@ -235,13 +242,11 @@ class Scorer:
                    or not held.covers(w) or len(held.runs) > 2 * HISTORY_CAP}
         for package_id, runs in histories(conn, missing, self.thresholds.window).items():
             w = missing[package_id]
-            self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs)
+            self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs, self.thresholds)
 
     def score(self, package_id: int, new: list[Run]) -> list[Verdict]:
         held = self.packages[package_id]
-        where = [(held.index(run), run) for run in new]
-        indices = [i for i, run in where if i < len(held.runs) and held.runs[i].job_id == run.job_id]
-        return anomaly.score_runs(held.runs, indices, self.thresholds, samples=held)
+        return [v for run in sorted(new, key=time_key) for v in held.score(run, self.thresholds)]
 
 
 # -- writing verdicts -----------------------------------------------------------------------------

@@ -13,6 +13,13 @@ sandbox a history whose quirks are known exactly:
   weekday: at most a tenth of its median).
 - Flaky packages (FLAKY_PACKAGES, on schedules that retry): their scheduled first attempts
   fail with probability FLAKY_FAILURE; retries fail only at the (low) usual rate.
+- At the start clock: the packages of the two most frequent schedules (none of a flaky
+  package; `watched_packages`) get a zero-record success (first output) and a 10x slowdown
+  on their latest completed run before the start clock. A health board flags an anomaly only
+  while it is a package's latest completed run, so a history whose injections all lie
+  somewhere in its past would show it none; these are the ones a board can show. Users no
+  longer run these packages by hand after the start clock, and the demo breaks the same two
+  pipelines (one fails every run, the other's schedule stops), so no later run completes.
 
 Everything is drawn from a random stream of its own, seeded by the history's seed, so the
 job stream (creation times, ids, statuses) is the one the scenario's rates give, and the
@@ -92,6 +99,12 @@ class AnomalyModel:
         self.next_at = count + self.rng.randint(INJECT_EVERY // 2, INJECT_EVERY * 3 // 2)
         return injection
 
+    def inject_latest(self, job_id: int, kind: str) -> Injection:
+        """A zero-record success (first output) or a 10x slowdown on a package's latest run."""
+        injection = Injection(kind, 0, 0.0) if kind == "zero_records" else Injection(kind, -1, SLOW_FACTORS[0])
+        self.injections[job_id] = injection
+        return injection
+
     def _injection(self, kind: str, outputs: int) -> Injection:
         if kind == "slow":
             factor = SLOW_FACTORS[self.slow_count % len(SLOW_FACTORS)]
@@ -135,3 +148,13 @@ def _flaky_packages(rng: random.Random, catalog: Catalog, intervals: Sequence[in
         if package not in chosen:
             chosen.append(package)
     return chosen
+
+
+LATEST_KINDS = ("zero_records", "slow")   # injected on the watched packages' latest completed runs
+
+
+def watched_packages(catalog: Catalog, intervals: Sequence[int], flaky: frozenset[int]) -> list[int]:
+    """The first package of each of the two most frequent schedules without a flaky package."""
+    schedules = sorted((s for s, schedule in enumerate(catalog.schedules) if not flaky & set(schedule.packages)),
+                       key=lambda s: intervals[s])
+    return [catalog.schedules[s].packages[0] for s in schedules[:len(LATEST_KINDS)]]

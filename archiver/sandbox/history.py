@@ -45,7 +45,7 @@ from functools import cached_property
 from itertools import islice
 from typing import Iterator, NamedTuple
 
-from .anomalies import SIGMA, AnomalyModel, Injection
+from .anomalies import LATEST_KINDS, MIN_PRIOR, SIGMA, AnomalyModel, Injection, watched_packages
 from .catalog import DAY, ERRORS, Catalog, build_catalog
 
 STATUSES = ("idle", "pending", "queued", "running", "completed", "failed",
@@ -345,11 +345,18 @@ class _Generator:
         self.ticks = [(cadence.start, s) for s, cadence in enumerate(cadences)]
         heapq.heapify(self.ticks)
         self.pending: list[tuple[int, int, int, _Run]] = []
-        self.hand_packages = [p for p in range(len(catalog.packages))
-                              if not scenario.hand_runs_scheduled_only or catalog.packages[p].schedule is not None]
-        total = 0.0
-        self.cumulative_weights = [total := total + catalog.package_weights[p] for p in self.hand_packages]
+        self._hand_runs_of([p for p in range(len(catalog.packages))
+                            if not scenario.hand_runs_scheduled_only or catalog.packages[p].schedule is not None])
         self.next_arrival = self._gap()
+
+    def _hand_runs_of(self, packages: list[int]) -> None:
+        self.hand_packages = packages
+        total = 0.0
+        self.cumulative_weights = [total := total + self.catalog.package_weights[p] for p in packages]
+
+    def no_hand_runs_of(self, packages: list[int]) -> None:
+        """From now on users start no run of `packages` (the same number of random draws)."""
+        self._hand_runs_of([p for p in self.hand_packages if p not in packages])
 
     def copy(self) -> "_Generator":
         """An independent copy (random states included) that shares the catalog."""
@@ -603,6 +610,8 @@ class History:
             self._append(self._gen.next_plan())
         self.anchor = anchor = _anchor(self._gen, self.table.created[-1] if jobs else None)
         self.offset = math.floor(start) - anchor
+        if model is not None:
+            self._gen.no_hand_runs_of(self._inject_latest(model, intervals))
         self._keep_last_jobs_running(anchor)
         self._initial = len(self.table)
         self._future = self._gen.copy()   # the generator at the anchor: the future is regenerated from it
@@ -633,6 +642,25 @@ class History:
         for _ in range(jobs):
             last = probe.next_plan().created
         return AnomalyModel(seed, self.catalog, intervals, math.floor(start) - _anchor(probe, last))
+
+    def _inject_latest(self, model: AnomalyModel, intervals: list[int]) -> list[int]:
+        """The watched packages' latest completed runs before the start clock (anomalies.py), when
+        they have MIN_PRIOR successful runs before them: one zero-record success, one 10x slowdown.
+        Returns the watched packages: users run them by hand no more, so that only their schedules
+        (which the demo breaks) could make those runs not the latest."""
+        watched = watched_packages(self.catalog, intervals, model.flaky)
+        for package, kind in zip(watched, LATEST_KINDS):
+            completed = [i for i in range(len(self.table))
+                         if self.table.package[i] == package and self.table.final[i] == COMPLETED]
+            if len(completed) <= MIN_PRIOR or self.table.ids[completed[-1]] in model.injections:
+                continue
+            index = completed[-1]
+            injection = model.inject_latest(self.table.ids[index], kind)
+            if injection.kind == "slow":
+                plan = self.table[index]
+                planned = int(plan.planned_runtime * injection.factor)
+                self.table.replace(index, plan._replace(planned_runtime=planned, ended=plan.started + planned))
+        return watched
 
     def injections(self, when: float) -> list[tuple[int, Injection]]:
         """(job index, injection) of the injected jobs existing at `when`, by job id."""
