@@ -249,16 +249,31 @@ class Timeline:
         return Past(self.ok.before(key, window), groups, weekday)
 
 
-class _Keyed:
-    """Samples sorted by key."""
+class Group(list):
+    """A weekday group of a Past from a `Timeline`: a list of samples (newest first) that also
+    memoises, per measure, its values, their median and their absolute deviations from it. The
+    Timeline hands out the same Group while its weekday gains no run, so the other weekdays'
+    medians of a daily package are computed once a week rather than once a run."""
 
-    __slots__ = ("keys", "samples")
+    __slots__ = ("memo",)
+
+    def __init__(self, samples=()):
+        super().__init__(samples)
+        self.memo: dict = {}
+
+
+class _Keyed:
+    """Samples sorted by key; `newest` memoised until the next add or discard."""
+
+    __slots__ = ("keys", "samples", "groups")
 
     def __init__(self):
         self.keys: list = []
         self.samples: list[Sample] = []
+        self.groups: dict = {}
 
     def add(self, key, s: Sample) -> None:
+        self.groups.clear()
         if not self.keys or key > self.keys[-1]:
             self.keys.append(key)
             self.samples.append(s)
@@ -271,19 +286,41 @@ class _Keyed:
         i = bisect.bisect_left(self.keys, key)
         if i < len(self.keys) and self.keys[i] == key:
             del self.keys[i], self.samples[i]
+            self.groups.clear()
 
     def before(self, key, window: int) -> list[Sample]:
         """The last `window` samples with a key below `key`, oldest first."""
         end = bisect.bisect_left(self.keys, key)
         return self.samples[max(0, end - window):end]
 
-    def newest(self, key, cutoff: int, window: int) -> list[Sample]:
-        """The last `window` samples with a key below `key` from day `cutoff` on, newest first."""
-        found = self.before(key, window)
-        found.reverse()
-        while found and found[-1].day < cutoff:
-            found.pop()
+    def newest(self, key, cutoff: int, window: int) -> Group:
+        """The last `window` samples with a key below `key` from day `cutoff` on, newest first
+        (the same Group for the same samples while none is added or discarded)."""
+        end = bisect.bisect_left(self.keys, key)
+        start = max(0, end - window)
+        samples = self.samples
+        while start < end and samples[start].day < cutoff:
+            start += 1
+        found = self.groups.get((start, end))
+        if found is None:
+            found = self.groups[(start, end)] = Group(reversed(samples[start:end]))
         return found
+
+
+def _values(runs, measure) -> list[float]:
+    return [v for s in runs if (v := s.logs.get(measure)) is not None]
+
+
+def _group_stats(runs, measure) -> list:
+    """[values, median, absolute deviations from the median] of a group's measure, the last two
+    None until `_stats_median` and `_stats_deviations` fill them in; memoised on a Group."""
+    memo = getattr(runs, "memo", None)
+    if memo is not None:
+        found = memo.get(measure)
+        if found is None:
+            found = memo[measure] = [_values(runs, measure), None, None]
+        return found
+    return [_values(runs, measure), None, None]
 
 
 def robust_baseline(values: Sequence[float], spread_floor: float, by_weekday: bool = False,
@@ -303,6 +340,19 @@ def shrink(factor: float, standard_error: float) -> float:
     return factor * square / (square + standard_error * standard_error) if square else 0.0
 
 
+def _stats_median(stats: list) -> float:
+    if stats[1] is None:
+        stats[1] = median(stats[0])
+    return stats[1]
+
+
+def _stats_deviations(stats: list) -> list[float]:
+    if stats[2] is None:
+        centre = _stats_median(stats)
+        stats[2] = [abs(v - centre) for v in stats[0]]
+    return stats[2]
+
+
 def weekday_baseline(prior: Sequence[tuple[float, int]], groups: dict[int, list[float]], weekday: int,
                      thresholds: Thresholds = DEFAULTS, spread: bool = True) -> Baseline:
     """The centre of `prior` ((value, weekday) of the last `window` runs) for a run on `weekday`.
@@ -315,13 +365,21 @@ def weekday_baseline(prior: Sequence[tuple[float, int]], groups: dict[int, list[
     that of the residuals from each weekday's median (from the pooled median without two such
     weekdays). With no factor the centre is the plain median of the prior values (and with
     `spread` False, the spread and mad are NaN then: the caller only wanted the centre)."""
-    medians = {day: median(values) for day, values in groups.items() if len(values) >= thresholds.weekday_min}
+    least = thresholds.weekday_min
+    return _weekday_baseline(prior, {day: [values, None, None] for day, values in groups.items()
+                                     if len(values) >= least}, weekday, thresholds, spread)
+
+
+def _weekday_baseline(prior: Sequence[tuple[float, int]], stats: dict[int, list], weekday: int,
+                      thresholds: Thresholds, spread: bool) -> Baseline:
+    """`weekday_baseline` of the `_group_stats` of the groups with `weekday_min` values."""
     factors: dict[int, float] = {}
-    if len(medians) >= 2:
-        mad = median([abs(v - medians[day]) for day in medians for v in groups[day]])
+    if len(stats) >= 2:
+        medians = {day: _stats_median(found) for day, found in stats.items()}
+        mad = median([d for found in stats.values() for d in _stats_deviations(found)])
         spread = max(MAD_TO_SD * mad, thresholds.spread_floor, TINY_SPREAD)
         typical = median(medians.values())
-        factors = {day: shrink(m - typical, MEDIAN_SE * spread / math.sqrt(len(groups[day])))
+        factors = {day: shrink(m - typical, MEDIAN_SE * spread / math.sqrt(len(stats[day][0])))
                    for day, m in medians.items()}
     if not factors:
         return robust_baseline([v for v, _ in prior], thresholds.spread_floor, spread=spread)
@@ -342,9 +400,9 @@ def baseline_of(past: Past, measure: object, thresholds: Thresholds = DEFAULTS, 
     if len(prior) < thresholds.min_history:
         return None
     least = thresholds.weekday_min
-    groups = {day: values for day, runs in past.groups.items() if len(runs) >= least
-              and len(values := [v for s in runs if (v := s.logs.get(measure)) is not None]) >= least}
-    return weekday_baseline(prior, groups, past.weekday, thresholds, spread)
+    stats = {day: found for day, runs in past.groups.items() if len(runs) >= least
+             and len((found := _group_stats(runs, measure))[0]) >= least}
+    return _weekday_baseline(prior, stats, past.weekday, thresholds, spread)
 
 
 def runtime_baseline(past: Past, thresholds: Thresholds = DEFAULTS) -> Baseline | None:

@@ -4,6 +4,7 @@
     PYTHONPATH=. python bench/anomaly_overhead.py                   # 20,000 jobs, 3 runs a side
     PYTHONPATH=. python bench/anomaly_overhead.py --jobs 5000 --runs 5 --hours 24
     PYTHONPATH=. python bench/anomaly_overhead.py --latency-ms 100   # an API that takes 0.1 s to answer
+    PYTHONPATH=. python bench/anomaly_overhead.py --profile          # cProfile of Scorer.batch only
 
 Two measurements against an in-process sandbox API, each a fresh SQLite archive in a
 temporary folder, with scoring on (the default) and off (SyncOptions(score_anomalies=False)),
@@ -16,12 +17,15 @@ interleaved (on, off, off, on, ...) so drift in the machine hits both sides alik
 
 Prints the median seconds of each side, the overhead in % and the seconds spent inside the
 scoring itself (flows.anomalies.Scorer.batch) during the scored runs. Exit 1 when an overhead
-passes `--target` (10 %).
+passes `--target` (10 %). `--profile`: one scored run of each kind instead, with a cProfile of
+what happens inside Scorer.batch (the top `--profile-lines` functions by cumulative time).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import shutil
 import statistics
 import sys
@@ -41,16 +45,21 @@ from archiver.sandbox import Sandbox  # noqa: E402
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 KEY = "sandbox-key"
 SCORING = [0.0]   # seconds inside Scorer.batch, summed
+REAL_BATCH = Scorer.batch
 
 
-def timed_scoring() -> None:
-    real = Scorer.batch
+def timed_scoring(profile: cProfile.Profile | None = None) -> None:
+    real = REAL_BATCH
 
     def batch(*args, **kwargs):
         started = time.perf_counter()
+        if profile is not None:
+            profile.enable()
         try:
             return real(*args, **kwargs)
         finally:
+            if profile is not None:
+                profile.disable()
             SCORING[0] += time.perf_counter() - started
 
     Scorer.batch = batch
@@ -107,6 +116,25 @@ def line(name: str, times: dict[bool, list[float]], scoring: float, target: floa
             f"({per_run / on:.1%} of it)"), overhead <= target
 
 
+def profiled(args, folder: Path) -> None:
+    """One scored first sync and one scored incremental, each with a cProfile of Scorer.batch."""
+    for name in ("first sync", "incremental"):
+        profile = cProfile.Profile()
+        timed_scoring(profile)
+        SCORING[0] = 0.0
+        with Sandbox(jobs=args.jobs, seed=args.seed, now=NOW, api_key=KEY, latency_ms=args.latency_ms) as api:
+            path = folder / f"profile-{name.replace(' ', '-')}.db"
+            if name == "incremental":
+                sync(api, path, True)
+                profile = cProfile.Profile()
+                timed_scoring(profile)
+                SCORING[0] = 0.0
+                api.advance(args.hours * 3600)
+            seconds = sync(api, path, True)
+        print(f"== {name}: {seconds:.2f} s, inside Scorer.batch {SCORING[0]:.2f} s")
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile_lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20000)
@@ -116,7 +144,13 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.10)
     parser.add_argument("--latency-ms", type=float, default=0, help="the sandbox's answer delay (0: in-process, "
                         "the worst case for the ratio)")
+    parser.add_argument("--profile", action="store_true", help="profile Scorer.batch instead of timing")
+    parser.add_argument("--profile-lines", type=int, default=40)
     args = parser.parse_args()
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="anomaly-overhead-") as tmp:
+            profiled(args, Path(tmp))
+        return 0
     timed_scoring()
     ok = True
     with tempfile.TemporaryDirectory(prefix="anomaly-overhead-") as tmp:

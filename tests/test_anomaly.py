@@ -325,3 +325,39 @@ def test_a_timeline_filled_in_any_order_gives_the_walk_backs_past():
 def groups(past: anomaly.Past) -> tuple:
     """A Past without its empty weekday groups (past_of keeps the run's own, even empty)."""
     return past.prior, {day: runs for day, runs in past.groups.items() if runs}, past.weekday
+
+
+def test_the_timelines_memoised_weekday_groups_give_the_walk_backs_baselines():
+    """A Timeline hands out the same weekday Group (with its medians memoised) while that weekday
+    gains no run: every baseline equals the one computed afresh from past_of, also after an
+    earlier run is replaced (which must drop the memo of its weekday)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_history import generate
+
+    for runs in list(generate(seed=6, packages=8, days=50).runs.values()):
+        runs = list(runs)
+        timeline = anomaly.Timeline(DEFAULTS)
+        for i, run in enumerate(runs):
+            if i % 17 == 16:   # rewrite an earlier run: a new runtime and output count
+                j = i - 9
+                timeline.discard(j, anomaly.sample(runs[j]))
+                runs[j] = dataclasses.replace(runs[j], runtime_s=(runs[j].runtime_s or 1) * 1.7,
+                                              outputs=tuple((k, (c or 0) // 2) for k, c in runs[j].outputs))
+                timeline.add(j, anomaly.sample(runs[j]))
+            samples = [anomaly.sample(r) for r in runs[:i]]
+            walked = anomaly.past_of(samples, i, run.created_at)
+            for _ in range(2):   # the second time from the memo
+                indexed = timeline.past(i, run.created_at)
+                for measure in [anomaly.RUNTIME, *(key for key, _ in run.outputs)]:
+                    for spread in (False, True):
+                        assert same(anomaly.baseline_of(indexed, measure, DEFAULTS, spread),
+                                    anomaly.baseline_of(walked, measure, DEFAULTS, spread))
+            timeline.add(i, anomaly.sample(run))
+
+
+def same(a, b) -> bool:
+    """Baselines equal to the bit (NaN equal to NaN)."""
+    if a is None or b is None:
+        return a is b
+    return all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+               for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)))
