@@ -229,7 +229,7 @@ def test_scoring_reads_only_the_tail_of_a_long_history(sqlite_url, monkeypatch):
     load(sqlite_url, history)
     seen = []
     real = scoring.as_runs
-    monkeypatch.setattr(scoring, "as_runs", lambda conn, rows: seen.append(len(rows)) or real(conn, rows))
+    monkeypatch.setattr(scoring, "as_runs", lambda conn, rows, *more: seen.append(len(rows)) or real(conn, rows, *more))
     load(sqlite_url, [job(NEW, START + timedelta(days=366), runtime=6000)])
     assert kinds(sqlite_url) == [(NEW, "slow", "")]
     assert max(seen) <= 8 * 7 + 2 + 1
@@ -262,3 +262,24 @@ def test_an_incremental_sync_of_the_sandbox_scores_without_errors(sqlite_url):
     assert summary.exit_code == 0 and summary.errors == []
     scored = {v[0] for v in verdicts(sqlite_url)}
     assert scored and scored <= finished
+
+
+def test_later_syncs_reading_outputs_only_for_the_baselines_agree_with_a_rescore(db_url):
+    """A later sync loads its packages' earlier runs without their outputs and reads those of the
+    runs a baseline holds only (PackageRuns.pending): the same verdicts as a re-score, on outputs
+    that change, drop to 0 and disappear after the first sync, and with failed runs among them."""
+    raws = [job(i, START + timedelta(hours=7 * i), runtime=600 + (i * 37) % 200,
+                records=(1000 + (i * 53) % 300, 0 if i % 3 == 0 else 400), package_id=PACKAGE + i % 2,
+                status="failed" if i % 11 == 0 else "completed") for i in range(1, 161)]
+    for i in (90, 121, 150):
+        raws[i]["runtime_in_seconds"] = 9000
+    raws[130]["outputs"][0]["records_count"] = 0
+    raws[101]["outputs"][1]["records_count"] = 3
+    raws[140]["outputs"] = raws[140]["outputs"][:1]
+    load(db_url, raws[:80])
+    for start in range(80, 160, 9):    # one sync after another, each with a fresh Scorer
+        load(db_url, raws[start:start + 9], batch_size=4)
+    at_sync = [v[:4] for v in verdicts(db_url) if v[0] > 80]
+    assert {k for _, k, _, _ in at_sync} >= {"slow", "zero_records", "volume_drop"}
+    scoring.rescore(Settings(account="acme", database_url=db_url))
+    assert [v[:4] for v in verdicts(db_url) if v[0] > 80] == at_sync

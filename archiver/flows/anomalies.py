@@ -6,7 +6,9 @@ became terminal in it are scored against their package's earlier runs (`Scorer`)
 the rules read is loaded (`Want`: the newest RECENT_RUNS × window runs of the lookback before
 the first new job, the flaky window only for a successful retry, the last `window` successes of
 a package that runs less than daily), once per run and package, and kept up to date with what
-the run writes, so the cost grows with the new jobs, not with the archive. `rescore` replays every package's whole history with
+the run writes, so the cost grows with the new jobs, not with the archive. A package none of
+whose new jobs succeeded is not loaded (no verdict needs it), and the outputs of the earlier
+runs loaded are read only for the runs some new job's baseline holds (`PackageRuns.pending`). `rescore` replays every package's whole history with
 anomaly.score_history (linear) after a threshold change.
 
 A verdict is replaced whole: a job's verdicts are deleted and its new ones inserted in one
@@ -59,10 +61,12 @@ def job_columns():
             jobs_t.c.runtime_in_seconds, jobs_t.c.attempts)
 
 
-def as_runs(conn: Connection, rows: Sequence) -> list[Run]:
+def as_runs(conn: Connection, rows: Sequence, with_outputs=lambda row: True) -> list[Run]:
     """Job rows (in time order: created_at, then id) as anomaly Runs; only the successful ones
-    with their outputs (the rules read the outputs of successful runs only)."""
-    outputs = read_outputs(conn, [r.id for r in rows if r.status == anomaly.SUCCESS])
+    with their outputs (the rules read the outputs of successful runs only), and of those only
+    the rows `with_outputs` accepts (the others' outputs are read when a baseline needs them:
+    `PackageRuns.pending`)."""
+    outputs = read_outputs(conn, [r.id for r in rows if r.status == anomaly.SUCCESS and with_outputs(r)])
     return [Run(r.id, r.package_id, r.created_at, r.status or "", r.runtime_in_seconds, r.attempts or 0,
                 outputs.get(r.id, ())) for r in rows]
 
@@ -146,7 +150,8 @@ def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int
                 .order_by(c.created_at.desc(), c.id.desc()).limit(window))
             found.update((r.id, r) for r in older)
     ordered = {p: sorted(rows[p].values(), key=lambda r: (r.created_at, r.id)) for p in packages}
-    runs = iter(as_runs(conn, [r for p in packages for r in ordered[p]]))
+    runs = iter(as_runs(conn, [r for p in packages for r in ordered[p]],
+                        lambda r: r.created_at >= wants[r.package_id].first))
     return {p: [next(runs) for _ in ordered[p]] for p in packages}
 
 
@@ -156,11 +161,16 @@ class PackageRuns:
     with the `anomaly.Timeline` of their samples, kept across the batches of a run, so that the
     baselines of each new job are a few bisections away, not a walk back over its past."""
 
-    def __init__(self, start: datetime, complete: datetime, runs: list[Run], thresholds: Thresholds):
+    def __init__(self, start: datetime, complete: datetime, runs: list[Run], thresholds: Thresholds,
+                 first: datetime | None = None):
         self.start, self.complete, self.runs = start, complete, runs
         self.keys = [time_key(r) for r in runs]
         self.where = {r.job_id: time_key(r) for r in runs}
         self.samples = {r.job_id: anomaly.sample(r) for r in runs}   # what the baselines read of each run
+        # id(sample) -> job id: the successful runs before `first`, loaded without their outputs
+        # (`fill` reads them when a baseline is about to read the sample: most never are)
+        self.pending = {id(self.samples[r.job_id]): r.job_id for r in runs
+                        if first is not None and r.succeeded and r.created_at < first}
         self.timeline = anomaly.Timeline(thresholds)
         for run in runs:
             self.timeline.add(self.where[run.job_id], self.samples[run.job_id])
@@ -169,6 +179,7 @@ class PackageRuns:
         """Add or replace a run (a job written again: its status, runtime or outputs changed)."""
         old = self.where.get(run.job_id)
         if old is not None:
+            self.pending.pop(id(self.samples[run.job_id]), None)
             self.timeline.discard(old, self.samples[run.job_id])
             i = bisect.bisect_left(self.keys, old)
             del self.keys[i], self.runs[i]
@@ -179,13 +190,28 @@ class PackageRuns:
         self.samples[run.job_id] = anomaly.sample(run)
         self.timeline.add(key, self.samples[run.job_id])
 
-    def score(self, run: Run, thresholds: Thresholds) -> list[Verdict]:
-        """The verdicts on a kept run against the kept runs before it."""
+    def past(self, run: Run) -> tuple[int, anomaly.Past] | None:
+        """(index, Past) of a kept successful run (None: not kept, or not successful: no verdict)."""
         i = self.index(run)
-        if i >= len(self.runs) or self.runs[i].job_id != run.job_id:
-            return []
-        kept = self.runs[i]
-        return anomaly.score_at(self.runs, i, self.timeline.past(self.keys[i], kept.created_at), thresholds)
+        if i >= len(self.runs) or self.runs[i].job_id != run.job_id or not self.runs[i].succeeded:
+            return None
+        return i, self.timeline.past(self.keys[i], self.runs[i].created_at)
+
+    def unread(self, past: anomaly.Past) -> dict[int, anomaly.Sample]:
+        """The samples of `past` whose outputs are not read yet, by job id."""
+        if not self.pending:
+            return {}
+        found = {}
+        for group in (past.prior, *past.groups.values()):
+            for s in group:
+                job_id = self.pending.get(id(s))
+                if job_id is not None:
+                    found[job_id] = s
+        return found
+
+    def filled(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            self.pending.pop(id(self.samples[job_id]), None)
 
     def covers(self, want: Want) -> bool:
         return self.start <= want.since and (want.flaky_since is None or self.complete <= want.flaky_since)
@@ -231,8 +257,10 @@ class Scorer:
         for run in fresh:
             if run.job_id in finished:
                 new[run.package_id].append(run)
-        self.load({p: want(runs, self.thresholds) for p, runs in new.items()}, conn)
-        verdicts = [v for package_id, runs in sorted(new.items()) for v in self.score(package_id, runs)]
+        # a job that did not succeed has no verdict: its package's history is not needed for it
+        scored = {p: runs for p, runs in new.items() if any(run.succeeded for run in runs)}
+        self.load({p: want(runs, self.thresholds) for p, runs in scored.items()}, conn)
+        verdicts = self.score_all(conn, scored)
         replace_verdicts(conn, sorted(finished), verdicts, {r.job_id: r.created_at for r in fresh})
         return verdicts
 
@@ -242,11 +270,36 @@ class Scorer:
                    or not held.covers(w) or len(held.runs) > 2 * HISTORY_CAP}
         for package_id, runs in histories(conn, missing, self.thresholds.window).items():
             w = missing[package_id]
-            self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs, self.thresholds)
+            self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs, self.thresholds,
+                                                    w.first)
 
-    def score(self, package_id: int, new: list[Run]) -> list[Verdict]:
-        held = self.packages[package_id]
-        return [v for run in sorted(new, key=time_key) for v in held.score(run, self.thresholds)]
+    def score_all(self, conn: Connection, new: dict[int, list[Run]]) -> list[Verdict]:
+        """The verdicts on the new runs of each package: first every run's Past, then the outputs
+        of the loaded runs those Pasts hold (one read for all), then the rules."""
+        pasts, unread = [], {}
+        for package_id, runs in sorted(new.items()):
+            held = self.packages[package_id]
+            for run in sorted(runs, key=time_key):
+                found = held.past(run)
+                if found is not None:
+                    pasts.append((held, *found))
+                    unread.setdefault(package_id, {}).update(held.unread(found[1]))
+        ids = sorted(job_id for found in unread.values() for job_id in found)
+        if ids:
+            outputs = read_outputs(conn, ids)
+            for package_id, found in unread.items():
+                fill(found, outputs)
+                self.packages[package_id].filled(found)
+        return [v for held, i, past in pasts for v in anomaly.score_at(held.runs, i, past, self.thresholds)]
+
+
+def fill(samples: dict[int, anomaly.Sample], outputs: dict[int, tuple[tuple[str, int | None], ...]]) -> None:
+    """Complete samples made of runs loaded without outputs with their outputs, in place (as
+    anomaly.sample would have made them; their runtime is in already)."""
+    for job_id, s in samples.items():
+        found = outputs.get(job_id, ())
+        s.counts.update(found)
+        s.logs.update((key, math.log1p(count)) for key, count in found if count is not None)
 
 
 # -- writing verdicts -----------------------------------------------------------------------------
