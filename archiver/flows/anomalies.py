@@ -130,15 +130,16 @@ def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int
         before = (select(*job_columns(), newest.label("rank"))
                   .where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].since, c.created_at < wants[p].first)
                                for p in part))).subquery())
-        queries = [select(*(before.c[col.name] for col in job_columns())).where(
-                       or_(*(and_(before.c.package_id == p, before.c.rank <= wants[p].recent) for p in part))),
+        # before `first`, only the successes feed the baselines; every status of the flaky window
+        # (inside the lookback) only where a new run is a successful retry
+        kept = [and_(before.c.package_id == p, before.c.rank <= wants[p].recent, before.c.status == anomaly.SUCCESS)
+                if wants[p].flaky_since is None else
+                and_(before.c.package_id == p, or_(before.c.rank <= wants[p].recent,
+                                                   before.c.created_at >= wants[p].flaky_since))
+                for p in part]
+        queries = [select(*(before.c[col.name] for col in job_columns())).where(or_(*kept)),
                    select(*job_columns()).where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].first)
                                                      for p in part)))]
-        flaky = [p for p in part if wants[p].flaky_since is not None]
-        if flaky:
-            queries.append(select(*job_columns()).where(or_(*(
-                and_(c.package_id == p, c.created_at >= wants[p].flaky_since, c.created_at < wants[p].first)
-                for p in flaky))))
         for query in queries:
             for row in conn.execute(query):
                 rows[row.package_id][row.id] = row
