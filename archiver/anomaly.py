@@ -597,22 +597,54 @@ def _score_flaky(run: Run, runs: Sequence[Run], end: int, thresholds: Thresholds
     if not (run.succeeded and run.attempts) or end < thresholds.min_history:
         return None
     since = run.created_at - timedelta(days=thresholds.flaky_days)
-    return flaky_verdict(chains([*recent_runs(runs, end, since), run]), thresholds)
+    return flaky_of_runs([*recent_runs(runs, end, since), run], thresholds)
+
+
+def flaky_of_runs(runs: Iterable[Run], thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+    """`flaky_verdict(chains(runs))` in one pass, without building the chains (a successful
+    retry of an hourly package walks two weeks of runs)."""
+    cleans: list[bool] = []
+    retried, job = 0, None
+    first = last = None
+    length = 0
+    for run in runs:
+        if run.attempts and first is not None:
+            last, length = run, length + 1
+            continue
+        if first is not None:
+            cleans.append(first.attempts == 0 and first.status == SUCCESS)
+            if length > 1 and last.status == SUCCESS:
+                retried, job = retried + 1, last
+        first = last = run
+        length = 1
+    if first is not None:
+        cleans.append(first.attempts == 0 and first.status == SUCCESS)
+        if length > 1 and last.status == SUCCESS:
+            retried, job = retried + 1, last
+    return _flaky(len(cleans), cleans[-thresholds.flaky_clear:], retried, job, thresholds)
 
 
 def flaky_verdict(recent: Sequence[Chain], thresholds: Thresholds = DEFAULTS) -> Verdict | None:
     if len(recent) < thresholds.flaky_min_chains:
         return None
-    last = recent[-thresholds.flaky_clear:]
-    if len(last) == thresholds.flaky_clear and all(c.clean for c in last):
-        return None
     retried = [c for c in recent if c.retried_to_success]
-    share = len(retried) / len(recent)
+    return _flaky(len(recent), [c.clean for c in recent[-thresholds.flaky_clear:]], len(retried),
+                  retried[-1].runs[-1] if retried else None, thresholds)
+
+
+def _flaky(chain_count: int, last_clean: list[bool], retried: int, job: Run | None,
+           thresholds: Thresholds) -> Verdict | None:
+    """The flaky verdict of `chain_count` chains, of which the last `flaky_clear` were clean or
+    not (`last_clean`), `retried` needed a retry to succeed, the latest of them ending at `job`."""
+    if chain_count < thresholds.flaky_min_chains:
+        return None
+    if len(last_clean) == thresholds.flaky_clear and all(last_clean):
+        return None
+    share = retried / chain_count
     if not retried or share < thresholds.flaky_share:
         return None
-    job = retried[-1].runs[-1]
-    return Verdict(job.job_id, job.package_id, FLAKY, share, None, None, len(recent), thresholds.flaky_share,
-                   f"{len(retried)} of {len(recent)} runs in {thresholds.flaky_days:g} days needed a retry "
+    return Verdict(job.job_id, job.package_id, FLAKY, share, None, None, chain_count, thresholds.flaky_share,
+                   f"{retried} of {chain_count} runs in {thresholds.flaky_days:g} days needed a retry "
                    f"to succeed ({share:.0%}; listed from {thresholds.flaky_share:.0%})")
 
 

@@ -361,3 +361,26 @@ def same(a, b) -> bool:
         return a is b
     return all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
                for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)))
+
+
+def test_flaky_in_one_pass_is_flaky_of_the_chains():
+    """flaky_of_runs (what scoring a successful retry uses) gives flaky_verdict(chains(...)) on
+    every two-week window of packages with retries, and on hand-made edge cases."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_history import generate
+
+    history = generate(seed=7, packages=12, days=40, flaky=4)
+    flagged = 0
+    for runs in history.runs.values():
+        for end in range(len(runs)):
+            since = runs[end].created_at - timedelta(days=DEFAULTS.flaky_days)
+            window = [*anomaly.recent_runs(runs, end, since), runs[end]]
+            expected = anomaly.flaky_verdict(anomaly.chains(window))
+            assert anomaly.flaky_of_runs(window) == expected
+            flagged += expected is not None
+    assert flagged
+    run = lambda i, status, attempts: Run(i, 7, MONDAY + timedelta(hours=i), status, 60.0, attempts)  # noqa: E731
+    for window in ([], [run(1, "completed", 1)], [run(1, "failed", 2), run(2, "completed", 3)],
+                   [run(i, "failed" if i % 2 else "completed", i % 2 == 0) for i in range(1, 14)],
+                   [run(i, "completed", 0) for i in range(6)] + [run(6, "failed", 0), run(7, "completed", 1)]):
+        assert anomaly.flaky_of_runs(window) == anomaly.flaky_verdict(anomaly.chains(window))
