@@ -555,7 +555,8 @@ def sandbox(host, port, jobs, seed, account, api_key, latency_ms, error_rate, dr
               help="Jobs in the sandbox history.")
 @click.option("--seed", type=int, default=1, show_default=True)
 def demo(jobs, seed):
-    """Sync a sandbox account into ./demo.db and print a short report. No configuration needed."""
+    """Sync a sandbox account into ./demo.db; print a short report and the health board, write
+    demo-report.html. No configuration needed."""
     from pathlib import Path
 
     from archiver.flows.demo import BROKEN_FOR, FURTHER_SQL, describe_anomaly, run_demo
