@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from archiver import database
-from archiver.models import JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
+from archiver.models import AlertRow, JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
 
 
 class Rows:
@@ -83,3 +83,12 @@ def job_row(job_id: int, *, package_id: int, created_at: datetime, status: str =
             "runtime_in_seconds": runtime if finished else None, "updated_at": ended or created_at,
             "first_seen_at": created_at, "last_synced_at": created_at, "payload": {},
             "run_date": created_at.date()}
+
+
+def alert_rows(url: str) -> dict:
+    engine = database.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {r.key: r for r in conn.execute(select(AlertRow.__table__))}
+    finally:
+        engine.dispose()

@@ -6,7 +6,6 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
 
 from archiver import database
 from archiver.config import Settings
@@ -15,9 +14,8 @@ from archiver.flows.alerts import CheckOptions, ack, run_check
 from archiver.flows.checkconfig import CheckConfig, load_config, parse_config, parse_duration
 from archiver.flows.health import evaluate
 from archiver.flows.schedule_time import Interval, add_months
-from archiver.models import AlertRow
 from clirun import run_cli
-from healthrows import Rows
+from healthrows import Rows, alert_rows
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 SECOND = timedelta(seconds=1)
@@ -283,15 +281,6 @@ def test_durations():
 
 
 # -- the alerts table, on every backend ----------------------------------------------------------------
-def alert_rows(url: str) -> dict:
-    engine = database.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {r.key: r for r in conn.execute(select(AlertRow.__table__))}
-    finally:
-        engine.dispose()
-
-
 def test_alerts_are_recorded_once_per_episode(db_url):
     rows = Rows(db_url)
     rows.schedule(1, start_at=NOW - timedelta(days=1), packages=(1,))

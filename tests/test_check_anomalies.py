@@ -18,7 +18,7 @@ from archiver.flows.checkconfig import KINDS, CheckConfig, parse_config
 from archiver.flows.health import evaluate
 from archiver.models import AlertRow, JobAnomalyRow
 from clirun import run_cli
-from healthrows import Rows
+from healthrows import Rows, alert_rows
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 SECOND = timedelta(seconds=1)
@@ -292,15 +292,6 @@ def test_json_lists_the_new_kinds_and_a_critical_anomaly_fails_the_check(capsys,
 
 
 # -- the alerts table, on every backend --------------------------------------------------------------------
-def stored(url: str) -> dict:
-    engine = database.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {r.key: r for r in conn.execute(select(AlertRow.__table__))}
-    finally:
-        engine.dispose()
-
-
 def test_anomaly_alerts_open_and_resolve_in_the_alerts_table(db_url):
     rows = Rows(db_url)
     try:
@@ -312,11 +303,11 @@ def test_anomaly_alerts_open_and_resolve_in_the_alerts_table(db_url):
         settings = Settings(account=None, database_url=db_url)
         result = run_check(settings, CheckOptions(now=NOW))
         assert result.exit_code == 1
-        keys = {k for k, r in stored(db_url).items() if r.resolved_at is None and r.kind in anomaly.KINDS}
+        keys = {k for k, r in alert_rows(db_url).items() if r.resolved_at is None and r.kind in anomaly.KINDS}
         assert keys == {"zero_records:package:7:out", "slow:package:7", "flaky:package:9"}
         rows.job(package_id=7, created_at=LATER)
         run_check(settings, CheckOptions(now=NOW + SECOND))
-        table = stored(db_url)
+        table = alert_rows(db_url)
         assert table["zero_records:package:7:out"].resolved_at is not None
         assert table["slow:package:7"].resolved_at is not None
         assert table["flaky:package:9"].resolved_at is None

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, func, select
 
 from archiver import anomaly
+from archiver.flows.board import Alert
 from archiver.flows.checkconfig import CheckConfig
 from archiver.models import JobAnomalyRow, JobRow
 
@@ -40,20 +41,6 @@ JOB_KINDS = (anomaly.SLOW, anomaly.ZERO_RECORDS, anomaly.VOLUME_DROP)   # read f
 OUTPUT_KINDS = (anomaly.ZERO_RECORDS, anomaly.VOLUME_DROP)
 PLAIN_OUTPUT = re.compile(r"[A-Za-z0-9_.\-]+")
 DIGEST_CHARS = 12
-
-
-@dataclasses.dataclass
-class Finding:
-    """The fields of a health.Alert (health builds one from each)."""
-
-    key: str
-    kind: str
-    severity: str
-    message: str
-    since: datetime | None = None
-    schedule_id: int | None = None
-    package_id: int | None = None
-    job_id: int | None = None
 
 
 @dataclasses.dataclass
@@ -152,14 +139,14 @@ def creator_schedule(row) -> int | None:
 
 # -- judging -------------------------------------------------------------------------------------------
 def anomaly_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, as_of: datetime,
-                     disabled: set[int]) -> list[Finding]:
+                     disabled: set[int]) -> list[Alert]:
     """Every anomaly alert, none for a job a disabled schedule created."""
     found = [*verdict_findings(facts.verdicts, config), *flaky_findings(facts, config, as_of),
              *running_findings(facts, open_jobs, config, as_of)]
     return [f for f in found if f.schedule_id not in disabled]
 
 
-def verdict_findings(verdicts: list, config: CheckConfig) -> list[Finding]:
+def verdict_findings(verdicts: list, config: CheckConfig) -> list[Alert]:
     """One finding per verdict on a latest success. Two outputs whose keys differ only in case
     (`Orders`, `orders`) would be one key to MariaDB's case-blind collation: the second gets
     the digest form."""
@@ -171,14 +158,14 @@ def verdict_findings(verdicts: list, config: CheckConfig) -> list[Finding]:
         if key.casefold() in taken:
             key = anomaly_key(v.kind, v.package_id, output, digest=True)
         taken.add(key.casefold())
-        found.append(Finding(key, v.kind,
+        found.append(Alert(key, v.kind,
                              config.severity(v.kind, schedule_id, v.package_id),
                              f"{v.kind} (job {v.job_id}, the latest success): {v.message}", since=v.created_at,
                              schedule_id=schedule_id, package_id=v.package_id, job_id=v.job_id))
     return found
 
 
-def flaky_findings(facts: AnomalyFacts, config: CheckConfig, as_of: datetime) -> list[Finding]:
+def flaky_findings(facts: AnomalyFacts, config: CheckConfig, as_of: datetime) -> list[Alert]:
     found = []
     for package_id, runs in sorted(facts.flaky_runs.items()):
         verdict = anomaly.flaky_status(runs, as_of, thresholds(config))
@@ -186,14 +173,14 @@ def flaky_findings(facts: AnomalyFacts, config: CheckConfig, as_of: datetime) ->
             continue
         schedule_id = facts.flaky_creators.get(verdict.job_id)
         job = next(r for r in runs if r.job_id == verdict.job_id)
-        found.append(Finding(anomaly_key(anomaly.FLAKY, package_id), anomaly.FLAKY,
+        found.append(Alert(anomaly_key(anomaly.FLAKY, package_id), anomaly.FLAKY,
                              config.severity(anomaly.FLAKY, schedule_id, package_id),
                              f"flaky: {verdict.message}", since=job.created_at, schedule_id=schedule_id,
                              package_id=package_id, job_id=verdict.job_id))
     return found
 
 
-def running_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, as_of: datetime) -> list[Finding]:
+def running_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, as_of: datetime) -> list[Alert]:
     """`slow:job:ID`: a running job whose elapsed time (since started_at) passed the slow bound."""
     found = []
     for job in open_jobs:
@@ -205,7 +192,7 @@ def running_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, 
         if verdict is None:
             continue
         schedule_id = creator_schedule(job)
-        found.append(Finding(f"slow:job:{job.id}", anomaly.SLOW,
+        found.append(Alert(f"slow:job:{job.id}", anomaly.SLOW,
                              config.severity(anomaly.SLOW, schedule_id, job.package_id),
                              f"slow: job {job.id} {verdict.message}", since=job.started_at,
                              schedule_id=schedule_id, package_id=job.package_id, job_id=job.id))

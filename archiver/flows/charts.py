@@ -118,12 +118,14 @@ def line_band(title: str, days: Sequence[date], middle: dict[date, float], low: 
         body.append(f'<path d="{upper}{lower}Z" fill="{SKY}" fill-opacity="0.35" stroke="none"/>')
     body.append(f'<path d="{frame.path([(d, middle.get(d)) for d in frame.days])}" fill="none" '
                 f'stroke="{BLUE}" stroke-width="2"/>')
-    for day, value, label in marks:
-        if day in frame.index:
-            x, y = frame.x(day), frame.y(value)
-            body.append(f'<path d="M{_n(x)} {_n(y - 6)}l6 6-6 6-6-6z" fill="{VERMILLION}" stroke="#000">'
-                        f"<title>{shown(label)}</title></path>")
+    body.extend(_marks(frame, marks))
     return _svg(title, WIDTH, HEIGHT, body)
+
+
+def _marks(frame: "Frame", marks: Sequence[tuple[date, float, str]]) -> list[str]:
+    """A vermillion diamond per marked day on the chart, its label as the tooltip."""
+    return [f'<path d="M{_n(frame.x(day))} {_n(frame.y(value) - 6)}l6 6-6 6-6-6z" fill="{VERMILLION}" '
+            f'stroke="#000"><title>{shown(label)}</title></path>' for day, value, label in marks if day in frame.index]
 
 
 def lines(title: str, days: Sequence[date], series: Sequence[tuple[str, dict[date, float]]],
@@ -136,11 +138,7 @@ def lines(title: str, days: Sequence[date], series: Sequence[tuple[str, dict[dat
         dash = ("", ' stroke-dasharray="6 3"', ' stroke-dasharray="2 2"')[i % 3]
         body.append(f'<path d="{frame.path([(d, values.get(d)) for d in frame.days])}" fill="none" '
                     f'stroke="{SERIES[i % len(SERIES)]}" stroke-width="2"{dash}><title>{shown(name)}</title></path>')
-    for day, value, label in marks:
-        if day in frame.index:
-            x, y = frame.x(day), frame.y(value)
-            body.append(f'<path d="M{_n(x)} {_n(y - 6)}l6 6-6 6-6-6z" fill="{VERMILLION}" stroke="#000">'
-                        f"<title>{shown(label)}</title></path>")
+    body.extend(_marks(frame, marks))
     return _svg(title, WIDTH, HEIGHT, body)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, case, func, not_, or_, select
 
 from archiver import anomaly
 from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_anomaly_facts
+from archiver.flows.board import Alert
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
                                         CheckConfig)
 from archiver.flows.report import percentile
@@ -42,31 +43,9 @@ STUCK_STATUSES = ("running", "queued")
 MAX_RETRIES = 5                 # auto_retry_attempts is 1..5: a run is at most 6 jobs
 RUNTIME_SAMPLE = 200            # recent finished jobs a percentile is taken over
 GAP_SAMPLE = 51                 # recent successes the median gap is taken over
-SEVERITY_RANK = {"warning": 1, "critical": 2}
 
 
 # -- what the board holds ---------------------------------------------------------------------------
-@dataclasses.dataclass
-class Alert:
-    key: str
-    kind: str
-    severity: str
-    message: str
-    since: datetime | None = None
-    schedule_id: int | None = None
-    package_id: int | None = None
-    job_id: int | None = None
-    silenced_until: datetime | None = None   # from the alerts table (archiver ack)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "kind": self.kind, "severity": self.severity, "schedule_id": self.schedule_id,
-                "package_id": self.package_id, "job_id": self.job_id, "since": self.since,
-                "message": self.message}
-
-    def at_least(self, level: str) -> bool:
-        return SEVERITY_RANK[self.severity] >= SEVERITY_RANK[level]
-
-
 @dataclasses.dataclass
 class Subject:
     type: str            # schedule, package or archiver
@@ -504,8 +483,7 @@ def of_hand_package(alerts: list[Alert], package_id: int) -> list[Alert]:
 def anomaly_alerts(anomaly_facts: AnomalyFacts, facts: Facts, config: CheckConfig, as_of: datetime,
                    disabled: set[int]) -> list[Alert]:
     """slow, zero_records, volume_drop and flaky (flows/anomaly_checks.py says when each is open)."""
-    found = anomaly_findings(anomaly_facts, facts.open_jobs, config, as_of, disabled)
-    return [Alert(**dataclasses.asdict(f)) for f in found]
+    return anomaly_findings(anomaly_facts, facts.open_jobs, config, as_of, disabled)
 
 
 def board_table(board: Board) -> str:
