@@ -284,9 +284,13 @@ class Archive:
                    after: Callable[[Connection], None] | None = None) -> BatchResult:
         """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) commits with it."""
         unique = newest_per_id(jobs)
+        return self._transact_with(lambda conn: self._write(conn, unique, run_id), after)
 
+    def _transact_with(self, write: Callable[[Connection], BatchResult],
+                       after: Callable[[Connection], None] | None) -> BatchResult:
+        """`write(conn)` then `after(conn)` in one transaction: a page and its bookmark land together."""
         def work(conn: Connection) -> BatchResult:
-            result = self._write(conn, unique, run_id)
+            result = write(conn)
             if after is not None:
                 after(conn)
             return result
@@ -401,14 +405,7 @@ class Archive:
         """Write one page of a catalog List endpoint in one transaction (newer updated_at wins;
         a schedule's packages replaced with it); `after(conn)` (its bookmark) commits with it."""
         unique = newest_per_id(records)
-
-        def work(conn: Connection) -> BatchResult:
-            result = self._write_catalog(conn, kind, unique)
-            if after is not None:
-                after(conn)
-            return result
-
-        return self.transact(work)
+        return self._transact_with(lambda conn: self._write_catalog(conn, kind, unique), after)
 
     def plan_catalog(self, kind: str, records: Sequence[CatalogRecord]) -> BatchResult:
         """Dry run: what writing these catalog objects would do, without writing."""

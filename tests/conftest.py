@@ -68,11 +68,26 @@ def server_url(backend: str, suffix: str = "") -> str:
     try:
         ensure_database(url)
     except Exception as exc:  # no server here
-        message = f"{backend} test server not reachable at {url.render_as_string()}: {type(exc).__name__}"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: a missing backend is a failure)")
-        pytest.skip(message)
+        missing(f"{backend} test server not reachable at {url.render_as_string()}: {type(exc).__name__}",
+                "a missing backend is a failure")
     return url.render_as_string(hide_password=False)
+
+
+def missing(message: str, in_ci: str) -> None:
+    """Something a test needs is absent: a skip on a laptop, a failure in CI (CI=true)."""
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: {in_ci})")
+    pytest.skip(message)
+
+
+def required_tool(package: str, *names: str) -> str:
+    """The path of the first of `names` on PATH, which .ci/run installs from Debian's `package`."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    missing(f"{names[0]} not found (Debian: apt-get install {package})",
+            f".ci/run installs it; a missing {names[0]} is a failure")
 
 
 def ensure_database(url) -> None:
@@ -169,6 +184,15 @@ def db_url(request, tmp_path, sqlite_template, migrated_servers) -> str:
     url = migrated_servers(request.param)
     truncate_all(url)
     return url
+
+
+@pytest.fixture
+def rows(sqlite_url):
+    """An empty migrated SQLite archive to fill with jobs, schedules and syncs (tests/healthrows.py)."""
+    from healthrows import Rows
+    built = Rows(sqlite_url)
+    yield built
+    built.close()
 
 
 @pytest.fixture

@@ -22,13 +22,6 @@ SECOND = timedelta(seconds=1)
 H = timedelta(hours=1)
 
 
-@pytest.fixture
-def rows(sqlite_url):
-    built = Rows(sqlite_url)
-    yield built
-    built.close()
-
-
 def board(url: str, now: datetime, config: CheckConfig | None = None):
     engine = database.make_engine(url)
     try:

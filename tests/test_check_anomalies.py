@@ -26,13 +26,6 @@ H = timedelta(hours=1)
 D = timedelta(days=1)
 
 
-@pytest.fixture
-def rows(sqlite_url):
-    built = Rows(sqlite_url)
-    yield built
-    built.close()
-
-
 def verdict(rows: Rows, job_id: int, package_id: int, kind: str, created_at: datetime, output_key: str = "",
             message: str = "runtime 2,400 s: 4.0x the median 600 s of 10 prior successful runs") -> None:
     with rows.engine.begin() as conn:

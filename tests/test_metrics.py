@@ -23,7 +23,7 @@ from archiver import anomaly
 from archiver.models import AlertRow, CreatorRow, JobAnomalyRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
 from archiver.textsafe import safe_text
 from tests.clirun import run_cli
-from tests.conftest import IN_CI
+from tests.conftest import required_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -43,14 +43,7 @@ FAMILIES = set(FAMILY_TYPES)
 
 
 def promtool() -> str:
-    """The promtool binary; a skip on a laptop without it, a failure in CI (CI=true), like a missing server."""
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool not found (Debian: apt-get install prometheus)"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: .ci/run installs it; a missing promtool is a failure)")
-        pytest.skip(message)
-    return path
+    return required_tool("prometheus", "promtool")
 
 
 # -- an archive built directly --------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -23,7 +22,7 @@ from archiver.flows.report_html import job_link, signature, write_html_report
 from archiver.models import AlertRow, JobAnomalyRow, JobOutputRow, JobRow, PackageRow, SyncRunRow
 from archiver.textsafe import safe_text
 from tests.clirun import run_cli
-from tests.conftest import IN_CI
+from tests.conftest import required_tool
 from tests.healthrows import Rows, job_row
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -240,14 +239,7 @@ def test_200_packages_over_90_days_stay_under_one_and_a_half_megabytes(sqlite_ur
 
 # -- headless Chromium -------------------------------------------------------------------------------------------
 def chromium() -> str:
-    """The browser; a skip on a laptop without it, a failure in CI (CI=true), like a missing promtool."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = "chromium not found (Debian: apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: .ci/run installs it; a missing chromium is a failure)")
-        pytest.skip(message)
-    return path
+    return required_tool("chromium", "chromium", "chromium-browser")
 
 
 CHROMIUM_OWN = ("google.com", "googleapis.com", "gvt1.com", "gstatic.com")   # its updater and clock, not the page
