@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -27,6 +26,7 @@ from sqlalchemy import Engine, case, func, or_, select
 from archiver import anomaly, database
 from archiver.errors import ArchiverError, ConfigError
 from archiver.flows.checkconfig import KINDS, SEVERITIES
+from archiver.flows.report import parse_span
 from archiver.models import AlertRow, CreatorRow, JobAnomalyRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
 from archiver.textsafe import safe_text
 from archiver.utc import to_utc
@@ -268,10 +268,10 @@ def collect(engine: Engine, window: timedelta, now: datetime | None = None) -> l
 
 def parse_window(text: str) -> timedelta:
     """`7d`, `24h`, `2w`: the span back from now that the runtime percentiles cover."""
-    match = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", text)
-    if not match or int(match.group(1)) == 0:
+    span = parse_span(text)
+    if not span:
         raise ConfigError(f"--window {text!r}: use a span like 7d, 24h or 2w")
-    return timedelta(hours=int(match.group(1)) * {"h": 1, "d": 24, "w": 24 * 7}[match.group(2)])
+    return span
 
 
 # -- the file ------------------------------------------------------------------------------------------

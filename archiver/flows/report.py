@@ -51,14 +51,20 @@ class Period:
         return Period(self.start - (self.end - self.start), self.start)
 
 
+def parse_span(text: str) -> timedelta | None:
+    """`7d`, `24h`, `2w` as a timedelta; None when the text is not such a span."""
+    match = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", text)
+    if not match:
+        return None
+    return timedelta(hours=int(match.group(1)) * {"h": 1, "d": 24, "w": 24 * 7}[match.group(2)])
+
+
 def parse_since(text: str, now: datetime | None = None) -> Period:
     """`7d`, `24h`, `2w` back from now, or a date/timestamp (`2026-11-01`)."""
     now = now or datetime.now(timezone.utc)
-    match = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        hours = {"h": 1, "d": 24, "w": 24 * 7}[unit] * amount
-        return Period(now - timedelta(hours=hours), now)
+    span = parse_span(text)
+    if span is not None:
+        return Period(now - span, now)
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
