@@ -15,6 +15,7 @@ Every wait (backoff, Retry-After, pacing) is a wait on the stop event, cut at th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -219,6 +220,39 @@ class _WatchedAdapter(HTTPAdapter):
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         manager.pool_classes_by_scheme = dict(self.POOLS)
         return manager
+
+
+def watched_session() -> requests.Session:
+    """A Session whose connections `bounded` can shut (for HTTP outside XplentyClient)."""
+    session = requests.Session()
+    adapter = _WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@contextlib.contextmanager
+def bounded(ends: float, stop: threading.Event):
+    """One request of a `watched_session` ends by `ends` (monotonic) or at `stop`, whatever the
+    peer does (a hung or trickling answer): its socket is shut, and the attempt's `reason` says
+    why ("deadline" or "stopped"; None when it ended by itself)."""
+    attempt, done = _Attempt(ends, by_run=True), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(WATCH_TICK):
+            if stop.is_set() or time.monotonic() >= ends:
+                attempt.fire("stopped" if stop.is_set() else "deadline")
+                return
+
+    watcher = threading.Thread(target=watch, name="http-watchdog", daemon=True)
+    watcher.start()
+    _current.attempt = attempt
+    try:
+        yield attempt
+    finally:
+        _current.attempt = None
+        done.set()
+        watcher.join()
 
 
 class XplentyClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socketserver
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from archiver import database
 from archiver.config import Secret, Settings
 from archiver.flows.alerts import CheckOptions, ack, run_check
-from archiver.flows.notify import NotifyPolicy, clean, message
+from archiver.flows.notify import NotifyPolicy, clean, message, post
 from archiver.models import AlertDeliveryRow, AlertRow
 from clirun import run_cli
 from healthrows import Rows
@@ -183,3 +184,41 @@ def test_the_url_may_come_from_a_file(capsys, monkeypatch, tmp_path, db_url, lat
                   env={"ARCHIVER_NOTIFY_URL_FILE": str(path)})
     assert out.code == 0 and receiver.events() == [("new", "late:schedule:1")]
     assert TOKEN not in out.out + out.err
+
+
+class Trickler(socketserver.BaseRequestHandler):
+    """A receiver that answers one byte of headers at a time and never finishes."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+                self.request.sendall(bytes([byte]))
+                if self.server.done.wait(0.05):
+                    return
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("how", ["deadline", "stop"])
+def test_a_trickling_receiver_cannot_hold_a_delivery_past_the_deadline_or_a_stop(how):
+    """Each byte comes well within the read timeout, so only the total bound ends the POST."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Trickler)
+    server.daemon_threads, server.done = True, threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    url = Secret(f"http://127.0.0.1:{server.server_address[1]}/hooks/SECRET")
+    policy = NotifyPolicy(timeout=5, retries=0, attempt_total=0.5 if how == "deadline" else 600)
+    done: list = []
+    sender = threading.Thread(target=lambda: done.append(post(url, {"text": "x"}, policy, stop)))
+    sender.start()
+    if how == "stop":
+        stop.set()
+    sender.join(timeout=60)   # a guard against a hang, not a measurement
+    server.done.set()
+    server.shutdown()
+    assert not sender.is_alive()
+    [delivery] = done
+    assert not delivery.delivered
+    assert delivery.error.endswith("stop" if how == "stop" else "deadline")
+    assert "SECRET" not in delivery.error

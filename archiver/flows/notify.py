@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from archiver.client import bounded, watched_session
 from archiver.config import Secret, read_secret_file, remember_secret, scrub
 from archiver.errors import ConfigError
 
@@ -37,6 +38,7 @@ RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 @dataclasses.dataclass(frozen=True)
 class NotifyPolicy:
     timeout: float = 10.0         # connect and read, each
+    attempt_total: float = 30.0   # one attempt, answer included (a trickling receiver ends here)
     retries: int = 3              # after the first attempt
     backoff: float = 1.0          # seconds before the first retry, doubling
     deadline: float = 120.0       # seconds for all the deliveries of one check
@@ -130,12 +132,12 @@ def post(url: Secret, body: Mapping[str, Any], policy: NotifyPolicy, stop: threa
     guard(url.reveal())
     data = json.dumps(body, default=_iso, ensure_ascii=False).encode("utf-8")
     stop = stop or threading.Event()
-    session = session or requests.Session()
+    session = session or watched_session()
     result = Delivery(False, 0)
     for attempt in range(policy.retries + 1):
         if attempt and not _pause(policy.backoff * 2 ** (attempt - 1), stop, ends):
             break
-        result = _attempt(session, url, data, policy)
+        result = _attempt(session, url, data, policy, stop, ends)
         result.attempts = attempt + 1
         if result.delivered or (result.http_status is not None and result.http_status not in RETRYABLE):
             break
@@ -149,16 +151,26 @@ def _pause(seconds: float, stop: threading.Event, ends: float | None) -> bool:
     return not stop.wait(seconds) if seconds > 0 else not stop.is_set()
 
 
-def _attempt(session: requests.Session, url: Secret, data: bytes, policy: NotifyPolicy) -> Delivery:
-    try:
-        with session.post(url.reveal(), data=data, headers={"Content-Type": "application/json"},
-                          timeout=(policy.timeout, policy.timeout), stream=True, allow_redirects=False) as resp:
-            _drain(resp)
-            status = resp.status_code
-    except requests.Timeout:
-        return Delivery(False, 1, error=f"{where(url)}: no answer within {policy.timeout:g}s")
-    except requests.RequestException as exc:  # its text quotes the URL: only the class is kept
-        return Delivery(False, 1, error=f"{where(url)}: {type(exc).__name__} (could not connect or send)")
+def _attempt(session: requests.Session, url: Secret, data: bytes, policy: NotifyPolicy,
+             stop: threading.Event, ends: float | None) -> Delivery:
+    """One POST, ended by its own total, the check's deadline or `stop` (client.bounded)."""
+    own_end = time.monotonic() + policy.attempt_total
+    with bounded(own_end if ends is None else min(own_end, ends), stop) as watch:
+        try:
+            with session.post(url.reveal(), data=data, headers={"Content-Type": "application/json"},
+                              timeout=(policy.timeout, policy.timeout), stream=True,
+                              allow_redirects=False) as resp:
+                _drain(resp)
+                status = resp.status_code
+        except requests.Timeout:
+            return Delivery(False, 1, error=f"{where(url)}: no answer within {policy.timeout:g}s")
+        except requests.RequestException as exc:  # its text quotes the URL: only the class is kept
+            if watch.reason is not None:
+                return Delivery(False, 1, error=f"{where(url)}: no whole answer before the "
+                                                f"{'stop' if watch.reason == 'stopped' else 'deadline'}")
+            return Delivery(False, 1, error=f"{where(url)}: {type(exc).__name__} (could not connect or send)")
+    if watch.reason is not None:   # shut while the answer was read: a short body is no answer
+        return Delivery(False, 1, error=f"{where(url)}: no whole answer before the deadline")
     if 200 <= status < 300:
         return Delivery(True, 1, status)
     return Delivery(False, 1, status, f"{where(url)}: HTTP {status}")
