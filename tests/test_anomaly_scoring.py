@@ -286,3 +286,26 @@ def test_later_syncs_reading_outputs_only_for_the_baselines_agree_with_a_rescore
     assert {k for _, k, _, _ in at_sync} >= {"slow", "zero_records", "volume_drop", "flaky"}
     scoring.rescore(Settings(account="acme", database_url=db_url))
     assert [v[:4] for v in verdicts(db_url) if v[0] > 80] == at_sync
+
+
+@pytest.mark.parametrize("name", ["job-v1-completed.json", "job-v1-failed.json", "job-v2-failed-with-log-summary.json"])
+def test_a_new_job_is_scored_as_stored_without_reading_it_back(db_url, name):
+    """The scorer builds just-inserted jobs from their records (flows.anomalies.run_of_record):
+    each must be the Run that reading the stored row back gives, on every database, including
+    outputs sharing a key (summed), a missing records_count and keys the payload left out."""
+    from archiver.database import open_engine as engine_of
+    from archiver.parse import parse_job
+
+    raw = load_payload(name)
+    raw.pop("attempts", None)          # absent: NULL in a new row
+    if raw.get("outputs"):
+        twin = dict(raw["outputs"][0], id=raw["outputs"][0]["id"] + 999_999)
+        raw["outputs"] = [*raw["outputs"], twin, dict(twin, id=twin["id"] + 1, records_count=None)]
+    record = parse_job(raw)
+    load(db_url, [raw])
+    engine = engine_of(db_url, create=False)
+    try:
+        with engine.connect() as conn:
+            assert scoring.runs_of(conn, [record.id]) == [scoring.run_of_record(record)]
+    finally:
+        engine.dispose()

@@ -24,14 +24,16 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, delete, func, or_, select
+from sqlalchemy import Connection, delete, select
 
 from archiver import anomaly, dialect, models
 from archiver.anomaly import Run, Thresholds, Verdict
 from archiver.config import Settings
-from archiver.store import Archive
+from archiver.records import JobRecord
+from archiver.store import Archive, newest_per_id
 from archiver.utc import utcnow
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,37 @@ def read_outputs(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[
     return {job_id: tuple(sorted(found.items())) for job_id, found in counts.items()}
 
 
+RUN_COLUMNS = ("package_id", "created_at", "status", "runtime_in_seconds", "attempts")
+
+
+def run_of_record(job: JobRecord) -> Run | None:
+    """A just-inserted job as the Run that reading it back would give (an absent key of a new row
+    is NULL, absent outputs none); None when it has no package or no created_at (not scoreable)."""
+    c = job.columns
+    if c.get("package_id") is None or c.get("created_at") is None:
+        return None
+    counts: dict[str, int | None] = {}
+    for o in job.outputs or ():
+        key = output_key(o.component_name, o.name, o.id)
+        held = counts.get(key)
+        counts[key] = o.records_count if held is None else held + (o.records_count or 0)
+    succeeded = c.get("status") == anomaly.SUCCESS
+    return Run(job.id, c["package_id"], c["created_at"], c.get("status") or "", c.get("runtime_in_seconds"),
+               c.get("attempts") or 0, tuple(sorted(counts.items())) if succeeded else ())
+
+
+def written_runs(conn: Connection, written: Sequence[int], inserted: Iterable[int],
+                 records: Sequence[JobRecord]) -> list[Run]:
+    """The scoreable runs among the `written` jobs, in time order: a job the batch inserted is
+    built from its record (the row holds exactly what the record carried); a job it updated is read
+    back, since a key its payload left out kept the stored value."""
+    new = set(inserted)
+    by_id = {job.id: job for job in newest_per_id(records) if job.id in new}
+    built = [run for job_id in written if job_id in by_id and (run := run_of_record(by_id[job_id])) is not None]
+    read = runs_of(conn, [job_id for job_id in written if job_id not in by_id])
+    return sorted(built + read, key=time_key)
+
+
 def runs_of(conn: Connection, ids: Sequence[int]) -> list[Run]:
     """The scoreable jobs among `ids` (with a package and a created_at)."""
     rows = []
@@ -120,40 +153,36 @@ def want(new: Sequence[Run], thresholds: Thresholds) -> Want:
 
 def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int, list[Run]]:
     """The runs each package's Want asks for, plus its last `window` successful runs before
-    `since` when those found hold fewer (a package that runs less than daily). A few queries for
-    all the packages together (and one per package that runs less than daily)."""
-    c, rows = jobs_t.c, defaultdict(dict)
+    `since` when those found hold fewer (a package that runs less than daily). A few
+    queries per package, each a bounded range of the (package_id, created_at) index: the cost of
+    a package is the runs its baselines read, however long its history."""
     packages = sorted(wants)
-    for start in range(0, len(packages), 100):
-        part = packages[start:start + 100]
-        newest = func.row_number().over(partition_by=c.package_id, order_by=(c.created_at.desc(), c.id.desc()))
-        before = (select(*job_columns(), newest.label("rank"))
-                  .where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].since, c.created_at < wants[p].first)
-                               for p in part))).subquery())
-        # before `first`, only the successes feed the baselines; every status of the flaky window
-        # (inside the lookback) only where a new run is a successful retry
-        kept = [and_(before.c.package_id == p, before.c.rank <= wants[p].recent, before.c.status == anomaly.SUCCESS)
-                if wants[p].flaky_since is None else
-                and_(before.c.package_id == p, or_(before.c.rank <= wants[p].recent,
-                                                   before.c.created_at >= wants[p].flaky_since))
-                for p in part]
-        queries = [select(*(before.c[col.name] for col in job_columns())).where(or_(*kept)),
-                   select(*job_columns()).where(or_(*(and_(c.package_id == p, c.created_at >= wants[p].first)
-                                                     for p in part)))]
-        for query in queries:
-            for row in conn.execute(query):
-                rows[row.package_id][row.id] = row
-    for p in packages:
-        found = rows[p]
-        if sum(1 for r in found.values() if r.status == anomaly.SUCCESS and r.created_at < wants[p].first) < window:
-            older = conn.execute(select(*job_columns()).where(
-                c.package_id == p, c.created_at < wants[p].since, c.status == anomaly.SUCCESS)
-                .order_by(c.created_at.desc(), c.id.desc()).limit(window))
-            found.update((r.id, r) for r in older)
+    rows = {p: package_rows(conn, p, wants[p], window) for p in packages}
     ordered = {p: sorted(rows[p].values(), key=lambda r: (r.created_at, r.id)) for p in packages}
     runs = iter(as_runs(conn, [r for p in packages for r in ordered[p]],
                         lambda r: r.created_at >= wants[r.package_id].first))
     return {p: [next(runs) for _ in ordered[p]] for p in packages}
+
+
+def package_rows(conn: Connection, package_id: int, want: Want, window: int) -> dict[int, Any]:
+    """One package's rows by id: every run from `want.first` on; before it, the successes among
+    the newest `want.recent` runs back to `want.since` (all of those, and every run back to
+    `flaky_since`, when a new run is a successful retry); older successes to fill `window`."""
+    c = jobs_t.c
+    newest_first = (c.created_at.desc(), c.id.desc())
+    mine = select(*job_columns()).where(c.package_id == package_id)
+    found = {r.id: r for r in conn.execute(mine.where(c.created_at >= want.first))}
+    recent = conn.execute(mine.where(c.created_at >= want.since, c.created_at < want.first)
+                          .order_by(*newest_first).limit(want.recent)).all()
+    if want.flaky_since is None:
+        recent = [r for r in recent if r.status == anomaly.SUCCESS]
+    else:
+        recent += conn.execute(mine.where(c.created_at >= want.flaky_since, c.created_at < want.first)).all()
+    found.update((r.id, r) for r in recent)
+    if sum(1 for r in recent if r.status == anomaly.SUCCESS) < window:
+        found.update((r.id, r) for r in conn.execute(
+            mine.where(c.created_at < want.since, c.status == anomaly.SUCCESS).order_by(*newest_first).limit(window)))
+    return found
 
 
 class PackageRuns:
@@ -237,19 +266,22 @@ class Scorer:
         self.archive, self.thresholds = archive, thresholds
         self.packages: dict[int, PackageRuns] = {}
 
-    def batch(self, written: Sequence[int], finished: Sequence[int]) -> list[Verdict]:
-        """`written`: every job the batch inserted or updated; `finished`: those that became terminal.
+    def batch(self, written: Sequence[int], finished: Sequence[int], inserted: Sequence[int] = (),
+              records: Sequence[JobRecord] = ()) -> list[Verdict]:
+        """`written`: every job the batch inserted or updated; `finished`: those that became terminal;
+        `inserted` (of `written`) with their `records`: built from the records, not read back.
         One transaction after the batch's: a failure here never touches the jobs."""
         if not finished and not self.packages:
             return []
         try:
-            return self.archive.transact(lambda conn: self._batch(conn, written, set(finished)))
+            return self.archive.transact(lambda conn: self._batch(conn, written, set(finished), inserted, records))
         except BaseException:
             self.packages.clear()   # the kept runs may be half updated
             raise
 
-    def _batch(self, conn: Connection, written: Sequence[int], finished: set[int]) -> list[Verdict]:
-        fresh = runs_of(conn, written)
+    def _batch(self, conn: Connection, written: Sequence[int], finished: set[int], inserted: Sequence[int],
+               records: Sequence[JobRecord]) -> list[Verdict]:
+        fresh = written_runs(conn, written, inserted, records)
         for run in fresh:
             held = self.packages.get(run.package_id)
             if held is not None and run.created_at >= held.start:

@@ -271,19 +271,19 @@ class Run:
                 self.write([job])
         else:
             result.add_to(self.summary)
-            self.score(result)
+            self.score(result, batch)
         if self.options.progress:
             self.options.progress(self.summary)
 
 
-    def score(self, result: BatchResult) -> None:
+    def score(self, result: BatchResult, records: list[JobRecord]) -> None:
         """Anomaly verdicts on the jobs a committed batch finished. A failure is logged and
         recorded (sync_errors kind 'anomaly', no job) and the run goes on: the jobs are stored,
         and `archiver anomalies --rescore` computes the verdicts again."""
         if self.scorer is None:
             return
         try:
-            self.scorer.batch(result.inserted + result.updated, result.finished)
+            self.scorer.batch(result.inserted + result.updated, result.finished, result.inserted, records)
         except STOP_WRITING:
             raise
         except Exception as exc:
