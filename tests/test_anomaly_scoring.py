@@ -288,6 +288,48 @@ def test_later_syncs_reading_outputs_only_for_the_baselines_agree_with_a_rescore
     assert [v[:4] for v in verdicts(db_url) if v[0] > 80] == at_sync
 
 
+def test_later_syncs_of_an_hourly_package_read_its_weekdays_only_and_agree_with_a_rescore(db_url, monkeypatch):
+    """An hourly package has 30 successes of each new run's weekday within two weeks: a later sync
+    then loads those, the last 30 successes and the flaky window (flows.anomalies.own_weekday_rows)
+    instead of every weekday of 8 weeks, and gives the verdicts a re-score gives. The package is
+    10× slower on Tuesdays (a weekday effect only the full load sees while a Tuesday has fewer
+    than 30 runs), an output appears in the last day only (a job without it is judged by its last
+    30 runs) and retries make it flaky (flaky_share 0.005: its window must be loaded)."""
+    thresholds = anomaly.Thresholds(flaky_share=0.005)
+    day7, day14 = 7 * 24 - 6, 14 * 24 - 6   # START is a Tuesday 06:00: job i runs i hours later
+    raws = []
+    for i in range(1, day14 + 13):
+        created = START + timedelta(hours=i)
+        runtime = (600 + (i * 37) % 200) * (10 if created.weekday() == START.weekday() else 1)
+        raws.append(job(i, created, runtime=runtime, records=(1000 + (i * 53) % 300, 400),
+                        status="failed" if i % 13 == 0 else "completed"))
+    for raw in raws[day14 - 30:]:
+        extra = dict(raw["outputs"][0], id=raw["id"] * 10 + 7, name="extra", component_name="extra")
+        raw["outputs"] = [*raw["outputs"], extra]
+    raws[day14 + 1]["runtime_in_seconds"] *= 10
+    raws[day14 + 3]["outputs"][0]["records_count"] = 0
+    raws[day14 + 5]["outputs"] = raws[day14 + 5]["outputs"][:2]
+    for i in (day14 + 6, day14 + 8, day14 + 10, day7 + 20):   # retried into success
+        raws[i].update(status="failed", completed_at=None, attempts=0)
+        raws[i + 1].update(status="completed", attempts=1)
+    narrow = []
+    real = scoring.own_weekday_rows
+    monkeypatch.setattr(scoring, "own_weekday_rows", lambda *a: narrow.append(found := real(*a)) or found)
+    load(db_url, raws[:day7], anomalies=thresholds)
+    narrow.clear()
+    load(db_url, raws[day7:day7 + 12], anomalies=thresholds, batch_size=4)    # Tuesday: 17 earlier Tuesday runs
+    assert narrow and all(found is None for found in narrow)                 # so every weekday is loaded
+    load(db_url, raws[day7 + 12:day14], anomalies=thresholds)
+    narrow.clear()
+    for start in (day14, day14 + 6):                                          # Tuesday: 41 earlier ones
+        load(db_url, raws[start:start + 6], anomalies=thresholds, batch_size=4)
+    assert narrow and all(found is not None for found in narrow)             # Tuesday runs alone
+    at_sync = [v[:4] for v in verdicts(db_url) if v[0] > day7]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop", "flaky"}
+    scoring.rescore(Settings(account="acme", database_url=db_url), thresholds)
+    assert [v[:4] for v in verdicts(db_url) if v[0] > day7] == at_sync
+
+
 @pytest.mark.parametrize("name", ["job-v1-completed.json", "job-v1-failed.json", "job-v2-failed-with-log-summary.json"])
 def test_a_new_job_is_scored_as_stored_without_reading_it_back(db_url, name):
     """The scorer builds just-inserted jobs from their records (flows.anomalies.run_of_record):

@@ -25,9 +25,9 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, and_, delete, or_, select
 
 from archiver import anomaly, dialect, models
 from archiver.anomaly import Run, Thresholds, Verdict
@@ -142,36 +142,48 @@ class Want:
     since: datetime
     recent: int
     flaky_since: datetime | None
+    weekdays: frozenset[int] = frozenset()   # of the new successful runs
+    newest: datetime | None = None           # the newest new successful run
+    weeks: int = 0                           # the weekday factors' weeks
 
 
 def want(new: Sequence[Run], thresholds: Thresholds) -> Want:
     first = new[0].created_at
     retried = any(run.succeeded and run.attempts for run in new)
+    succeeded = [run.created_at for run in new if run.succeeded]
     return Want(first, first - lookback(thresholds), RECENT_RUNS * thresholds.window,
-                first - timedelta(days=thresholds.flaky_days) if retried else None)
+                first - timedelta(days=thresholds.flaky_days) if retried else None,
+                frozenset(moment.weekday() for moment in succeeded), max(succeeded, default=None),
+                thresholds.weekday_weeks)
 
 
-def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int, list[Run]]:
+def histories(conn: Connection, wants: dict[int, Want], window: int) -> dict[int, tuple[list[Run], bool]]:
     """The runs each package's Want asks for, plus its last `window` successful runs before
     `since` when those found hold fewer (a package that runs less than daily). A few
     queries per package, each a bounded range of the (package_id, created_at) index: the cost of
     a package is the runs its baselines read, however long its history."""
     packages = sorted(wants)
     rows = {p: package_rows(conn, p, wants[p], window) for p in packages}
-    ordered = {p: sorted(rows[p].values(), key=lambda r: (r.created_at, r.id)) for p in packages}
+    ordered = {p: sorted(rows[p][0].values(), key=lambda r: (r.created_at, r.id)) for p in packages}
     runs = iter(as_runs(conn, [r for p in packages for r in ordered[p]],
                         lambda r: r.created_at >= wants[r.package_id].first))
-    return {p: [next(runs) for _ in ordered[p]] for p in packages}
+    return {p: ([next(runs) for _ in ordered[p]], rows[p][1]) for p in packages}
 
 
-def package_rows(conn: Connection, package_id: int, want: Want, window: int) -> dict[int, Any]:
-    """One package's rows by id: every run from `want.first` on; before it, the successes among
-    the newest `want.recent` runs back to `want.since` (all of those, and every run back to
-    `flaky_since`, when a new run is a successful retry); older successes to fill `window`."""
+def package_rows(conn: Connection, package_id: int, want: Want, window: int) -> tuple[dict[int, Any], bool]:
+    """One package's rows by id, and whether they are only its own-weekday baselines' (`narrow`).
+    Every run from `want.first` on; before it, `own_weekday_rows` when they suffice, else the
+    successes among the newest `want.recent` runs back to `want.since` (all of those, and every
+    run back to `flaky_since`, when a new run is a successful retry) and older successes to fill
+    `window`."""
     c = jobs_t.c
     newest_first = (c.created_at.desc(), c.id.desc())
     mine = select(*job_columns()).where(c.package_id == package_id)
     found = {r.id: r for r in conn.execute(mine.where(c.created_at >= want.first))}
+    narrow = own_weekday_rows(conn, mine, want, window)
+    if narrow is not None:
+        found.update((r.id, r) for r in narrow)
+        return found, True
     recent = conn.execute(mine.where(c.created_at >= want.since, c.created_at < want.first)
                           .order_by(*newest_first).limit(want.recent)).all()
     if want.flaky_since is None:
@@ -182,7 +194,44 @@ def package_rows(conn: Connection, package_id: int, want: Want, window: int) -> 
     if sum(1 for r in recent if r.status == anomaly.SUCCESS) < window:
         found.update((r.id, r) for r in conn.execute(
             mine.where(c.created_at < want.since, c.status == anomaly.SUCCESS).order_by(*newest_first).limit(window)))
-    return found
+    return found, False
+
+
+def own_weekday_rows(conn: Connection, mine, want: Want, window: int) -> list | None:
+    """What the baselines of the new runs read when each has `window` successes of its own weekday
+    in the weekday weeks (a package that runs every few hours): for each weekday of the new
+    successes, its newest `window` successes before `want.first` on that weekday, from the newest
+    new run's cutoff on; the newest `window` successes before `want.first` (every run's `prior`);
+    every run of the flaky window when one is wanted. None when some weekday has fewer: its
+    baselines read every weekday (`anomaly.Timeline.past`), so the caller loads them all.
+
+    Each new run's own group is then what the whole history gives: the newest `window` of its
+    weekday before it, every one within its cutoff (the newest run's is the latest cutoff)."""
+    if want.newest is None:
+        return None
+    c = jobs_t.c
+    newest_first = (c.created_at.desc(), c.id.desc())
+    before = mine.where(c.created_at < want.first, c.status == anomaly.SUCCESS)
+    cutoff = datetime.combine(want.newest.date() - timedelta(weeks=want.weeks), time(), want.newest.tzinfo)
+    rows = []
+    for weekday in sorted(want.weekdays):
+        days = [day for day in weekday_days(cutoff.date(), want.first.date(), weekday)]
+        spans = [and_(c.created_at >= start, c.created_at < start + timedelta(days=1))
+                 for start in (datetime.combine(day, time(), cutoff.tzinfo) for day in days)]
+        found = conn.execute(before.where(or_(*spans)).order_by(*newest_first).limit(window)).all() if spans else []
+        if len(found) < window:
+            return None
+        rows += found
+    rows += conn.execute(before.order_by(*newest_first).limit(window)).all()
+    if want.flaky_since is not None:
+        rows += conn.execute(mine.where(c.created_at >= want.flaky_since, c.created_at < want.first)).all()
+    return rows
+
+
+def weekday_days(start: date, end: date, weekday: int) -> list[date]:
+    """The days from `start` to `end` (both included) that fall on `weekday`."""
+    first = start + timedelta(days=(weekday - start.weekday()) % 7)
+    return [first + timedelta(weeks=k) for k in range((end - first).days // 7 + 1)] if first <= end else []
 
 
 class PackageRuns:
@@ -192,8 +241,9 @@ class PackageRuns:
     baselines of each new job are a few bisections away, not a walk back over its past."""
 
     def __init__(self, start: datetime, complete: datetime, runs: list[Run], thresholds: Thresholds,
-                 first: datetime | None = None):
+                 first: datetime | None = None, narrow: bool = False):
         self.start, self.complete, self.runs = start, complete, runs
+        self.narrow = narrow   # only some weekdays before `first`: good for the Want it was loaded for
         self.keys = [time_key(r) for r in runs]
         self.where = {r.job_id: time_key(r) for r in runs}
         self.samples = {r.job_id: anomaly.sample(r) for r in runs}   # what the baselines read of each run
@@ -244,7 +294,7 @@ class PackageRuns:
             self.pending.pop(id(self.samples[job_id]), None)
 
     def covers(self, want: Want) -> bool:
-        return self.start <= want.since and (want.flaky_since is None or self.complete <= want.flaky_since)
+        return not self.narrow and self.start <= want.since and (want.flaky_since is None or self.complete <= want.flaky_since)
 
     def index(self, run: Run) -> int:
         return bisect.bisect_left(self.keys, time_key(run))
@@ -301,10 +351,10 @@ class Scorer:
         """Load the packages whose kept runs do not reach back far enough (or grew too long)."""
         missing = {p: w for p, w in wants.items() if (held := self.packages.get(p)) is None
                    or not held.covers(w) or len(held.runs) > 2 * HISTORY_CAP}
-        for package_id, runs in histories(conn, missing, self.thresholds.window).items():
+        for package_id, (runs, narrow) in histories(conn, missing, self.thresholds.window).items():
             w = missing[package_id]
             self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs, self.thresholds,
-                                                    w.first)
+                                                    w.first, narrow)
 
     def score_all(self, conn: Connection, new: dict[int, list[Run]]) -> list[Verdict]:
         """The verdicts on the new runs of each package: first every run's Past, then the outputs
