@@ -21,6 +21,7 @@ in the same transaction as the page it covers, as before. So:
 
 A read whose end depends on what the writer found (flows.incremental's refresh by listing
 stops once it met every open job) stays in turn: reading ahead would spend a credit more.
+The catalog's reads (flows.catalog: a few pages a run) stay in turn too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from archiver.client import XplentyClient
 from archiver.flows.cursor import CursorRead
 
 T = TypeVar("T")
-CursorPage = tuple[list[Any], "datetime | None"]   # a page's new objects, and the read's hold then
+CursorPage = tuple[list[Any], datetime | None]   # a page's new objects, and the read's hold then
 _END = object()
 
 
