@@ -7,9 +7,11 @@ before it, never from the database) and hands each page over with the `hold` the
 when it produced that page. The calling thread alone parses, writes and moves the bookmark,
 in the same transaction as the page it covers, as before. So:
 
-- the requests are the sequential read's, in the same order: it is the same generator,
-  only driven from another thread, and the hold a page is written with is the one it had
-  there;
+- the List requests are the sequential read's, in the same order: it is the same
+  generator, only driven from another thread, and the hold a page is written with is the
+  one it had there (with --with-log-summary the writer's Get calls for a page overlap the
+  next List call: the same calls in another order, which only moves where --max-credits
+  cuts the run);
 - the reader works at most `depth` pages ahead of the page being written: a run that ends
   on a write error (or at SIGTERM) has read at most those pages more than a run in turn,
   and they are dropped, never written, so the bookmark never covers them;
