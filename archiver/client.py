@@ -142,8 +142,8 @@ class _Attempt:
     """One request attempt's total deadline. The watchdog calls fire() when it passes or the
     run stops; fire() shuts the socket the attempt uses, so a blocked read returns at once."""
 
-    def __init__(self, ends: float, by_run: bool):
-        self.ends, self.by_run = ends, by_run
+    def __init__(self, ends: float, by_run: bool, cancel: threading.Event | None = None):
+        self.ends, self.by_run, self.cancel = ends, by_run, cancel
         self.reason: str | None = None      # "timeout" (own deadline), "deadline" (the run's), "stopped"
         self._conn: HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -153,6 +153,11 @@ class _Attempt:
             self._conn = conn
             if self.reason is not None:
                 _shut(conn)
+
+    @property
+    def cancelled(self) -> bool:
+        """The thread that makes this attempt was told to stop (XplentyClient.cancelled_by)."""
+        return self.cancel is not None and self.cancel.is_set()
 
     def fire(self, reason: str) -> None:
         with self._lock:
@@ -332,6 +337,17 @@ class XplentyClient:
             return False
         return True
 
+    @contextlib.contextmanager
+    def cancelled_by(self, cancel: threading.Event):
+        """Inside, this thread's requests and waits also end (Stopped) when `cancel` is set, as
+        every thread's do at the run's stop: a thread reading ahead for another one that no
+        longer wants its pages ends at once (flows.readahead), while the run goes on."""
+        self._local.cancel = cancel
+        try:
+            yield
+        finally:
+            self._local.cancel = None
+
     def close(self) -> None:
         with self._lock:
             self._closing.set()   # the watchdog ends; a later call starts a new one
@@ -399,8 +415,12 @@ class XplentyClient:
             self.usage.retries += 1
         self._pause(seconds)
 
+    def _cancel_event(self) -> threading.Event | None:
+        return getattr(self._local, "cancel", None)
+
     def _check_stop(self) -> None:
-        if self.stop.is_set():
+        cancel = self._cancel_event()
+        if self.stop.is_set() or (cancel is not None and cancel.is_set()):
             raise Stopped("the run was told to stop")
 
     def _pause(self, seconds: float) -> None:
@@ -412,8 +432,21 @@ class XplentyClient:
         else:
             if self.deadline is not None:
                 seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
-            self.stop.wait(seconds)
+            self._wait_for_stop(seconds)
         self._check_stop()
+
+    def _wait_for_stop(self, seconds: float) -> None:
+        """Wait `seconds`, or until the run's stop event (or this thread's cancel) is set."""
+        cancel = self._cancel_event()
+        if cancel is None:
+            self.stop.wait(seconds)
+            return
+        ends = time.monotonic() + seconds   # two events: look at the run's stop every tick
+        while not (self.stop.is_set() or cancel.is_set()):
+            left = ends - time.monotonic()
+            if left <= 0:
+                return
+            cancel.wait(min(left, WATCH_TICK))
 
     # -- one attempt, bounded in total -------------------------------------------------------
     def _begin(self) -> _Attempt:
@@ -421,7 +454,7 @@ class XplentyClient:
         ends, by_run = now + self.policy.total_timeout, False
         if self.deadline is not None and self.deadline <= ends:
             ends, by_run = self.deadline, True
-        attempt = _Attempt(ends, by_run)
+        attempt = _Attempt(ends, by_run, self._cancel_event())
         with self._lock:
             self._attempts.add(attempt)
             if self._watchdog is None:
@@ -437,13 +470,14 @@ class XplentyClient:
             self._attempts.discard(attempt)
 
     def _watch(self, closing: threading.Event) -> None:
-        """Shut the sockets of attempts past their deadline, and of all of them on stop."""
+        """Shut the sockets of attempts past their deadline, and of all of them on stop (of
+        one thread's, when that thread is cancelled)."""
         while not closing.wait(WATCH_TICK):
             stopping, now = self.stop.is_set(), time.monotonic()
             with self._lock:
                 attempts = list(self._attempts)
             for attempt in attempts:
-                if stopping:
+                if stopping or attempt.cancelled:
                     attempt.fire("stopped")
                 elif now >= attempt.ends:
                     attempt.fire("deadline" if attempt.by_run else "timeout")

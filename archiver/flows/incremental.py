@@ -3,7 +3,9 @@
 `archiver sync --incremental` and `--refresh-open`; the frame of a run (lock, sync_runs
 row, batch writer, fetch loop) is archiver.flows.runs', the paged read flows.cursor's,
 the bookmark flows.bookmark's; after the jobs an unfiltered run reads the catalog
-(flows.catalog).
+(flows.catalog). The next page of List jobs is fetched while one is written
+(flows.readahead, `SyncOptions.read_ahead`); the refresh by listing reads in turn, as it
+stops once it met every open job.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from archiver.config import Settings
 from archiver.flows.bookmark import Bookmark
 from archiver.flows.catalog import archive_catalog
 from archiver.flows.cursor import PAGE_LIMIT, CursorRead
+from archiver.flows.readahead import read_pages
 from archiver.flows.runs import Run, SyncOptions, SyncSummary, execute, make_client
 from archiver.records import JobRecord
 
@@ -55,14 +58,15 @@ def archive_incremental(run: Run, inc: IncrementalOptions) -> None:
     filters = {"status": inc.status or "all", **({"package_id": inc.package_id} if inc.package_id else {})}
     reader = CursorRead(run.client.list_jobs, filters, start)
     brought: set[int] = set()
-    for raw_page in reader.pages():
-        run.summary.requested += len(raw_page)
-        jobs, clean = parse_page(run, raw_page)
-        brought.update(j.id for j in jobs)
-        save = bookmark.advance(jobs, clean, reader.hold)
-        if run.options.with_log_summary:
-            jobs = add_log_summaries(run, jobs)
-        run.write(jobs, after=save)
+    with read_pages(reader, run.client, run.options.read_ahead) as pages:
+        for raw_page, hold in pages:
+            run.summary.requested += len(raw_page)
+            jobs, clean = parse_page(run, raw_page)
+            brought.update(j.id for j in jobs)
+            save = bookmark.advance(jobs, clean, hold)
+            if run.options.with_log_summary:
+                jobs = add_log_summaries(run, jobs)
+            run.write(jobs, after=save)
     bookmark.finish()
     if inc.filtered:
         return

@@ -53,6 +53,7 @@ class SyncOptions:
     progress: Callable[["SyncSummary"], None] | None = None
     anomalies: anomaly.Thresholds = anomaly.DEFAULTS   # the [anomalies] of the check config
     score_anomalies: bool = True   # off only to measure what scoring costs (bench/anomaly_overhead.py)
+    read_ahead: int = 1   # pages of a cursor read fetched while one is written (flows.readahead); 0: in turn
 
 
 @dataclasses.dataclass
