@@ -250,6 +250,35 @@ def test_scoring_in_many_batches_agrees_with_a_rescore(db_url):
     assert [v[:4] for v in verdicts(db_url)] == at_sync
 
 
+def test_a_long_first_sync_forgets_what_no_baseline_reads_and_agrees_with_a_rescore(db_url, monkeypatch):
+    """A first sync keeps each package's runs across its batches; it forgets those no later
+    baseline reads (older than the lookback, but the last 30 successes), so its memory stays
+    bounded however long the history, and the verdicts are still a re-score's. Two packages: one
+    every 7 hours, one every 3 days (its last 30 successes reach back 90 days, past the lookback)."""
+    monkeypatch.setattr(scoring, "TRIM_AT", 0.05)   # trim as soon as 12 runs are kept, not 960
+    held = []
+    real = scoring.PackageRuns.trim
+    monkeypatch.setattr(scoring.PackageRuns, "trim", lambda self, *a: real(self, *a) or held.append(len(self.runs)))
+    raws = [job(i, START + timedelta(hours=7 * i), runtime=600 + (i * 37) % 200,
+                records=(1000 + (i * 53) % 300, 0 if i % 3 == 0 else 400),
+                status="failed" if i % 11 == 0 else "completed") for i in range(1, 601)]
+    sparse = [job(1000 + i, START + timedelta(days=3 * i, hours=1), runtime=900 + (i * 41) % 100,
+                  package_id=PACKAGE + 1) for i in range(1, 61)]
+    sparse[55]["runtime_in_seconds"] = 20_000   # 90 days after the 30 successes its baseline reads began
+    for i in (200, 401, 555):
+        raws[i]["runtime_in_seconds"] = 20_000
+    raws = sorted(raws + sparse, key=lambda raw: raw["created_at"])
+    raws[300]["outputs"][0]["records_count"] = 0
+    raws[450]["outputs"] = raws[450]["outputs"][:1]
+    load(db_url, raws, batch_size=25)
+    assert max(held) < 2 * (8 * 7 * 24 // 7 + 30) + 25     # twice the lookback's runs and a batch
+    at_sync = [v[:4] for v in verdicts(db_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    assert (1056, "slow", "") in [v[:3] for v in at_sync]
+    scoring.rescore(Settings(account="acme", database_url=db_url))
+    assert [v[:4] for v in verdicts(db_url)] == at_sync
+
+
 def test_an_incremental_sync_of_the_sandbox_scores_without_errors(sqlite_url):
     from archiver.flows.incremental import IncrementalOptions, sync_incremental
     from archiver.sandbox import Sandbox

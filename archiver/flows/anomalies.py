@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
 anomalies_t = models.JobAnomalyRow.__table__
-HISTORY_CAP = 5000   # runs of a package kept between batches before they are loaded afresh
+TRIM_AT = 4         # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
 RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
 CHUNK = 1000         # ids per IN list
 KEY_LENGTH = 255     # job_anomalies.output_key
@@ -244,6 +244,8 @@ class PackageRuns:
                  first: datetime | None = None, narrow: bool = False):
         self.start, self.complete, self.runs = start, complete, runs
         self.narrow = narrow   # only some weekdays before `first`: good for the Want it was loaded for
+        self.thresholds = thresholds
+        self.trimmed_size = 0
         self.keys = [time_key(r) for r in runs]
         self.where = {r.job_id: time_key(r) for r in runs}
         self.samples = {r.job_id: anomaly.sample(r) for r in runs}   # what the baselines read of each run
@@ -254,6 +256,27 @@ class PackageRuns:
         self.timeline = anomaly.Timeline(thresholds)
         for run in runs:
             self.timeline.add(self.where[run.job_id], self.samples[run.job_id])
+
+    def trim(self, keep_since: datetime, window: int) -> None:
+        """Forget the runs before `keep_since` but the newest `window` successes among them (the
+        `prior` of a package that runs less than daily reaches back further): a first sync keeps
+        a package's runs across all its batches, and its memory must not grow with the history.
+        Done when the runs doubled since the last trim, so its cost per run stays constant."""
+        if len(self.runs) <= max(2 * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
+            return
+        cut = bisect.bisect_left(self.keys, (keep_since,))
+        older_successes = {i for i in range(cut) if self.runs[i].succeeded}
+        kept = sorted(older_successes)[-window:] + list(range(cut, len(self.runs)))
+        runs = [self.runs[i] for i in kept]
+        samples = {r.job_id: self.samples[r.job_id] for r in runs}
+        self.pending = {key: job_id for key, job_id in self.pending.items() if job_id in samples}
+        self.runs, self.keys, self.samples = runs, [time_key(r) for r in runs], samples
+        self.where = {r.job_id: key for r, key in zip(runs, self.keys)}
+        self.timeline = anomaly.Timeline(self.thresholds)
+        for run, key in zip(runs, self.keys):
+            self.timeline.add(key, samples[run.job_id])
+        self.start, self.complete = max(self.start, keep_since), max(self.complete, keep_since)
+        self.trimmed_size = len(self.runs)
 
     def put(self, run: Run) -> None:
         """Add or replace a run (a job written again: its status, runtime or outputs changed)."""
@@ -344,13 +367,16 @@ class Scorer:
         scored = {p: runs for p, runs in new.items() if any(run.succeeded for run in runs)}
         self.load({p: want(runs, self.thresholds) for p, runs in scored.items()}, conn)
         verdicts = self.score_all(conn, scored)
+        for package_id, runs in scored.items():
+            newest = max(run.created_at for run in runs)
+            self.packages[package_id].trim(newest - lookback(self.thresholds), self.thresholds.window)
         replace_verdicts(conn, sorted(finished), verdicts, {r.job_id: r.created_at for r in fresh})
         return verdicts
 
     def load(self, wants: dict[int, Want], conn: Connection) -> None:
         """Load the packages whose kept runs do not reach back far enough (or grew too long)."""
         missing = {p: w for p, w in wants.items() if (held := self.packages.get(p)) is None
-                   or not held.covers(w) or len(held.runs) > 2 * HISTORY_CAP}
+                   or not held.covers(w)}
         for package_id, (runs, narrow) in histories(conn, missing, self.thresholds.window).items():
             w = missing[package_id]
             self.packages[package_id] = PackageRuns(w.since, w.flaky_since or w.first, runs, self.thresholds,
