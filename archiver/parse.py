@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from archiver.errors import InvalidPayload
 from archiver.fields import INT, JOB_FIELDS, KNOWN_STATUSES, NUMBER, STATUS, TEXT, TIME
-from archiver.jsonio import canonical_json
+from archiver.jsonio import canonical_bytes, canonical_json
 from archiver.records import (CatalogRecord, ClusterRecord, CreatorRecord, JobRecord, LogSummaryRecord,
                               OutputRecord, PackageRecord, SchedulePackageRecord, ScheduleRecord)
 
@@ -143,8 +143,14 @@ def fingerprint(raw: Any) -> Fingerprint | None:
     job_id = _guess_id(raw)
     if job_id is None:
         return None
-    text = canonical_json(raw)
-    return Fingerprint(job_id, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return Fingerprint(job_id, *canonical_text_and_hash(raw))
+
+
+def canonical_text_and_hash(raw: Any) -> tuple[str, str]:
+    """The payload's canonical JSON and the SHA-256 of its UTF-8 bytes (hashed as made: no
+    second encoding)."""
+    data = canonical_bytes(raw)
+    return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
 
 
 def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint | None = None) -> JobRecord:
@@ -158,13 +164,12 @@ def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint
         raise InvalidPayload(expected_id, "id", "the payload is for another job than the one asked for",
                              kind="wrong_id")
     f.object_id = job_id
-    text = fingerprint.text if fingerprint is not None else canonical_json(raw)
-    digest = fingerprint.hash if fingerprint is not None else None
+    text, digest = (fingerprint.text, fingerprint.hash) if fingerprint is not None else canonical_text_and_hash(raw)
     if "\\u0000" in text:  # PostgreSQL cannot store NUL in text or JSONB: replace it everywhere
         log.warning("job %s: NUL characters in the payload are stored as U+FFFD", job_id)
         raw = _without_nul(raw)
         f.obj = raw
-        text, digest = canonical_json(raw), None
+        text, digest = canonical_text_and_hash(raw)
     columns = {field.name: READERS[field.kind](f, field.name) for field in JOB_FIELDS if f.has(field.name)}
     columns.update(derived_columns(columns))
     creator = _creator(f.sub("creator"))
@@ -183,7 +188,7 @@ def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint
         creator=creator,
         log_summary=_log_summary(f.sub("log_summary"), job_id),
         payload_text=text,
-        payload_hash=digest or hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        payload_hash=digest,
     )
 
 
