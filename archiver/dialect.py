@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -251,10 +252,18 @@ def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
     return None
 
 
+_SQLITE_TEXTS: dict[datetime, str] = {}   # recent moments -> their stored text (a batch repeats many)
+
+
 def _sqlite_datetime(moment):
     if moment is None:
         return None
-    return to_utc(moment).isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    text = _SQLITE_TEXTS.get(moment)   # equal instants (any zone) have equal texts
+    if text is None:
+        if len(_SQLITE_TEXTS) >= 4096:
+            _SQLITE_TEXTS.clear()
+        text = _SQLITE_TEXTS[moment] = to_utc(moment).isoformat(" ", "microseconds")[:26]  # without "+00:00"
+    return text
 
 
 def _upsert_statement(dialect: str, table: Table, keys: Sequence[str], update: Sequence[str],

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archiver import jsonio
+from archiver import jsonio, parse
+from archiver.errors import InvalidPayload
 from archiver.config import Settings
 from archiver.flows.ingest import ingest
 from archiver.flows.runs import SyncOptions
@@ -50,12 +51,45 @@ def test_every_sample_payload_decodes_and_hashes_as_the_reference_does(path):
     assert fast.payload_text == reference_canonical(raw)
 
 
+def slow_paths(monkeypatch) -> None:
+    """The reference JSON and the ordinary reader of every output, no caches."""
+    monkeypatch.setattr(jsonio, "orjson", None)
+    monkeypatch.setattr(parse, "_output_as_expected", lambda item, job_id: None)
+    monkeypatch.setattr(parse, "_MOMENTS_KEPT", 0)
+
+
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
 def test_parsed_records_are_the_same_on_either_path(path, monkeypatch):
     raw = json.loads(path.read_text(encoding="utf-8"))
     fast = parse_job(raw, fingerprint=fingerprint(raw))
-    monkeypatch.setattr(jsonio, "orjson", None)
+    slow_paths(monkeypatch)
     assert parse_job(raw) == fast
+
+
+OUTPUT_VARIANTS = [
+    {"component": {"name": "dest", "type": "database"}}, {"component": {}}, {"component": None},
+    {"progress": 1}, {"progress": 0.5}, {"progress": True}, {"progress": "1"}, {"progress": 10 ** 400},
+    {"records_count": None}, {"records_count": 2 ** 63}, {"records_count": 1.0}, {"records_count": False},
+    {"id": None}, {"id": "5"}, {"name": 5}, {"url": None}, {"preview_type": ["x"]},
+    {"created_at": "2024-02-30T00:00:00Z"}, {"created_at": 5}, {"updated_at": "0999-01-01T00:00:00Z"},
+    {"updated_at": "2024-01-01T01:00:00+02:00"}, {"created_at": None}, {"component": "x"},
+]
+
+
+@pytest.mark.parametrize("change", OUTPUT_VARIANTS, ids=lambda c: json.dumps(c)[:40])
+def test_outputs_are_read_alike_on_the_fast_and_the_ordinary_path(change, payload, monkeypatch):
+    raw = payload("job-v1-completed.json")
+    raw["outputs"][0].update(change)
+
+    def outcome():
+        try:
+            return parse_job(raw).outputs
+        except InvalidPayload as bad:
+            return (bad.job_id, bad.field, str(bad))
+
+    fast = outcome()
+    slow_paths(monkeypatch)
+    assert outcome() == fast
 
 
 # JSON values of every kind, with the numbers where orjson and json part ways
