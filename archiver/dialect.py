@@ -15,6 +15,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -160,7 +161,7 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, keys: Sequen
         return False
     name = conn.dialect.name
     if name == "postgresql" and len(rows) >= COPY_THRESHOLD and expect_new:
-        _pg_copy_into(conn, table, f'"{table.name}"', sorted(rows, key=lambda r: tuple(r[k] for k in keys)))
+        _pg_copy_into(conn, table, f'"{table.name}"', sorted(rows, key=operator.itemgetter(*keys)))
         return True
     if name == "postgresql" and len(rows) >= COPY_THRESHOLD:
         stage = _pg_stage(conn, table, rows)
