@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from archiver.errors import InvalidPayload
-from archiver.jsonio import STRICT_DECODER
+from archiver.jsonio import STRICT_DECODER, strict_json
 
 CHUNK = 1 << 20
 _decoder = STRICT_DECODER
@@ -54,7 +54,7 @@ def _one_line(line: str, number: int) -> Iterator[Any]:
     if not line:
         return
     try:
-        yield _decoder.decode(line)
+        yield strict_json(line)
     except (ValueError, RecursionError):
         yield _bad(f"<line {number}>", "not valid JSON")
 

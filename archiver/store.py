@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R", JobRecord, CatalogRecord)
 TRANSACTION_ATTEMPTS = 10  # deadlocks between unlocked writers can repeat on a loaded server
+# PostgreSQL statistics are refreshed when a run has added this many jobs, or half the jobs the
+# statistics knew of, whichever is more (a million-job first ingest: about a dozen ANALYZEs)
+ANALYZE_AFTER = 10_000
+# the tables a write reads by job id besides the primary keys (deletes of a job's outputs,
+# variables and verdicts; the scorer's histories by package): jobs first
+GROWING_TABLES = ("jobs", "job_outputs", "job_variables", "job_anomalies")
 
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
@@ -161,6 +167,8 @@ class Archive:
         self.account = account
         self.lock_rows = dialect.locks_rows(engine)
         self.lock: dialect.RunLockHolder | None = None  # the run lock while held: checked before each commit
+        self.stats_rows: int | None = None  # jobs the planner's statistics know of (PostgreSQL), once asked
+        self.added = 0                      # jobs inserted since
 
     @classmethod
     def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
@@ -284,7 +292,24 @@ class Archive:
                    after: Callable[[Connection], None] | None = None) -> BatchResult:
         """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) commits with it."""
         unique = newest_per_id(jobs)
-        return self._transact_with(lambda conn: self._write(conn, unique, run_id), after)
+        result = self._transact_with(lambda conn: self._write(conn, unique, run_id), after)
+        self.grew(len(result.inserted))
+        return result
+
+    def grew(self, inserted: int) -> None:
+        """Count new jobs; on PostgreSQL, ANALYZE the growing tables once they grew a lot (after
+        the commit, outside any transaction of the run). A failure only costs speed: logged."""
+        if not inserted or self.engine.dialect.name != "postgresql":
+            return
+        try:
+            if self.stats_rows is None:
+                self.stats_rows = dialect.estimated_rows(self.engine, "jobs")
+            self.added += inserted
+            if self.added >= max(ANALYZE_AFTER, self.stats_rows // 2):
+                dialect.refresh_statistics(self.engine, GROWING_TABLES)
+                self.stats_rows, self.added = self.stats_rows + self.added, 0
+        except SQLAlchemyError as exc:
+            log.warning("could not refresh the planner's statistics (%s); writes may slow down", describe_error(exc))
 
     def _transact_with(self, write: Callable[[Connection], BatchResult],
                        after: Callable[[Connection], None] | None) -> BatchResult:
@@ -310,10 +335,10 @@ class Archive:
         if not writes:
             return result
         self._upsert_dimensions(conn, writes, now)
-        self._upsert_job_rows(conn, writes, now, fresh=set(result.inserted))
+        made = self._upsert_job_rows(conn, writes, now, fresh=set(result.inserted))
         if self.lock_rows and result.inserted:
             writes = self._drop_lost_races(conn, writes, result)
-        self._replace_children(conn, writes)
+        self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
         result.finished = newly_finished(writes, stored)
         return result
@@ -332,10 +357,15 @@ class Archive:
         result.stale.extend(sorted(lost))
         return [j for j in writes if j.id not in lost]
 
-    def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]) -> None:
+    def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]) -> set[int]:
         """Rows grouped by the columns their payload carried (an absent key is not written)
-        and by whether the job was new when read (new ones may be bulk-loaded)."""
+        and by whether the job was new when read (new ones may be bulk-loaded).
+
+        Returns the ids this transaction surely made: new when read and inserted by a plain
+        insert (PostgreSQL's COPY, which fails on a key already there) or on SQLite (whose
+        write lock is held from the read on). They have no outputs or variables to delete."""
         groups: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
+        made: set[int] = set()
         for job in jobs:
             row = {"id": job.id, **job.columns, "payload": RawJSON(job.payload_text),
                    "payload_hash": job.payload_hash, "first_seen_at": now, "last_synced_at": now}
@@ -345,21 +375,25 @@ class Archive:
         for (columns, new), rows in groups.items():
             update_cols = [c for c in columns if c not in ("id", "first_seen_at") + GUARD_COLUMNS]
             update_cols += [c for c in GUARD_COLUMNS if c in columns]
-            dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins,
-                           expect_new=new)
+            plain = dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins,
+                                   expect_new=new)
+            if new and (plain or not self.lock_rows):
+                made.update(row["id"] for row in rows)
+        return made
 
-    def _replace_children(self, conn: Connection, jobs: list[JobRecord]) -> None:
-        """Outputs and variables replaced as sets. Jobs new when read are deleted from too:
-        without the lock another writer may have inserted them (and their children) since."""
+    def _replace_children(self, conn: Connection, jobs: list[JobRecord], made: set[int]) -> None:
+        """Outputs and variables replaced as sets. Jobs new when read are deleted from too
+        (without the lock another writer may have inserted them, and their children, since),
+        except the ones this transaction surely made (`made`): a first ingest deletes nothing."""
         with_outputs = [j for j in jobs if j.outputs is not None]
         with_vars = [j for j in jobs if j.variables is not None]
         with_summary = [j for j in jobs if j.log_summary is not None]
-        self._delete_where_job(conn, outputs_t, [j.id for j in with_outputs])
+        self._delete_where_job(conn, outputs_t, [j.id for j in with_outputs if j.id not in made])
         rows = sorted((as_row(o) for j in with_outputs for o in j.outputs), key=lambda r: r["id"])
         if rows:
             cols = [c for c in rows[0] if c != "id"]
             dialect.upsert(conn, outputs_t, rows, keys=("id",), update=cols, expect_new=True)
-        self._delete_where_job(conn, variables_t, [j.id for j in with_vars])
+        self._delete_where_job(conn, variables_t, [j.id for j in with_vars if j.id not in made])
         var_rows = [{"job_id": j.id, "name": n, "value": v} for j in with_vars for n, v in sorted(j.variables.items())]
         if var_rows:
             dialect.insert_rows(conn, variables_t, var_rows)

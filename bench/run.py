@@ -1,17 +1,24 @@
 #!/usr/bin/env python
-"""Benchmark of xplenty-archiver: ingest, re-ingest, per-id and incremental sync, peak RSS.
+"""Benchmark of xplenty-archiver: ingest, re-ingest, per-id and incremental sync, peak RSS,
+linearity at scale and the archive's size.
 
-    python bench/run.py                 # full sizes (100,000 / 10,000 jobs), PostgreSQL + SQLite
+    python bench/run.py --pg-url URL --mysql-url URL   # full sizes, 3 repetitions; README table updated
     python bench/run.py --quick         # 1/10 of every size, a smoke run
     python bench/run.py --skip-pg       # SQLite only
+    python bench/run.py --reps 5        # more repetitions per figure (default 3)
     python bench/run.py --profile 20000 # cProfile of one ingest per backend (top 15 by cumulative time)
+
+Every timed figure is measured --reps times, interleaved (baseline, archiver, baseline,
+archiver, ...: a slow moment of a shared machine hits both sides), and shown as the median
+ratio with its spread (smallest and largest), beside the machine and the versions.
 
 Everything it needs is built here: deterministic v1-like job payloads (2 outputs and
 3 variables each) written to JSON Lines files in a temporary directory, fresh SQLite
 files, and the tables of the PostgreSQL database given by --pg-url (its `public`
 schema is dropped and re-created between steps: point it at a throwaway database).
-Each figure is printed as a ratio next to its target; the table is also written to
-bench/last-results.md. Nothing in archiver/ is changed or tuned.
+Each figure is printed as a ratio next to its target (a miss says **no**); a full run
+writes the table to bench/last-results.md and into the README (between its markers).
+Nothing in archiver/ is changed or tuned.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import random
 import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,13 +230,14 @@ def psycopg_conninfo(url: str) -> str:
 
 
 # -- the measured steps ----------------------------------------------------------------------------
-def timed_ingest(url: str, path: Path, batch_size: int, expect: dict[str, int]) -> tuple[float, object]:
+def timed_ingest(url: str, path: Path, batch_size: int, expect: dict[str, int], score: bool = True
+                 ) -> tuple[float, object]:
     """archiver.flows.ingest.ingest of a JSON Lines file; the summary's counts are checked."""
     settings = Settings(account=ACCOUNT, database_url=url)
     gc.collect()
     with open(path, "rb") as stream:
         start = time.perf_counter()
-        summary = ingest(settings, read_payloads(stream), SyncOptions(batch_size=batch_size))
+        summary = ingest(settings, read_payloads(stream), SyncOptions(batch_size=batch_size, score_anomalies=score))
         seconds = time.perf_counter() - start
     got = {k: getattr(summary, k) for k in expect}
     if summary.outcome != "ok" or got != expect:
@@ -350,7 +359,7 @@ def bench_incremental(tmp: Path, n: int) -> dict:
         settings = Settings(account=sandbox.account, api_key=Secret(SANDBOX_KEY), api_url=sandbox.url,
                             database_url=url)
         start = time.perf_counter()
-        summary = sync_incremental(settings, SyncOptions(), IncrementalOptions())
+        summary = sync_incremental(settings, SyncOptions(), IncrementalOptions(catalog=False))  # jobs only
         seconds = time.perf_counter() - start
         stats = sandbox.stats.snapshot()
     if summary.outcome != "ok" or summary.inserted != n:
@@ -405,7 +414,7 @@ def measure_rss(path: Path) -> dict:
 
 
 # -- machine and report ----------------------------------------------------------------------------
-def machine(pg_url: str | None) -> list[tuple[str, str]]:
+def machine(pg_url: str | None, mysql_url: str | None = None) -> list[tuple[str, str]]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -444,37 +453,80 @@ def machine(pg_url: str | None) -> list[tuple[str, str]]:
             info.append(("PostgreSQL", f"{version} (psycopg {psycopg.__version__}, same host)"))
         except Exception as exc:  # reported, and the run then fails at the first PG step
             info.append(("PostgreSQL", f"unreachable: {type(exc).__name__}"))
+    if mysql_url:
+        try:
+            from sqlalchemy import text
+            from sqlalchemy.engine import make_url
+            engine = make_engine(make_url(mysql_url).set(database="mysql").render_as_string(hide_password=False))
+            with engine.connect() as conn:
+                info.append(("MySQL/MariaDB", f"{conn.execute(text('SELECT VERSION()')).scalar()} (same host)"))
+            engine.dispose()
+        except Exception as exc:
+            info.append(("MySQL/MariaDB", f"unreachable: {type(exc).__name__}"))
+    try:
+        import orjson
+        info.append(("orjson", orjson.__version__))
+    except ImportError:
+        info.append(("orjson", "not installed (the standard library's json)"))
+    info.append(("Load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())))
     return info
 
 
 @dataclasses.dataclass
 class Figure:
+    """One row of the table. `ratios` holds one ratio per repetition (the row shows their
+    median and spread); `target` None: reported, no target."""
     name: str
     measured: str
-    ratio: float
-    target: float
+    ratios: list[float]
+    target: float | None
     target_text: str
+    unit: str = "×"
 
     @property
-    def met(self) -> bool:
-        return self.ratio <= self.target
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.ratio <= self.target
+
+    def ratio_text(self) -> str:
+        if self.unit != "×":
+            return f"{self.ratio:,.0f} {self.unit}"
+        text = f"{self.ratio:.3g}×"
+        if len(self.ratios) > 1:
+            text += f" ({min(self.ratios):.3g}–{max(self.ratios):.3g}, n={len(self.ratios)})"
+        return text
 
 
 def render(figures: list[Figure], info: list[tuple[str, str]], command: str, notes: list[str]) -> str:
     lines = [f"Command: `{command}`  ", f"Run at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              "| Machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info]
-    lines += ["", "| Figure | Measured | Ratio | Target | Met |", "|---|---|---:|---|---|"]
-    for f in figures:
-        lines.append(f"| {f.name} | {f.measured} | {f.ratio:.3g}× | {f.target_text} | "
-                     f"{'yes' if f.met else '**no**'} |")
+    lines += [""] + table_lines(figures)
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
+def table_lines(figures: list[Figure]) -> list[str]:
+    lines = ["| Figure | Measured (median, min–max) | Ratio: median (spread, n) | Target | Met |",
+             "|---|---|---:|---|---|"]
+    for f in figures:
+        met = "reported" if f.met is None else "yes" if f.met else "**no**"
+        lines.append(f"| {f.name} | {f.measured} | {f.ratio_text()} | {f.target_text} | {met} |")
+    return lines
+
+
 def secs(x: float) -> str:
     return f"{x:.2f} s"
+
+
+def spread(values: list[float]) -> str:
+    """`27.3 s (26.1–29.0)`: the median and the range of a side's repetitions."""
+    med = statistics.median(values)
+    return f"{med:.2f} s ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else f"{med:.2f} s"
 
 
 def rate(n: int, x: float) -> str:
@@ -486,28 +538,145 @@ def step(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def ingest_series(label: str, url_for, files: dict[str, Path], n: int, batch: int) -> dict[str, float]:
-    """First ingest, unchanged re-ingest, 1%-changed re-ingest into one database."""
-    url = url_for()
-    first, _ = timed_ingest(url, files["full"], batch, {"inserted": n, "updated": 0})
+def ingest_series(label: str, url: str, files: dict[str, Path], n: int, batch: int, score: bool = True
+                  ) -> dict[str, float]:
+    """First ingest, unchanged re-ingest, 1%-changed re-ingest into one (fresh) database."""
+    first, _ = timed_ingest(url, files["full"], batch, {"inserted": n, "updated": 0}, score)
     step(f"{label}: first ingest {first:.2f}s")
-    same, _ = timed_ingest(url, files["full"], batch, {"inserted": 0, "updated": 0, "unchanged": n})
+    same, _ = timed_ingest(url, files["full"], batch, {"inserted": 0, "updated": 0, "unchanged": n}, score)
     step(f"{label}: unchanged re-ingest {same:.2f}s")
     changed_n = len(range(0, n, 100))
     changed, _ = timed_ingest(url, files["changed"], batch,
-                              {"inserted": 0, "updated": changed_n, "unchanged": n - changed_n})
+                              {"inserted": 0, "updated": changed_n, "unchanged": n - changed_n}, score)
     step(f"{label}: 1%-changed re-ingest {changed:.2f}s ({changed_n} updated)")
     return {"first": first, "unchanged": same, "changed": changed, "changed_n": changed_n}
 
 
+# -- sizes -----------------------------------------------------------------------------------------
+# The PostgreSQL `jobs` table (heap + TOAST + indexes) per job for these payloads before issue 18
+# (commit 0bb25cc, measured by this benchmark's size step): the reference of the size target.
+PG_JOBS_BYTES_BEFORE = 1770
+
+
+def pg_sizes(url: str) -> dict[str, int]:
+    """Bytes of the `jobs` table (heap + TOAST + indexes) and of every table of the archive."""
+    from sqlalchemy import text
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            jobs = conn.execute(text("SELECT pg_total_relation_size('jobs')")).scalar()
+            total = conn.execute(text("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                                      "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm')"
+                                      )).scalar()
+    finally:
+        engine.dispose()
+    return {"jobs": int(jobs), "all": int(total)}
+
+
+def sqlite_size(url: str) -> int:
+    """The archive file after a checkpoint (the WAL folded in)."""
+    path = url.removeprefix("sqlite:///")
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+    return sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*") if p.suffix != ".lock")
+
+
+def mysql_size(url: str) -> int:
+    """Data + indexes of every table of the archive (after ANALYZE TABLE: InnoDB's figures)."""
+    from sqlalchemy import text
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(text("SELECT table_name FROM information_schema.tables "
+                                       "WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'")).scalars().all()
+            conn.exec_driver_sql("ANALYZE TABLE " + ", ".join(f"`{t}`" for t in tables)).all()
+            return int(conn.execute(text("SELECT sum(data_length + index_length) FROM information_schema.tables "
+                                         "WHERE table_schema = DATABASE()")).scalar())
+    finally:
+        engine.dispose()
+
+
+def reset_mysql(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    target = make_url(url)
+    admin = create_engine(target.set(database="mysql"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{target.database}`"))
+            conn.execute(text(f"CREATE DATABASE `{target.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+    finally:
+        admin.dispose()
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+# -- linear at scale -------------------------------------------------------------------------------
+def scale_child(url: str, path: str, window: int) -> None:
+    """Child mode: one ingest of a large file into `url`; the time of its first and last `window`
+    jobs (from the run's progress after each batch) and the peak RSS, as JSON."""
+    marks: list[tuple[int, float]] = []
+    start = time.perf_counter()
+
+    def progress(summary) -> None:
+        marks.append((summary.inserted, time.perf_counter() - start))
+
+    with open(path, "rb") as stream:
+        summary = ingest(Settings(account=ACCOUNT, database_url=url), read_payloads(stream),
+                         SyncOptions(progress=progress))
+    total = marks[-1][0]
+    first = next(t for n, t in marks if n >= window)
+    before_last = max(t for n, t in marks if n <= total - window)
+    print(json.dumps({"first": first, "last": marks[-1][1] - before_last, "total": marks[-1][1],
+                      "inserted": summary.inserted, "outcome": summary.outcome, "vmhwm_kib": vm_hwm()}))
+
+
+def measure_scale(url: str, path: Path, window: int) -> dict:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--scale-child", str(path),
+                           "--pg-url", url, "--scale-window", str(window)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"--scale-child failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["outcome"] != "ok":
+        raise RuntimeError(f"--scale-child: outcome {result['outcome']}")
+    return result
+
+
+def bench_latency(tmp: Path, n: int, latency_ms: float) -> dict:
+    """Incremental read of n jobs (no catalog) from a sandbox answering after `latency_ms`."""
+    from archiver.sandbox import Sandbox
+    url = fresh_sqlite(tmp, "latency")
+    with Sandbox(jobs=n, latency_ms=latency_ms, now=SANDBOX_NOW, api_key=SANDBOX_KEY) as sandbox:
+        settings = Settings(account=sandbox.account, api_key=Secret(SANDBOX_KEY), api_url=sandbox.url,
+                            database_url=url)
+        gc.collect()
+        start = time.perf_counter()
+        summary = sync_incremental(settings, SyncOptions(), IncrementalOptions(catalog=False))
+        seconds = time.perf_counter() - start
+    if summary.outcome != "ok" or summary.inserted != n:
+        raise RuntimeError(f"incremental: outcome {summary.outcome}, inserted {summary.inserted} of {n}")
+    return {"seconds": seconds, "calls": summary.api_calls, "ideal": summary.api_calls * latency_ms / 1000}
+
+
 def main_run(args: argparse.Namespace) -> int:
     scale = 10 if args.quick else 1
+    reps = args.reps
     n, small = args.jobs // scale, args.small // scale
     ids_n, inc_n = 2000 // scale, 10_000 // scale
+    big_n = args.scale_jobs // scale
+    window = min(100_000 // scale, big_n // 3) if big_n else 0
+    lat_n = args.latency_jobs // scale
     latency_ms, concurrency = 50, 16
     pg_url = None if args.skip_pg else args.pg_url
     command = " ".join(["python bench/run.py", *sys.argv[1:]])
-    info = machine(pg_url)
+    info = machine(pg_url, args.mysql_url)
     print("\n".join(f"{k}: {v}" for k, v in info), flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="archiver-bench-"))
@@ -520,68 +689,96 @@ def main_run(args: argparse.Namespace) -> int:
         step(f"wrote {n:,} payloads ({size / n:,.0f} bytes each, {size / 2**20:.0f} MiB) "
              f"in {time.perf_counter() - start:.1f}s")
 
+        # peak RSS first, while this process is small (a child's ru_maxrss starts at its parent's)
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        step(f"peak RSS: ingest in child processes (this process's peak so far {parent_peak / 1024:.0f} MiB)")
-        big = measure_rss(files["full"])
-        little = measure_rss(files["small"])
-        step(f"peak RSS {big['maxrss_kib'] / 1024:.0f} vs {little['maxrss_kib'] / 1024:.0f} MiB")
+        rss = {"big": [], "little": []}
+        for rep in range(reps):
+            rss["little"].append(measure_rss(files["small"]))
+            rss["big"].append(measure_rss(files["full"]))
+        big_kib = [r["maxrss_kib"] for r in rss["big"]]
+        little_kib = [r["maxrss_kib"] for r in rss["little"]]
+        step(f"peak RSS {statistics.median(big_kib) / 1024:.0f} vs {statistics.median(little_kib) / 1024:.0f} MiB")
         rss_figure = Figure(f"6. Peak RSS, ingest of {n:,} vs {small:,} jobs → SQLite (fresh processes)",
-                            f"{big['maxrss_kib'] / 1024:.0f} MiB vs {little['maxrss_kib'] / 1024:.0f} MiB "
-                            f"(after imports + migration: {big['before_kib'] / 1024:.0f} / "
-                            f"{little['before_kib'] / 1024:.0f} MiB)",
-                            big["maxrss_kib"] / little["maxrss_kib"], 1.3, "≤ 1.3×")
-        if little["maxrss_kib"] <= parent_peak:
+                            f"{statistics.median(big_kib) / 1024:.0f} MiB vs "
+                            f"{statistics.median(little_kib) / 1024:.0f} MiB (after imports + migration: "
+                            f"{rss['big'][0]['before_kib'] / 1024:.0f} / {rss['little'][0]['before_kib'] / 1024:.0f} MiB)",
+                            [b / s for b, s in zip(big_kib, little_kib)], 1.3, "≤ 1.3×")
+        if min(little_kib) <= parent_peak:
             notes.append("Figure 6 may be understated: a child's ru_maxrss did not exceed the parent's "
                          f"peak at spawn time ({parent_peak / 1024:.0f} MiB).")
-        notes.append(f"Figure 6 cross-check, VmHWM of the children: {big['vmhwm_kib'] / 1024:.0f} MiB vs "
-                     f"{little['vmhwm_kib'] / 1024:.0f} MiB; ingest took {big['seconds']:.1f} s / "
-                     f"{little['seconds']:.1f} s there.")
-
-        series = {}
-        if pg_url:
-            series["PostgreSQL"] = ingest_series("PostgreSQL", lambda: (reset_pg(pg_url), pg_url)[1],
-                                                 files, n, args.batch_size)
-        series["SQLite"] = ingest_series("SQLite", lambda: fresh_sqlite(tmp, "ingest"), files, n,
-                                         args.batch_size)
 
         step("prebuilding baseline rows (not timed)")
         dict_rows = prebuild_rows(files["full"])
-        baseline = {}
-        if pg_url:
-            rows = as_tuples(dict_rows)
-            reset_pg(pg_url)
-            baseline["PostgreSQL"] = copy_pg(pg_url, rows)
-            step(f"PostgreSQL: COPY {baseline['PostgreSQL']:.2f}s")
-            del rows
-        rows = as_tuples(dict_rows, sqlite_value)
+        pg_rows = as_tuples(dict_rows) if pg_url else None
+        sqlite_rows = as_tuples(dict_rows, sqlite_value)
         del dict_rows
-        baseline["SQLite"] = executemany_sqlite(fresh_sqlite(tmp, "baseline"), rows)
-        step(f"SQLite: executemany {baseline['SQLite']:.2f}s")
-        del rows
         gc.collect()
 
-        base_name = {"PostgreSQL": "COPY", "SQLite": "executemany"}
-        for db, s in series.items():
-            b = baseline[db]
-            figures.append(Figure(f"1. Ingest {n:,} jobs → {db}, vs {base_name[db]} of the same rows",
-                                  f"{secs(s['first'])} ({rate(n, s['first'])}); {base_name[db]} {secs(b)}",
-                                  s["first"] / b, 2.5, "≤ 2.5×"))
-        for db, s in series.items():
-            figures.append(Figure(f"2. Re-ingest {n:,} unchanged → {db}, vs first ingest",
-                                  f"{secs(s['unchanged'])} ({rate(n, s['unchanged'])})",
-                                  s["unchanged"] / s["first"], 0.3, "≤ 0.3×"))
-        for db, s in series.items():
-            figures.append(Figure(f"3. Re-ingest {n:,}, 1% changed ({s['changed_n']:,}) → {db}, vs unchanged",
-                                  secs(s["changed"]), s["changed"] / s["unchanged"], 1.5, "≤ 1.5×"))
+        # figures 1-3: baseline, archiver, baseline, archiver, ... on each database
+        runs: dict[str, dict[str, list]] = {}
+        sizes: dict[str, int] = {}
+        targets = ([("PostgreSQL", "COPY")] if pg_url else []) + [("SQLite", "executemany")]
+        for rep in range(reps):
+            for db, _ in targets:
+                r = runs.setdefault(db, {"base": [], "first": [], "unchanged": [], "changed": [], "noscore": []})
+                if db == "PostgreSQL":
+                    reset_pg(pg_url)
+                    r["base"].append(copy_pg(pg_url, pg_rows))
+                    reset_pg(pg_url)
+                    url = pg_url
+                else:
+                    r["base"].append(executemany_sqlite(fresh_sqlite(tmp, "baseline"), sqlite_rows))
+                    url = fresh_sqlite(tmp, "ingest")
+                step(f"{db} rep {rep + 1}: baseline {r['base'][-1]:.2f}s")
+                s = ingest_series(f"{db} rep {rep + 1}", url, files, n, args.batch_size)
+                for key in ("first", "unchanged", "changed"):
+                    r[key].append(s[key])
+                r["changed_n"] = s["changed_n"]
+                if rep == 0:
+                    if db == "PostgreSQL":
+                        pg = pg_sizes(url)
+                        sizes["PostgreSQL jobs"], sizes["PostgreSQL"] = pg["jobs"], pg["all"]
+                    else:
+                        sizes["SQLite"] = sqlite_size(url)
+                if not args.skip_noscore:   # the same first ingest without anomaly scoring
+                    url = (reset_pg(pg_url), pg_url)[1] if db == "PostgreSQL" else fresh_sqlite(tmp, "noscore")
+                    seconds, _ = timed_ingest(url, files["full"], args.batch_size, {"inserted": n}, score=False)
+                    r["noscore"].append(seconds)
+                    step(f"{db} rep {rep + 1}: first ingest without anomaly scoring {seconds:.2f}s")
+        del pg_rows, sqlite_rows
+        gc.collect()
 
-        step(f"per-id sync of {ids_n:,} jobs, {latency_ms} ms latency, concurrency {concurrency}")
-        r = bench_sync_ids(tmp, ids_n, latency_ms, concurrency)
-        figures.append(Figure(f"4. sync_ids {r['jobs']:,} jobs from the sandbox ({latency_ms} ms, "
+        for db, base_name in targets:
+            r = runs[db]
+            figures.append(Figure(f"1. Ingest {n:,} jobs → {db}, vs {base_name} of the same rows",
+                                  f"{spread(r['first'])} ({rate(n, statistics.median(r['first']))}); "
+                                  f"{base_name} {spread(r['base'])}",
+                                  [a / b for a, b in zip(r["first"], r["base"])], 3.0, "≤ 3.0×"))
+            if r["noscore"]:
+                figures.append(Figure(f"1b. The same without anomaly scoring (`score_anomalies=False`) → {db}",
+                                      f"{spread(r['noscore'])}; {base_name} {spread(r['base'])}",
+                                      [a / b for a, b in zip(r["noscore"], r["base"])], 3.0, "≤ 3.0×"))
+        for db, _ in targets:
+            r = runs[db]
+            figures.append(Figure(f"2. Re-ingest {n:,} unchanged → {db}, vs first ingest",
+                                  f"{spread(r['unchanged'])} ({rate(n, statistics.median(r['unchanged']))})",
+                                  [a / b for a, b in zip(r["unchanged"], r["first"])], 0.3, "≤ 0.3×"))
+        for db, _ in targets:
+            r = runs[db]
+            figures.append(Figure(f"3. Re-ingest {n:,}, 1% changed ({r['changed_n']:,}) → {db}, vs unchanged",
+                                  spread(r["changed"]), [a / b for a, b in zip(r["changed"], r["unchanged"])],
+                                  1.5, "≤ 1.5×"))
+
+        ids_runs = []
+        for rep in range(reps):
+            ids_runs.append(bench_sync_ids(tmp, ids_n, latency_ms, concurrency))
+            step(f"sync_ids rep {rep + 1}: {ids_runs[-1]['seconds']:.2f}s")
+        ideal = ids_runs[0]["ideal"]
+        figures.append(Figure(f"4. sync_ids {ids_n:,} jobs from the sandbox ({latency_ms} ms, "
                               f"concurrency {concurrency}) → SQLite, vs N·L/C",
-                              f"{secs(r['seconds'])}; ideal {secs(r['ideal'])}; "
-                              f"{r['stats']['by_endpoint']['get_job']:,} get_job calls",
-                              r["seconds"] / r["ideal"], 1.3, "≤ 1.3×"))
-        step(f"sync_ids {r['seconds']:.2f}s")
+                              f"{spread([r['seconds'] for r in ids_runs])}; ideal {secs(ideal)}; "
+                              f"{ids_runs[0]['stats']['by_endpoint']['get_job']:,} get_job calls",
+                              [r["seconds"] / r["ideal"] for r in ids_runs], 1.3, "≤ 1.3×"))
 
         step(f"incremental sync of {inc_n:,} jobs")
         r = bench_incremental(tmp, inc_n)
@@ -590,20 +787,73 @@ def main_run(args: argparse.Namespace) -> int:
         figures.append(Figure(f"5. sync_incremental {r['jobs']:,} jobs → SQLite: API calls vs ceil(N/100)",
                               f"{r['api_calls']} calls (sandbox: {r['stats']['by_endpoint']['list_jobs']} "
                               f"list_jobs, {r['stats']['by_endpoint']['get_job']} get_job); "
-                              f"{secs(r['seconds'])}",
-                              calls / r["ideal"], limit / r["ideal"], f"≤ {limit} calls"))
-        step(f"incremental {calls} calls, {r['seconds']:.2f}s")
+                              f"{secs(r['seconds'])} (a count: one run)",
+                              [calls / r["ideal"]], limit / r["ideal"], f"≤ {limit} calls"))
         figures.append(rss_figure)
 
+        if lat_n and not args.skip_latency:
+            lat_runs = []
+            for rep in range(reps):
+                lat_runs.append(bench_latency(tmp, lat_n, args.latency_ms))
+                step(f"incremental at {args.latency_ms:.0f} ms rep {rep + 1}: {lat_runs[-1]['seconds']:.1f}s, "
+                     f"{lat_runs[-1]['calls']} calls")
+            figures.append(Figure(f"7. sync_incremental {lat_n:,} jobs, {args.latency_ms:.0f} ms API latency "
+                                  "(no catalog) → SQLite, vs calls × latency",
+                                  f"{spread([r['seconds'] for r in lat_runs])}; {lat_runs[0]['calls']} calls, "
+                                  f"latency alone {secs(lat_runs[0]['ideal'])}",
+                                  [r["seconds"] / r["ideal"] for r in lat_runs], 1.15, "≤ 1.15×"))
+
+        if pg_url and big_n:
+            big_file = tmp / "jobs-scale.jsonl"
+            with open(big_file, "w", encoding="utf-8") as out:
+                for i in range(big_n):
+                    out.write(json.dumps(make_payload(i), separators=(",", ":")) + "\n")
+            scale_runs = []
+            for rep in range(reps):
+                reset_pg(pg_url)
+                scale_runs.append(measure_scale(pg_url, big_file, window))
+                s = scale_runs[-1]
+                step(f"scale rep {rep + 1}: {big_n:,} jobs in {s['total']:.1f}s; first {window:,} "
+                     f"{s['first']:.1f}s, last {s['last']:.1f}s")
+            big_file.unlink()
+            figures.append(Figure(f"8. Linear at scale: ingest of {big_n:,} jobs → PostgreSQL, last {window:,} "
+                                  f"vs first {window:,}",
+                                  f"last {spread([s['last'] for s in scale_runs])}, first "
+                                  f"{spread([s['first'] for s in scale_runs])}; whole ingest "
+                                  f"{spread([s['total'] for s in scale_runs])}; peak RSS "
+                                  f"{max(s['vmhwm_kib'] for s in scale_runs) / 1024:.0f} MiB",
+                                  [s["last"] / s["first"] for s in scale_runs], 1.15, "≤ 1.15×"))
+            notes.append(f"Figure 8 is measured at {big_n:,} jobs, not 1,000,000 (the bench's time); "
+                         "`--scale-jobs 1000000` runs it at a million.")
+
+        if args.mysql_url:
+            step("MySQL/MariaDB: one ingest for its size")
+            reset_mysql(args.mysql_url)
+            seconds, _ = timed_ingest(args.mysql_url, files["full"], args.batch_size, {"inserted": n})
+            sizes["MySQL/MariaDB"] = mysql_size(args.mysql_url)
+            step(f"MySQL/MariaDB: first ingest {seconds:.2f}s")
+        if "PostgreSQL jobs" in sizes:
+            per_job = sizes["PostgreSQL jobs"] / n
+            figures.append(Figure(f"9. PostgreSQL `jobs` table (heap + TOAST + indexes) per job, vs "
+                                  f"{PG_JOBS_BYTES_BEFORE:,} B before issue 18", f"{per_job:,.0f} B",
+                                  [per_job / PG_JOBS_BYTES_BEFORE], 0.6, "≤ 0.6× (a size: one run)"))
+        for db in ("SQLite", "PostgreSQL", "MySQL/MariaDB"):
+            if db in sizes:
+                figures.append(Figure(f"10. Whole archive per job → {db}", f"{sizes[db] / 2**20:,.1f} MiB for "
+                                      f"{n:,} jobs", [sizes[db] / n], None, "reported", unit="B/job"))
 
         notes += [
+            f"Every ratio is the median of {reps} repetitions, run interleaved (baseline, archiver, baseline, "
+            "archiver, ...) on this shared machine; the spread is the smallest and largest of them.",
             f"Payloads: {n:,} v1-shaped jobs (2 outputs, 3 variables, ~{size / n:,.0f} bytes each), "
             f"ingested with SyncOptions(batch_size={args.batch_size}) from a JSON Lines file; "
-            "timings include reading and parsing the file, exclude schema migration.",
+            "timings include reading and parsing the file, exclude schema migration; anomaly scoring is on "
+            "(the default) except in figure 1b.",
             "Baselines load only jobs, job_outputs and job_variables rows, prebuilt (parsed, hashed, "
             "SQLite values already converted to stored text) outside the timing; the archiver also "
-            "writes job_status_changes, packages/clusters ids and a sync_runs row.",
-            "Figure 5 counts the larger of the client's api_calls and the sandbox's list_jobs + get_job.",
+            "writes job_status_changes, packages/clusters ids, anomaly verdicts and a sync_runs row.",
+            "Figures 5 and 7 read jobs only (no catalog); figure 5 counts the larger of the client's api_calls "
+            "and the sandbox's list_jobs + get_job.",
             f"Total bench time {time.perf_counter() - start:.0f} s.",
         ]
     finally:
@@ -621,8 +871,29 @@ def main_run(args: argparse.Namespace) -> int:
         print(f"(not written to {RESULTS_FILE.relative_to(ROOT)}: that file keeps the last full run)")
     else:
         RESULTS_FILE.write_text("# Benchmark results\n\n" + text, encoding="utf-8")
-        print(f"(written to {RESULTS_FILE.relative_to(ROOT)})")
+        update_readme(figures, info)
+        print(f"(written to {RESULTS_FILE.relative_to(ROOT)} and the README's table)")
     return 0
+
+
+README = ROOT / "README.md"
+README_START, README_END = "<!-- bench/run.py: table -->", "<!-- bench/run.py: end -->"
+
+
+def update_readme(figures: list[Figure], info: list[tuple[str, str]]) -> None:
+    """Replace the README's table (between its two markers) by this run's."""
+    text = README.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        print("note: the README has no benchmark markers; its table is not updated", file=sys.stderr)
+        return
+    facts = dict(info)
+    head = (f"Latest run ({facts.get('CPUs (nproc)', '?')} cores shared with other work, {facts.get('Memory', '?')}, "
+            f"{facts.get('CPU model', '?')}, Python {facts.get('Python', '?')}, SQLite {facts.get('SQLite', '?')}, "
+            f"PostgreSQL {facts.get('PostgreSQL', '-').split(' (')[0]}, MariaDB {facts.get('MySQL/MariaDB', '-')}; "
+            f"code {facts.get('Code', '?')}; the full table with the machine and notes is in `bench/last-results.md`):")
+    block = "\n".join([README_START, head, "", *table_lines(figures), README_END])
+    before, rest = text.split(README_START, 1)
+    README.write_text(before + block + rest.split(README_END, 1)[1], encoding="utf-8")
 
 
 BREAKDOWN = {   # label: [(part of the file name, exact function name), ...] in the profile
@@ -735,12 +1006,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1/10 of every size (smoke run)")
     parser.add_argument("--batch-size", type=int, default=SyncOptions().batch_size)
     parser.add_argument("--profile", type=int, metavar="N", help="profile an ingest of N jobs instead")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every timed figure (median, spread)")
+    parser.add_argument("--scale-jobs", type=int, default=300_000,
+                        help="jobs of the PostgreSQL linearity figure (0: skip it)")
+    parser.add_argument("--mysql-url", help="a throwaway MySQL/MariaDB database: its archive size is reported")
+    parser.add_argument("--latency-jobs", type=int, default=50_000, help="jobs of the incremental-latency figure")
+    parser.add_argument("--latency-ms", type=float, default=150)
+    parser.add_argument("--skip-latency", action="store_true", help="without the incremental-latency figure")
+    parser.add_argument("--skip-noscore", action="store_true", help="without figure 1b (ingest without scoring)")
     parser.add_argument("--rss-child", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--scale-child", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--scale-window", type=int, default=100_000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.rss_child:
         rss_child(args.rss_child)
         return 0
+    if args.scale_child:
+        scale_child(args.pg_url, args.scale_child, args.scale_window)
+        return 0
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
     if args.small > args.jobs:
         parser.error("--small must not exceed --jobs")
     if args.profile:

@@ -225,3 +225,55 @@ def test_a_failing_batch_falls_back_to_job_by_job(db_url, payload, monkeypatch):
     archive = Archive.open(db_url)
     assert [r["id"] for r in rows(archive, models.JobRow)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
     archive.close()
+
+
+def test_new_jobs_have_nothing_deleted_and_written_again_have_their_children_replaced(db_url, payload):
+    """A first write of a batch makes its jobs' rows, so there are no outputs or variables to
+    delete (SQLite: the write lock since the read; PostgreSQL: COPY fails on any key already
+    there); written again, the children are replaced as sets."""
+    from sqlalchemy import event
+
+    from archiver import dialect
+
+    archive = Archive.open(db_url, "acme")
+    statements: list[str] = []
+    event.listen(archive.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, *rest: statements.append(sql))
+    n = dialect.COPY_THRESHOLD + 10
+    raws = []
+    for i in range(n):
+        raw = dict(payload("job-v1-completed.json"), id=900 + i)
+        raw["outputs"] = [dict(o, id=10_000 * (i + 1) + k) for k, o in enumerate(raw["outputs"])]
+        raws.append(raw)
+    write(archive, *raws)
+    deletes = [s for s in statements if s.lstrip().upper().startswith("DELETE")]
+    if archive.engine.dialect.name in ("sqlite", "postgresql"):
+        assert deletes == []
+    assert count(archive, models.JobOutputRow) == n * len(raws[0]["outputs"])
+    changed = [dict(r, updated_at="2031-01-01T00:00:00Z", outputs=r["outputs"][:1], variables={"only": "one"})
+               for r in raws]
+    statements.clear()
+    result = write(archive, *changed)
+    assert len(result.updated) == n
+    assert any(s.lstrip().upper().startswith("DELETE") for s in statements)
+    assert count(archive, models.JobOutputRow) == n
+    assert count(archive, models.JobVariableRow) == n
+    archive.close()
+
+
+def test_postgresql_statistics_are_refreshed_when_the_tables_grew(db_url, payload, monkeypatch):
+    from sqlalchemy import text
+
+    from archiver import store
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("statistics are refreshed on PostgreSQL only")
+    monkeypatch.setattr(store, "ANALYZE_AFTER", 5)
+    archive = Archive.open(db_url, "acme")
+    write(archive, *[dict(payload("job-v1-completed.json"), id=100 + i) for i in range(10)])
+    with archive.engine.connect() as conn:
+        known = dict(conn.execute(text("SELECT relname, reltuples FROM pg_class WHERE relname IN "
+                                       "('jobs', 'job_outputs', 'job_variables')")).all())
+    assert known == {"jobs": 10, "job_outputs": 2, "job_variables": 0}  # -1: never analyzed
+    assert (archive.stats_rows, archive.added) == (10, 0)
+    archive.close()
