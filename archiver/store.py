@@ -17,10 +17,10 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, func, literal_column, not_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
@@ -48,6 +48,7 @@ creators_t = models.CreatorRow.__table__
 summaries_t = models.JobLogSummaryRow.__table__
 schedules_t = models.ScheduleRow.__table__
 schedule_packages_t = models.SchedulePackageRow.__table__
+rollup_t = models.DailyPackageRollupRow.__table__
 CATALOG_TABLES = {"schedules": schedules_t, "packages": packages_t, "clusters": clusters_t}
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
@@ -62,6 +63,8 @@ class Stored:
     updated_at: datetime | None
     status: str | None
     payload_hash: str | None
+    account_id: str | None = None   # with run_date: the rollup group the stored row counts in
+    run_date: date | None = None
 
 
 def decide(stored: Stored | None, job: JobRecord) -> str:
@@ -152,6 +155,69 @@ class BatchResult:
             setattr(counts, outcome, getattr(counts, outcome) + len(getattr(self, outcome)))
 
 
+# -- the daily rollup ---------------------------------------------------------------------------
+def rollup_groups(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> set[tuple]:
+    """The (account_id, day) groups of daily_package_rollup that these written jobs count in
+    now, and counted in before (a newer snapshot may move a job to another day or account)."""
+    ids = sorted(j.id for j in writes)
+    before = {(stored[i].account_id, stored[i].run_date) for i in ids if i in stored}
+    now: set[tuple] = set()
+    for start in range(0, len(ids), 1000):
+        query = (select(jobs_t.c.account_id, jobs_t.c.run_date).distinct()
+                 .where(dialect.in_ids(conn, jobs_t.c.id, ids[start:start + 1000])))
+        now.update((row.account_id, row.run_date) for row in conn.execute(query))
+    return before | now
+
+
+def _in_groups(table, day_column, groups: set[tuple]):
+    """Rows of these (account_id, day) groups; NULL account or day matched as NULL."""
+    by_account: dict[str | None, set] = {}
+    for account, day in groups:
+        by_account.setdefault(account, set()).add(day)
+    conditions = []
+    for account, days in sorted(by_account.items(), key=lambda item: item[0] or ""):
+        dated = sorted(d for d in days if d is not None)
+        day_match = [day_column.in_(dated)] if dated else []
+        if None in days:
+            day_match.append(day_column.is_(None))
+        who = table.c.account_id.is_(None) if account is None else table.c.account_id == account
+        conditions.append(and_(who, or_(*day_match)))
+    return or_(*conditions)
+
+
+def _rollup_select():
+    """One daily_package_rollup row per account, day and package of the jobs selected."""
+    j = jobs_t.c
+    terminal = j.status.in_(sorted(TERMINAL_STATUSES))
+    one = literal_column("1e0")   # floating point everywhere (MySQL's decimal division keeps 4 digits)
+
+    def count(status: str):
+        return func.sum(case((j.status == status, 1), else_=0))
+
+    finished = func.sum(case((terminal, 1), else_=0))
+    return select(j.account_id, j.run_date, j.package_id, func.count(), count("completed"), count("failed"),
+                  count("stopped"), func.sum(case((j.status == "failed", one), else_=0)) / func.nullif(finished, 0),
+                  func.avg(case((terminal, j.runtime_in_seconds * one))),
+                  func.max(case((terminal, j.runtime_in_seconds))))
+
+
+ROLLUP_COLUMNS = ["account_id", "day", "package_id", "jobs", "completed", "failed", "stopped", "failure_rate",
+                  "avg_runtime_seconds", "max_runtime_seconds"]
+
+
+def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
+    """Recount these (account_id, day) groups of daily_package_rollup from jobs, in the
+    transaction that wrote the jobs: the rollup is never out of step with them, and
+    recounting (not adding deltas) makes a rewritten job count once, where it is now."""
+    groups = set(groups)
+    if not groups:
+        return
+    conn.execute(delete(rollup_t).where(_in_groups(rollup_t, rollup_t.c.day, groups)))
+    query = (_rollup_select().where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
+             .group_by(jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.package_id))
+    conn.execute(rollup_t.insert().from_select(ROLLUP_COLUMNS, query))
+
+
 # -- the archive -----------------------------------------------------------------------------------
 class Archive:
     """An archive database: write batches of jobs whole, record runs and errors."""
@@ -206,12 +272,13 @@ class Archive:
         found: dict[int, Stored] = {}
         for start in range(0, len(ids), 1000):
             part = ids[start:start + 1000]
-            query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash)
+            query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash,
+                            jobs_t.c.account_id, jobs_t.c.run_date)
                      .where(dialect.in_ids(conn, jobs_t.c.id, part)).order_by(jobs_t.c.id))
             if self.lock_rows:
                 query = query.with_for_update()
             for row in conn.execute(query):
-                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash)
+                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, row.account_id, row.run_date)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -238,8 +305,10 @@ class Archive:
 
         def work(conn: Connection) -> None:
             for start in range(0, len(unique), 1000):
-                conn.execute(update(jobs_t).where(jobs_t.c.account_id.is_(None), dialect.in_ids(
-                    conn, jobs_t.c.id, unique[start:start + 1000])).values(account_id=self.account))
+                unowned = and_(jobs_t.c.account_id.is_(None), dialect.in_ids(conn, jobs_t.c.id, unique[start:start + 1000]))
+                days = set(conn.execute(select(jobs_t.c.run_date).where(unowned).distinct()).scalars())
+                conn.execute(update(jobs_t).where(unowned).values(account_id=self.account))
+                refresh_rollup(conn, {(account, day) for account in (None, self.account) for day in days})
 
         self.transact(work)
 
@@ -315,6 +384,7 @@ class Archive:
             writes = self._drop_lost_races(conn, writes, result)
         self._replace_children(conn, writes)
         self._record_status_changes(conn, writes, stored, now, run_id)
+        refresh_rollup(conn, rollup_groups(conn, writes, stored))
         result.finished = newly_finished(writes, stored)
         return result
 
