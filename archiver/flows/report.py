@@ -1,7 +1,8 @@
 """Questions answered from the views: status counts, failures, runtimes and their trend.
 
-Reads the same views BI tools read (job_runs, job_failures), so both agree.
-Returns plain rows (dicts); the CLI formats them.
+Reads the same views BI tools read (job_runs, job_failures), so both agree. Aggregates in
+SQL (counts, percentiles) and reads one row per package, not one per job; on PostgreSQL
+without JIT (dialect.report_session). Returns plain rows (dicts); the CLI formats them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections import Counter, defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Double, Engine, Integer, String, Text, column, func, select, table
+from sqlalchemy import (BigInteger, Double, Engine, Integer, String, Text, and_, case, column, func, or_, select,
+                        table)
 
-from archiver import database
+from archiver import database, dialect
 from archiver.errors import ConfigError
 from archiver.sqltypes import UTCDateTime
 
@@ -108,6 +110,7 @@ def status_report(engine: Engine, period: Period, package: str | None = None,
              .where(job_runs.c.created_at >= period.start, job_runs.c.created_at < period.end)
              .group_by(job_runs.c.status))
     with engine.connect() as conn:
+        dialect.report_session(conn)
         rows = conn.execute(_package_filter(query, job_runs, package)).all()
     total = sum(r.jobs for r in rows) or 1
     result = [{"status": r.status, "jobs": r.jobs, "share": round(r.jobs / total, 4)}
@@ -115,30 +118,41 @@ def status_report(engine: Engine, period: Period, package: str | None = None,
     return result[:limit] if limit else result
 
 
+def _in_period(query, period: Period):
+    return query.where(job_runs.c.created_at >= period.start, job_runs.c.created_at < period.end)
+
+
+def _error_text(errors: str | None) -> str:
+    return (errors or "").strip()[:120] or "(no error text)"
+
+
 def failures_report(engine: Engine, period: Period, package: str | None = None,
                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Per package: jobs, failed, failure rate (of finished jobs), last failure and its usual error."""
-    query = (select(job_runs.c.package_id, job_runs.c.package_name, job_runs.c.status,
-                    job_runs.c.is_terminal, job_runs.c.ended_at, job_runs.c.errors)
-             .where(job_runs.c.created_at >= period.start, job_runs.c.created_at < period.end))
+    """Per package: jobs, failed, failure rate (of finished jobs), last failure and its usual error.
+
+    Aggregated in SQL: one row per package, and one per package and distinct error text (the
+    error texts are normalised and counted here, since trimming differs between databases)."""
+    r = job_runs.c
+    is_failed = r.status == "failed"
+    totals = (select(r.package_id, func.max(r.package_name).label("package_name"), func.count().label("jobs"),
+                     func.sum(r.is_terminal).label("finished"),
+                     func.sum(case((is_failed, 1), else_=0)).label("failed"),
+                     func.max(case((is_failed, r.ended_at))).label("last_failed_at"))
+              .group_by(r.package_id))
+    texts = select(r.package_id, r.errors, func.count().label("n")).where(is_failed).group_by(r.package_id, r.errors)
     stats: dict[Any, dict[str, Any]] = {}
     errors: dict[Any, Counter] = defaultdict(Counter)
     with engine.connect() as conn:
-        for row in conn.execute(_package_filter(query, job_runs, package)):
-            s = stats.setdefault(row.package_id, {"package_id": row.package_id, "package": _label(row),
-                                                  "jobs": 0, "finished": 0, "failed": 0,
-                                                  "last_failed_at": None})
-            s["jobs"] += 1
-            s["finished"] += row.is_terminal
-            if row.status == "failed":
-                s["failed"] += 1
-                errors[row.package_id][(row.errors or "").strip()[:120] or "(no error text)"] += 1
-                if row.ended_at and (s["last_failed_at"] is None or row.ended_at > s["last_failed_at"]):
-                    s["last_failed_at"] = row.ended_at
+        dialect.report_session(conn)
+        for row in conn.execute(_package_filter(_in_period(totals, period), job_runs, package)):
+            if row.failed:
+                stats[row.package_id] = {"package_id": row.package_id, "package": _label(row), "jobs": row.jobs,
+                                         "finished": int(row.finished or 0), "failed": int(row.failed),
+                                         "last_failed_at": row.last_failed_at}
+        for row in conn.execute(_package_filter(_in_period(texts, period), job_runs, package)):
+            errors[row.package_id][_error_text(row.errors)] += row.n
     rows = []
     for key, s in stats.items():
-        if not s["failed"]:
-            continue
         s["failure_rate"] = round(s["failed"] / s["finished"], 4) if s["finished"] else None
         s["top_error"] = errors[key].most_common(1)[0][0]
         rows.append(s)
@@ -146,28 +160,71 @@ def failures_report(engine: Engine, period: Period, package: str | None = None,
     return rows[:limit] if limit else rows
 
 
+def _runtime_percentiles(conn, period: Period, package: str | None) -> dict[tuple, dict[str, Any]]:
+    """{(package_id, bucket): {name, n, p50, p95, max}} of finished runs; bucket 1: in the period,
+    0: in the one before. Percentiles interpolate linearly between the closest ranks (what
+    percentile() and PostgreSQL's percentile_cont compute)."""
+    r = job_runs.c
+    bucket = case((r.created_at >= period.start, 1), else_=0).label("bucket")
+    earlier = period.previous
+    finished = [r.is_terminal == 1, r.run_seconds.is_not(None), r.created_at >= earlier.start,
+                r.created_at < period.end]
+    groups: dict[tuple, dict[str, Any]] = {}
+    if dialect.has_percentile_cont(conn):
+        query = (select(r.package_id, func.max(r.package_name).label("package_name"), bucket,
+                        func.count().label("n"),
+                        func.percentile_cont(0.5).within_group(r.run_seconds).label("p50"),
+                        func.percentile_cont(0.95).within_group(r.run_seconds).label("p95"),
+                        func.max(r.run_seconds).label("max"))
+                 .where(*finished).group_by(r.package_id, bucket))
+        for row in conn.execute(_package_filter(query, job_runs, package)):
+            groups[(row.package_id, row.bucket)] = {"name": _label(row), "n": row.n, "p50": row.p50,
+                                                    "p95": row.p95, "max": row.max}
+        return groups
+    part = [r.package_id, bucket]
+    ranked = (select(r.package_id, r.package_name, bucket, r.run_seconds.label("x"),
+                     (func.row_number().over(partition_by=part, order_by=r.run_seconds) - 1).label("k"),
+                     func.count().over(partition_by=part).label("n"))
+              .where(*finished))
+    w = _package_filter(ranked, job_runs, package).subquery()
+
+    def near(q: int):   # the ranks k = floor((n-1)q/100) and the one after
+        return and_(100 * (w.c.k + 1) > (w.c.n - 1) * q, 100 * (w.c.k - 1) <= (w.c.n - 1) * q)
+
+    ranks: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for row in conn.execute(select(w).where(or_(near(50), near(95), w.c.k == w.c.n - 1))):
+        key = (row.package_id, row.bucket)
+        groups.setdefault(key, {"name": _label(row), "n": row.n})
+        ranks[key][row.k] = float(row.x)
+    for key, g in groups.items():
+        values = ranks[key]
+        g.update(p50=_interpolate(values, g["n"], 50), p95=_interpolate(values, g["n"], 95),
+                 max=values[g["n"] - 1])
+    return groups
+
+
+def _interpolate(ranked: dict[int, float], n: int, q: int) -> float:
+    """statistics.quantiles(method="inclusive")'s q-th percentile from the two ranks it reads."""
+    if n == 1:
+        return ranked[0]
+    j, delta = divmod((n - 1) * q, 100)
+    return (ranked[j] * (100 - delta) + ranked[j + 1] * delta) / 100
+
+
 def runtimes_report(engine: Engine, period: Period, package: str | None = None,
                     limit: int | None = None) -> list[dict[str, Any]]:
     """Per package: finished runs, p50/p95/max runtime and p50's trend against the previous period."""
-    earlier = period.previous
-    query = (select(job_runs.c.package_id, job_runs.c.package_name, job_runs.c.created_at,
-                    job_runs.c.run_seconds)
-             .where(job_runs.c.is_terminal == 1, job_runs.c.run_seconds.is_not(None),
-                    job_runs.c.created_at >= earlier.start, job_runs.c.created_at < period.end))
-    now_runs: dict[Any, list[float]] = defaultdict(list)
-    before_runs: dict[Any, list[float]] = defaultdict(list)
-    labels: dict[Any, str] = {}
     with engine.connect() as conn:
-        for row in conn.execute(_package_filter(query, job_runs, package)):
-            labels[row.package_id] = _label(row)
-            bucket = now_runs if row.created_at >= period.start else before_runs
-            bucket[row.package_id].append(float(row.run_seconds))
+        dialect.report_session(conn)
+        groups = _runtime_percentiles(conn, period, package)
     rows = []
-    for key, runs in now_runs.items():
-        p50, before = percentile(runs, 50), percentile(before_runs.get(key, []), 50)
-        rows.append({"package_id": key, "package": labels[key], "runs": len(runs),
-                     "p50_seconds": round(p50), "p95_seconds": round(percentile(runs, 95)),
-                     "max_seconds": round(max(runs)),
+    for (key, bucket), g in groups.items():
+        if bucket != 1:
+            continue
+        p50 = g["p50"]
+        before = groups.get((key, 0), {}).get("p50")
+        rows.append({"package_id": key, "package": g["name"], "runs": g["n"],
+                     "p50_seconds": round(p50), "p95_seconds": round(g["p95"]), "max_seconds": round(g["max"]),
                      "previous_p50_seconds": round(before) if before is not None else None,
                      "p50_change": round((p50 - before) / before, 4) if before else None})
     rows.sort(key=lambda r: (-r["p50_seconds"], r["package"]))
