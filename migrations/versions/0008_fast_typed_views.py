@@ -92,11 +92,11 @@ FROM (
     FROM (
         SELECT j.id AS job_id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at,
                j.ended_at, COALESCE(j.attempts, 0) AS attempt,
-               CASE WHEN COALESCE(j.attempts, 0) = 0 THEN j.id
-                    ELSE MAX(CASE WHEN COALESCE(j.attempts, 0) = 0 AND j.status = 'failed' THEN j.id END)
-                         OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
-                               ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
-               END AS run_job_id
+               CAST(CASE WHEN COALESCE(j.attempts, 0) = 0 THEN j.id
+                         ELSE MAX(CASE WHEN COALESCE(j.attempts, 0) = 0 AND j.status = 'failed' THEN j.id END)
+                              OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
+                                    ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
+                    END AS {{bigint}}) AS run_job_id
         FROM jobs j
         WHERE j.creator_type = 'Schedule'
     ) a
