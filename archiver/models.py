@@ -325,6 +325,30 @@ class DailyPackageRollupRow(Base):
     max_runtime_seconds: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class ScheduleRunRow(Base):
+    """One scheduled run: a schedule's first attempt of a package and the retries that follow
+    it, recomputed by each write of jobs from the touched schedule's last failed first attempt
+    on (archiver.store); the schedule_attempts view reads it."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (Index("ix_schedule_runs_schedule_id_package_id_scheduled_at",
+                            "schedule_id", "package_id", "scheduled_at"),
+                      Index("ix_schedule_runs_scheduled_at", "scheduled_at"),
+                      Index("ix_schedule_runs_outcome_scheduled_at", "outcome", "scheduled_at"))
+
+    first_job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_job_id: Mapped[int] = mapped_column(BigInteger)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(BigInteger)
+    failed_attempts: Mapped[int] = mapped_column(BigInteger)
+    final_status: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str | None] = mapped_column(String(64))
+
+
 class CreatorRow(Base):
     """The schedule or user that created jobs (v2 `creator`)."""
 

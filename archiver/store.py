@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
+from sqlalchemy import (BigInteger, Connection, Engine, String, and_, bindparam, case, delete, func, literal_column, not_, or_, select,
+                        text, update)
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
 from archiver.errors import ArchiverError, DiskFull, LostLock
 from archiver.fields import TERMINAL_STATUSES
 from archiver.jsonio import RawJSON, canonical_json
+from archiver.sqltypes import UTCDateTime
 from archiver.records import WRITE_OUTCOMES, CatalogRecord, JobRecord, RunCounts, ScheduleRecord, as_row
 from archiver.utc import utcnow
 
@@ -49,6 +51,7 @@ summaries_t = models.JobLogSummaryRow.__table__
 schedules_t = models.ScheduleRow.__table__
 schedule_packages_t = models.SchedulePackageRow.__table__
 rollup_t = models.DailyPackageRollupRow.__table__
+schedule_runs_t = models.ScheduleRunRow.__table__
 CATALOG_TABLES = {"schedules": schedules_t, "packages": packages_t, "clusters": clusters_t}
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
@@ -65,6 +68,8 @@ class Stored:
     payload_hash: str | None
     account_id: str | None = None   # with run_date: the rollup group the stored row counts in
     run_date: date | None = None
+    chain: tuple | None = None      # (account_id, creator_id, package_id) of a scheduled job
+    created_at: datetime | None = None
 
 
 def decide(stored: Stored | None, job: JobRecord) -> str:
@@ -218,6 +223,118 @@ def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
     conn.execute(rollup_t.insert().from_select(ROLLUP_COLUMNS, query))
 
 
+# -- the schedule runs --------------------------------------------------------------------------
+# One row per scheduled run (schedule_runs, the schedule_attempts view): a retry belongs to the
+# latest failed first attempt of its account, schedule and package before it (by created_at,
+# then id). The same SELECT as migration 0008's, over the jobs of the chains being recomputed.
+SCHEDULE_RUNS_SQL = """
+INSERT INTO schedule_runs (first_job_id, account_id, schedule_id, package_id, last_job_id, scheduled_at,
+                           ended_at, attempts, failed_attempts, final_status, outcome)
+SELECT run_job_id, account_id, creator_id, package_id, job_id, scheduled_at, ended_at, attempts,
+       failed_attempts, status,
+       CASE WHEN status = 'completed' AND failed_attempts > 0 THEN 'recovered_on_retry' ELSE status END
+FROM (
+    SELECT a.*,
+           ROW_NUMBER() OVER (PARTITION BY run_job_id
+                              ORDER BY attempt DESC, created_at DESC, job_id DESC) AS from_last,
+           COUNT(*) OVER (PARTITION BY run_job_id) AS attempts,
+           SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) OVER (PARTITION BY run_job_id) AS failed_attempts,
+           MIN(created_at) OVER (PARTITION BY run_job_id) AS scheduled_at
+    FROM (
+        SELECT j.id AS job_id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at,
+               j.ended_at, COALESCE(j.attempts, 0) AS attempt,
+               CASE WHEN COALESCE(j.attempts, 0) = 0 THEN j.id
+                    ELSE MAX(CASE WHEN COALESCE(j.attempts, 0) = 0 AND j.status = 'failed' THEN j.id END)
+                         OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
+                               ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
+               END AS run_job_id
+        FROM jobs j
+        WHERE j.creator_type = 'Schedule' AND ({region})
+    ) a
+    WHERE run_job_id IS NOT NULL
+) r
+WHERE from_last = 1
+"""
+
+
+def chain_starts(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> dict[tuple, datetime]:
+    """{(account_id, schedule_id, package_id): earliest created_at} of the scheduled jobs written,
+    where they are now and where they were before."""
+    starts: dict[tuple, datetime] = {}
+
+    def note(key: tuple, moment: datetime | None) -> None:
+        if moment is not None and (key not in starts or moment < starts[key]):
+            starts[key] = moment
+
+    ids = sorted(j.id for j in writes)
+    for i in ids:
+        if i in stored and stored[i].chain is not None:
+            note(stored[i].chain, stored[i].created_at)
+    j = jobs_t.c
+    for start in range(0, len(ids), 1000):
+        query = (select(j.account_id, j.creator_id, j.package_id, func.min(j.created_at).label("first"))
+                 .where(dialect.in_ids(conn, j.id, ids[start:start + 1000]), j.creator_type == "Schedule")
+                 .group_by(j.account_id, j.creator_id, j.package_id))
+        for row in conn.execute(query):
+            note((row.account_id, row.creator_id, row.package_id), row.first)
+    return starts
+
+
+def _same_chain(account_col, schedule_col, package_col, key: tuple):
+    account, schedule, package = key
+    return and_(account_col.is_(None) if account is None else account_col == account,
+                schedule_col.is_(None) if schedule is None else schedule_col == schedule,
+                package_col.is_(None) if package is None else package_col == package)
+
+
+def _recount_from(conn: Connection, starts: dict[tuple, datetime]) -> dict[tuple, datetime]:
+    """Where each chain's recount begins: its last failed first attempt before the earliest
+    job written (a retry after that belongs to it or a later one), else that job itself."""
+    j = jobs_t.c
+    keys = list(starts)
+    found: dict[tuple, datetime] = {}
+    for begin in range(0, len(keys), 200):
+        part = keys[begin:begin + 200]
+        query = (select(j.account_id, j.creator_id, j.package_id, func.max(j.created_at).label("last"))
+                 .where(j.creator_type == "Schedule", j.status == "failed", func.coalesce(j.attempts, 0) == 0,
+                        or_(*[and_(_same_chain(j.account_id, j.creator_id, j.package_id, k), j.created_at < starts[k])
+                              for k in part]))
+                 .group_by(j.account_id, j.creator_id, j.package_id))
+        found.update(((r.account_id, r.creator_id, r.package_id), r.last) for r in conn.execute(query))
+    return {k: found.get(k) or starts[k] for k in keys}
+
+
+def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> None:
+    """Recompute schedule_runs for these chains from where a write may have changed them on, in
+    the transaction of the write; runs that began earlier cannot have changed."""
+    if not starts:
+        return
+    r, j = schedule_runs_t.c, jobs_t.c
+    since = _recount_from(conn, starts)
+    keys = list(since)
+    for begin in range(0, len(keys), 200):
+        part = keys[begin:begin + 200]
+        conn.execute(delete(schedule_runs_t).where(or_(*[
+            and_(_same_chain(r.account_id, r.schedule_id, r.package_id, k), r.scheduled_at >= since[k]) for k in part])))
+        conn.execute(_chain_region_insert(part, since))
+
+
+def _chain_region_insert(keys: list[tuple], since: dict[tuple, datetime]):
+    """SCHEDULE_RUNS_SQL over the jobs of these chains from their recount start on."""
+    terms, binds = [], []
+    for i, key in enumerate(keys):
+        term = [f"j.created_at >= :t{i}"]
+        binds.append(bindparam(f"t{i}", since[key], type_=UTCDateTime))
+        for column, value, kind in zip(("account_id", "creator_id", "package_id"), key, (String(255), BigInteger, BigInteger)):
+            if value is None:
+                term.append(f"j.{column} IS NULL")
+            else:
+                term.append(f"j.{column} = :{column[0]}{i}")
+                binds.append(bindparam(f"{column[0]}{i}", value, type_=kind))
+        terms.append("(" + " AND ".join(term) + ")")
+    return text(SCHEDULE_RUNS_SQL.format(region=" OR ".join(terms))).bindparams(*binds)
+
+
 # -- the archive -----------------------------------------------------------------------------------
 class Archive:
     """An archive database: write batches of jobs whole, record runs and errors."""
@@ -273,12 +390,16 @@ class Archive:
         for start in range(0, len(ids), 1000):
             part = ids[start:start + 1000]
             query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash,
-                            jobs_t.c.account_id, jobs_t.c.run_date)
+                            jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.creator_type, jobs_t.c.creator_id,
+                            jobs_t.c.package_id, jobs_t.c.created_at)
                      .where(dialect.in_ids(conn, jobs_t.c.id, part)).order_by(jobs_t.c.id))
             if self.lock_rows:
                 query = query.with_for_update()
             for row in conn.execute(query):
-                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, row.account_id, row.run_date)
+                chain = ((row.account_id, row.creator_id, row.package_id) if row.creator_type == "Schedule"
+                         else None)
+                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, row.account_id, row.run_date,
+                                       chain, row.created_at)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -307,8 +428,13 @@ class Archive:
             for start in range(0, len(unique), 1000):
                 unowned = and_(jobs_t.c.account_id.is_(None), dialect.in_ids(conn, jobs_t.c.id, unique[start:start + 1000]))
                 days = set(conn.execute(select(jobs_t.c.run_date).where(unowned).distinct()).scalars())
+                chains = conn.execute(select(jobs_t.c.creator_id, jobs_t.c.package_id, func.min(jobs_t.c.created_at))
+                                      .where(unowned, jobs_t.c.creator_type == "Schedule")
+                                      .group_by(jobs_t.c.creator_id, jobs_t.c.package_id)).all()
                 conn.execute(update(jobs_t).where(unowned).values(account_id=self.account))
                 refresh_rollup(conn, {(account, day) for account in (None, self.account) for day in days})
+                refresh_schedule_runs(conn, {(account, s, p): t for s, p, t in chains
+                                             for account in (None, self.account)})
 
         self.transact(work)
 
@@ -385,6 +511,7 @@ class Archive:
         self._replace_children(conn, writes)
         self._record_status_changes(conn, writes, stored, now, run_id)
         refresh_rollup(conn, rollup_groups(conn, writes, stored))
+        refresh_schedule_runs(conn, chain_starts(conn, writes, stored))
         result.finished = newly_finished(writes, stored)
         return result
 

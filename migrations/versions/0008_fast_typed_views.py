@@ -5,8 +5,10 @@ indexes the README's queries and the reports read through.
 - `daily_package_rollup` holds one row per account, UTC day and package; every write of
   jobs refreshes the days it touched (archiver.store), and this migration fills it from
   the archive's history. `daily_package_stats` reads it (thousands of rows, not millions).
-- `schedule_attempts` finds each retry's first attempt with a running MAX over the
-  schedule's jobs (window functions) instead of a correlated subquery per retry.
+- `schedule_runs` holds one row per scheduled run (a first attempt and its retries), found with a
+  running MAX over the schedule's jobs (window functions, no correlated subquery); every write
+  of jobs recomputes the runs from the touched schedule's last failed first attempt on
+  (archiver.store), and this migration fills it. `schedule_attempts` reads it.
 - Computed view columns are CAST to the database's integer / floating type (SQLite: the
   CAST gives the column numeric affinity, so a Datasette filter `?is_terminal=1` matches).
 - View names and columns are a contract: every column of 0003 is kept, in order.
@@ -19,6 +21,8 @@ Create Date: 2026-11-29
 """
 import sqlalchemy as sa
 from alembic import op
+
+from archiver.sqltypes import UTCDateTime
 
 revision = "0008"
 down_revision = "0007"
@@ -74,37 +78,45 @@ WHERE j.status = 'failed'
 
 # A scheduled run is a schedule's first attempt (attempt 0) of a package and the retries that
 # follow it. A retry belongs to the latest failed first attempt of the same account, schedule
-# and package before it (by created_at, then job id): a running MAX over that ordering.
-SCHEDULE_ATTEMPTS = f"""
-SELECT r.account_id, r.creator_id AS schedule_id, cr.display_name AS schedule_name, r.package_id,
-       p.name AS package_name, r.run_job_id AS first_job_id, r.job_id AS last_job_id,
-       r.scheduled_at, r.ended_at, r.attempts, r.failed_attempts, r.status AS final_status,
-       CASE WHEN r.status = 'completed' AND r.failed_attempts > 0 THEN 'recovered_on_retry'
-            ELSE r.status END AS outcome
+# and package before it (by created_at, then job id): a running MAX over that ordering. The runs
+# are stored in schedule_runs (filled here, kept by every write of jobs: archiver.store), so
+# the view reads one indexed row per run.
+SCHEDULE_RUNS_SELECT = """
+SELECT run_job_id, account_id, creator_id, package_id, job_id, scheduled_at, ended_at, attempts,
+       failed_attempts, status,
+       CASE WHEN status = 'completed' AND failed_attempts > 0 THEN 'recovered_on_retry' ELSE status END
 FROM (
     SELECT a.*,
            ROW_NUMBER() OVER (PARTITION BY run_job_id
                               ORDER BY attempt DESC, created_at DESC, job_id DESC) AS from_last,
-           CAST(COUNT(*) OVER (PARTITION BY run_job_id) AS {{bigint}}) AS attempts,
-           CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END)
-                OVER (PARTITION BY run_job_id) AS {{bigint}}) AS failed_attempts,
+           COUNT(*) OVER (PARTITION BY run_job_id) AS attempts,
+           SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) OVER (PARTITION BY run_job_id) AS failed_attempts,
            MIN(created_at) OVER (PARTITION BY run_job_id) AS scheduled_at
     FROM (
         SELECT j.id AS job_id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at,
                j.ended_at, COALESCE(j.attempts, 0) AS attempt,
-               CAST(CASE WHEN COALESCE(j.attempts, 0) = 0 THEN j.id
-                         ELSE MAX(CASE WHEN COALESCE(j.attempts, 0) = 0 AND j.status = 'failed' THEN j.id END)
-                              OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
-                                    ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
-                    END AS {{bigint}}) AS run_job_id
+               CASE WHEN COALESCE(j.attempts, 0) = 0 THEN j.id
+                    ELSE MAX(CASE WHEN COALESCE(j.attempts, 0) = 0 AND j.status = 'failed' THEN j.id END)
+                         OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
+                               ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
+               END AS run_job_id
         FROM jobs j
         WHERE j.creator_type = 'Schedule'
     ) a
     WHERE run_job_id IS NOT NULL
 ) r
-LEFT JOIN creators cr ON cr.type = 'Schedule' AND cr.id = r.creator_id
+WHERE from_last = 1
+"""
+SCHEDULE_RUNS_COLUMNS = ("first_job_id, account_id, schedule_id, package_id, last_job_id, scheduled_at, ended_at, "
+                         "attempts, failed_attempts, final_status, outcome")
+
+SCHEDULE_ATTEMPTS = """
+SELECT r.account_id, r.schedule_id, cr.display_name AS schedule_name, r.package_id,
+       p.name AS package_name, r.first_job_id, r.last_job_id, r.scheduled_at, r.ended_at,
+       r.attempts, r.failed_attempts, r.final_status, r.outcome
+FROM schedule_runs r
+LEFT JOIN creators cr ON cr.type = 'Schedule' AND cr.id = r.schedule_id
 LEFT JOIN packages p ON p.id = r.package_id
-WHERE r.from_last = 1
 """
 
 VIEWS = {"job_runs": JOB_RUNS, "daily_package_stats": DAILY_PACKAGE_STATS,
@@ -138,6 +150,20 @@ ROLLUP_DOCS = {
     "failure_rate": "failed ÷ (completed + failed + stopped). NULL: none finished.",
     "avg_runtime_seconds": "Mean runtime_in_seconds of finished jobs. NULL: none finished.",
     "max_runtime_seconds": "Longest runtime_in_seconds of a finished job. NULL: none finished.",
+}
+
+RUNS_DOCS = {
+    "first_job_id": "Job of the first attempt (attempt 0). Primary key.",
+    "account_id": "jobs.account_id of the run.",
+    "schedule_id": "creator_id of the jobs → schedules.id.",
+    "package_id": "Package the schedule ran → packages.id.",
+    "last_job_id": "Job of the last attempt.",
+    "scheduled_at": "Earliest created_at in the run.",
+    "ended_at": "ended_at of the last attempt. NULL: still running.",
+    "attempts": "Number of jobs in the run. Not the same as jobs.attempts.",
+    "failed_attempts": "How many of those jobs failed.",
+    "final_status": "Status of the last attempt.",
+    "outcome": "recovered_on_retry if completed after at least one failure. Otherwise final_status.",
 }
 
 VIEW_DOCS = {
@@ -315,6 +341,30 @@ def _create_rollup() -> None:
                "GROUP BY account_id, run_date, package_id")
 
 
+def _create_schedule_runs() -> None:
+    op.create_table(
+        "schedule_runs",
+        sa.Column("first_job_id", sa.BigInteger(), autoincrement=False, nullable=False,
+                  comment=RUNS_DOCS["first_job_id"]),
+        sa.Column("account_id", sa.String(255), comment=RUNS_DOCS["account_id"]),
+        sa.Column("schedule_id", sa.BigInteger(), comment=RUNS_DOCS["schedule_id"]),
+        sa.Column("package_id", sa.BigInteger(), comment=RUNS_DOCS["package_id"]),
+        sa.Column("last_job_id", sa.BigInteger(), nullable=False, comment=RUNS_DOCS["last_job_id"]),
+        sa.Column("scheduled_at", UTCDateTime(), comment=RUNS_DOCS["scheduled_at"]),
+        sa.Column("ended_at", UTCDateTime(), comment=RUNS_DOCS["ended_at"]),
+        sa.Column("attempts", sa.BigInteger(), nullable=False, comment=RUNS_DOCS["attempts"]),
+        sa.Column("failed_attempts", sa.BigInteger(), nullable=False, comment=RUNS_DOCS["failed_attempts"]),
+        sa.Column("final_status", sa.String(64), comment=RUNS_DOCS["final_status"]),
+        sa.Column("outcome", sa.String(64), comment=RUNS_DOCS["outcome"]),
+        sa.PrimaryKeyConstraint("first_job_id", name="pk_schedule_runs"),
+    )
+    op.create_index("ix_schedule_runs_schedule_id_package_id_scheduled_at", "schedule_runs",
+                    ["schedule_id", "package_id", "scheduled_at"])
+    op.create_index("ix_schedule_runs_scheduled_at", "schedule_runs", ["scheduled_at"])
+    op.create_index("ix_schedule_runs_outcome_scheduled_at", "schedule_runs", ["outcome", "scheduled_at"])
+    op.execute(f"INSERT INTO schedule_runs ({SCHEDULE_RUNS_COLUMNS}) {SCHEDULE_RUNS_SELECT}")
+
+
 def _create_indexes() -> None:
     op.create_index("ix_jobs_package_id_created_at", "jobs", ["package_id", "created_at"])
     op.create_index("ix_jobs_runtime_in_seconds", "jobs", ["runtime_in_seconds"])
@@ -348,6 +398,7 @@ def upgrade() -> None:
     _drop_views()
     _create_indexes()
     _create_rollup()
+    _create_schedule_runs()
     types = CAST_TYPES[_dialect()]
     for name, sql in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {sql.format(**types)}")
@@ -356,6 +407,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _drop_views()
+    op.drop_table("schedule_runs")
     op.drop_table("daily_package_rollup")
     _drop_indexes()
     for name, sql in OLD_VIEWS_0003.items():
