@@ -275,3 +275,43 @@ def test_upgrading_an_existing_archive_fills_the_rollup(tmp_path, db_url):
         assert view_daily_stats(conn) == live_daily_stats(conn)
         assert len(live_daily_stats(conn)) == 6   # 3 days x 2 packages
     archive.close()
+
+
+# -- the schedule runs ----------------------------------------------------------------------------
+def schedule_runs_of(url: str) -> list[tuple]:
+    engine = database.make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM schedule_attempts ORDER BY first_job_id")).all()
+    engine.dispose()
+    return [tuple(r) for r in rows]
+
+
+def test_schedule_runs_kept_by_shuffled_small_batches_equal_a_full_recount(tmp_path, sqlite_template):
+    """Jobs arriving in any order (retries before their first attempts, running before failed)
+    in batches of 7: the stored runs equal those the migration computes from the whole history."""
+    import random
+    import shutil
+
+    from archiver.config import Settings
+    from archiver.flows.ingest import ingest
+    from archiver.flows.runs import SyncOptions
+    from archiver.sandbox import Sandbox
+
+    with Sandbox(jobs=400, seed=43, now=NOW) as api:
+        final = [api.job(i) for i in api.job_ids()]
+        api_early = Sandbox(jobs=400, seed=43, now=NOW - timedelta(hours=6))
+        with api_early:
+            early = [api_early.job(i) for i in api_early.job_ids()]
+    records = early + final
+    random.Random(5).shuffle(records)
+    path = tmp_path / "shuffled.db"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    assert ingest(Settings(account="acme", database_url=url), records, SyncOptions(batch_size=7)).exit_code == 0
+    kept = schedule_runs_of(url)
+    engine = database.make_engine(url)
+    database.downgrade(engine, "0007")
+    database.upgrade(engine)
+    engine.dispose()
+    assert kept == schedule_runs_of(url)
+    assert any(row[-1] == "recovered_on_retry" for row in kept)
