@@ -57,7 +57,8 @@ class JobRow(Base):
     __table_args__ = (Index("ix_jobs_creator_type_creator_id", "creator_type", "creator_id"),
                       Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
                       Index("ix_jobs_runtime_in_seconds", "runtime_in_seconds"),
-                      Index("ix_jobs_creator_id_package_id_created_at", "creator_id", "package_id", "created_at"),
+                      Index("ix_jobs_creator_type_creator_id_package_id_created_at", "creator_type", "creator_id",
+                            "package_id", "created_at"),
                       Index("ix_jobs_status_created_at", "status", "created_at"))
     # plus, on PostgreSQL and SQLite, ix_jobs_failed_at: (COALESCE(ended_at, created_at)) WHERE
     # status = 'failed', the job_failures view's order (migration 0008; autogenerate skips it)

@@ -289,19 +289,35 @@ def _same_chain(account_col, schedule_col, package_col, key: tuple):
 
 def _recount_from(conn: Connection, starts: dict[tuple, datetime]) -> dict[tuple, datetime]:
     """Where each chain's recount begins: its last failed first attempt before the earliest
-    job written (a retry after that belongs to it or a later one), else that job itself."""
-    j = jobs_t.c
+    job written (a retry after that belongs to it or a later one), else that job itself. One
+    ORDER BY .. LIMIT 1 per chain, read backwards on the chain index (every database)."""
     keys = list(starts)
-    found: dict[tuple, datetime] = {}
-    for begin in range(0, len(keys), 200):
-        part = keys[begin:begin + 200]
-        query = (select(j.account_id, j.creator_id, j.package_id, func.max(j.created_at).label("last"))
-                 .where(j.creator_type == "Schedule", j.status == "failed", func.coalesce(j.attempts, 0) == 0,
-                        or_(*[and_(_same_chain(j.account_id, j.creator_id, j.package_id, k), j.created_at < starts[k])
-                              for k in part]))
-                 .group_by(j.account_id, j.creator_id, j.package_id))
-        found.update(((r.account_id, r.creator_id, r.package_id), r.last) for r in conn.execute(query))
+    found: dict[tuple, datetime | None] = {}
+    for begin in range(0, len(keys), 100):
+        part = keys[begin:begin + 100]
+        selects, binds, columns = [], [], {}
+        for i, key in enumerate(part):
+            terms, key_binds = _chain_terms(i, key)
+            binds += key_binds + [bindparam(f"t{i}", starts[key], type_=UTCDateTime)]
+            selects.append(f"(SELECT j.created_at FROM jobs j WHERE j.creator_type = 'Schedule' AND {' AND '.join(terms)}"
+                           f" AND j.status = 'failed' AND COALESCE(j.attempts, 0) = 0 AND j.created_at < :t{i}"
+                           f" ORDER BY j.created_at DESC LIMIT 1) AS l{i}")
+            columns[f"l{i}"] = UTCDateTime
+        row = conn.execute(text("SELECT " + ", ".join(selects)).bindparams(*binds).columns(**columns)).one()
+        found.update(zip(part, row))
     return {k: found.get(k) or starts[k] for k in keys}
+
+
+def _chain_terms(i: int, key: tuple) -> tuple[list[str], list]:
+    """SQL terms (alias j) matching the chain `key` = (account_id, creator_id, package_id), and their binds."""
+    terms, binds = [], []
+    for column, value, kind in zip(("account_id", "creator_id", "package_id"), key, (String(255), BigInteger, BigInteger)):
+        if value is None:
+            terms.append(f"j.{column} IS NULL")
+        else:
+            terms.append(f"j.{column} = :{column[0]}{i}")
+            binds.append(bindparam(f"{column[0]}{i}", value, type_=kind))
+    return terms, binds
 
 
 def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> None:
@@ -309,7 +325,7 @@ def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> No
     the transaction of the write; runs that began earlier cannot have changed."""
     if not starts:
         return
-    r, j = schedule_runs_t.c, jobs_t.c
+    r = schedule_runs_t.c
     since = _recount_from(conn, starts)
     keys = list(since)
     for begin in range(0, len(keys), 200):
@@ -323,15 +339,9 @@ def _chain_region_insert(keys: list[tuple], since: dict[tuple, datetime]):
     """SCHEDULE_RUNS_SQL over the jobs of these chains from their recount start on."""
     terms, binds = [], []
     for i, key in enumerate(keys):
-        term = [f"j.created_at >= :t{i}"]
-        binds.append(bindparam(f"t{i}", since[key], type_=UTCDateTime))
-        for column, value, kind in zip(("account_id", "creator_id", "package_id"), key, (String(255), BigInteger, BigInteger)):
-            if value is None:
-                term.append(f"j.{column} IS NULL")
-            else:
-                term.append(f"j.{column} = :{column[0]}{i}")
-                binds.append(bindparam(f"{column[0]}{i}", value, type_=kind))
-        terms.append("(" + " AND ".join(term) + ")")
+        term, key_binds = _chain_terms(i, key)
+        binds += key_binds + [bindparam(f"t{i}", since[key], type_=UTCDateTime)]
+        terms.append("(" + " AND ".join(term + [f"j.created_at >= :t{i}"]) + ")")
     return text(SCHEDULE_RUNS_SQL.format(region=" OR ".join(terms))).bindparams(*binds)
 
 

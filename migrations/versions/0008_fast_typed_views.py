@@ -368,7 +368,8 @@ def _create_schedule_runs() -> None:
 def _create_indexes() -> None:
     op.create_index("ix_jobs_package_id_created_at", "jobs", ["package_id", "created_at"])
     op.create_index("ix_jobs_runtime_in_seconds", "jobs", ["runtime_in_seconds"])
-    op.create_index("ix_jobs_creator_id_package_id_created_at", "jobs", ["creator_id", "package_id", "created_at"])
+    op.create_index("ix_jobs_creator_type_creator_id_package_id_created_at", "jobs",
+                    ["creator_type", "creator_id", "package_id", "created_at"])
     op.create_index("ix_jobs_status_created_at", "jobs", ["status", "created_at"])
     if _dialect() != "mysql":   # MySQL/MariaDB have no partial index on an expression
         op.execute("CREATE INDEX ix_jobs_failed_at ON jobs (COALESCE(ended_at, created_at)) "
@@ -379,7 +380,7 @@ def _drop_indexes() -> None:
     if _dialect() != "mysql":
         op.execute("DROP INDEX ix_jobs_failed_at")
     op.drop_index("ix_jobs_status_created_at", table_name="jobs")
-    op.drop_index("ix_jobs_creator_id_package_id_created_at", table_name="jobs")
+    op.drop_index("ix_jobs_creator_type_creator_id_package_id_created_at", table_name="jobs")
     op.drop_index("ix_jobs_runtime_in_seconds", table_name="jobs")
     op.drop_index("ix_jobs_package_id_created_at", table_name="jobs")
 
