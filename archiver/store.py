@@ -217,6 +217,7 @@ def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
     groups = set(groups)
     if not groups:
         return
+    dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, groups)
     conn.execute(delete(rollup_t).where(_in_groups(rollup_t, rollup_t.c.day, groups)))
     query = (_rollup_select().where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
              .group_by(jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.package_id))
@@ -325,6 +326,7 @@ def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> No
     the transaction of the write; runs that began earlier cannot have changed."""
     if not starts:
         return
+    dialect.lock_groups(conn, dialect.CHAIN_LOCKS, starts)
     r = schedule_runs_t.c
     since = _recount_from(conn, starts)
     keys = list(since)
