@@ -12,7 +12,8 @@ minutes per million): a year of history ending now, 60 schedules (hourly and eve
 minutes) running 1 to 3 packages each, failed first attempts retried up to three times,
 jobs run by hand on 30 more packages, 85 % completed / 10 % failed / 2 % stopped, open jobs
 in the last hours, log-normal runtimes per package, a log summary on a third of the failures.
-The rollup is then filled by the archiver's own refresh (store.refresh_rollup). The database
+The rollup and the scheduled runs are then filled by the archiver's own recounts
+(store.refresh_rollup, store.refresh_schedule_runs). The database
 at --pg-url is emptied first: point it at a throwaway one.
 
 Every figure is the median of --runs runs (default 3) and the queries of one database are
@@ -35,11 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import select, text  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
 
 from archiver import database, dialect, models  # noqa: E402
 from archiver.flows.report import REPORTS, parse_since  # noqa: E402
-from archiver.store import jobs_t, refresh_rollup  # noqa: E402
+from archiver.store import jobs_t, refresh_rollup, refresh_schedule_runs  # noqa: E402
 
 TERMINAL = ("completed", "failed", "stopped")
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -157,9 +158,13 @@ def build(url: str, total: int) -> int:
                        "action_items": ["Retry later"]} for j in batch if j["status"] == "failed" and j["id"] % 3 == 0]
             dialect.insert_rows(conn, summaries, failed)
         written += len(batch)
-    with engine.begin() as conn:
+    with engine.begin() as conn:   # what the archiver's writes keep: the daily rollup, the scheduled runs
         groups = {(a, d) for a, d in conn.execute(select(jobs_t.c.account_id, jobs_t.c.run_date).distinct())}
         refresh_rollup(conn, groups)
+        j = jobs_t.c
+        chains = conn.execute(select(j.account_id, j.creator_id, j.package_id, func.min(j.created_at))
+                              .where(j.creator_type == "Schedule").group_by(j.account_id, j.creator_id, j.package_id))
+        refresh_schedule_runs(conn, {(a, c, p): first for a, c, p, first in chains})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE"))
     engine.dispose()
