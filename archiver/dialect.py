@@ -306,6 +306,14 @@ def lock_groups(conn: Connection, namespace: int, keys) -> None:
         conn.exec_driver_sql(f"SELECT {locks}")
 
 
+def on_conflict_update(conn: Connection, key: str, columns: Sequence[str]) -> str:
+    """The tail of an INSERT .. SELECT that updates the row whose `key` exists already (two
+    accounts' runs writing the same job ids at once may both compute its scheduled run)."""
+    if is_mysql(conn.dialect.name):
+        return " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in columns)
+    return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in columns)
+
+
 def report_session(conn: Connection) -> None:
     """A report's read transaction: on PostgreSQL without JIT, whose compilation of a big
     aggregate costs more than it saves (1.3 s of a 1.5 s query on a million jobs)."""

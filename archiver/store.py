@@ -334,17 +334,22 @@ def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> No
         part = keys[begin:begin + 200]
         conn.execute(delete(schedule_runs_t).where(or_(*[
             and_(_same_chain(r.account_id, r.schedule_id, r.package_id, k), r.scheduled_at >= since[k]) for k in part])))
-        conn.execute(_chain_region_insert(part, since))
+        conn.execute(_chain_region_insert(conn, part, since))
 
 
-def _chain_region_insert(keys: list[tuple], since: dict[tuple, datetime]):
+RUN_COLUMNS = ("account_id", "schedule_id", "package_id", "last_job_id", "scheduled_at", "ended_at", "attempts",
+               "failed_attempts", "final_status", "outcome")
+
+
+def _chain_region_insert(conn: Connection, keys: list[tuple], since: dict[tuple, datetime]):
     """SCHEDULE_RUNS_SQL over the jobs of these chains from their recount start on."""
     terms, binds = [], []
     for i, key in enumerate(keys):
         term, key_binds = _chain_terms(i, key)
         binds += key_binds + [bindparam(f"t{i}", since[key], type_=UTCDateTime)]
         terms.append("(" + " AND ".join(term + [f"j.created_at >= :t{i}"]) + ")")
-    return text(SCHEDULE_RUNS_SQL.format(region=" OR ".join(terms))).bindparams(*binds)
+    sql = SCHEDULE_RUNS_SQL.format(region=" OR ".join(terms))
+    return text(sql + dialect.on_conflict_update(conn, "first_job_id", RUN_COLUMNS)).bindparams(*binds)
 
 
 # -- the archive -----------------------------------------------------------------------------------

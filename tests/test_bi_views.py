@@ -32,8 +32,12 @@ TYPE_NAMES = {
     "DATE": {"sqlite": {"DATE"}, "postgresql": {"date"}, "mysql": {"date"}},
     "JSON": {"sqlite": {"JSON"}, "postgresql": {"jsonb"}, "mysql": {"longtext", "json"}},
 }
-# SQLite before 3.41 declares no type for a computed view column (a CAST gives it affinity only).
+# SQLite before 3.41 declares no type for a computed view column (a CAST gives it affinity only);
+# later versions name the affinity instead (INT, NUM).
 SQLITE_DECLARES_COMPUTED = sqlite3.sqlite_version_info >= (3, 41)
+if SQLITE_DECLARES_COMPUTED:
+    for kind, names in (("BIGINT", {"INT"}), ("INTEGER", {"INT"}), ("TIMESTAMP", {"NUM"})):
+        TYPE_NAMES[kind]["sqlite"] |= names
 
 
 def documented_views() -> dict[str, dict[str, tuple[str, str]]]:
