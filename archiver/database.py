@@ -12,11 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Connection, Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -26,6 +23,11 @@ from archiver.config import check_database_url, mask_url, remember_url, scrub
 from archiver.errors import ConfigError, DatabaseBusy, NoArchive, SchemaOutOfDate
 from archiver.jsonio import serialize_json
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: a report's start-up (which only checks the revision)
+# does not pay for the migration machinery it never runs.
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +122,7 @@ def migrations_folder() -> str:
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    from alembic.config import Config
     cfg = Config()
     cfg.set_main_option("script_location", migrations_folder())
     cfg.attributes["database_url"] = url
@@ -128,21 +131,25 @@ def alembic_config(url: str | None = None, connection: Connection | None = None)
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
+        from alembic.runtime.migration import MigrationContext
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
+        from alembic import command
         command.upgrade(alembic_config(connection=conn), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as conn:
+        from alembic import command
         command.downgrade(alembic_config(connection=conn), revision)
 
 
@@ -154,6 +161,7 @@ def migrate(url: str, action: str, revision: str = "head") -> str:
         try:
             if action == "current" and dialect.is_missing_file(engine):
                 return f"{mask_url(url)}: no archive (the file does not exist); head {head_revision()}"
+            from alembic.util.exc import CommandError
             try:
                 if action in ("upgrade", "downgrade"):
                     # exclusive: no run of any account writes while the schema changes (exit 4)
@@ -187,6 +195,7 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
             if current_revision(engine) is None:  # not migrated meanwhile by another first run
                 upgrade(engine)
         return
+    from alembic.script import ScriptDirectory
     known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
     if current not in known:
         raise SchemaOutOfDate(f"the database schema is at revision {current}, newer than this "

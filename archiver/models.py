@@ -54,7 +54,14 @@ class JobRow(Base):
     queue_seconds: Mapped[int | None] = mapped_column(BigInteger)
     run_date: Mapped[date | None] = mapped_column(Date, index=True)
 
-    __table_args__ = (Index("ix_jobs_creator_type_creator_id", "creator_type", "creator_id"),)
+    __table_args__ = (Index("ix_jobs_creator_type_creator_id", "creator_type", "creator_id"),
+                      Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
+                      Index("ix_jobs_runtime_in_seconds", "runtime_in_seconds"),
+                      Index("ix_jobs_creator_type_creator_id_package_id_created_at", "creator_type", "creator_id",
+                            "package_id", "created_at"),
+                      Index("ix_jobs_status_created_at", "status", "created_at"))
+    # plus, on PostgreSQL and SQLite, ix_jobs_failed_at: (COALESCE(ended_at, created_at)) WHERE
+    # status = 'failed', the job_failures view's order (migration 0008; autogenerate skips it)
 
 
 class JobOutputRow(Base):
@@ -295,6 +302,52 @@ class AlertDeliveryRow(Base):
     http_status: Mapped[int | None] = mapped_column(Integer)
     delivered: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(LongText)
+
+
+class DailyPackageRollupRow(Base):
+    """Counts per account, UTC day and package, refreshed for the days each write of jobs
+    touched (archiver.store), so daily_package_stats reads thousands of rows, not millions.
+    A group's key columns may be NULL (no account, no package), hence the surrogate id."""
+
+    __tablename__ = "daily_package_rollup"
+    __table_args__ = (Index("ix_daily_package_rollup_day_package_id", "day", "package_id"),
+                      Index("ix_daily_package_rollup_account_id_day", "account_id", "day"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    day: Mapped[date | None] = mapped_column(Date)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    failed: Mapped[int] = mapped_column(BigInteger)
+    stopped: Mapped[int] = mapped_column(BigInteger)
+    failure_rate: Mapped[float | None] = mapped_column(Double)
+    avg_runtime_seconds: Mapped[float | None] = mapped_column(Double)
+    max_runtime_seconds: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ScheduleRunRow(Base):
+    """One scheduled run: a schedule's first attempt of a package and the retries that follow
+    it, recomputed by each write of jobs from the touched schedule's last failed first attempt
+    on (archiver.store); the schedule_attempts view reads it."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (Index("ix_schedule_runs_schedule_id_package_id_scheduled_at",
+                            "schedule_id", "package_id", "scheduled_at"),
+                      Index("ix_schedule_runs_scheduled_at", "scheduled_at"),
+                      Index("ix_schedule_runs_outcome_scheduled_at", "outcome", "scheduled_at"))
+
+    first_job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_job_id: Mapped[int] = mapped_column(BigInteger)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(BigInteger)
+    failed_attempts: Mapped[int] = mapped_column(BigInteger)
+    final_status: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str | None] = mapped_column(String(64))
 
 
 class CreatorRow(Base):

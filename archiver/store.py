@@ -17,16 +17,18 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, func, literal_column, not_, or_, select, update
+from sqlalchemy import (BigInteger, Connection, Engine, String, and_, bindparam, case, delete, func, literal_column, not_, or_, select,
+                        text, update)
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
 from archiver.errors import ArchiverError, DiskFull, LostLock
 from archiver.fields import TERMINAL_STATUSES
 from archiver.jsonio import RawJSON, canonical_json
+from archiver.sqltypes import UTCDateTime
 from archiver.records import WRITE_OUTCOMES, CatalogRecord, JobRecord, RunCounts, ScheduleRecord, as_row
 from archiver.utc import utcnow
 
@@ -54,6 +56,8 @@ creators_t = models.CreatorRow.__table__
 summaries_t = models.JobLogSummaryRow.__table__
 schedules_t = models.ScheduleRow.__table__
 schedule_packages_t = models.SchedulePackageRow.__table__
+rollup_t = models.DailyPackageRollupRow.__table__
+schedule_runs_t = models.ScheduleRunRow.__table__
 CATALOG_TABLES = {"schedules": schedules_t, "packages": packages_t, "clusters": clusters_t}
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
@@ -68,6 +72,10 @@ class Stored:
     updated_at: datetime | None
     status: str | None
     payload_hash: str | None
+    account_id: str | None = None   # with run_date: the rollup group the stored row counts in
+    run_date: date | None = None
+    chain: tuple | None = None      # (account_id, creator_id, package_id) of a scheduled job
+    created_at: datetime | None = None
 
 
 def decide(stored: Stored | None, job: JobRecord) -> str:
@@ -158,6 +166,198 @@ class BatchResult:
             setattr(counts, outcome, getattr(counts, outcome) + len(getattr(self, outcome)))
 
 
+# -- the daily rollup ---------------------------------------------------------------------------
+def rollup_groups(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> set[tuple]:
+    """The (account_id, day) groups of daily_package_rollup that these written jobs count in
+    now, and counted in before (a newer snapshot may move a job to another day or account)."""
+    ids = sorted(j.id for j in writes)
+    before = {(stored[i].account_id, stored[i].run_date) for i in ids if i in stored}
+    now: set[tuple] = set()
+    for start in range(0, len(ids), 1000):
+        query = (select(jobs_t.c.account_id, jobs_t.c.run_date).distinct()
+                 .where(dialect.in_ids(conn, jobs_t.c.id, ids[start:start + 1000])))
+        now.update((row.account_id, row.run_date) for row in conn.execute(query))
+    return before | now
+
+
+def _in_groups(table, day_column, groups: set[tuple]):
+    """Rows of these (account_id, day) groups; NULL account or day matched as NULL."""
+    by_account: dict[str | None, set] = {}
+    for account, day in groups:
+        by_account.setdefault(account, set()).add(day)
+    conditions = []
+    for account, days in sorted(by_account.items(), key=lambda item: item[0] or ""):
+        dated = sorted(d for d in days if d is not None)
+        day_match = [day_column.in_(dated)] if dated else []
+        if None in days:
+            day_match.append(day_column.is_(None))
+        who = table.c.account_id.is_(None) if account is None else table.c.account_id == account
+        conditions.append(and_(who, or_(*day_match)))
+    return or_(*conditions)
+
+
+def _rollup_select():
+    """One daily_package_rollup row per account, day and package of the jobs selected."""
+    j = jobs_t.c
+    terminal = j.status.in_(sorted(TERMINAL_STATUSES))
+    one = literal_column("1e0")   # floating point everywhere (MySQL's decimal division keeps 4 digits)
+
+    def count(status: str):
+        return func.sum(case((j.status == status, 1), else_=0))
+
+    finished = func.sum(case((terminal, 1), else_=0))
+    return select(j.account_id, j.run_date, j.package_id, func.count(), count("completed"), count("failed"),
+                  count("stopped"), func.sum(case((j.status == "failed", one), else_=0)) / func.nullif(finished, 0),
+                  func.avg(case((terminal, j.runtime_in_seconds * one))),
+                  func.max(case((terminal, j.runtime_in_seconds))))
+
+
+ROLLUP_COLUMNS = ["account_id", "day", "package_id", "jobs", "completed", "failed", "stopped", "failure_rate",
+                  "avg_runtime_seconds", "max_runtime_seconds"]
+
+
+def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
+    """Recount these (account_id, day) groups of daily_package_rollup from jobs, in the
+    transaction that wrote the jobs: the rollup is never out of step with them, and
+    recounting (not adding deltas) makes a rewritten job count once, where it is now."""
+    groups = set(groups)
+    if not groups:
+        return
+    dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, groups)
+    conn.execute(delete(rollup_t).where(_in_groups(rollup_t, rollup_t.c.day, groups)))
+    query = (_rollup_select().where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
+             .group_by(jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.package_id))
+    conn.execute(rollup_t.insert().from_select(ROLLUP_COLUMNS, query))
+
+
+# -- the schedule runs --------------------------------------------------------------------------
+# One row per scheduled run (schedule_runs, the schedule_attempts view): a retry belongs to the
+# latest failed first attempt of its account, schedule and package before it (by created_at,
+# then id). The same SELECT as migration 0008's, over the jobs of the chains being recomputed.
+SCHEDULE_RUNS_SQL = """
+INSERT INTO schedule_runs (first_job_id, account_id, schedule_id, package_id, last_job_id, scheduled_at,
+                           ended_at, attempts, failed_attempts, final_status, outcome)
+SELECT run_job_id, account_id, creator_id, package_id, job_id, scheduled_at, ended_at, attempts,
+       failed_attempts, status,
+       CASE WHEN status = 'completed' AND failed_attempts > 0 THEN 'recovered_on_retry' ELSE status END
+FROM (
+    SELECT a.*,
+           ROW_NUMBER() OVER (PARTITION BY run_job_id
+                              ORDER BY attempt DESC, created_at DESC, job_id DESC) AS from_last,
+           COUNT(*) OVER (PARTITION BY run_job_id) AS attempts,
+           SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) OVER (PARTITION BY run_job_id) AS failed_attempts,
+           MIN(created_at) OVER (PARTITION BY run_job_id) AS scheduled_at
+    FROM (
+        SELECT j.id AS job_id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at,
+               j.ended_at, COALESCE(j.attempts, 0) AS attempt,
+               CASE WHEN COALESCE(j.attempts, 0) = 0 THEN j.id
+                    ELSE MAX(CASE WHEN COALESCE(j.attempts, 0) = 0 AND j.status = 'failed' THEN j.id END)
+                         OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
+                               ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
+               END AS run_job_id
+        FROM jobs j
+        WHERE j.creator_type = 'Schedule' AND ({region})
+    ) a
+    WHERE run_job_id IS NOT NULL
+) r
+WHERE from_last = 1
+"""
+
+
+def chain_starts(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> dict[tuple, datetime]:
+    """{(account_id, schedule_id, package_id): earliest created_at} of the scheduled jobs written,
+    where they are now and where they were before."""
+    starts: dict[tuple, datetime] = {}
+
+    def note(key: tuple, moment: datetime | None) -> None:
+        if moment is not None and (key not in starts or moment < starts[key]):
+            starts[key] = moment
+
+    ids = sorted(j.id for j in writes)
+    for i in ids:
+        if i in stored and stored[i].chain is not None:
+            note(stored[i].chain, stored[i].created_at)
+    j = jobs_t.c
+    for start in range(0, len(ids), 1000):
+        query = (select(j.account_id, j.creator_id, j.package_id, func.min(j.created_at).label("first"))
+                 .where(dialect.in_ids(conn, j.id, ids[start:start + 1000]), j.creator_type == "Schedule")
+                 .group_by(j.account_id, j.creator_id, j.package_id))
+        for row in conn.execute(query):
+            note((row.account_id, row.creator_id, row.package_id), row.first)
+    return starts
+
+
+def _same_chain(account_col, schedule_col, package_col, key: tuple):
+    account, schedule, package = key
+    return and_(account_col.is_(None) if account is None else account_col == account,
+                schedule_col.is_(None) if schedule is None else schedule_col == schedule,
+                package_col.is_(None) if package is None else package_col == package)
+
+
+def _recount_from(conn: Connection, starts: dict[tuple, datetime]) -> dict[tuple, datetime]:
+    """Where each chain's recount begins: its last failed first attempt before the earliest
+    job written (a retry after that belongs to it or a later one), else that job itself. One
+    ORDER BY .. LIMIT 1 per chain, read backwards on the chain index (every database)."""
+    keys = list(starts)
+    found: dict[tuple, datetime | None] = {}
+    for begin in range(0, len(keys), 100):
+        part = keys[begin:begin + 100]
+        selects, binds, columns = [], [], {}
+        for i, key in enumerate(part):
+            terms, key_binds = _chain_terms(i, key)
+            binds += key_binds + [bindparam(f"t{i}", starts[key], type_=UTCDateTime)]
+            selects.append(f"(SELECT j.created_at FROM jobs j WHERE j.creator_type = 'Schedule' AND {' AND '.join(terms)}"
+                           f" AND j.status = 'failed' AND COALESCE(j.attempts, 0) = 0 AND j.created_at < :t{i}"
+                           f" ORDER BY j.created_at DESC LIMIT 1) AS l{i}")
+            columns[f"l{i}"] = UTCDateTime
+        row = conn.execute(text("SELECT " + ", ".join(selects)).bindparams(*binds).columns(**columns)).one()
+        found.update(zip(part, row))
+    return {k: found.get(k) or starts[k] for k in keys}
+
+
+def _chain_terms(i: int, key: tuple) -> tuple[list[str], list]:
+    """SQL terms (alias j) matching the chain `key` = (account_id, creator_id, package_id), and their binds."""
+    terms, binds = [], []
+    for column, value, kind in zip(("account_id", "creator_id", "package_id"), key, (String(255), BigInteger, BigInteger)):
+        if value is None:
+            terms.append(f"j.{column} IS NULL")
+        else:
+            terms.append(f"j.{column} = :{column[0]}{i}")
+            binds.append(bindparam(f"{column[0]}{i}", value, type_=kind))
+    return terms, binds
+
+
+def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> None:
+    """Recompute schedule_runs for these chains from where a write may have changed them on, in
+    the transaction of the write; runs that began earlier cannot have changed."""
+    if not starts:
+        return
+    dialect.lock_groups(conn, dialect.CHAIN_LOCKS, starts)
+    r = schedule_runs_t.c
+    since = _recount_from(conn, starts)
+    keys = list(since)
+    for begin in range(0, len(keys), 200):
+        part = keys[begin:begin + 200]
+        conn.execute(delete(schedule_runs_t).where(or_(*[
+            and_(_same_chain(r.account_id, r.schedule_id, r.package_id, k), r.scheduled_at >= since[k]) for k in part])))
+        conn.execute(_chain_region_insert(conn, part, since))
+
+
+RUN_COLUMNS = ("account_id", "schedule_id", "package_id", "last_job_id", "scheduled_at", "ended_at", "attempts",
+               "failed_attempts", "final_status", "outcome")
+
+
+def _chain_region_insert(conn: Connection, keys: list[tuple], since: dict[tuple, datetime]):
+    """SCHEDULE_RUNS_SQL over the jobs of these chains from their recount start on."""
+    terms, binds = [], []
+    for i, key in enumerate(keys):
+        term, key_binds = _chain_terms(i, key)
+        binds += key_binds + [bindparam(f"t{i}", since[key], type_=UTCDateTime)]
+        terms.append("(" + " AND ".join(term + [f"j.created_at >= :t{i}"]) + ")")
+    sql = SCHEDULE_RUNS_SQL.format(region=" OR ".join(terms))
+    return text(sql + dialect.on_conflict_update(conn, "first_job_id", RUN_COLUMNS)).bindparams(*binds)
+
+
 # -- the archive -----------------------------------------------------------------------------------
 class Archive:
     """An archive database: write batches of jobs whole, record runs and errors."""
@@ -214,12 +414,17 @@ class Archive:
         found: dict[int, Stored] = {}
         for start in range(0, len(ids), 1000):
             part = ids[start:start + 1000]
-            query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash)
+            query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash,
+                            jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.creator_type, jobs_t.c.creator_id,
+                            jobs_t.c.package_id, jobs_t.c.created_at)
                      .where(dialect.in_ids(conn, jobs_t.c.id, part)).order_by(jobs_t.c.id))
             if self.lock_rows:
                 query = query.with_for_update()
             for row in conn.execute(query):
-                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash)
+                chain = ((row.account_id, row.creator_id, row.package_id) if row.creator_type == "Schedule"
+                         else None)
+                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, row.account_id, row.run_date,
+                                       chain, row.created_at)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -246,8 +451,15 @@ class Archive:
 
         def work(conn: Connection) -> None:
             for start in range(0, len(unique), 1000):
-                conn.execute(update(jobs_t).where(jobs_t.c.account_id.is_(None), dialect.in_ids(
-                    conn, jobs_t.c.id, unique[start:start + 1000])).values(account_id=self.account))
+                unowned = and_(jobs_t.c.account_id.is_(None), dialect.in_ids(conn, jobs_t.c.id, unique[start:start + 1000]))
+                days = set(conn.execute(select(jobs_t.c.run_date).where(unowned).distinct()).scalars())
+                chains = conn.execute(select(jobs_t.c.creator_id, jobs_t.c.package_id, func.min(jobs_t.c.created_at))
+                                      .where(unowned, jobs_t.c.creator_type == "Schedule")
+                                      .group_by(jobs_t.c.creator_id, jobs_t.c.package_id)).all()
+                conn.execute(update(jobs_t).where(unowned).values(account_id=self.account))
+                refresh_rollup(conn, {(account, day) for account in (None, self.account) for day in days})
+                refresh_schedule_runs(conn, {(account, s, p): t for s, p, t in chains
+                                             for account in (None, self.account)})
 
         self.transact(work)
 
@@ -340,6 +552,8 @@ class Archive:
             writes = self._drop_lost_races(conn, writes, result)
         self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
+        refresh_rollup(conn, rollup_groups(conn, writes, stored))
+        refresh_schedule_runs(conn, chain_starts(conn, writes, stored))
         result.finished = newly_finished(writes, stored)
         return result
 

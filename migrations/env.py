@@ -12,7 +12,7 @@ from alembic import context
 
 from archiver.config import database_url
 from archiver.database import make_engine
-from archiver.dialect import compare_type
+from archiver.dialect import compare_type, include_object
 from archiver.models import Base
 
 config = context.config
@@ -28,6 +28,7 @@ def run_migrations(connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=compare_type,
+        include_object=include_object,
         transaction_per_migration=True,
     )
     with context.begin_transaction():

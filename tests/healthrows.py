@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select
 
 from archiver import database
+from archiver.store import refresh_rollup, refresh_schedule_runs
 from archiver.models import AlertRow, JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
 
 
@@ -24,6 +25,8 @@ class Rows:
     def _insert(self, model, rows: list[dict]) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(model.__table__), rows)
+            if model is JobRow:
+                recount(conn, rows)
 
     def package(self, package_id: int, name: str | None = None) -> None:
         self._insert(PackageRow, [{"id": package_id, "name": name or f"pkg{package_id}"}])
@@ -68,6 +71,18 @@ class Rows:
             self.next_job += 1
             moment += step
         self.jobs(rows)
+
+
+def recount(conn, rows: list[dict]) -> None:
+    """What the archiver's own writes keep with the jobs: the daily rollup and the scheduled runs."""
+    refresh_rollup(conn, {(r.get("account_id"), r["created_at"].date() if r.get("created_at") else None)
+                          for r in rows})
+    starts: dict[tuple, datetime] = {}
+    for r in rows:
+        if r.get("creator_type") == "Schedule" and r.get("created_at"):
+            key = (r.get("account_id"), r.get("creator_id"), r.get("package_id"))
+            starts[key] = min(r["created_at"], starts.get(key, r["created_at"]))
+    refresh_schedule_runs(conn, starts)
 
 
 def job_row(job_id: int, *, package_id: int, created_at: datetime, status: str = "completed",

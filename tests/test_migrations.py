@@ -12,13 +12,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from archiver import database, store
-from archiver.dialect import compare_type
+from archiver.dialect import compare_type, include_object
 from archiver.errors import SchemaOutOfDate
 from archiver.models import Base
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"jobs", "job_outputs", "job_variables", "sync_runs", "sync_errors", "sync_state", "schedules",
-          "schedule_packages", "alerts", "alert_deliveries", "job_anomalies",
+          "schedule_packages", "alerts", "alert_deliveries", "job_anomalies", "daily_package_rollup", "schedule_runs",
           "job_status_changes", "packages", "clusters", "creators", "job_log_summaries"}
 
 
@@ -39,7 +39,7 @@ def test_models_match_migrations(empty_db_url):
     engine = database.make_engine(empty_db_url)
     database.upgrade(engine)
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": compare_type})
+        ctx = MigrationContext.configure(conn, opts={"compare_type": compare_type, "include_object": include_object})
         diff = compare_metadata(ctx, Base.metadata)
     engine.dispose()
     assert diff == []

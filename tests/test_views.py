@@ -167,3 +167,30 @@ def test_parse_since():
     assert parse_since("7d", now).start == datetime(2026, 11, 22, tzinfo=timezone.utc)
     assert parse_since("2026-11-01", now).start == datetime(2026, 11, 1, tzinfo=timezone.utc)
     assert parse_since("24h", now).previous.start == datetime(2026, 11, 27, tzinfo=timezone.utc)
+
+
+def test_failures_report_counts_whole_days_and_partial_ends_alike(synced):
+    """Whole days come from the daily rollup, the partial days at both ends from jobs: the sums
+    are the jobs created in the period, whatever the time of day it starts and ends."""
+    from datetime import timedelta
+
+    from archiver.flows.report import Period
+    archive, jobs = synced
+    period = Period(NOW - timedelta(days=3, hours=5, minutes=7), NOW - timedelta(hours=7))  # history: 4.5 days
+    inside = [j for j in jobs.values() if period.start <= parse_timestamp(j["created_at"]) < period.end]
+    want = defaultdict(Counter)
+    texts = defaultdict(Counter)
+    for j in inside:
+        counts = want[j["package_id"]]
+        counts["jobs"] += 1
+        counts["finished"] += j["status"] in TERMINAL_STATUSES
+        if j["status"] == "failed":
+            counts["failed"] += 1
+            texts[j["package_id"]][(j["errors"] or "").strip()[:120] or "(no error text)"] += 1
+    got = {r["package_id"]: r for r in failures_report(archive.engine, period)}
+    assert set(got) == {p for p, c in want.items() if c["failed"]}
+    for package_id, row in got.items():
+        counts = want[package_id]
+        assert (row["jobs"], row["finished"], row["failed"]) == (counts["jobs"], counts["finished"], counts["failed"])
+        assert row["failure_rate"] == round(counts["failed"] / counts["finished"], 4)
+        assert texts[package_id][row["top_error"]] == max(texts[package_id].values())

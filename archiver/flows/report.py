@@ -1,7 +1,11 @@
 """Questions answered from the views: status counts, failures, runtimes and their trend.
 
-Reads the same views BI tools read (job_runs, job_failures), so both agree.
-Returns plain rows (dicts); the CLI formats them.
+The reports count what the job_runs view shows (its is_terminal, run_seconds, package filter),
+read from `jobs` with the view's definitions, without the view's name joins, which SQLite
+would run for every job; whole days come from daily_package_rollup, the table behind
+daily_package_stats. Aggregates in SQL (counts, percentiles): one row per package comes back,
+never one per job; on PostgreSQL without JIT (dialect.report_session). Returns plain rows
+(dicts); the CLI formats them.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from collections import Counter, defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Double, Engine, Integer, String, Text, column, func, select, table
+from sqlalchemy import (BigInteger, Date, Double, Engine, Integer, String, Text, and_, case, column, func, or_,
+                        select, table)
 
-from archiver import database
+from archiver import database, dialect
 from archiver.errors import ConfigError
+from archiver.fields import TERMINAL_STATUSES
 from archiver.sqltypes import UTCDateTime
 
 job_runs = table(
@@ -102,72 +108,185 @@ def jobs_stored(engine: Engine) -> int:
         return conn.execute(select(func.count()).select_from(job_runs)).scalar()
 
 
+# The reports read job_runs' columns from `jobs` itself, with the view's definitions: SQLite does
+# not drop the view's unused joins, and a report's counts need no names (fetched once, below).
+runs = table(
+    "jobs", column("id", BigInteger), column("package_id", BigInteger), column("status", String),
+    column("created_at", UTCDateTime), column("ended_at", UTCDateTime), column("runtime_in_seconds", BigInteger),
+    column("errors", Text),
+)
+rollup = table(
+    "daily_package_rollup", column("day", Date), column("package_id", BigInteger), column("jobs", BigInteger),
+    column("completed", BigInteger), column("failed", BigInteger), column("stopped", BigInteger),
+)
+IS_TERMINAL = runs.c.status.in_(sorted(TERMINAL_STATUSES))   # job_runs.is_terminal = 1
+
+
+def _of_package(query, package_id, package: str | None):
+    """job_runs' package filter (an id, or part of the name, any case) on a package id column."""
+    if package is None:
+        return query
+    if package.isdigit():
+        return query.where(package_id == int(package))
+    named = select(packages.c.id).where(func.lower(packages.c.name).like(f"%{package.lower()}%"))
+    return query.where(package_id.in_(named))
+
+
+def _labels(conn, ids) -> dict[Any, str]:
+    """Each package id's label, as _label gives it from job_runs.package_name."""
+    known = {i for i in ids if i is not None}
+    names = dict(conn.execute(select(packages.c.id, packages.c.name).where(packages.c.id.in_(sorted(known))))
+                 .all()) if known else {}
+    return {i: names.get(i) or (f"package {i}" if i is not None else "(no package)") for i in ids}
+
+
+def _created_in(start: datetime, end: datetime):
+    return and_(runs.c.created_at >= start, runs.c.created_at < end)
+
+
 def status_report(engine: Engine, period: Period, package: str | None = None,
                   limit: int | None = None) -> list[dict[str, Any]]:
-    query = (select(job_runs.c.status, func.count().label("jobs"))
-             .where(job_runs.c.created_at >= period.start, job_runs.c.created_at < period.end)
-             .group_by(job_runs.c.status))
+    query = (select(runs.c.status, func.count().label("jobs")).where(_created_in(period.start, period.end))
+             .group_by(runs.c.status))
     with engine.connect() as conn:
-        rows = conn.execute(_package_filter(query, job_runs, package)).all()
+        dialect.report_session(conn)
+        rows = conn.execute(_of_package(query, runs.c.package_id, package)).all()
     total = sum(r.jobs for r in rows) or 1
     result = [{"status": r.status, "jobs": r.jobs, "share": round(r.jobs / total, 4)}
               for r in sorted(rows, key=lambda r: (-r.jobs, r.status or ""))]
     return result[:limit] if limit else result
 
 
+def _whole_days(period: Period) -> tuple[date, date, list[tuple[datetime, datetime]]]:
+    """The UTC days wholly inside the period [first, last), and the partial spans at its ends."""
+    first = period.start.date() + timedelta(days=0 if period.start.timetz() == time(tzinfo=timezone.utc) else 1)
+    last = period.end.date()
+    if first >= last:
+        return first, first, [(period.start, period.end)]
+    def midnight(day: date) -> datetime:
+        return datetime.combine(day, time(), timezone.utc)
+    return first, last, [(period.start, midnight(first)), (midnight(last), period.end)]
+
+
+def _package_totals(conn, period: Period, package: str | None) -> dict[Any, list[int]]:
+    """{package_id: [jobs, finished, failed]} created in the period: whole days from
+    daily_package_rollup (kept by every write), the partial days at the ends from jobs."""
+    first, last, edges = _whole_days(period)
+    totals: dict[Any, list[int]] = defaultdict(lambda: [0, 0, 0])
+    r = rollup.c
+    whole = (select(r.package_id, func.sum(r.jobs), func.sum(r.completed + r.failed + r.stopped), func.sum(r.failed))
+             .where(r.day >= first, r.day < last).group_by(r.package_id))
+    is_failed = runs.c.status == "failed"
+    partial = (select(runs.c.package_id, func.count(), func.sum(case((IS_TERMINAL, 1), else_=0)),
+                      func.sum(case((is_failed, 1), else_=0)))
+               .where(or_(*[_created_in(a, b) for a, b in edges])).group_by(runs.c.package_id))
+    for query, package_id in ((whole, r.package_id), (partial, runs.c.package_id)):
+        if query is whole and first >= last:
+            continue
+        for key, jobs_, finished, failed in conn.execute(_of_package(query, package_id, package)):
+            sums = totals[key]
+            sums[0], sums[1], sums[2] = sums[0] + int(jobs_), sums[1] + int(finished or 0), sums[2] + int(failed or 0)
+    return totals
+
+
 def failures_report(engine: Engine, period: Period, package: str | None = None,
                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Per package: jobs, failed, failure rate (of finished jobs), last failure and its usual error."""
-    query = (select(job_runs.c.package_id, job_runs.c.package_name, job_runs.c.status,
-                    job_runs.c.is_terminal, job_runs.c.ended_at, job_runs.c.errors)
-             .where(job_runs.c.created_at >= period.start, job_runs.c.created_at < period.end))
-    stats: dict[Any, dict[str, Any]] = {}
+    """Per package: jobs, failed, failure rate (of finished jobs), last failure and its usual error.
+
+    Aggregated in SQL: counts per package (the daily rollup for whole days), and the failed jobs
+    per package and distinct error text (ix_jobs_status_created_at); the texts are normalised
+    and counted here, since trimming differs between databases."""
+    texts = (select(runs.c.package_id, runs.c.errors, func.count().label("n"), func.max(runs.c.ended_at).label("last"))
+             .where(runs.c.status == "failed", _created_in(period.start, period.end))
+             .group_by(runs.c.package_id, runs.c.errors))
     errors: dict[Any, Counter] = defaultdict(Counter)
+    last_failed: dict[Any, datetime | None] = {}
     with engine.connect() as conn:
-        for row in conn.execute(_package_filter(query, job_runs, package)):
-            s = stats.setdefault(row.package_id, {"package_id": row.package_id, "package": _label(row),
-                                                  "jobs": 0, "finished": 0, "failed": 0,
-                                                  "last_failed_at": None})
-            s["jobs"] += 1
-            s["finished"] += row.is_terminal
-            if row.status == "failed":
-                s["failed"] += 1
-                errors[row.package_id][(row.errors or "").strip()[:120] or "(no error text)"] += 1
-                if row.ended_at and (s["last_failed_at"] is None or row.ended_at > s["last_failed_at"]):
-                    s["last_failed_at"] = row.ended_at
+        dialect.report_session(conn)
+        totals = _package_totals(conn, period, package)
+        for row in conn.execute(_of_package(texts, runs.c.package_id, package)):
+            errors[row.package_id][_error_text(row.errors)] += row.n
+            before = last_failed.get(row.package_id)
+            last_failed[row.package_id] = row.last if before is None or (row.last and row.last > before) else before
+        labels = _labels(conn, [key for key, t in totals.items() if t[2]])
     rows = []
-    for key, s in stats.items():
-        if not s["failed"]:
+    for key, (jobs_, finished, failed) in totals.items():
+        if not failed:
             continue
-        s["failure_rate"] = round(s["failed"] / s["finished"], 4) if s["finished"] else None
-        s["top_error"] = errors[key].most_common(1)[0][0]
-        rows.append(s)
+        rows.append({"package_id": key, "package": labels[key], "jobs": jobs_, "finished": finished, "failed": failed,
+                     "last_failed_at": last_failed.get(key),
+                     "failure_rate": round(failed / finished, 4) if finished else None,
+                     "top_error": errors[key].most_common(1)[0][0]})
     rows.sort(key=lambda s: (-s["failed"], -(s["failure_rate"] or 0), s["package"]))
     return rows[:limit] if limit else rows
+
+
+def _error_text(errors: str | None) -> str:
+    return (errors or "").strip()[:120] or "(no error text)"
+
+
+def _runtime_percentiles(conn, period: Period, package: str | None) -> dict[tuple, dict[str, Any]]:
+    """{(package_id, bucket): {n, p50, p95, max}} of finished runs; bucket 1: in the period,
+    0: in the one before. Percentiles interpolate linearly between the closest ranks (what
+    percentile() and PostgreSQL's percentile_cont compute)."""
+    r = runs.c
+    bucket = case((r.created_at >= period.start, 1), else_=0).label("bucket")
+    finished = [IS_TERMINAL, r.runtime_in_seconds.is_not(None), _created_in(period.previous.start, period.end)]
+    groups: dict[tuple, dict[str, Any]] = {}
+    if dialect.has_percentile_cont(conn):
+        query = (select(r.package_id, bucket, func.count().label("n"),
+                        func.percentile_cont(0.5).within_group(r.runtime_in_seconds).label("p50"),
+                        func.percentile_cont(0.95).within_group(r.runtime_in_seconds).label("p95"),
+                        func.max(r.runtime_in_seconds).label("max"))
+                 .where(*finished).group_by(r.package_id, bucket))
+        for row in conn.execute(_of_package(query, r.package_id, package)):
+            groups[(row.package_id, row.bucket)] = {"n": row.n, "p50": row.p50, "p95": row.p95, "max": row.max}
+        return groups
+    part = [r.package_id, bucket]
+    ranked = (select(r.package_id, bucket, r.runtime_in_seconds.label("x"),
+                     (func.row_number().over(partition_by=part, order_by=r.runtime_in_seconds) - 1).label("k"),
+                     func.count().over(partition_by=part).label("n"))
+              .where(*finished))
+    w = _of_package(ranked, r.package_id, package).subquery()
+
+    def near(q: int):   # the ranks k = floor((n-1)q/100) and the one after
+        return and_(100 * (w.c.k + 1) > (w.c.n - 1) * q, 100 * (w.c.k - 1) <= (w.c.n - 1) * q)
+
+    ranks: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for row in conn.execute(select(w).where(or_(near(50), near(95), w.c.k == w.c.n - 1))):
+        key = (row.package_id, row.bucket)
+        groups.setdefault(key, {"n": row.n})
+        ranks[key][row.k] = float(row.x)
+    for key, g in groups.items():
+        values = ranks[key]
+        g.update(p50=_interpolate(values, g["n"], 50), p95=_interpolate(values, g["n"], 95),
+                 max=values[g["n"] - 1])
+    return groups
+
+
+def _interpolate(ranked: dict[int, float], n: int, q: int) -> float:
+    """statistics.quantiles(method="inclusive")'s q-th percentile from the two ranks it reads."""
+    if n == 1:
+        return ranked[0]
+    j, delta = divmod((n - 1) * q, 100)
+    return (ranked[j] * (100 - delta) + ranked[j + 1] * delta) / 100
 
 
 def runtimes_report(engine: Engine, period: Period, package: str | None = None,
                     limit: int | None = None) -> list[dict[str, Any]]:
     """Per package: finished runs, p50/p95/max runtime and p50's trend against the previous period."""
-    earlier = period.previous
-    query = (select(job_runs.c.package_id, job_runs.c.package_name, job_runs.c.created_at,
-                    job_runs.c.run_seconds)
-             .where(job_runs.c.is_terminal == 1, job_runs.c.run_seconds.is_not(None),
-                    job_runs.c.created_at >= earlier.start, job_runs.c.created_at < period.end))
-    now_runs: dict[Any, list[float]] = defaultdict(list)
-    before_runs: dict[Any, list[float]] = defaultdict(list)
-    labels: dict[Any, str] = {}
     with engine.connect() as conn:
-        for row in conn.execute(_package_filter(query, job_runs, package)):
-            labels[row.package_id] = _label(row)
-            bucket = now_runs if row.created_at >= period.start else before_runs
-            bucket[row.package_id].append(float(row.run_seconds))
+        dialect.report_session(conn)
+        groups = _runtime_percentiles(conn, period, package)
+        labels = _labels(conn, [key for key, bucket in groups if bucket == 1])
     rows = []
-    for key, runs in now_runs.items():
-        p50, before = percentile(runs, 50), percentile(before_runs.get(key, []), 50)
-        rows.append({"package_id": key, "package": labels[key], "runs": len(runs),
-                     "p50_seconds": round(p50), "p95_seconds": round(percentile(runs, 95)),
-                     "max_seconds": round(max(runs)),
+    for (key, bucket), g in groups.items():
+        if bucket != 1:
+            continue
+        p50 = g["p50"]
+        before = groups.get((key, 0), {}).get("p50")
+        rows.append({"package_id": key, "package": labels[key], "runs": g["n"],
+                     "p50_seconds": round(p50), "p95_seconds": round(g["p95"]), "max_seconds": round(g["max"]),
                      "previous_p50_seconds": round(before) if before is not None else None,
                      "p50_change": round((p50 - before) / before, 4) if before else None})
     rows.sort(key=lambda r: (-r["p50_seconds"], r["package"]))
