@@ -255,7 +255,7 @@ def test_a_long_first_sync_forgets_what_no_baseline_reads_and_agrees_with_a_resc
     baseline reads (older than the lookback, but the last 30 successes), so its memory stays
     bounded however long the history, and the verdicts are still a re-score's. Two packages: one
     every 7 hours, one every 3 days (its last 30 successes reach back 90 days, past the lookback)."""
-    monkeypatch.setattr(scoring, "TRIM_AT", 0.05)   # trim as soon as 12 runs are kept, not 960
+    monkeypatch.setattr(scoring, "TRIM_AT", 0.05)   # trim as soon as 12 runs are kept, not 120
     held = []
     real = scoring.PackageRuns.trim
     monkeypatch.setattr(scoring.PackageRuns, "trim", lambda self, *a: real(self, *a) or held.append(len(self.runs)))

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
 anomalies_t = models.JobAnomalyRow.__table__
-TRIM_AT = 4         # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
+TRIM_AT = 0.5       # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
 RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
 CHUNK = 1000         # ids per IN list
 KEY_LENGTH = 255     # job_anomalies.output_key
@@ -261,8 +261,8 @@ class PackageRuns:
         """Forget the runs before `keep_since` but the newest `window` successes among them (the
         `prior` of a package that runs less than daily reaches back further): a first sync keeps
         a package's runs across all its batches, and its memory must not grow with the history.
-        Done when the runs doubled since the last trim, so its cost per run stays constant."""
-        if len(self.runs) <= max(2 * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
+        Done when the runs grew by half since the last trim, so its cost per run stays constant."""
+        if len(self.runs) <= max(1.5 * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
             return
         cut = bisect.bisect_left(self.keys, (keep_since,))
         older_successes = {i for i in range(cut) if self.runs[i].succeeded}
