@@ -533,7 +533,7 @@ def disappeared_outputs(run: Run, prior: Sequence[Sample], thresholds: Threshold
     if not run.outputs or not prior:
         return []
     present = {key for key, _ in run.outputs}
-    if all(s.counts.keys() <= present for s in prior):
+    if set().union(*(s.counts for s in prior)) <= present:
         return []
     seen: dict[str, list[int | None]] = {}
     for s in prior:
