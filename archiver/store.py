@@ -234,6 +234,7 @@ def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
 # One row per scheduled run (schedule_runs, the schedule_attempts view): a retry belongs to the
 # latest failed first attempt of its account, schedule and package before it (by created_at,
 # then id). The same SELECT as migration 0008's, over the jobs of the chains being recomputed.
+CHAIN_COLUMNS = "j.id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at, j.ended_at, j.attempts"
 SCHEDULE_RUNS_SQL = """
 INSERT INTO schedule_runs (first_job_id, account_id, schedule_id, package_id, last_job_id, scheduled_at,
                            ended_at, attempts, failed_attempts, final_status, outcome)
@@ -255,8 +256,7 @@ FROM (
                          OVER (PARTITION BY j.account_id, j.creator_id, j.package_id
                                ORDER BY j.created_at, j.id ROWS UNBOUNDED PRECEDING)
                END AS run_job_id
-        FROM jobs j
-        WHERE j.creator_type = 'Schedule' AND ({region})
+        FROM ({region}) j
     ) a
     WHERE run_job_id IS NOT NULL
 ) r
@@ -279,11 +279,13 @@ def chain_starts(conn: Connection, writes: Sequence[JobRecord], stored: dict[int
             note(stored[i].chain, stored[i].created_at)
     j = jobs_t.c
     for start in range(0, len(ids), 1000):
-        query = (select(j.account_id, j.creator_id, j.package_id, func.min(j.created_at).label("first"))
-                 .where(dialect.in_ids(conn, j.id, ids[start:start + 1000]), j.creator_type == "Schedule")
-                 .group_by(j.account_id, j.creator_id, j.package_id))
+        # the jobs by primary key, creator_type tested here: with `creator_type = 'Schedule'` in the
+        # WHERE, SQLite without statistics reads every scheduled job through the chain index instead
+        query = select(j.account_id, j.creator_id, j.package_id, j.created_at, j.creator_type).where(
+            dialect.in_ids(conn, j.id, ids[start:start + 1000]))
         for row in conn.execute(query):
-            note((row.account_id, row.creator_id, row.package_id), row.first)
+            if row.creator_type == "Schedule":
+                note((row.account_id, row.creator_id, row.package_id), row.created_at)
     return starts
 
 
@@ -349,12 +351,15 @@ RUN_COLUMNS = ("account_id", "schedule_id", "package_id", "last_job_id", "schedu
 
 def _chain_region_insert(conn: Connection, keys: list[tuple], since: dict[tuple, datetime]):
     """SCHEDULE_RUNS_SQL over the jobs of these chains from their recount start on."""
-    terms, binds = [], []
+    chains, binds = [], []
     for i, key in enumerate(keys):
         term, key_binds = _chain_terms(i, key)
         binds += key_binds + [bindparam(f"t{i}", since[key], type_=UTCDateTime)]
-        terms.append("(" + " AND ".join(term + [f"j.created_at >= :t{i}"]) + ")")
-    sql = SCHEDULE_RUNS_SQL.format(region=" OR ".join(terms))
+        chains.append(f"SELECT {CHAIN_COLUMNS} FROM jobs j WHERE j.creator_type = 'Schedule' AND "
+                      + " AND ".join(term + [f"j.created_at >= :t{i}"]))
+    # one SELECT per chain, not one OR of them: each is a range of the chain index, where the OR
+    # made SQLite read every scheduled job of the archive for each batch
+    sql = SCHEDULE_RUNS_SQL.format(region=" UNION ALL ".join(chains))
     return text(sql + dialect.on_conflict_update(conn, "first_job_id", RUN_COLUMNS)).bindparams(*binds)
 
 
