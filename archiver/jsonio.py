@@ -80,31 +80,28 @@ def _reference_canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _fast_canonical(payload: Any) -> bytes | None:
+    """orjson's canonical bytes where they are json's byte for byte, else None."""
+    if orjson is None:
+        return None
+    try:
+        data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return None if _other_float_form(data) else data
+
+
 def canonical_bytes(payload: Any) -> bytes:
     """The canonical text (see canonical_json) as UTF-8, what the payload hash is taken of.
     A lone surrogate (valid JSON escape, not encodable) raises UnicodeEncodeError, as ever."""
-    if orjson is not None:
-        try:
-            data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-        except (orjson.JSONEncodeError, TypeError):
-            pass
-        else:
-            if not _other_float_form(data):
-                return data
-    return _reference_canonical(payload).encode("utf-8")
+    data = _fast_canonical(payload)
+    return data if data is not None else _reference_canonical(payload).encode("utf-8")
 
 
 def canonical_json(payload: Any) -> str:
     """The text a payload is stored and hashed as: keys sorted, no spaces, Unicode kept."""
-    if orjson is not None:
-        try:
-            data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-        except (orjson.JSONEncodeError, TypeError):
-            pass
-        else:
-            if not _other_float_form(data):
-                return data.decode("utf-8")
-    return _reference_canonical(payload)
+    data = _fast_canonical(payload)
+    return data.decode("utf-8") if data is not None else _reference_canonical(payload)
 
 
 class RawJSON(str):

@@ -35,12 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from sqlalchemy import func, select, text  # noqa: E402
 
 from archiver import database, dialect, models  # noqa: E402
 from archiver.flows.report import REPORTS, parse_since  # noqa: E402
 from archiver.store import jobs_t, refresh_rollup, refresh_schedule_runs  # noqa: E402
+from report_html import fresh  # noqa: E402   (an empty archive at head: the same as that bench's)
 
 TERMINAL = ("completed", "failed", "stopped")
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -60,16 +62,6 @@ FROM job_failures ORDER BY failed_at DESC LIMIT 20""",
 SELECT schedule_name, package_name, scheduled_at, attempts
 FROM schedule_attempts WHERE outcome = 'recovered_on_retry'""",
 }
-
-
-def fresh(url: str) -> None:
-    engine = database.make_engine(url)
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    database.upgrade(engine)
-    engine.dispose()
 
 
 def plan(total: int, rnd: random.Random):

@@ -84,14 +84,17 @@ def read_outputs(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[
                        outputs_t.c.records_count).where(dialect.in_ids(conn, outputs_t.c.job_id,
                                                                         ids[start:start + CHUNK]))
         for row in conn.execute(query):
-            found = counts[row.job_id]
-            key = output_key(row.component_name, row.name, row.id)
-            held = found.get(key)
-            found[key] = row.records_count if held is None else held + (row.records_count or 0)
+            add_count(counts[row.job_id], output_key(row.component_name, row.name, row.id), row.records_count)
     return {job_id: tuple(sorted(found.items())) for job_id, found in counts.items()}
 
 
 RUN_COLUMNS = ("package_id", "created_at", "status", "runtime_in_seconds", "attempts")
+
+
+def add_count(counts: dict[str, int | None], key: str, records: int | None) -> None:
+    """Two outputs of one job with the same key count as one, their records summed."""
+    held = counts.get(key)
+    counts[key] = records if held is None else held + (records or 0)
 
 
 def run_of_record(job: JobRecord) -> Run | None:
@@ -102,9 +105,7 @@ def run_of_record(job: JobRecord) -> Run | None:
         return None
     counts: dict[str, int | None] = {}
     for o in job.outputs or ():
-        key = output_key(o.component_name, o.name, o.id)
-        held = counts.get(key)
-        counts[key] = o.records_count if held is None else held + (o.records_count or 0)
+        add_count(counts, output_key(o.component_name, o.name, o.id), o.records_count)
     succeeded = c.get("status") == anomaly.SUCCESS
     return Run(job.id, c["package_id"], c["created_at"], c.get("status") or "", c.get("runtime_in_seconds"),
                c.get("attempts") or 0, tuple(sorted(counts.items())) if succeeded else ())
@@ -215,9 +216,9 @@ def own_weekday_rows(conn: Connection, mine, want: Want, window: int) -> list | 
     cutoff = datetime.combine(want.newest.date() - timedelta(weeks=want.weeks), time(), want.newest.tzinfo)
     rows = []
     for weekday in sorted(want.weekdays):
-        days = [day for day in weekday_days(cutoff.date(), want.first.date(), weekday)]
         spans = [and_(c.created_at >= start, c.created_at < start + timedelta(days=1))
-                 for start in (datetime.combine(day, time(), cutoff.tzinfo) for day in days)]
+                 for start in (datetime.combine(day, time(), cutoff.tzinfo)
+                               for day in weekday_days(cutoff.date(), want.first.date(), weekday))]
         found = conn.execute(before.where(or_(*spans)).order_by(*newest_first).limit(window)).all() if spans else []
         if len(found) < window:
             return None
