@@ -214,6 +214,18 @@ def execute_many(conn: Connection, table: Table, rows: Sequence[dict], shape: tu
     conn.exec_driver_sql(sql, params)
 
 
+def execute_positional(conn: Connection, sql: str, values: Sequence[Any]):
+    """Run SQL written with `?` placeholders straight on the driver. For statements whose text
+    varies from call to call (one term per schedule chain of a batch), compiling them through
+    SQLAlchemy cost several times what the database spends running them. Datetimes are
+    converted as UTCDateTime stores them; other values go to the driver as they are."""
+    convert = _converter(conn.dialect.name, UTCDateTime())
+    params = tuple(convert(v) if convert is not None and isinstance(v, datetime) else v for v in values)
+    if conn.dialect.paramstyle != "qmark":   # psycopg and PyMySQL: %s
+        sql = sql.replace("%", "%%").replace("?", "%s")
+    return conn.exec_driver_sql(sql, params)
+
+
 def _pg_stage(conn: Connection, table: Table, rows: Sequence[dict]) -> Table:
     """A session-local staging table shaped like `table`, emptied and filled by COPY."""
     stage_name = f"_stage_{table.name}"

@@ -54,11 +54,14 @@ class JobRow(Base):
     queue_seconds: Mapped[int | None] = mapped_column(BigInteger)
     run_date: Mapped[date | None] = mapped_column(Date, index=True)
 
-    __table_args__ = (Index("ix_jobs_creator_type_creator_id", "creator_type", "creator_id"),
-                      Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
+    __table_args__ = (Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
                       Index("ix_jobs_runtime_in_seconds", "runtime_in_seconds"),
-                      Index("ix_jobs_creator_type_creator_id_package_id_created_at", "creator_type", "creator_id",
-                            "package_id", "created_at"),
+                      # a schedule's chain (schedule_runs upkeep, migration 0009): its jobs by time, with
+                      # attempts read from the index; its last failed attempt in one descent
+                      Index("ix_jobs_creator_type_creator_id_package_id_created_at_attempts", "creator_type",
+                            "creator_id", "package_id", "created_at", "attempts"),
+                      Index("ix_jobs_creator_type_creator_id_package_id_status_created_at", "creator_type",
+                            "creator_id", "package_id", "status", "created_at"),
                       Index("ix_jobs_status_created_at", "status", "created_at"))
     # plus, on PostgreSQL and SQLite, ix_jobs_failed_at: (COALESCE(ended_at, created_at)) WHERE
     # status = 'failed', the job_failures view's order (migration 0008; autogenerate skips it)

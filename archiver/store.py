@@ -20,15 +20,13 @@ from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import (BigInteger, Connection, Engine, String, and_, bindparam, case, delete, func, literal_column, not_, or_, select,
-                        text, update)
+from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
 from archiver.errors import ArchiverError, DiskFull, LostLock
 from archiver.fields import TERMINAL_STATUSES
 from archiver.jsonio import RawJSON, canonical_json
-from archiver.sqltypes import UTCDateTime
 from archiver.records import WRITE_OUTCOMES, CatalogRecord, JobRecord, RunCounts, ScheduleRecord, as_row
 from archiver.utc import utcnow
 
@@ -289,78 +287,106 @@ def chain_starts(conn: Connection, writes: Sequence[JobRecord], stored: dict[int
     return starts
 
 
-def _same_chain(account_col, schedule_col, package_col, key: tuple):
-    account, schedule, package = key
-    return and_(account_col.is_(None) if account is None else account_col == account,
-                schedule_col.is_(None) if schedule is None else schedule_col == schedule,
-                package_col.is_(None) if package is None else package_col == package)
+@dataclasses.dataclass(frozen=True)
+class Recount:
+    """Where a chain's recount begins. Runs that began before `since` cannot have changed, except
+    the one of `anchor`: the chain's last failed first attempt before `since` (its created_at), to
+    which retries written at or after `since` may belong. The runs of the jobs in between (healthy
+    first attempts) are left alone, so a write reads what it wrote and that run's retries, however
+    long ago the chain last failed."""
+
+    since: datetime
+    anchor: Any   # a created_at as the database returned it, bound back as it is
 
 
-def _recount_from(conn: Connection, starts: dict[tuple, datetime]) -> dict[tuple, datetime]:
-    """Where each chain's recount begins: its last failed first attempt before the earliest
-    job written (a retry after that belongs to it or a later one), else that job itself. One
-    ORDER BY .. LIMIT 1 per chain, read backwards on the chain index (every database)."""
+def _recount_from(conn: Connection, starts: dict[tuple, datetime]) -> dict[tuple, Recount]:
+    """Each chain's recount: its last failed first attempt before the earliest job written, found
+    with one descent of the (chain, status, created_at) index (every database)."""
     keys = list(starts)
-    found: dict[tuple, datetime | None] = {}
+    anchors: dict[int, Any] = {}
     for begin in range(0, len(keys), 100):
-        part = keys[begin:begin + 100]
-        selects, binds, columns = [], [], {}
-        for i, key in enumerate(part):
-            terms, key_binds = _chain_terms(i, key)
-            binds += key_binds + [bindparam(f"t{i}", starts[key], type_=UTCDateTime)]
-            selects.append(f"(SELECT j.created_at FROM jobs j WHERE j.creator_type = 'Schedule' AND {' AND '.join(terms)}"
-                           f" AND j.status = 'failed' AND COALESCE(j.attempts, 0) = 0 AND j.created_at < :t{i}"
-                           f" ORDER BY j.created_at DESC LIMIT 1) AS l{i}")
-            columns[f"l{i}"] = UTCDateTime
-        row = conn.execute(text("SELECT " + ", ".join(selects)).bindparams(*binds).columns(**columns)).one()
-        found.update(zip(part, row))
-    return {k: found.get(k) or starts[k] for k in keys}
+        selects, values = [], []
+        for i, key in enumerate(keys[begin:begin + 100], start=begin):
+            terms, key_values = _chain_terms(key)
+            selects.append(f"SELECT {i} AS k, created_at FROM (SELECT j.created_at FROM jobs j WHERE "
+                           f"j.creator_type = 'Schedule' AND {terms} AND j.status = 'failed'"
+                           f" AND COALESCE(j.attempts, 0) = 0 AND j.created_at < ?"
+                           f" ORDER BY j.created_at DESC LIMIT 1) a{i}")
+            values += [*key_values, starts[key]]
+        anchors.update(dialect.execute_positional(conn, " UNION ALL ".join(selects), values).all())
+    return {key: Recount(starts[key], anchors.get(i)) for i, key in enumerate(keys)}
 
 
-def _chain_terms(i: int, key: tuple) -> tuple[list[str], list]:
-    """SQL terms (alias j) matching the chain `key` = (account_id, creator_id, package_id), and their binds."""
-    terms, binds = [], []
-    for column, value, kind in zip(("account_id", "creator_id", "package_id"), key, (String(255), BigInteger, BigInteger)):
+def _chain_terms(key: tuple, alias: str = "j",
+                 columns: tuple[str, ...] = ("account_id", "creator_id", "package_id")) -> tuple[str, list]:
+    """SQL terms (on `alias`, `?` placeholders) matching the chain `key` = (account_id,
+    creator_id, package_id), and their values."""
+    terms, values = [], []
+    for column, value in zip(columns, key):
         if value is None:
-            terms.append(f"j.{column} IS NULL")
+            terms.append(f"{alias}.{column} IS NULL")
         else:
-            terms.append(f"j.{column} = :{column[0]}{i}")
-            binds.append(bindparam(f"{column[0]}{i}", value, type_=kind))
-    return terms, binds
+            terms.append(f"{alias}.{column} = ?")
+            values.append(value)
+    return " AND ".join(terms), values
+
+
+RUN_KEY = ("account_id", "schedule_id", "package_id")
 
 
 def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> None:
-    """Recompute schedule_runs for these chains from where a write may have changed them on, in
-    the transaction of the write; runs that began earlier cannot have changed."""
+    """Recompute schedule_runs for these chains where a write may have changed them (Recount), in
+    the transaction of the write. The statements go straight to the driver (execute_positional)."""
     if not starts:
         return
     dialect.lock_groups(conn, dialect.CHAIN_LOCKS, starts)
-    r = schedule_runs_t.c
-    since = _recount_from(conn, starts)
-    keys = list(since)
+    recounts = _recount_from(conn, starts)
+    keys = list(recounts)
     for begin in range(0, len(keys), 200):
         part = keys[begin:begin + 200]
-        conn.execute(delete(schedule_runs_t).where(or_(*[
-            and_(_same_chain(r.account_id, r.schedule_id, r.package_id, k), r.scheduled_at >= since[k]) for k in part])))
-        conn.execute(_chain_region_insert(conn, part, since))
+        dialect.execute_positional(conn, *_chain_runs_delete(part, recounts))
+        dialect.execute_positional(conn, *_chain_region_insert(conn, part, recounts))
+
+
+def _chain_runs_delete(keys: list[tuple], recounts: dict[tuple, Recount]) -> tuple[str, list]:
+    """Delete the runs of these chains that the recount writes again: those that began at or after
+    `since`, and those that began at the anchor's time (the anchor's, and any tied with it)."""
+    clauses, values = [], []
+    for key in keys:
+        terms, key_values = _chain_terms(key, "schedule_runs", RUN_KEY)
+        recount = recounts[key]
+        clauses.append(f"({terms} AND schedule_runs.scheduled_at >= ?)")
+        values += [*key_values, recount.since]
+        if recount.anchor is not None:
+            clauses.append(f"({terms} AND schedule_runs.scheduled_at = ?)")
+            values += [*key_values, recount.anchor]
+    # a flat OR of index ranges (schedule_id, package_id, scheduled_at): each is one descent
+    return "DELETE FROM schedule_runs WHERE " + " OR ".join(clauses), values
 
 
 RUN_COLUMNS = ("account_id", "schedule_id", "package_id", "last_job_id", "scheduled_at", "ended_at", "attempts",
                "failed_attempts", "final_status", "outcome")
 
 
-def _chain_region_insert(conn: Connection, keys: list[tuple], since: dict[tuple, datetime]):
-    """SCHEDULE_RUNS_SQL over the jobs of these chains from their recount start on."""
-    chains, binds = [], []
-    for i, key in enumerate(keys):
-        term, key_binds = _chain_terms(i, key)
-        binds += key_binds + [bindparam(f"t{i}", since[key], type_=UTCDateTime)]
-        chains.append(f"SELECT {CHAIN_COLUMNS} FROM jobs j WHERE j.creator_type = 'Schedule' AND "
-                      + " AND ".join(term + [f"j.created_at >= :t{i}"]))
+def _chain_region_insert(conn: Connection, keys: list[tuple], recounts: dict[tuple, Recount]) -> tuple[str, list]:
+    """SCHEDULE_RUNS_SQL over the jobs of these chains that the recount reads: every job from
+    `since` on, and before it the anchor's time and the retries after it."""
+    chains, values = [], []
+    for key in keys:
+        terms, key_values = _chain_terms(key)
+        recount = recounts[key]
+        chain = f"SELECT {CHAIN_COLUMNS} FROM jobs j WHERE j.creator_type = 'Schedule' AND {terms}"
+        chains.append(f"{chain} AND j.created_at >= ?")
+        values += [*key_values, recount.since]
+        if recount.anchor is not None:
+            # attempts is in the chain index: the healthy runs in between are skipped unread
+            chains.append(f"{chain} AND j.created_at >= ? AND j.created_at < ?"
+                          " AND (COALESCE(j.attempts, 0) > 0 OR j.created_at = ?)")
+            values += [*key_values, recount.anchor, recount.since, recount.anchor]
     # one SELECT per chain, not one OR of them: each is a range of the chain index, where the OR
     # made SQLite read every scheduled job of the archive for each batch
     sql = SCHEDULE_RUNS_SQL.format(region=" UNION ALL ".join(chains))
-    return text(sql + dialect.on_conflict_update(conn, "first_job_id", RUN_COLUMNS)).bindparams(*binds)
+    return sql + dialect.on_conflict_update(conn, "first_job_id", RUN_COLUMNS), values
 
 
 # -- the archive -----------------------------------------------------------------------------------

@@ -319,3 +319,67 @@ def test_schedule_runs_kept_by_shuffled_small_batches_equal_a_full_recount(tmp_p
     engine.dispose()
     assert kept == schedule_runs_of(url)
     assert any(row[-1] == "recovered_on_retry" for row in kept)
+
+
+def scheduled(job_id: int, created: datetime, status: str, attempt: int, schedule: int = 5) -> dict:
+    snap = snapshot(job_id, created, status, 7, created + timedelta(minutes=30), 60)
+    return {**snap, "creator": {"type": "Schedule", "id": schedule}, "attempts": attempt}
+
+
+def test_schedule_runs_after_a_long_healthy_stretch_equal_a_full_recount(db_url):
+    """A chain that failed long ago, then ran cleanly: a write reads only its own jobs and the
+    anchor's run (migration 0009), yet a late retry still joins the old failed attempt, a job
+    tied in time with it is recounted, the healthy runs in between stay, and a first attempt
+    rewritten to failed takes the retries after it; the stored runs always equal the migration's."""
+    from archiver.parse import parse_job
+
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    hour = timedelta(hours=1)
+    archive = Archive.open(db_url, account="acme")
+
+    def write(*snaps):
+        archive.write_jobs([parse_job(s) for s in snaps])
+
+    def recount_equals_kept() -> list[tuple]:
+        with archive.engine.begin() as conn:
+            kept = [tuple(r) for r in conn.execute(text("SELECT * FROM schedule_runs ORDER BY first_job_id"))]
+            conn.execute(text("DELETE FROM schedule_runs"))
+            archive_sql = text("INSERT INTO schedule_runs (first_job_id, account_id, schedule_id, package_id, "
+                               "last_job_id, scheduled_at, ended_at, attempts, failed_attempts, final_status, "
+                               "outcome) " + SCHEDULE_RUNS_FULL)
+            conn.execute(archive_sql)
+            full = [tuple(r) for r in conn.execute(text("SELECT * FROM schedule_runs ORDER BY first_job_id"))]
+        assert kept == full
+        return kept
+
+    write(scheduled(100, t0, "failed", 0), scheduled(99, t0, "failed", 0, schedule=6),
+          scheduled(160, t0 + hour / 2, "failed", 1))                     # a failed retry of job 100
+    write(*[scheduled(100 + i, t0 + i * hour, "completed", 0) for i in range(1, 40)])
+    runs = recount_equals_kept()
+    assert len(runs) == 41
+    write(scheduled(200, t0 + 40 * hour, "completed", 2))                 # a late retry of job 100
+    runs = recount_equals_kept()
+    first = {r[0]: r for r in runs}
+    assert first[100][7:] == (3, 2, "completed", "recovered_on_retry")   # attempts, failed, status, outcome
+    write(scheduled(101, t0 + hour, "completed", 0), scheduled(98, t0, "failed", 0))  # rewritten; a tie
+    recount_equals_kept()
+    write(scheduled(120, t0 + 20 * hour, "failed", 0))                    # now the retry's anchor
+    runs = recount_equals_kept()
+    first = {r[0]: r for r in runs}
+    assert first[120][7:] == (2, 1, "completed", "recovered_on_retry")
+    assert first[100][7:9] == (2, 2) and 101 in first and 139 in first
+    archive.close()
+
+
+SCHEDULE_RUNS_FULL = None   # set below: the migration's own SELECT over every scheduled job
+
+
+def _full_select() -> str:
+    from archiver.store import SCHEDULE_RUNS_SQL
+    sql = SCHEDULE_RUNS_SQL.split("SELECT run_job_id", 1)[1]
+    region = ("SELECT j.id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at, j.ended_at, "
+              "j.attempts FROM jobs j WHERE j.creator_type = 'Schedule'")
+    return "SELECT run_job_id" + sql.format(region=region)
+
+
+SCHEDULE_RUNS_FULL = _full_select()
