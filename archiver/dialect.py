@@ -303,24 +303,42 @@ def _upsert_statement(dialect: str, table: Table, keys: Sequence[str], update: S
         where=guard(table.c, new) if guard is not None else None)
 
 
+def needs_statistics(engine: Engine) -> bool:
+    """Whether the archive refreshes the planner's statistics itself after large loads
+    (`refresh_statistics`): InnoDB recomputes its own after 10 % of a table changed."""
+    return engine.dialect.name in ("postgresql", "sqlite")
+
+
 def refresh_statistics(engine: Engine, tables: Sequence[str]) -> None:
-    """PostgreSQL: ANALYZE tables that grew a lot. Autovacuum lags a bulk load, and a planner
+    """ANALYZE tables that grew a lot. PostgreSQL: autovacuum lags a bulk load, and a planner
     without statistics scans a whole table to delete a batch's rows (74 ms instead of 0.2 ms
-    at a million jobs). Elsewhere nothing: InnoDB recomputes its statistics after 10 % of a
-    table changed, and SQLite's planner does well without."""
-    if engine.dialect.name != "postgresql":
+    at a million jobs). SQLite never gathers any by itself, and without them it read a
+    package's history through the (status, created_at) index, every completed job of the
+    archive newest first (25 ms a package at 20,000 jobs, 0.5 ms with them)."""
+    if not needs_statistics(engine):
         return
     with engine.connect() as conn:
-        conn.exec_driver_sql("ANALYZE " + ", ".join(f'"{t}"' for t in tables))
+        if engine.dialect.name == "sqlite":
+            for table in tables:
+                conn.exec_driver_sql(f'ANALYZE "{table}"')
+        else:
+            conn.exec_driver_sql("ANALYZE " + ", ".join(f'"{t}"' for t in tables))
         conn.commit()
 
 
 def estimated_rows(engine: Engine, table: str) -> int:
-    """PostgreSQL's estimate of a table's rows (0 when never analyzed); 0 elsewhere."""
-    if engine.dialect.name != "postgresql":
-        return 0
+    """The planner's idea of a table's rows when last analyzed (0: never analyzed)."""
     with engine.connect() as conn:
-        found = conn.execute(text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}).scalar()
+        if engine.dialect.name == "postgresql":
+            found = conn.execute(text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"),
+                                 {"t": table}).scalar()
+        elif engine.dialect.name == "sqlite":
+            if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'")).first() is None:
+                return 0
+            stat = conn.execute(text("SELECT stat FROM sqlite_stat1 WHERE tbl = :t LIMIT 1"), {"t": table}).scalar()
+            found = int(stat.split()[0]) if stat else 0
+        else:
+            return 0
     return max(0, int(found or 0))
 
 

@@ -540,9 +540,10 @@ class Archive:
         return result
 
     def grew(self, inserted: int) -> None:
-        """Count new jobs; on PostgreSQL, ANALYZE the growing tables once they grew a lot (after
-        the commit, outside any transaction of the run). A failure only costs speed: logged."""
-        if not inserted or self.engine.dialect.name != "postgresql":
+        """Count new jobs; on PostgreSQL and SQLite, ANALYZE the growing tables once they grew a
+        lot (after the commit, outside any transaction of the run). A failure only costs speed:
+        logged."""
+        if not inserted or not dialect.needs_statistics(self.engine):
             return
         try:
             if self.stats_rows is None:

@@ -12,6 +12,10 @@ re-read the whole chain since, which made a first sync quadratic.
 - The chain index gains `attempts`, so the retries between that attempt and the written jobs
   are read from the index alone (no lookup of the wide job rows).
 - `ix_jobs_creator_type_creator_id` (0003) is a prefix of the chain index: dropped.
+- SQLite: ANALYZE. It never gathers statistics by itself, and without them its planner read a
+  package's history through the (status, created_at) index (every completed job of the
+  archive); the archiver now refreshes them after large loads (archiver.dialect), and an
+  archive upgraded here starts with them.
 
 Revision ID: 0009
 Revises: 0008
@@ -34,6 +38,8 @@ def upgrade() -> None:
                     CHAIN + ["status", "created_at"])
     op.drop_index("ix_jobs_creator_type_creator_id_package_id_created_at", table_name="jobs")
     op.drop_index("ix_jobs_creator_type_creator_id", table_name="jobs")
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ANALYZE")
 
 
 def downgrade() -> None:
