@@ -60,6 +60,11 @@ SELECT job_id, package_name, failed_at, errors, error_summary
 FROM job_failures ORDER BY failed_at DESC LIMIT 20""",
     "README: recovered on a retry": """
 SELECT schedule_name, package_name, scheduled_at, attempts
+FROM schedule_attempts WHERE outcome = 'recovered_on_retry'
+ORDER BY scheduled_at DESC LIMIT 20""",
+    # not a README query: every recovered run of the history (the README's before 2026-11-29)
+    "every run recovered on a retry (all rows)": """
+SELECT schedule_name, package_name, scheduled_at, attempts
 FROM schedule_attempts WHERE outcome = 'recovered_on_retry'""",
 }
 

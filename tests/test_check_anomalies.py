@@ -191,7 +191,9 @@ def test_a_hand_run_of_a_scheduled_package_is_still_on_the_board(rows):
     result = board(rows.url)
     assert "slow:package:7" in {a.key for a in result.alerts}
     from archiver.flows.health import board_table
-    assert "package:7" in board_table(result)
+    rows.package(7, name="nightly <orders>\x1b[31m")
+    line = next(x for x in board_table(board(rows.url)).splitlines() if "package:7" in x)
+    assert "nightly <orders>" in line and "\x1b" not in line   # its name, terminal escapes neutralised
 
 
 # -- flaky ------------------------------------------------------------------------------------------------

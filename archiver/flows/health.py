@@ -72,6 +72,7 @@ class Board:
     as_of: datetime                  # the archive is judged complete up to here
     alerts: list[Alert]
     subjects: list[Subject]
+    package_names: dict[int, str | None] = dataclasses.field(default_factory=dict)   # for alerts of no subject
 
 
 # -- the facts, read in a few queries ------------------------------------------------------------
@@ -469,7 +470,7 @@ def evaluate(engine: Engine, config: CheckConfig, now: datetime) -> Board:
     alerts += [a for a in stuck if a.schedule_id is not None and a.schedule_id not in known]
     shown = {id(a) for a in alerts}
     alerts += [a for a in anomalies if id(a) not in shown]   # e.g. a hand run of a scheduled package
-    return Board(now, as_of, alerts, subjects)
+    return Board(now, as_of, alerts, subjects, facts.package_names)
 
 
 def of_schedule(alerts: list[Alert], schedule_id: int) -> list[Alert]:
@@ -494,7 +495,8 @@ def board_table(board: Board) -> str:
         mark = f" (silenced until {when(min(a.silenced_until for a in silenced))})" if silenced else ""
         rows.append((s.state + ("*" if silenced else ""), s.label, safe_text(s.name)[:40], safe_text(s.why) + mark))
     orphans = [a for a in board.alerts if not any(a in s.alerts for s in board.subjects)]
-    rows += [(a.kind, ":".join(a.key.split(":")[1:3]), "", safe_text(a.message)) for a in orphans]
+    rows += [(a.kind, ":".join(a.key.split(":")[1:3]), safe_text(board.package_names.get(a.package_id) or "")[:40],
+              safe_text(a.message)) for a in orphans]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
     lines.append(f"checked {when(board.checked_at)}; absences judged as of {when(board.as_of)}")
