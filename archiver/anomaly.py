@@ -414,6 +414,37 @@ def baseline_of(past: Past, measure: object, thresholds: Thresholds = DEFAULTS, 
     return _weekday_baseline(prior, stats, past.weekday, thresholds, spread)
 
 
+def centre_bounds(past: Past, measure: object, thresholds: Thresholds = DEFAULTS) -> tuple[float, float] | None:
+    """Bounds of `baseline_of(past, measure).center` (None where it is None), without the spread
+    the weekday factors need (a pooled MAD over up to 7 × window values): most runs are far
+    inside every floor, and a floor passed with the centre at its bound is passed with it.
+
+    A factor is a weekday median minus the typical one, shrunk towards 0 (never past it), so
+    the centre, the median of the prior values less their weekday's factor plus the run's, lies
+    within the unshrunk factors' range R of the plain median of the prior values."""
+    if len(past.own) >= thresholds.window:
+        own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
+        if len(own) >= thresholds.window:
+            centre = median(own)
+            return centre, centre
+    values = [v for s in past.prior if (v := s.logs.get(measure)) is not None]
+    if len(values) < thresholds.min_history:
+        return None
+    least = thresholds.weekday_min
+    stats = [found for runs in past.groups.values() if len(runs) >= least
+             and len((found := _group_stats(runs, measure))[0]) >= least]
+    centre = median(values)
+    if len(stats) < 2:
+        return centre, centre
+    medians = [_stats_median(found) for found in stats]
+    typical = median(medians)
+    reach = max(0.0, max(medians) - typical) - min(0.0, min(medians) - typical) + ROUNDING
+    return centre - reach, centre + reach
+
+
+ROUNDING = 1e-9   # the bounds' margin for the exact centre's rounding (log scale)
+
+
 def runtime_baseline(past: Past, thresholds: Thresholds = DEFAULTS) -> Baseline | None:
     """The baseline of log(runtime) of the prior successful runs; None below `min_history` of them."""
     return baseline_of(past, RUNTIME, thresholds)
@@ -445,10 +476,10 @@ def score_running(run: Run, elapsed_s: float, history: Sequence[Run],
 
 
 def _slow_verdict(run: Run, seconds: float, past: Past, thresholds: Thresholds, what: str) -> Verdict | None:
-    centre = baseline_of(past, RUNTIME, thresholds, spread=False)
-    if centre is None:
+    bounds = centre_bounds(past, RUNTIME, thresholds)
+    if bounds is None:
         return None
-    typical = math.exp(centre.center)
+    typical = math.exp(bounds[0])   # the floors grow with the centre: its lower bound first
     if seconds <= max(typical * thresholds.slow_ratio, typical + thresholds.slow_abs_s):
         return None  # inside the floors, whatever the spread
     baseline = runtime_baseline(past, thresholds)
@@ -488,13 +519,13 @@ def score_output(run: Run, key: str, count: int, past: Past, thresholds: Thresho
             return None
         loaded = sum(1 for c in counts if c > 0) / len(counts)
         return _zero_records(run, key, median(counts), len(counts)) if loaded >= thresholds.zero_loaded_share else None
-    centre = baseline_of(past, key, thresholds, spread=False)
-    if centre is None:
+    bounds = centre_bounds(past, key, thresholds)
+    if bounds is None:
         return None
-    typical, keep = math.expm1(centre.center), 1 - thresholds.volume_drop
-    direction = thresholds.volume_direction
-    if not ((count < typical * keep and direction != "up") or (count > typical / keep and direction != "down")):
-        return None  # inside the relative floor, whatever the spread
+    low, high = math.expm1(bounds[0]), math.expm1(bounds[1])
+    keep, direction = 1 - thresholds.volume_drop, thresholds.volume_direction
+    if not ((count < high * keep and direction != "up") or (count > low / keep and direction != "down")):
+        return None  # inside the relative floor wherever the centre lies, whatever the spread
     return _volume_change(run, key, count, baseline_of(past, key, thresholds), thresholds)
 
 

@@ -132,7 +132,7 @@ def profiled(args, folder: Path) -> None:
                 api.advance(args.hours * 3600)
             seconds = sync(api, path, True)
         print(f"== {name}: {seconds:.2f} s, inside Scorer.batch {SCORING[0]:.2f} s")
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile_lines)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(args.profile_lines)
 
 
 def main() -> int:
@@ -146,6 +146,7 @@ def main() -> int:
                         "the worst case for the ratio)")
     parser.add_argument("--profile", action="store_true", help="profile Scorer.batch instead of timing")
     parser.add_argument("--profile-lines", type=int, default=40)
+    parser.add_argument("--sort", default="cumulative", help="the profile's order (cumulative, tottime, ...)")
     args = parser.parse_args()
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="anomaly-overhead-") as tmp:

@@ -384,3 +384,25 @@ def test_flaky_in_one_pass_is_flaky_of_the_chains():
                    [run(i, "failed" if i % 2 else "completed", i % 2 == 0) for i in range(1, 14)],
                    [run(i, "completed", 0) for i in range(6)] + [run(6, "failed", 0), run(7, "completed", 1)]):
         assert anomaly.flaky_of_runs(window) == anomaly.flaky_verdict(anomaly.chains(window))
+
+
+def test_the_centre_bounds_hold_the_exact_centre_so_the_quick_looks_change_no_verdict():
+    """centre_bounds (the quick look of slow and volume verdicts, without the weekday factors'
+    spread) brackets baseline_of's centre on every run of hourly to daily packages with weekday
+    effects, and is None exactly where it is; bounds collapsed to the plain median (dropping the
+    factors' range) would not hold it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_history import generate
+
+    checked = widened = 0
+    for runs in generate(seed=8, packages=10, days=60).runs.values():
+        for end, past in anomaly.pasts(runs):
+            for measure in [anomaly.RUNTIME, *(key for key, _ in runs[end].outputs)]:
+                exact, bounds = anomaly.baseline_of(past, measure), anomaly.centre_bounds(past, measure)
+                assert (exact is None) == (bounds is None)
+                if exact is not None:
+                    assert bounds[0] <= exact.center <= bounds[1]
+                    checked += 1
+                    widened += bounds[0] < bounds[1] and exact.by_weekday is False and exact.center != (
+                        anomaly.median([v for s in past.prior if (v := s.logs.get(measure)) is not None]))
+    assert checked > 5000 and widened > 100   # the weekday factors moved many centres off the plain median
