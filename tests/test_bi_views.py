@@ -265,7 +265,8 @@ def test_an_ingest_with_an_account_moves_unowned_jobs_in_the_rollup(tmp_path, sq
 
 
 def test_upgrading_an_existing_archive_fills_the_rollup(tmp_path, db_url):
-    """The migration counts the history already stored (downgrade to 0007, upgrade again)."""
+    """The migrations count the history already stored (downgrade to 0007, upgrade again) as
+    each write counted it."""
     from archiver.parse import parse_job
 
     archive = Archive.open(db_url, account="acme")
@@ -273,11 +274,21 @@ def test_upgrading_an_existing_archive_fills_the_rollup(tmp_path, db_url):
     archive.write_jobs([parse_job(snapshot(i, moment + timedelta(hours=i), "failed" if i % 3 else "completed",
                                            7 + i % 2, moment + timedelta(hours=i), i)) for i in range(1, 40)])
     engine = archive.engine
+
+    def runtimes():
+        with engine.connect() as conn:
+            return sorted(conn.execute(text(
+                "SELECT account_id, day, package_id, jobs, completed, failed, stopped, failure_rate, "
+                "avg_runtime_seconds, max_runtime_seconds, runtimes FROM daily_package_rollup")).all(), key=str)
+
+    kept = runtimes()
+    assert len(kept) == 6 and all(r.runtimes for r in kept)
     database.downgrade(engine, "0007")
     database.upgrade(engine)
     with engine.connect() as conn:
         assert view_daily_stats(conn) == live_daily_stats(conn)
         assert len(live_daily_stats(conn)) == 6   # 3 days x 2 packages
+    assert runtimes() == kept   # the writes' counts are the migrations' (0008, 0009), to the bit
     archive.close()
 
 

@@ -194,3 +194,51 @@ def test_failures_report_counts_whole_days_and_partial_ends_alike(synced):
         assert (row["jobs"], row["finished"], row["failed"]) == (counts["jobs"], counts["finished"], counts["failed"])
         assert row["failure_rate"] == round(counts["failed"] / counts["finished"], 4)
         assert texts[package_id][row["top_error"]] == max(texts[package_id].values())
+
+
+def test_runtime_percentiles_merge_whole_days_and_partial_ends_exactly(db_url):
+    """report runtimes reads whole days from the rollup's runtimes and the partial days at the
+    ends of the period and of the one before from jobs: every package's n, p50, p95, max and
+    previous p50 equal percentile() over the jobs themselves, also after jobs finish, move to
+    another day or package, and change runtime (every write keeps the rollup's runtimes)."""
+    import random
+    from datetime import timedelta
+
+    from archiver.parse import parse_job
+
+    rnd = random.Random(11)
+    now = datetime(2026, 11, 28, 15, 37, tzinfo=timezone.utc)
+    archive = Archive.open(db_url, account="acme")
+    jobs = {}
+
+    def snap(job_id, created, package, status, runtime, updated):
+        return {"id": job_id, "status": status, "package_id": package, "created_at": created.isoformat(),
+                "updated_at": updated.isoformat(), "runtime_in_seconds": runtime}
+
+    for job_id in range(1, 601):
+        created = now - timedelta(minutes=rnd.randint(1, 20 * 24 * 60))
+        status = rnd.choice(["completed", "completed", "failed", "stopped", "running"])
+        jobs[job_id] = snap(job_id, created, rnd.choice([7, 8, 9]), status, rnd.randint(1, 900), created)
+    for start in range(0, 600, 97):
+        archive.write_jobs([parse_job(j) for j in list(jobs.values())[start:start + 97]])
+    later = now + timedelta(hours=1)
+    for job_id in rnd.sample(sorted(jobs), 120):   # finish, move day or package, change runtime
+        old = parse_timestamp(jobs[job_id]["created_at"])
+        jobs[job_id] = snap(job_id, old - timedelta(hours=rnd.choice([0, 0, 30])), rnd.choice([7, 8, 9]),
+                            rnd.choice(["completed", "failed"]), rnd.randint(1, 900), later)
+    archive.write_jobs([parse_job(j) for j in jobs.values() if j["updated_at"] == later.isoformat()])
+
+    period = parse_since("7d", now=now)   # 15:37 seven days back: partial days at both ends
+
+    def values(start, end, package):
+        return [j["runtime_in_seconds"] for j in jobs.values() if j["package_id"] == package
+                and j["status"] in TERMINAL_STATUSES and start <= parse_timestamp(j["created_at"]) < end]
+
+    rows = {r["package_id"]: r for r in runtimes_report(archive.engine, period)}
+    assert set(rows) == {7, 8, 9}
+    for package, row in rows.items():
+        now_, before = values(period.start, period.end, package), values(period.previous.start, period.start, package)
+        assert (row["runs"], row["max_seconds"]) == (len(now_), max(now_))
+        assert (row["p50_seconds"], row["p95_seconds"]) == (round(percentile(now_, 50)), round(percentile(now_, 95)))
+        assert row["previous_p50_seconds"] == round(percentile(before, 50))
+    archive.close()
