@@ -39,7 +39,7 @@ TRANSACTION_ATTEMPTS = 10  # deadlocks between unlocked writers can repeat on a 
 ANALYZE_AFTER = 10_000
 # the tables a write reads by job id besides the primary keys (deletes of a job's outputs,
 # variables and verdicts; the scorer's histories by package): jobs first
-GROWING_TABLES = ("jobs", "job_outputs", "job_variables", "job_anomalies")
+GROWING_TABLES = ("jobs", "job_outputs", "job_variables", "job_anomalies", "schedule_runs", "daily_package_rollup")
 
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__

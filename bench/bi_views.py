@@ -41,7 +41,7 @@ from sqlalchemy import func, select, text  # noqa: E402
 
 from archiver import database, dialect, models  # noqa: E402
 from archiver.flows.report import REPORTS, parse_since  # noqa: E402
-from archiver.store import jobs_t, refresh_rollup, refresh_schedule_runs  # noqa: E402
+from archiver.store import GROWING_TABLES, jobs_t, refresh_rollup, refresh_schedule_runs  # noqa: E402
 from report_html import fresh  # noqa: E402   (an empty archive at head: the same as that bench's)
 
 TERMINAL = ("completed", "failed", "stopped")
@@ -162,8 +162,11 @@ def build(url: str, total: int) -> int:
         chains = conn.execute(select(j.account_id, j.creator_id, j.package_id, func.min(j.created_at))
                               .where(j.creator_type == "Schedule").group_by(j.account_id, j.creator_id, j.package_id))
         refresh_schedule_runs(conn, {(a, c, p): first for a, c, p, first in chains})
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE"))
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+    else:   # what the archiver's own refresh does after a large load (dialect.refresh_statistics)
+        dialect.refresh_statistics(engine, GROWING_TABLES)
     engine.dispose()
     return written
 
