@@ -396,8 +396,16 @@ def has_percentile_cont(conn: Connection) -> bool:
 SOME_DATABASES_ONLY_INDEXES = frozenset({"ix_jobs_failed_at"})
 
 
+# SQLite's VIRTUAL generated columns of jobs (migration 0009), which its views read so that their
+# columns carry a declared type; computed on read, never written, not in the models.
+SQLITE_GENERATED_COLUMNS = frozenset({"is_terminal", "attempt", "ended_or_created_at"})
+
+
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
-    """Alembic's autogenerate filter: everything but SOME_DATABASES_ONLY_INDEXES."""
+    """Alembic's autogenerate filter: everything but SOME_DATABASES_ONLY_INDEXES and SQLite's
+    generated columns."""
+    if type_ == "column" and reflected and compare_to is None and name in SQLITE_GENERATED_COLUMNS:
+        return obj.table.name != "jobs"
     return not (type_ == "index" and name in SOME_DATABASES_ONLY_INDEXES)
 
 
