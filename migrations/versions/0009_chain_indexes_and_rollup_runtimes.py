@@ -122,8 +122,19 @@ def _sqlite_computed_views() -> None:
     op.execute(f"CREATE VIEW job_failures AS {JOB_FAILURES_0008}")
 
 
+def _has_generated_columns() -> bool:
+    """SQLite 3.31 and later (older ones keep 0008's computed columns, declared without a type)."""
+    bind = op.get_bind()
+    return bind.dialect.name == "sqlite" and bind.dialect.dbapi.sqlite_version_info >= (3, 31)
+
+
+def _generated_columns_present() -> bool:
+    names = {row[1] for row in op.get_bind().execute(sa.text("PRAGMA table_xinfo(jobs)"))}
+    return {name for name, _, _ in GENERATED} <= names
+
+
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
+    if _has_generated_columns():
         _sqlite_typed_views()
     op.add_column("daily_package_rollup", sa.Column(
         "runtimes", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), comment=RUNTIMES_DOC))
@@ -142,7 +153,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
+    if op.get_bind().dialect.name == "sqlite" and _generated_columns_present():
         _sqlite_computed_views()
     op.drop_column("daily_package_rollup", "runtimes")
     op.create_index("ix_jobs_creator_type_creator_id", "jobs", ["creator_type", "creator_id"])
