@@ -3,8 +3,8 @@
 Database tests run on SQLite always, and on PostgreSQL and MariaDB/MySQL at the
 URLs in ARCHIVER_TEST_POSTGRES_URL / ARCHIVER_TEST_MYSQL_URL (defaults: the local
 servers, database archiver_test). The migration tests use one more database per
-server, named after the configured one plus "_migrations"; missing databases are
-created. A server that does not answer is a skip on a laptop and a failure in CI
+server, named after the configured one plus "_migrations", and the view tests one plus
+"_views" (synced once, read by every view test); missing databases are created. A server that does not answer is a skip on a laptop and a failure in CI
 (CI=true).
 """
 

@@ -336,16 +336,17 @@ def test_the_timelines_memoised_weekday_groups_give_the_walk_backs_baselines():
 
     for runs in list(generate(seed=6, packages=8, days=50).runs.values()):
         runs = list(runs)
-        timeline = anomaly.Timeline(DEFAULTS)
+        sampled = [anomaly.sample(r) for r in runs]   # the walk-back's samples (sample() is pure),
+        timeline = anomaly.Timeline(DEFAULTS)          # kept in step with `runs` as they are rewritten
         for i, run in enumerate(runs):
             if i % 17 == 16:   # rewrite an earlier run: a new runtime and output count
                 j = i - 9
                 timeline.discard(j, anomaly.sample(runs[j]))
                 runs[j] = dataclasses.replace(runs[j], runtime_s=(runs[j].runtime_s or 1) * 1.7,
                                               outputs=tuple((k, (c or 0) // 2) for k, c in runs[j].outputs))
+                sampled[j] = anomaly.sample(runs[j])
                 timeline.add(j, anomaly.sample(runs[j]))
-            samples = [anomaly.sample(r) for r in runs[:i]]
-            walked = anomaly.past_of(samples, i, run.created_at)
+            walked = anomaly.past_of(sampled, i, run.created_at)   # reads samples[:i] only
             for _ in range(2):   # the second time from the memo
                 indexed = timeline.past(i, run.created_at)
                 for measure in [anomaly.RUNTIME, *(key for key, _ in run.outputs)]:

@@ -31,7 +31,7 @@ from archiver.sandbox import Sandbox
 from archiver.store import Archive
 from tests.sandboxed import KEY, NOW, archiver_cmd, cli_env, run_archiver, wait_parked
 
-QUICK = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02, total_timeout=1.5)
+QUICK = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02, total_timeout=0.75)
 EXIT_AFTER_SIGTERM = 5.0     # the contract
 DEADLINE_SLACK = 10.0        # a run ends within --max-runtime + 10 s
 PEAK_RSS_MB = 200

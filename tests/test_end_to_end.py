@@ -40,7 +40,7 @@ def test_clean_sync_by_id_stores_every_field(sqlite_url):
 
 
 def test_faults_on_every_recoverable_job_is_archived(sqlite_url, figure):
-    with Sandbox(jobs=150, seed=12, now=NOW, error_rate=0.1, drop_rate=0.05, bad_json_rate=0.05,
+    with Sandbox(jobs=50, seed=12, now=NOW, error_rate=0.1, drop_rate=0.05, bad_json_rate=0.05,
                  rate_limit=60, rate_window_s=1) as api:
         ids = api.job_ids()
         result = run_archiver(api, sqlite_url, "sync", *map(str, ids), "--json", "--concurrency", "8",

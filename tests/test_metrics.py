@@ -3,6 +3,7 @@ output, shipped alert rules that pass their unit tests, and a textfile never see
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -377,17 +378,24 @@ def torn(text: str, versions: list[str]) -> str | None:
     TYPE line, or its samples are not all those of the version it claims to be (the value of
     its archiver_last_successful_sync_timestamp_seconds)."""
     try:
-        types = {f.name: f.type for f in text_string_to_metric_families(text)}
-        found = samples(text)
+        families = list(text_string_to_metric_families(text))   # parsed once: types and samples
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+    types = {f.name: f.type for f in families}
+    found = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
     if types != FAMILY_TYPES:
         return f"families or types differ: {sorted(set(types.items()) ^ set(FAMILY_TYPES.items()))}"
     claim = key("archiver_last_successful_sync_timestamp_seconds")
-    whole = next((samples(v) for v in versions if samples(v)[claim] == found.get(claim)), None)
+    whole = next((version_samples(v) for v in versions if version_samples(v)[claim] == found.get(claim)), None)
     if found != whole:
         return f"{len(found)} samples, not those of version {found.get(claim)}"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def version_samples(version: str) -> dict[tuple[str, frozenset], float]:
+    """samples() of a whole version, parsed once per test run (the reader compares every read with it)."""
+    return samples(version)
 
 
 def textfile_version(packages: int) -> str:

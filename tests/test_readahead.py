@@ -248,12 +248,26 @@ FAILURES = {"in the page's transaction": (fail_in_transaction, -1),
             "after the page's commit": (fail_after_commit, 0)}
 
 
+FAILING_SANDBOX = dict(jobs=1000, seed=63, now=NOW)
+
+
+@pytest.fixture(scope="module")
+def read_in_turn(tmp_path_factory, sqlite_template) -> dict:
+    """The archive a read in turn (depth 0, nothing failing) makes of FAILING_SANDBOX's API:
+    the same for every failure below (their API does not change), so it is made once."""
+    reference = tmp_path_factory.mktemp("read-in-turn") / "reference.db"
+    reference.write_bytes(sqlite_template.read_bytes())
+    with Sandbox(**FAILING_SANDBOX) as api:
+        assert incremental(api, f"sqlite:///{reference}", 0).exit_code == 0
+        return archive_state(api, f"sqlite:///{reference}")
+
+
 @pytest.mark.parametrize("where", list(FAILURES))
 @pytest.mark.parametrize("page", [1, 4, 9])
 def test_a_failure_while_the_next_page_is_read_leaves_the_mark_with_the_pages_committed(
-        sqlite_url, tmp_path, sqlite_template, monkeypatch, where, page):
+        sqlite_url, read_in_turn, monkeypatch, where, page):
     inject, committed_offset = FAILURES[where]
-    with Sandbox(jobs=1000, seed=63, now=NOW) as api:
+    with Sandbox(**FAILING_SANDBOX) as api:
         written = record_writes(monkeypatch)
         calls = ListCalls(monkeypatch)
         options = inject(monkeypatch, page, calls) or {}
@@ -268,11 +282,8 @@ def test_a_failure_while_the_next_page_is_read_leaves_the_mark_with_the_pages_co
 
         again = incremental(api, sqlite_url, 1)
         assert again.exit_code == 0
-        reference = tmp_path / "reference.db"
-        reference.write_bytes(sqlite_template.read_bytes())
-        assert incremental(api, f"sqlite:///{reference}", 0).exit_code == 0
-        ours, theirs = archive_state(api, sqlite_url), archive_state(api, f"sqlite:///{reference}")
-        assert ours["jobs"] == theirs["jobs"] and ours["marks"] == theirs["marks"]
+        ours = archive_state(api, sqlite_url)
+        assert ours["jobs"] == read_in_turn["jobs"] and ours["marks"] == read_in_turn["marks"]
 
 
 def test_killed_while_a_page_is_read_ahead_the_rerun_archives_each_job_once(sqlite_url):

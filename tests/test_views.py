@@ -1,12 +1,14 @@
 """The BI views and `archiver report`, on every backend, against counts computed here."""
 
 import json
+import shutil
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import text
 
+from archiver import database
 from archiver.fields import TERMINAL_STATUSES
 from archiver.parse import parse_timestamp
 from archiver.flows.report import failures_report, parse_since, percentile, runtimes_report, status_report
@@ -15,6 +17,7 @@ from archiver.store import Archive
 from archiver.flows.incremental import IncrementalOptions, sync_incremental
 from archiver.flows.runs import SyncOptions
 from tests.clirun import run_cli
+from tests.conftest import BACKENDS, drop_everything, server_url
 from tests.sandboxed import NOW, settings_for
 
 
@@ -24,13 +27,31 @@ def history():
         yield api, {i: api.job(i) for i in api.job_ids()}
 
 
-@pytest.fixture
-def synced(history, db_url):
-    api, jobs = history
-    summary = sync_incremental(settings_for(api, db_url), SyncOptions(), IncrementalOptions())
+@pytest.fixture(scope="module", params=BACKENDS)
+def synced_url(request, history, tmp_path_factory, sqlite_template) -> str:
+    """The history synced once per backend into an archive of its own (the tests below only
+    read it): a copy of the SQLite template, or the server database named after the configured
+    one plus "_views", which no other test touches."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("views") / "archive.db"
+        shutil.copy(sqlite_template, path)
+        url = f"sqlite:///{path}"
+    else:
+        url = server_url(request.param, suffix="_views")
+        drop_everything(url)
+        engine = database.make_engine(url)
+        database.upgrade(engine)
+        engine.dispose()
+    api, _ = history
+    summary = sync_incremental(settings_for(api, url), SyncOptions(), IncrementalOptions())
     assert summary.exit_code == 0
-    archive = Archive.open(db_url)
-    yield archive, jobs
+    return url
+
+
+@pytest.fixture
+def synced(history, synced_url):
+    archive = Archive.open(synced_url)
+    yield archive, history[1]
     archive.close()
 
 
@@ -143,7 +164,8 @@ def test_status_change_is_recorded_once_across_running_to_completed(db_url):
     assert len(runs) == 3 and {r["outcome"] for r in runs} == {"ok"}
 
 
-def test_report_command_formats(capsys, monkeypatch, synced, db_url):
+def test_report_command_formats(capsys, monkeypatch, synced_url):
+    db_url = synced_url
     table = run_cli(capsys, monkeypatch, ["report", "failures", "--db", db_url, "--since", "3650d"])
     assert table.code == 0 and "failure_rate" in table.out.splitlines()[0]
     as_json = run_cli(capsys, monkeypatch, ["report", "runtimes", "--db", db_url, "--since", "2020-01-01",
