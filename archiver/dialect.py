@@ -24,7 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Engine, Table, any_, bindparam, case, event, select, text, types
+from sqlalchemy import (BigInteger, Connection, Engine, Table, any_, bindparam, case, cast, event, func, literal,
+                        select, text, types)
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -224,6 +225,17 @@ def execute_positional(conn: Connection, sql: str, values: Sequence[Any]):
     if conn.dialect.paramstyle != "qmark":   # psycopg and PyMySQL: %s
         sql = sql.replace("%", "%%").replace("?", "%s")
     return conn.exec_driver_sql(sql, params)
+
+
+def joined_text(conn: Connection, value):
+    """The aggregate of a group's non-NULL `value`s as one comma-separated text, in no particular
+    order (NULL: none): string_agg on PostgreSQL, group_concat elsewhere. MySQL's would stop at
+    group_concat_max_len (1,024 bytes by default on MySQL), so the session's is raised first."""
+    if conn.dialect.name == "postgresql":
+        return func.string_agg(cast(value, types.Text), literal(","))
+    if is_mysql(conn.dialect.name):
+        conn.exec_driver_sql("SET SESSION group_concat_max_len = 1073741824")   # 1 GiB: the largest a packet carries
+    return func.group_concat(value)
 
 
 def _pg_stage(conn: Connection, table: Table, rows: Sequence[dict]) -> Table:

@@ -327,7 +327,7 @@ class DailyPackageRollupRow(Base):
     failure_rate: Mapped[float | None] = mapped_column(Double)
     avg_runtime_seconds: Mapped[float | None] = mapped_column(Double)
     max_runtime_seconds: Mapped[int | None] = mapped_column(BigInteger)
-    # every runtime_in_seconds of the finished jobs, ascending, comma-separated (migration 0009):
+    # every runtime_in_seconds of the finished jobs, comma-separated, any order (migration 0009):
     # exact percentiles of any run of whole days without sorting the jobs (report runtimes)
     runtimes: Mapped[str | None] = mapped_column(LongText)
 

@@ -200,7 +200,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {'jobs': {'id': 'Job id from the API. P
      'failure_rate': 'failed ÷ (completed + failed + stopped). NULL: none finished.',
      'avg_runtime_seconds': 'Mean runtime_in_seconds of finished jobs. NULL: none finished.',
      'max_runtime_seconds': 'Longest runtime_in_seconds of a finished job. NULL: none finished.',
-     'runtimes': "Every runtime_in_seconds of the day's finished jobs, ascending, comma-separated (what report runtimes reads for whole days). NULL: none finished."},
+     'runtimes': "Every runtime_in_seconds of the day's finished jobs, comma-separated, in no particular order (what report runtimes reads for whole days). NULL: none finished."},
  'schedule_runs': {
      'first_job_id': 'Job of the first attempt (attempt 0). Primary key.',
      'account_id': 'jobs.account_id of the run.',

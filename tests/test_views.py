@@ -264,3 +264,22 @@ def test_runtime_percentiles_merge_whole_days_and_partial_ends_exactly(db_url):
         assert (row["p50_seconds"], row["p95_seconds"]) == (round(percentile(now_, 50)), round(percentile(now_, 95)))
         assert row["previous_p50_seconds"] == round(percentile(before, 50))
     archive.close()
+
+
+def test_a_busy_day_keeps_every_runtime(db_url):
+    """A package's day with 400 finished jobs: its runtimes text passes MySQL's default
+    group_concat_max_len (1,024 bytes), and report runtimes still counts every run."""
+    from datetime import timedelta
+
+    from archiver.parse import parse_job
+
+    day = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    archive = Archive.open(db_url, account="acme")
+    runtimes = [1000 + 7 * i for i in range(400)]
+    archive.write_jobs([parse_job({"id": i + 1, "status": "completed", "package_id": 5,
+                                   "created_at": (day + timedelta(minutes=3 * i)).isoformat(),
+                                   "updated_at": (day + timedelta(minutes=3 * i + 1)).isoformat(),
+                                   "runtime_in_seconds": runtime}) for i, runtime in enumerate(runtimes)])
+    (row,) = runtimes_report(archive.engine, parse_since("2026-11-18", now=day + timedelta(days=3)))
+    archive.close()
+    assert (row["runs"], row["p50_seconds"], row["max_seconds"]) == (400, round(percentile(runtimes, 50)), max(runtimes))

@@ -229,7 +229,7 @@ def _error_text(errors: str | None) -> str:
 def _runtime_percentiles(conn, period: Period, package: str | None) -> dict[tuple, dict[str, Any]]:
     """{(package_id, bucket): {n, p50, p95, max}} of finished runs; bucket 1: in the period,
     0: in the one before. The runtimes of whole days come from daily_package_rollup.runtimes
-    (kept by every write, ascending), those of the partial days at the ends from jobs, merged
+    (kept by every write), those of the partial days at the ends from jobs, merged
     here: a year of a million jobs is 25,000 short texts, where sorting the jobs' runtimes per
     package in SQL took seconds. Percentiles interpolate linearly between the closest ranks
     (what percentile() and PostgreSQL's percentile_cont compute)."""

@@ -14,8 +14,8 @@ re-read the whole chain since, which made a first sync quadratic.
   are read from the index alone (no lookup of the wide job rows).
 - `ix_jobs_creator_type_creator_id` (0003) is a prefix of the chain index: dropped.
 - `daily_package_rollup.runtimes`: every runtime of the day's finished jobs of a package,
-  ascending, comma-separated; each write keeps it with the counts (archiver.store), and this
-  migration fills it from the history. `report runtimes` merges whole days from it (a year of
+  comma-separated (this migration writes them ascending; each write's recount aggregates them
+  in SQL, in no particular order), kept with the counts (archiver.store). `report runtimes` merges whole days from it (a year of
   a million jobs: 25,000 short texts) instead of sorting every job of the period.
 - SQLite before 3.41 declares no type for a computed view column, so BI tools saw four columns
   of `job_runs` and `job_failures` untyped. On SQLite those four are now read from VIRTUAL
@@ -43,8 +43,8 @@ branch_labels = None
 depends_on = None
 
 CHAIN = ["creator_type", "creator_id", "package_id"]
-RUNTIMES_DOC = ("Every runtime_in_seconds of the day's finished jobs, ascending, comma-separated (what report "
-                "runtimes reads for whole days). NULL: none finished.")
+RUNTIMES_DOC = ("Every runtime_in_seconds of the day's finished jobs, comma-separated, in no particular order "
+                "(what report runtimes reads for whole days). NULL: none finished.")
 
 
 def _fill_runtimes() -> None:
