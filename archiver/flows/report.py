@@ -4,7 +4,7 @@ The reports count what the job_runs view shows (its is_terminal, run_seconds, pa
 read from `jobs` with the view's definitions, without the view's name joins, which SQLite
 would run for every job; whole days come from daily_package_rollup, the table behind
 daily_package_stats. Counts aggregate in SQL, one row per package, never one per job; runtime
-percentiles merge the rollup's sorted runtimes of whole days; on PostgreSQL without JIT
+percentiles merge the rollup's runtimes of whole days; on PostgreSQL without JIT
 (dialect.report_session). Returns plain rows (dicts); the CLI formats them.
 """
 
