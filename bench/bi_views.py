@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The BI views and reports on big archives (issue 17): each README example query, each report
-with --since 30d, a report over a year end to end, and schedule_attempts filtered to one day.
+with --since 30d (the queries of `report html` too), reports over a year end to end (`html`
+included), and schedule_attempts filtered to one day.
 
     PYTHONPATH=. python bench/bi_views.py --jobs 20000                      # SQLite only
     PYTHONPATH=. python bench/bi_views.py --jobs 1000000 \\
@@ -29,6 +30,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -191,11 +193,22 @@ def report_runner(engine, name: str, since: str):
     return run
 
 
+def html_runner(engine, since: str):
+    """The queries of `report html` (its sections, not the health board or the page)."""
+    from archiver.flows import report_html
+
+    def run():
+        with engine.connect() as conn:
+            report_html.gather(conn, parse_since(since), None)
+    return run
+
+
 def cli_runner(url: str, name: str, since: str):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    output = ["-o", str(Path(tempfile.gettempdir()) / "bi-views-report.html")] if name == "html" else ["--format", "csv"]
     def run():
-        subprocess.run([sys.executable, "-m", "archiver", "report", name, "--db", url, "--since", since,
-                        "--format", "csv"], check=True, capture_output=True, env=env)
+        subprocess.run([sys.executable, "-m", "archiver", "report", name, "--db", url, "--since", since, *output],
+                       check=True, capture_output=True, env=env)
     return run
 
 
@@ -214,8 +227,9 @@ def measure(url: str, runs: int) -> list[tuple[str, float, float]]:
     items = [(name, query_runner(engine, sql), 0.1) for name, sql in README_QUERIES.items()]
     items += [(f"report {name} --since 30d (in process)", report_runner(engine, name, "30d"), 0.1)
               for name in ("status", "failures", "runtimes", "anomalies")]
+    items.append(("report html --since 30d, its queries (in process)", html_runner(engine, "30d"), 0.1))
     items += [(f"archiver report {name} --since 365d (end to end)", cli_runner(url, name, "365d"), 1.5)
-              for name in ("failures", "runtimes")]
+              for name in ("failures", "runtimes", "html")]
     items.append(("schedule_attempts on one day",
                   query_runner(engine, "SELECT * FROM schedule_attempts WHERE scheduled_at >= :a AND scheduled_at < :b",
                                {"a": start, "b": start + timedelta(days=1)}), 0.05))
