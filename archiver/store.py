@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R", JobRecord, CatalogRecord)
 TRANSACTION_ATTEMPTS = 10  # deadlocks between unlocked writers can repeat on a loaded server
-# PostgreSQL statistics are refreshed when a run has added this many jobs, or half the jobs the
-# statistics knew of, whichever is more (a million-job first ingest: about a dozen ANALYZEs)
+# Planner statistics (PostgreSQL, SQLite) are refreshed when a run has added this many jobs, or
+# half the jobs the statistics knew of, whichever is more (a million-job ingest: about a dozen)
 ANALYZE_AFTER = 10_000
-# the tables a write reads by job id besides the primary keys (deletes of a job's outputs,
-# variables and verdicts; the scorer's histories by package): jobs first
+# the tables a write reads by more than a primary key (a job's outputs, variables and verdicts;
+# the scorer's histories by package; the recounts of scheduled runs and days): jobs first
 GROWING_TABLES = ("jobs", "job_outputs", "job_variables", "job_anomalies", "schedule_runs", "daily_package_rollup")
 
 jobs_t = models.JobRow.__table__
@@ -219,8 +219,7 @@ def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
     """Recount these (account_id, day) groups of daily_package_rollup from jobs, in the
     transaction that wrote the jobs: the rollup is never out of step with them, and
     recounting (not adding deltas) makes a rewritten job count once, where it is now. One
-    INSERT .. SELECT: the database counts (pulling the days' jobs into Python made a re-ingest
-    of 1 % changed jobs, which touches most days, a third slower on PostgreSQL)."""
+    INSERT .. SELECT: the database counts, and no job row travels to Python."""
     groups = set(groups)
     if not groups:
         return
@@ -401,7 +400,7 @@ class Archive:
         self.account = account
         self.lock_rows = dialect.locks_rows(engine)
         self.lock: dialect.RunLockHolder | None = None  # the run lock while held: checked before each commit
-        self.stats_rows: int | None = None  # jobs the planner's statistics know of (PostgreSQL), once asked
+        self.stats_rows: int | None = None  # jobs the planner's statistics know of, once asked
         self.added = 0                      # jobs inserted since
 
     @classmethod

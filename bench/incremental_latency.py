@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sqlite3
 import statistics
 import subprocess

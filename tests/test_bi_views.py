@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from archiver import database
 from archiver.schema_docs import VIEW_DOCS
-from archiver.store import Archive
+from archiver.store import CHAIN_COLUMNS, SCHEDULE_RUNS_SQL, Archive
 from tests.sandboxed import NOW, settings_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,10 +359,8 @@ def test_schedule_runs_after_a_long_healthy_stretch_equal_a_full_recount(db_url)
         with archive.engine.begin() as conn:
             kept = [tuple(r) for r in conn.execute(text("SELECT * FROM schedule_runs ORDER BY first_job_id"))]
             conn.execute(text("DELETE FROM schedule_runs"))
-            archive_sql = text("INSERT INTO schedule_runs (first_job_id, account_id, schedule_id, package_id, "
-                               "last_job_id, scheduled_at, ended_at, attempts, failed_attempts, final_status, "
-                               "outcome) " + SCHEDULE_RUNS_FULL)
-            conn.execute(archive_sql)
+            conn.execute(text(SCHEDULE_RUNS_SQL.format(
+                region=f"SELECT {CHAIN_COLUMNS} FROM jobs j WHERE j.creator_type = 'Schedule'")))
             full = [tuple(r) for r in conn.execute(text("SELECT * FROM schedule_runs ORDER BY first_job_id"))]
         assert kept == full
         return kept
@@ -384,17 +382,3 @@ def test_schedule_runs_after_a_long_healthy_stretch_equal_a_full_recount(db_url)
     assert first[120][7:] == (2, 1, "completed", "recovered_on_retry")
     assert first[100][7:9] == (2, 2) and 101 in first and 139 in first
     archive.close()
-
-
-SCHEDULE_RUNS_FULL = None   # set below: the migration's own SELECT over every scheduled job
-
-
-def _full_select() -> str:
-    from archiver.store import SCHEDULE_RUNS_SQL
-    sql = SCHEDULE_RUNS_SQL.split("SELECT run_job_id", 1)[1]
-    region = ("SELECT j.id, j.account_id, j.creator_id, j.package_id, j.status, j.created_at, j.ended_at, "
-              "j.attempts FROM jobs j WHERE j.creator_type = 'Schedule'")
-    return "SELECT run_job_id" + sql.format(region=region)
-
-
-SCHEDULE_RUNS_FULL = _full_select()
