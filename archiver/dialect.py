@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (BigInteger, Connection, Engine, Table, any_, bindparam, case, cast, event, func, literal,
-                        select, text, types)
+from sqlalchemy import (BigInteger, Connection, Date, Engine, Table, any_, bindparam, case, cast, event, func,
+                        literal, literal_column, select, text, types)
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -389,6 +389,13 @@ def on_conflict_update(conn: Connection, key: str, columns: Sequence[str]) -> st
     if is_mysql(conn.dialect.name):
         return " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in columns)
     return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in columns)
+
+
+def utc_day(conn: Connection, moment):
+    """The UTC calendar day of a timestamp column (PostgreSQL's ::date would be the session's zone)."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.timezone(literal_column("'UTC'"), moment), Date)
+    return func.date(moment, type_=Date)
 
 
 def report_session(conn: Connection) -> None:

@@ -53,6 +53,7 @@ class JobRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queue_seconds: Mapped[int | None] = mapped_column(BigInteger)
     run_date: Mapped[date | None] = mapped_column(Date, index=True)
+    error_signature: Mapped[str | None] = mapped_column(String(300))   # migration 0010 (archiver.errortext)
 
     __table_args__ = (Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
                       Index("ix_jobs_runtime_in_seconds", "runtime_in_seconds"),
@@ -330,6 +331,67 @@ class DailyPackageRollupRow(Base):
     # every runtime_in_seconds of the finished jobs, comma-separated, any order (migration 0009):
     # exact percentiles of any run of whole days without sorting the jobs (report runtimes)
     runtimes: Mapped[str | None] = mapped_column(LongText)
+    retries: Mapped[int] = mapped_column(BigInteger, server_default="0")     # migration 0010
+    run_seconds: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class DailyOutputRollupRow(Base):
+    """Outputs' records per account, UTC day, package and output key (migration 0010), kept with
+    daily_package_rollup by the same writes: report html's records chart reads days, not jobs."""
+
+    __tablename__ = "daily_output_rollup"
+    __table_args__ = (Index("ix_daily_output_rollup_day_package_id", "day", "package_id"),
+                      Index("ix_daily_output_rollup_account_id_day", "account_id", "day"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    day: Mapped[date | None] = mapped_column(Date)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    output_key: Mapped[str] = mapped_column(LongText)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    records: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    completed_records: Mapped[int] = mapped_column(BigInteger)
+
+
+class DailyErrorRollupRow(Base):
+    """Failed jobs per account, UTC day, package and error signature (migration 0010), kept with
+    daily_package_rollup by the same writes: report html's failures by error read days, not jobs."""
+
+    __tablename__ = "daily_error_rollup"
+    __table_args__ = (Index("ix_daily_error_rollup_day_package_id", "day", "package_id"),
+                      Index("ix_daily_error_rollup_account_id_day", "account_id", "day"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    day: Mapped[date | None] = mapped_column(Date)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    error_signature: Mapped[str | None] = mapped_column(String(300))
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    first_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_job_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class DailyScheduleRollupRow(Base):
+    """Scheduled runs and their retries per account, UTC day (of scheduled_at), schedule and
+    package (migration 0010), recounted with schedule_runs by each write: report html's retries
+    read days, not runs."""
+
+    __tablename__ = "daily_schedule_rollup"
+    __table_args__ = (Index("ix_daily_schedule_rollup_day", "day"),
+                      Index("ix_daily_schedule_rollup_schedule_id_package_id_day", "schedule_id", "package_id", "day"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    day: Mapped[date | None] = mapped_column(Date)
+    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
+    package_id: Mapped[int | None] = mapped_column(BigInteger)
+    runs: Mapped[int] = mapped_column(BigInteger)
+    retried: Mapped[int] = mapped_column(BigInteger)
+    retries: Mapped[int] = mapped_column(BigInteger)
+    recovered: Mapped[int] = mapped_column(BigInteger)
+    failed: Mapped[int] = mapped_column(BigInteger)
 
 
 class ScheduleRunRow(Base):

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from archiver.errors import InvalidPayload
+from archiver.errortext import signature
 from archiver.fields import INT, JOB_FIELDS, KNOWN_STATUSES, NUMBER, STATUS, TEXT, TIME
 from archiver.jsonio import canonical_bytes, canonical_json
 from archiver.records import (CatalogRecord, ClusterRecord, CreatorRecord, JobRecord, LogSummaryRecord,
@@ -212,9 +213,11 @@ def parse_job(raw: Any, expected_id: int | None = None, fingerprint: Fingerprint
 
 
 def derived_columns(columns: dict[str, Any]) -> dict[str, Any]:
-    """ended_at (completed_at, else failed_at), queue_seconds and run_date (UTC day created),
-    each only when the payload carried what it derives from."""
+    """ended_at (completed_at, else failed_at), queue_seconds, run_date (UTC day created) and
+    error_signature, each only when the payload carried what it derives from."""
     derived: dict[str, Any] = {}
+    if "errors" in columns:
+        derived["error_signature"] = signature(columns["errors"])
     if "completed_at" in columns or "failed_at" in columns:
         derived["ended_at"] = columns.get("completed_at") or columns.get("failed_at")
     if "created_at" in columns:

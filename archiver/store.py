@@ -17,10 +17,11 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
+from sqlalchemy import (Connection, Engine, String, and_, case, cast, delete, func, literal_column, not_, or_, select,
+                        union_all, update)
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
@@ -39,7 +40,8 @@ TRANSACTION_ATTEMPTS = 10  # deadlocks between unlocked writers can repeat on a 
 ANALYZE_AFTER = 10_000
 # the tables a write reads by more than a primary key (a job's outputs, variables and verdicts;
 # the scorer's histories by package; the recounts of scheduled runs and days): jobs first
-GROWING_TABLES = ("jobs", "job_outputs", "job_variables", "job_anomalies", "schedule_runs", "daily_package_rollup")
+GROWING_TABLES = ("jobs", "job_outputs", "job_variables", "job_anomalies", "schedule_runs", "daily_package_rollup",
+                  "daily_output_rollup", "daily_error_rollup", "daily_schedule_rollup")
 
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
@@ -55,7 +57,10 @@ summaries_t = models.JobLogSummaryRow.__table__
 schedules_t = models.ScheduleRow.__table__
 schedule_packages_t = models.SchedulePackageRow.__table__
 rollup_t = models.DailyPackageRollupRow.__table__
+output_rollup_t = models.DailyOutputRollupRow.__table__
+error_rollup_t = models.DailyErrorRollupRow.__table__
 schedule_runs_t = models.ScheduleRunRow.__table__
+schedule_rollup_t = models.DailyScheduleRollupRow.__table__
 CATALOG_TABLES = {"schedules": schedules_t, "packages": packages_t, "clusters": clusters_t}
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
@@ -208,26 +213,66 @@ def _rollup_select(conn: Connection):
                   count("stopped"), func.sum(case((j.status == "failed", one), else_=0)) / func.nullif(finished, 0),
                   func.avg(case((terminal, j.runtime_in_seconds * one))),
                   func.max(case((terminal, j.runtime_in_seconds))),
-                  dialect.joined_text(conn, case((terminal, j.runtime_in_seconds))))
+                  dialect.joined_text(conn, case((terminal, j.runtime_in_seconds))),
+                  func.sum(case((j.attempts > 0, 1), else_=0)), func.sum(case((terminal, j.runtime_in_seconds)))
+                  ).group_by(j.account_id, j.run_date, j.package_id)
 
 
 ROLLUP_COLUMNS = ["account_id", "day", "package_id", "jobs", "completed", "failed", "stopped", "failure_rate",
-                  "avg_runtime_seconds", "max_runtime_seconds", "runtimes"]
+                  "avg_runtime_seconds", "max_runtime_seconds", "runtimes", "retries", "run_seconds"]
+
+
+def output_key():
+    """An output's key, as docs/anomalies.md gives it: component name, else name, else `output <id>`."""
+    o = outputs_t.c
+    return func.coalesce(o.component_name, o.name, literal_column("'output '") + cast(o.id, String))
+
+
+def _output_rollup_select(conn: Connection):
+    """One daily_output_rollup row per account, day, package and output key of the jobs selected."""
+    j, o = jobs_t.c, outputs_t.c
+    completed = j.status == "completed"
+    key = output_key()
+    return (select(j.account_id, j.run_date, j.package_id, key, func.count(), func.coalesce(func.sum(o.records_count), 0),
+                   func.sum(case((completed, 1), else_=0)),
+                   func.coalesce(func.sum(case((completed, o.records_count))), 0))
+            .select_from(outputs_t.join(jobs_t, jobs_t.c.id == o.job_id))
+            .group_by(j.account_id, j.run_date, j.package_id, key))
+
+
+OUTPUT_ROLLUP_COLUMNS = ["account_id", "day", "package_id", "output_key", "jobs", "records", "completed",
+                         "completed_records"]
+
+
+def _error_rollup_select(conn: Connection):
+    """One daily_error_rollup row per account, day, package and error signature of the failed
+    jobs selected."""
+    j = jobs_t.c
+    failed_at = func.coalesce(j.ended_at, j.created_at)
+    return (select(j.account_id, j.run_date, j.package_id, j.error_signature, func.count(), func.min(failed_at),
+                   func.max(failed_at), func.max(j.id))
+            .where(j.status == "failed").group_by(j.account_id, j.run_date, j.package_id, j.error_signature))
+
+
+ERROR_ROLLUP_COLUMNS = ["account_id", "day", "package_id", "error_signature", "jobs", "first_failed_at",
+                        "last_failed_at", "last_job_id"]
 
 
 def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
-    """Recount these (account_id, day) groups of daily_package_rollup from jobs, in the
-    transaction that wrote the jobs: the rollup is never out of step with them, and
-    recounting (not adding deltas) makes a rewritten job count once, where it is now. One
-    INSERT .. SELECT: the database counts, and no job row travels to Python."""
+    """Recount these (account_id, day) groups of the daily rollups (packages, outputs, error
+    signatures) from jobs, in the transaction that wrote the jobs: the rollups are never out of
+    step with them, and recounting (not adding deltas) makes a rewritten job count once, where
+    it is now. One INSERT .. SELECT each: the database counts, and no job row travels to Python."""
     groups = set(groups)
     if not groups:
         return
     dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, groups)
-    conn.execute(delete(rollup_t).where(_in_groups(rollup_t, rollup_t.c.day, groups)))
-    query = (_rollup_select(conn).where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
-             .group_by(jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.package_id))
-    conn.execute(rollup_t.insert().from_select(ROLLUP_COLUMNS, query))
+    for table, select_rows, columns in ((rollup_t, _rollup_select, ROLLUP_COLUMNS),
+                                        (output_rollup_t, _output_rollup_select, OUTPUT_ROLLUP_COLUMNS),
+                                        (error_rollup_t, _error_rollup_select, ERROR_ROLLUP_COLUMNS)):
+        conn.execute(delete(table).where(_in_groups(table, table.c.day, groups)))
+        rows = select_rows(conn).where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
+        conn.execute(table.insert().from_select(columns, rows))
 
 
 # -- the schedule runs --------------------------------------------------------------------------
@@ -348,6 +393,7 @@ def refresh_schedule_runs(conn: Connection, starts: dict[tuple, datetime]) -> No
         part = keys[begin:begin + 200]
         dialect.execute_positional(conn, *_chain_runs_delete(part, recounts))
         dialect.execute_positional(conn, *_chain_region_insert(conn, part, recounts))
+        _refresh_schedule_days(conn, {key: recounts[key] for key in part})
 
 
 def _chain_runs_delete(keys: list[tuple], recounts: dict[tuple, Recount]) -> tuple[str, list]:
@@ -364,6 +410,51 @@ def _chain_runs_delete(keys: list[tuple], recounts: dict[tuple, Recount]) -> tup
             values += [*key_values, recount.anchor]
     # a flat OR of index ranges (schedule_id, package_id, scheduled_at): each is one descent
     return "DELETE FROM schedule_runs WHERE " + " OR ".join(clauses), values
+
+
+def _utc_date(moment) -> date:
+    """The UTC day of a created_at, bound or as the driver returned it (SQLite: text)."""
+    if isinstance(moment, str):
+        return date.fromisoformat(moment[:10])
+    return (moment.astimezone(timezone.utc) if moment.tzinfo else moment).date()
+
+
+def _of_chain(columns, key: tuple):
+    return and_(*[c.is_(None) if v is None else c == v for c, v in zip(columns, key)])
+
+
+SCHEDULE_DAY_COLUMNS = ["account_id", "day", "schedule_id", "package_id", "runs", "retried", "retries", "recovered",
+                        "failed"]
+
+
+def _refresh_schedule_days(conn: Connection, recounts: dict[tuple, Recount]) -> None:
+    """Recount daily_schedule_rollup where the runs of these chains may have changed: every day
+    from `since`'s on, and the anchor's day. One grouped SELECT per chain (a range of the
+    (schedule_id, package_id, scheduled_at) index each), as for the runs themselves."""
+    d, s = schedule_rollup_t.c, schedule_runs_t.c
+    day = dialect.utc_day(conn, s.scheduled_at)
+    gone, counts = [], []
+    for key, recount in recounts.items():
+        since = _utc_date(recount.since)
+        days = [d.day >= since]
+        spans = [s.scheduled_at >= _midnight(since)]
+        if recount.anchor is not None:
+            anchor = _utc_date(recount.anchor)
+            days.append(d.day == anchor)
+            spans.append(and_(s.scheduled_at >= _midnight(anchor), s.scheduled_at < _midnight(anchor, 1)))
+        gone.append(and_(_of_chain((d.account_id, d.schedule_id, d.package_id), key), or_(*days)))
+        counts.append(select(s.account_id, day, s.schedule_id, s.package_id, func.count(),
+                             func.sum(case((s.attempts > 1, 1), else_=0)), func.sum(s.attempts - 1),
+                             func.sum(case((s.outcome == "recovered_on_retry", 1), else_=0)),
+                             func.sum(case((s.outcome == "failed", 1), else_=0)))
+                      .where(_of_chain((s.account_id, s.schedule_id, s.package_id), key), or_(*spans))
+                      .group_by(s.account_id, day, s.schedule_id, s.package_id))
+    conn.execute(delete(schedule_rollup_t).where(or_(*gone)))
+    conn.execute(schedule_rollup_t.insert().from_select(SCHEDULE_DAY_COLUMNS, union_all(*counts)))
+
+
+def _midnight(day: date, plus_days: int = 0) -> datetime:
+    return datetime.combine(day + timedelta(days=plus_days), datetime.min.time(), timezone.utc)
 
 
 RUN_COLUMNS = ("account_id", "schedule_id", "package_id", "last_job_id", "scheduled_at", "ended_at", "attempts",

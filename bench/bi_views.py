@@ -12,7 +12,8 @@ The archive is generated here in bulk, not through the ingest path (which takes 
 minutes per million): a year of history ending now, 60 schedules (hourly and every 10 or 20
 minutes) running 1 to 3 packages each, failed first attempts retried up to three times,
 jobs run by hand on 30 more packages, 85 % completed / 10 % failed / 2 % stopped, open jobs
-in the last hours, log-normal runtimes per package, a log summary on a third of the failures.
+in the last hours, log-normal runtimes per package, one or two outputs a job, error texts that
+name their job (every one differs, as real ones do), a log summary on a third of the failures.
 The rollup and the scheduled runs are then filled by the archiver's own recounts
 (store.refresh_rollup, store.refresh_schedule_runs). The database
 at --pg-url is emptied first: point it at a throwaway one.
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sqlalchemy import func, select, text  # noqa: E402
 
 from archiver import database, dialect, models  # noqa: E402
+from archiver.errortext import signature  # noqa: E402
 from archiver.flows.report import REPORTS, parse_since  # noqa: E402
 from archiver.store import GROWING_TABLES, jobs_t, refresh_rollup, refresh_schedule_runs  # noqa: E402
 from report_html import fresh  # noqa: E402   (an empty archive at head: the same as that bench's)
@@ -84,9 +86,10 @@ def job(job_id: int, created: datetime, package_id: int, status: str, runtime: i
         schedule_id: int | None = None, attempt: int = 0) -> dict:
     started = created + timedelta(seconds=30 + job_id % 90) if status not in ("queued",) else None
     ended = started + timedelta(seconds=runtime) if status in TERMINAL and started else None
+    errors = f"Job {job_id} failed: table 'orders_{package_id}' timed out after {runtime}s" if status == "failed" else ""
     return {"id": job_id, "account_id": "bench", "status": status, "package_id": package_id,
             "cluster_id": 1 + package_id % 7, "runtime_in_seconds": runtime if started else None,
-            "errors": f"Job failed: table 'orders_{package_id}' timed out" if status == "failed" else "",
+            "errors": errors, "error_signature": signature(errors),
             "created_at": created, "started_at": started, "updated_at": ended or created,
             "completed_at": ended, "failed_at": ended if status == "failed" else None, "ended_at": ended,
             "queue_seconds": round((started - created).total_seconds()) if started else None,
@@ -139,6 +142,14 @@ def generate(total: int, seed: int = 17):
         yield batch
 
 
+def outputs_of(batch: list[dict]) -> list[dict]:
+    """One or two outputs a job (the package decides), records varying with the runtime."""
+    return [{"id": j["id"] * 2 + k, "job_id": j["id"], "name": f"out{k}", "component_name": f"destination_{k}",
+             "component_type": "database_destination_component",
+             "records_count": (j["runtime_in_seconds"] or 0) * (50 + j["package_id"] % 7) if j["status"] != "queued" else 0}
+            for j in batch for k in range(1 + j["package_id"] % 2)]
+
+
 def build(url: str, total: int) -> int:
     fresh(url)
     engine = database.make_engine(url)
@@ -153,6 +164,7 @@ def build(url: str, total: int) -> int:
     for batch in generate(total):
         with engine.begin() as conn:
             dialect.insert_rows(conn, jobs_t, batch)
+            dialect.insert_rows(conn, models.JobOutputRow.__table__, outputs_of(batch))
             failed = [{"job_id": j["id"], "log_id": j["id"], "error_summary": "The source table timed out.",
                        "action_items": ["Retry later"]} for j in batch if j["status"] == "failed" and j["id"] % 3 == 0]
             dialect.insert_rows(conn, summaries, failed)

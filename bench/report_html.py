@@ -8,7 +8,7 @@ the page is, on SQLite and PostgreSQL.
 The archive is check_speed.py's (60 schedules over up to a year, 25 packages run by hand,
 retries, failures, open jobs, job_anomalies verdicts, a sync every 5 minutes), plus two outputs
 per job and an error text naming the job on every failed one (so the signatures have to be
-merged). The PostgreSQL database given is emptied first: point it at a throwaway one.
+merged), with the signatures and the daily rollups a write keeps. The PostgreSQL database given is emptied first: point it at a throwaway one.
 Each run is write_html_report as the command calls it (open read-only, evaluate the board,
 aggregate, render, write). The target is under 5 s and at most 1.5 MB.
 """
@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from check_speed import NOW, build  # noqa: E402
-from sqlalchemy import String, cast, insert, literal, select, text, update  # noqa: E402
+from sqlalchemy import String, bindparam, cast, insert, literal, select, text, update  # noqa: E402
 
 from archiver import database  # noqa: E402
+from archiver.errortext import signature  # noqa: E402
+from archiver.store import refresh_rollup  # noqa: E402
 from archiver.flows.report_html import write_html_report  # noqa: E402
 from archiver.models import JobOutputRow, JobRow  # noqa: E402
 
@@ -56,6 +58,11 @@ def add_outputs_and_errors(url: str) -> None:
         message = (literal("Job ", String) + cast(jobs.c.id, String) + literal(" failed: table 'orders_", String)
                    + cast(jobs.c.package_id, String) + literal("' timed out", String))
         conn.execute(update(jobs).where(jobs.c.status == "failed").values(errors=message))
+        failed = conn.execute(select(jobs.c.id, jobs.c.errors).where(jobs.c.status == "failed")).all()
+        if failed:   # what a write keeps with these columns: the signature and the daily rollups
+            conn.execute(update(jobs).where(jobs.c.id == bindparam("jid")).values(error_signature=bindparam("sig")),
+                         [{"jid": job_id, "sig": signature(errors)} for job_id, errors in failed])
+        refresh_rollup(conn, set(conn.execute(select(jobs.c.account_id, jobs.c.run_date).distinct()).all()))
     engine.dispose()
 
 

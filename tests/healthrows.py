@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select
 
 from archiver import database
+from archiver.errortext import signature
 from archiver.store import refresh_rollup, refresh_schedule_runs
 from archiver.models import AlertRow, JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
 
@@ -51,11 +52,12 @@ class Rows:
         row = job_row(job_id or self.next_job, package_id=package_id, created_at=created_at, status=status,
                       schedule_id=schedule_id, attempts=attempts, runtime=runtime, started_at=started_at)
         self.next_job = max(self.next_job, row["id"]) + 1
-        self._insert(JobRow, [row])
+        self.jobs([row])
         return row["id"]
 
     def jobs(self, rows: list[dict]) -> None:
-        self._insert(JobRow, rows)
+        """Job rows as a write stores them: with the error signature the parser derives."""
+        self._insert(JobRow, [{**row, "error_signature": signature(row.get("errors"))} for row in rows])
 
     def sync(self, started_at: datetime, outcome: str = "ok", mode: str = "incremental") -> None:
         self._insert(SyncRunRow, [{"started_at": started_at, "finished_at": started_at + timedelta(seconds=30),

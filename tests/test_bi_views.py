@@ -296,6 +296,46 @@ def test_upgrading_an_existing_archive_fills_the_rollup(tmp_path, db_url):
     archive.close()
 
 
+def test_upgrading_to_0010_fills_the_rollups_as_the_writes_keep_them(db_url):
+    """Migration 0010 computes jobs.error_signature and counts the history already stored into
+    daily_package_rollup's new columns, daily_output_rollup, daily_error_rollup and
+    daily_schedule_rollup, to the row what every write keeps."""
+    from archiver.parse import parse_job
+
+    archive = Archive.open(db_url, account="acme")
+    moment = datetime(2026, 11, 20, 22, tzinfo=timezone.utc)
+    snaps = []
+    for i in range(1, 60):
+        snap = snapshot(i, moment + timedelta(hours=i), ("failed", "completed", "stopped")[i % 3], 7 + i % 2,
+                        moment + timedelta(hours=i), i)
+        snaps.append({**snap, "creator": {"type": "Schedule", "id": 5}, "attempts": i % 4 // 3,
+                      "errors": f"Job {i} failed after {i * 7}s" if i % 3 == 0 else "",
+                      "outputs": [{"id": i * 10 + k, "name": f"out {k}", "records_count": i * k} for k in range(i % 3)]})
+    archive.write_jobs([parse_job(s) for s in snaps])
+    engine = archive.engine
+    queries = {"packages": "SELECT account_id, day, package_id, retries, run_seconds FROM daily_package_rollup",
+               "outputs": "SELECT account_id, day, package_id, output_key, jobs, records, completed, completed_records "
+                          "FROM daily_output_rollup",
+               "schedules": "SELECT account_id, day, schedule_id, package_id, runs, retried, retries, recovered, failed "
+                            "FROM daily_schedule_rollup",
+               "errors": "SELECT account_id, day, package_id, error_signature, jobs, first_failed_at, last_failed_at, "
+                         "last_job_id FROM daily_error_rollup",
+               "signatures": "SELECT id, error_signature FROM jobs"}
+
+    def rollups() -> dict[str, list]:
+        with engine.connect() as conn:
+            return {name: sorted((tuple(str(v) for v in row) for row in conn.execute(text(sql))))
+                    for name, sql in queries.items()}
+
+    kept = rollups()
+    assert all(kept.values()) and any(row[5] != "0" for row in kept["schedules"])   # some retried
+    assert {row[3] for row in kept["errors"]} == {"Job <n> failed after <n>s"}
+    database.downgrade(engine, "0009")
+    database.upgrade(engine)
+    assert rollups() == kept
+    archive.close()
+
+
 # -- the schedule runs ----------------------------------------------------------------------------
 def schedule_runs_of(url: str) -> list[tuple]:
     engine = database.make_engine(url)

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import html5lib
 import pytest
-from sqlalchemy import insert, select as sql_select
+from sqlalchemy import insert, select as sql_select, text
 
 from archiver import database
-from archiver.flows.report_html import job_link, signature, write_html_report
+from archiver.errortext import signature
+from archiver.flows.report_html import job_link, write_html_report
 from archiver.models import AlertRow, JobAnomalyRow, JobOutputRow, JobRow, PackageRow, SyncRunRow
 from archiver.textsafe import safe_text
 from tests.clirun import run_cli
 from tests.conftest import required_tool
-from tests.healthrows import Rows, job_row
+from tests.healthrows import Rows, job_row, recount
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 HOSTILE = "<script>alert(1)</script></svg>\"quoted\" 'single' \x1b[31mred\u202eevil"
@@ -58,6 +59,7 @@ def hostile_archive(url: str) -> None:
         rows.jobs(jobs + [retry | {"html_url": JOB_URL.format(200), "errors": ""}])
         with rows.engine.begin() as conn:
             conn.execute(insert(JobOutputRow.__table__), outputs)
+            recount(conn, jobs)   # the outputs' rollup, as a write keeps it
             conn.execute(insert(JobAnomalyRow.__table__), [{
                 "job_id": 139, "kind": "slow", "output_key": "", "package_id": 1, "severity": "warning", "n": 20,
                 "message": HOSTILE, "job_created_at": jobs[-1]["created_at"], "detected_at": NOW}, {
@@ -97,6 +99,7 @@ def wide_archive(url: str, packages: int = 200, days: int = 90) -> None:
         rows.jobs(jobs)
         with rows.engine.begin() as conn:
             conn.execute(insert(JobOutputRow.__table__), outputs)
+            recount(conn, jobs)
             conn.execute(insert(SyncRunRow.__table__), [
                 {"started_at": NOW - timedelta(hours=h), "mode": "incremental", "outcome": "ok", "credits_used": 2}
                 for h in range(1, 24 * days, 6)])
@@ -189,7 +192,7 @@ def test_an_error_signature_masks_numbers_ids_and_quoted_values():
     other = signature("Job 9 failed: table 'customers' timed out after 2s (id 77aa0b9c12, "
                       "request 1c6f8d5e-3c2a-4b1d-9e8f-7a6b5c4d3e2a)")
     assert one == other == "Job <n> failed: table '…' timed out after <n>s (id <id>, request <id>)"
-    assert signature("  ") == signature(None) == "(no error text)"
+    assert signature("  ") is signature(None) is None   # shown as "(no error text)"
 
 
 def test_only_http_job_pages_become_links():
@@ -370,7 +373,7 @@ def test_png_colors_counts_a_blank_page_as_one_color(tmp_path):
 def test_an_empty_archive_gives_a_valid_page_that_says_so(sqlite_url, tmp_path):
     page = write_html_report(sqlite_url, tmp_path / "empty.html", now=NOW).path.read_text(encoding="utf-8")
     document = parse(page)
-    assert "No failures in this period." in page and "No completed jobs in this period." in page
+    assert "No failures in this period." in page and "No finished jobs in this period." in page
     assert {s.get("id") for s in document.iter(f"{XHTML}section")} == set(SECTIONS)
 
 
@@ -378,3 +381,138 @@ def test_package_narrows_the_page_to_matching_packages(sqlite_url, tmp_path):
     wide_archive(sqlite_url, packages=12, days=10)
     page = write_html_report(sqlite_url, tmp_path / "one.html", "30d", package="number 11 ", now=NOW).path.read_text()
     assert "package number 11 to the warehouse" in page and "package number 12 to" not in page
+
+
+# -- the numbers: read from the rollups, equal to the jobs themselves -------------------------------------------
+def test_every_number_read_from_the_rollups_equals_the_jobs_themselves(db_url):
+    """Totals, days, failing packages, runtime quantiles, records per output and retries come from
+    the rollups (whole days) and the jobs (the partial days at both ends of the period and of the
+    one before). After jobs finish, move day or package, change runtime and outputs, every number
+    equals what the jobs themselves give (every write keeps the rollups)."""
+    import random
+    from collections import defaultdict
+
+    from archiver.flows.report import parse_since, percentile
+    from archiver.flows.report_html import QUANTILES, gather, success_cell
+    from archiver.parse import parse_job
+    from archiver.store import Archive
+
+    rnd = random.Random(23)
+    now = datetime(2026, 11, 28, 15, 37, tzinfo=timezone.utc)
+    jobs: dict[int, dict] = {}
+
+    def snap(job_id: int, created: datetime, updated: datetime) -> dict:
+        status = rnd.choice(["completed", "completed", "failed", "stopped", "running"])
+        scheduled = job_id % 3 != 0
+        runtime = rnd.randint(1, 900)
+        ended = {"failed_at": (created + timedelta(seconds=runtime)).isoformat()} if status == "failed" else {}
+        errors = rnd.choice([f"Job {job_id} failed after {runtime}s", f"table 'orders_{job_id % 4}' is locked", ""])
+        return {"id": job_id, "status": status, "package_id": rnd.choice([7, 8, 9]), "created_at": created.isoformat(),
+                "updated_at": updated.isoformat(), "runtime_in_seconds": runtime, **ended,
+                "errors": errors if status == "failed" else "",
+                "attempts": rnd.choice([0, 0, 0, 1, 2]) if scheduled else None,
+                "creator": {"type": "Schedule", "id": 40 + job_id % 2} if scheduled else {"type": "User", "id": 1},
+                "outputs": [{"id": job_id * 10 + k, "name": f"out {k}", "component": {"name": name},
+                             "records_count": rnd.randint(0, 5000)}
+                            for k, name in enumerate(rnd.sample(["dest A", "dest B", "dest C"], rnd.randint(0, 2)))]}
+
+    archive = Archive.open(db_url, account="acme")
+    for job_id in range(1, 601):
+        created = now - timedelta(minutes=rnd.randint(1, 20 * 24 * 60))
+        jobs[job_id] = snap(job_id, created, created)
+    for k in range(12):   # retry chains of schedule 50: a failed first attempt, a retry 10 minutes later
+        first = now - timedelta(days=(11 - k) * 1.5, minutes=20)
+        jobs[1000 + 2 * k] = {**snap(1000 + 2 * k, first, first), "status": "failed", "attempts": 0, "package_id": 7,
+                              "creator": {"type": "Schedule", "id": 50}}
+        jobs[1001 + 2 * k] = {**snap(1001 + 2 * k, first + timedelta(minutes=10), first), "attempts": 1, "package_id": 7,
+                              "creator": {"type": "Schedule", "id": 50}}
+    for start in range(0, len(jobs), 97):
+        archive.write_jobs([parse_job(j) for j in list(jobs.values())[start:start + 97]])
+    later = now + timedelta(hours=1)
+    for job_id in rnd.sample(range(1, 601), 120):   # finish, move day or package, change runtime and outputs
+        jobs[job_id] = snap(job_id, datetime.fromisoformat(jobs[job_id]["created_at"])
+                            - timedelta(hours=rnd.choice([0, 0, 30])), later)
+    archive.write_jobs([parse_job(j) for j in jobs.values() if j["updated_at"] == later.isoformat()])
+
+    period = parse_since("7d", now=now)   # 15:37 seven days back: partial days at both ends
+    with archive.engine.connect() as conn:
+        page = gather(conn, period, None)
+        runs = conn.execute(text("SELECT schedule_id, package_id, scheduled_at, attempts, outcome FROM schedule_runs")).all()
+    archive.close()
+
+    def created(j: dict) -> datetime:
+        return datetime.fromisoformat(j["created_at"])
+
+    def finished(j: dict) -> bool:
+        return j["status"] in ("completed", "failed", "stopped")
+
+    def totals_of(start: datetime, end: datetime) -> dict:
+        inside = [j for j in jobs.values() if start <= created(j) < end]
+        counts = {s: sum(j["status"] == s for j in inside) for s in ("completed", "failed", "stopped")}
+        return {"jobs": len(inside), **counts, "retries": sum((j["attempts"] or 0) > 0 for j in inside),
+                "run_seconds": sum(j["runtime_in_seconds"] for j in inside if finished(j)),
+                "records": sum(o["records_count"] for j in inside for o in j["outputs"]),
+                "finished": sum(counts.values()), "failure_rate": counts["failed"] / sum(counts.values())}
+
+    assert page["totals"] == totals_of(period.start, period.end)
+    assert page["previous"] == totals_of(period.previous.start, period.start)
+
+    inside = [j for j in jobs.values() if period.start <= created(j) < period.end]
+    by_day, by_package_day = defaultdict(lambda: defaultdict(int)), defaultdict(lambda: defaultdict(int))
+    runtimes, records = defaultdict(list), defaultdict(lambda: defaultdict(float))
+    for j in inside:
+        day = created(j).date()
+        for counts in (by_day[day], by_package_day[(j["package_id"], day)]):
+            counts["jobs"] += 1
+            counts["completed"] += j["status"] == "completed"
+            counts["finished"] += finished(j)
+            counts["failed"] += j["status"] == "failed"
+        if finished(j):
+            runtimes[(j["package_id"], day)].append(j["runtime_in_seconds"])
+        if j["status"] == "completed":
+            for o in j["outputs"]:
+                records[(j["package_id"], o["component"]["name"])][day] += o["records_count"]
+    assert page["daily"] == {day: dict(counts) for day, counts in by_day.items()}
+    for row in page["failing"]["rows"]:
+        package_id = int(row["package"].split()[-1])
+        assert row["cells"] == {day: success_cell(dict(counts)) for (p, day), counts in by_package_day.items()
+                                if p == package_id}
+    assert {s["package"] for s in page["runtimes"]["series"]} == {"package 7", "package 8", "package 9"}
+    for series in page["runtimes"]["series"]:
+        package_id = int(series["package"].split()[-1])
+        assert series["days"] == {day: {q: pytest.approx(percentile(values, q)) for q in QUANTILES}
+                                  for (p, day), values in runtimes.items() if p == package_id}
+    assert len(records) == 9 and len(page["records"]["series"]) == 8 and page["records"]["more"] == 1
+    for series in page["records"]["series"]:
+        name, output = series["name"].split(" → ")
+        assert series["days"] == records[(int(name.split()[-1]), output)]
+
+    failures = defaultdict(list)
+    for j in inside:
+        if j["status"] == "failed":
+            failures[signature(j["errors"]) or "(no error text)"].append(j)
+    assert page["signatures"]["failed"] == page["totals"]["failed"] == sum(map(len, failures.values()))
+    assert {row["signature"]: row["jobs"] for row in page["signatures"]["rows"]} == {
+        text: len(found) for text, found in failures.items()}
+    for row in page["signatures"]["rows"]:
+        found = failures[row["signature"]]
+        ends = [datetime.fromisoformat(j.get("failed_at") or j["created_at"]) for j in found]
+        assert (row["first"], row["last"]) == (min(ends), max(ends))
+        assert row["packages"] == sorted({f"package {j['package_id']}" for j in found})
+        assert max(j["id"] for j in found) == row["examples"][0][0] and len(row["examples"]) == 3
+        assert {job_id for job_id, _ in row["examples"]} <= {j["id"] for j in found}
+
+    want = defaultdict(lambda: defaultdict(int))
+    for schedule_id, package_id, scheduled_at, attempts, outcome in runs:
+        moment = scheduled_at if isinstance(scheduled_at, datetime) else datetime.fromisoformat(scheduled_at)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        if period.start <= moment < period.end:
+            counts = want[(schedule_id, package_id)]
+            counts["runs"] += 1
+            counts["retried"] += attempts > 1
+            counts["retries"] += attempts - 1
+            counts["recovered"] += outcome == "recovered_on_retry"
+            counts["failed"] += outcome == "failed"
+    assert page["retries"]["total"] == {k: sum(c[k] for c in want.values())
+                                        for k in ("runs", "retried", "retries", "recovered", "failed")}
+    assert page["retries"]["total"]["retried"] > 0

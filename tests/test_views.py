@@ -192,10 +192,12 @@ def test_parse_since():
 
 
 def test_failures_report_counts_whole_days_and_partial_ends_alike(synced):
-    """Whole days come from the daily rollup, the partial days at both ends from jobs: the sums
-    are the jobs created in the period, whatever the time of day it starts and ends."""
+    """Whole days come from the daily rollups, the partial days at both ends from jobs: the sums
+    are the jobs created in the period, whatever the time of day it starts and ends, and the
+    usual error is the most frequent signature of the package's failures."""
     from datetime import timedelta
 
+    from archiver.errortext import signature
     from archiver.flows.report import Period
     archive, jobs = synced
     period = Period(NOW - timedelta(days=3, hours=5, minutes=7), NOW - timedelta(hours=7))  # history: 4.5 days
@@ -208,7 +210,7 @@ def test_failures_report_counts_whole_days_and_partial_ends_alike(synced):
         counts["finished"] += j["status"] in TERMINAL_STATUSES
         if j["status"] == "failed":
             counts["failed"] += 1
-            texts[j["package_id"]][(j["errors"] or "").strip()[:120] or "(no error text)"] += 1
+            texts[j["package_id"]][(signature(j["errors"]) or "")[:120] or "(no error text)"] += 1
     got = {r["package_id"]: r for r in failures_report(archive.engine, period)}
     assert set(got) == {p for p, c in want.items() if c["failed"]}
     for package_id, row in got.items():

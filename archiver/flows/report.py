@@ -13,16 +13,15 @@ from __future__ import annotations
 import dataclasses
 import re
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import (BigInteger, Date, Double, Engine, Integer, String, Text, and_, case, column, func, or_,
-                        select, table)
+from sqlalchemy import BigInteger, Double, Engine, Integer, String, Text, and_, column, func, select, table
 
 from archiver import database, dialect
 from archiver.errors import ConfigError
-from archiver.fields import TERMINAL_STATUSES
+from archiver.flows.rollups import ERROR_DAYS, PACKAGE_DAYS, interpolate, of_package, runtimes_by_day, tally
 from archiver.sqltypes import UTCDateTime
 
 job_runs = table(
@@ -31,12 +30,6 @@ job_runs = table(
     column("created_at", UTCDateTime), column("ended_at", UTCDateTime), column("run_seconds", BigInteger),
     column("queue_seconds", BigInteger), column("errors", Text), column("attempt", BigInteger),
 )
-job_failures = table(
-    "job_failures", column("job_id", BigInteger), column("package_id", BigInteger),
-    column("package_name", Text), column("failed_at", UTCDateTime), column("errors", Text),
-    column("error_summary", Text), column("attempt", BigInteger),
-)
-
 job_anomalies = table(
     "job_anomalies", column("job_id", BigInteger), column("kind", String), column("output_key", String),
     column("package_id", BigInteger), column("severity", String), column("score", Double),
@@ -91,14 +84,6 @@ def percentile(values: list[float], q: int) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def _package_filter(query, view, package: str | None):
-    if package is None:
-        return query
-    if package.isdigit():
-        return query.where(view.c.package_id == int(package))
-    return query.where(func.lower(view.c.package_name).like(f"%{package.lower()}%"))
-
-
 def _label(row) -> str:
     return row.package_name or (f"package {row.package_id}" if row.package_id is not None else "(no package)")
 
@@ -110,27 +95,7 @@ def jobs_stored(engine: Engine) -> int:
 
 # The reports read job_runs' columns from `jobs` itself, with the view's definitions: SQLite does
 # not drop the view's unused joins, and a report's counts need no names (fetched once, below).
-runs = table(
-    "jobs", column("id", BigInteger), column("package_id", BigInteger), column("status", String),
-    column("created_at", UTCDateTime), column("ended_at", UTCDateTime), column("runtime_in_seconds", BigInteger),
-    column("errors", Text),
-)
-rollup = table(
-    "daily_package_rollup", column("day", Date), column("package_id", BigInteger), column("jobs", BigInteger),
-    column("completed", BigInteger), column("failed", BigInteger), column("stopped", BigInteger),
-    column("runtimes", Text),
-)
-IS_TERMINAL = runs.c.status.in_(sorted(TERMINAL_STATUSES))   # job_runs.is_terminal = 1
-
-
-def _of_package(query, package_id, package: str | None):
-    """job_runs' package filter (an id, or part of the name, any case) on a package id column."""
-    if package is None:
-        return query
-    if package.isdigit():
-        return query.where(package_id == int(package))
-    named = select(packages.c.id).where(func.lower(packages.c.name).like(f"%{package.lower()}%"))
-    return query.where(package_id.in_(named))
+runs = table("jobs", column("package_id", BigInteger), column("status", String), column("created_at", UTCDateTime))
 
 
 def _labels(conn, ids) -> dict[Any, str]:
@@ -151,116 +116,67 @@ def status_report(engine: Engine, period: Period, package: str | None = None,
              .group_by(runs.c.status))
     with engine.connect() as conn:
         dialect.report_session(conn)
-        rows = conn.execute(_of_package(query, runs.c.package_id, package)).all()
+        rows = conn.execute(of_package(query, runs.c.package_id, package)).all()
     total = sum(r.jobs for r in rows) or 1
     result = [{"status": r.status, "jobs": r.jobs, "share": round(r.jobs / total, 4)}
               for r in sorted(rows, key=lambda r: (-r.jobs, r.status or ""))]
     return result[:limit] if limit else result
 
 
-def _whole_days(period: Period) -> tuple[date, date, list[tuple[datetime, datetime]]]:
-    """The UTC days wholly inside the period [first, last), and the partial spans at its ends."""
-    first = period.start.date() + timedelta(days=0 if period.start.timetz() == time(tzinfo=timezone.utc) else 1)
-    last = period.end.date()
-    if first >= last:
-        return first, first, [(period.start, period.end)]
-    def midnight(day: date) -> datetime:
-        return datetime.combine(day, time(), timezone.utc)
-    return first, last, [(period.start, midnight(first)), (midnight(last), period.end)]
-
-
-def _package_totals(conn, period: Period, package: str | None) -> dict[Any, list[int]]:
-    """{package_id: [jobs, finished, failed]} created in the period: whole days from
-    daily_package_rollup (kept by every write), the partial days at the ends from jobs."""
-    first, last, edges = _whole_days(period)
-    totals: dict[Any, list[int]] = defaultdict(lambda: [0, 0, 0])
-    r = rollup.c
-    whole = (select(r.package_id, func.sum(r.jobs), func.sum(r.completed + r.failed + r.stopped), func.sum(r.failed))
-             .where(r.day >= first, r.day < last).group_by(r.package_id))
-    is_failed = runs.c.status == "failed"
-    partial = (select(runs.c.package_id, func.count(), func.sum(case((IS_TERMINAL, 1), else_=0)),
-                      func.sum(case((is_failed, 1), else_=0)))
-               .where(or_(*[_created_in(a, b) for a, b in edges])).group_by(runs.c.package_id))
-    for query, package_id in ((whole, r.package_id), (partial, runs.c.package_id)):
-        if query is whole and first >= last:
-            continue
-        for key, jobs_, finished, failed in conn.execute(_of_package(query, package_id, package)):
-            sums = totals[key]
-            sums[0], sums[1], sums[2] = sums[0] + int(jobs_), sums[1] + int(finished or 0), sums[2] + int(failed or 0)
-    return totals
-
-
 def failures_report(engine: Engine, period: Period, package: str | None = None,
                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Per package: jobs, failed, failure rate (of finished jobs), last failure and its usual error.
-
-    Aggregated in SQL: counts per package (the daily rollup for whole days), and the failed jobs
-    per package and distinct error text (ix_jobs_status_created_at); the texts are normalised
-    and counted here, since trimming differs between databases."""
-    texts = (select(runs.c.package_id, runs.c.errors, func.count().label("n"), func.max(runs.c.ended_at).label("last"))
-             .where(runs.c.status == "failed", _created_in(period.start, period.end))
-             .group_by(runs.c.package_id, runs.c.errors))
-    errors: dict[Any, Counter] = defaultdict(Counter)
-    last_failed: dict[Any, datetime | None] = {}
+    """Per package: jobs, failed, failure rate (of finished jobs), last failure and its usual error
+    (the most frequent jobs.error_signature: texts that differ only in numbers, ids or quoted
+    values count as one). All from the daily rollups for whole days and from jobs for the
+    partial days at the ends (flows/rollups.py): one row per package, day and signature at most."""
     with engine.connect() as conn:
         dialect.report_session(conn)
-        totals = _package_totals(conn, period, package)
-        for row in conn.execute(_of_package(texts, runs.c.package_id, package)):
-            errors[row.package_id][_error_text(row.errors)] += row.n
-            before = last_failed.get(row.package_id)
-            last_failed[row.package_id] = row.last if before is None or (row.last and row.last > before) else before
-        labels = _labels(conn, [key for key, t in totals.items() if t[2]])
+        totals = tally(conn, PACKAGE_DAYS, period.start, period.end, ("package_id",), ("jobs", "finished", "failed"),
+                       package)
+        causes = tally(conn, ERROR_DAYS, period.start, period.end, ("package_id", "signature"), ("jobs", "last"),
+                       package)
+        labels = _labels(conn, [key for (key,), t in totals.items() if t["failed"]])
+    errors: dict[Any, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    last_failed: dict[Any, datetime] = {}
+    for (key, text), found in causes.items():
+        errors[key][_error_text(text)] += found["jobs"]
+        if found["last"] is not None and (key not in last_failed or found["last"] > last_failed[key]):
+            last_failed[key] = found["last"]
     rows = []
-    for key, (jobs_, finished, failed) in totals.items():
+    for (key,), t in totals.items():
+        jobs_, finished, failed = t["jobs"], t["finished"], t["failed"]
         if not failed:
             continue
+        usual = min(errors[key].items(), key=lambda item: (-item[1], item[0]))[0] if errors[key] else NO_ERROR_TEXT
         rows.append({"package_id": key, "package": labels[key], "jobs": jobs_, "finished": finished, "failed": failed,
                      "last_failed_at": last_failed.get(key),
-                     "failure_rate": round(failed / finished, 4) if finished else None,
-                     "top_error": errors[key].most_common(1)[0][0]})
+                     "failure_rate": round(failed / finished, 4) if finished else None, "top_error": usual})
     rows.sort(key=lambda s: (-s["failed"], -(s["failure_rate"] or 0), s["package"]))
     return rows[:limit] if limit else rows
 
 
-def _error_text(errors: str | None) -> str:
-    return (errors or "").strip()[:120] or "(no error text)"
+NO_ERROR_TEXT = "(no error text)"
+
+
+def _error_text(signature: str | None) -> str:
+    return (signature or "")[:120] or NO_ERROR_TEXT
 
 
 def _runtime_percentiles(conn, period: Period, package: str | None) -> dict[tuple, dict[str, Any]]:
     """{(package_id, bucket): {n, p50, p95, max}} of finished runs; bucket 1: in the period,
-    0: in the one before. The runtimes of whole days come from daily_package_rollup.runtimes
-    (kept by every write), those of the partial days at the ends from jobs, merged
-    here: a year of a million jobs is 25,000 short texts, where sorting the jobs' runtimes per
-    package in SQL took seconds. Percentiles interpolate linearly between the closest ranks
+    0: in the one before. The runtimes come from the daily rollup for whole days (a year of a
+    million jobs is 25,000 short texts, where sorting the jobs' runtimes per package in SQL took
+    seconds) and are merged here. Percentiles interpolate linearly between the closest ranks
     (what percentile() and PostgreSQL's percentile_cont compute)."""
     values: dict[tuple, list[int]] = defaultdict(list)
-    r = rollup.c
     for bucket, span in ((1, period), (0, period.previous)):
-        first, last, edges = _whole_days(span)
-        if first < last:
-            whole = select(r.package_id, r.runtimes).where(r.day >= first, r.day < last, r.runtimes.is_not(None))
-            for key, runtimes in conn.execute(_of_package(whole, r.package_id, package)):
-                if runtimes:
-                    values[(key, bucket)].extend(map(int, runtimes.split(",")))
-        partial = select(runs.c.package_id, runs.c.runtime_in_seconds).where(
-            IS_TERMINAL, runs.c.runtime_in_seconds.is_not(None), or_(*[_created_in(a, b) for a, b in edges]))
-        for key, runtime in conn.execute(_of_package(partial, runs.c.package_id, package)):
-            values[(key, bucket)].append(runtime)
+        for (key, _), runtimes in runtimes_by_day(conn, span.start, span.end, package).items():
+            values[(key, bucket)].extend(runtimes)
     groups: dict[tuple, dict[str, Any]] = {}
     for key, found in values.items():
         found.sort()
-        n = len(found)
-        groups[key] = {"n": n, "p50": _interpolate(found, n, 50), "p95": _interpolate(found, n, 95),
-                       "max": found[-1]}
+        groups[key] = {"n": len(found), "p50": interpolate(found, 50), "p95": interpolate(found, 95), "max": found[-1]}
     return groups
-
-
-def _interpolate(ranked: list[int], n: int, q: int) -> float:
-    """statistics.quantiles(method="inclusive")'s q-th percentile from the two ranks it reads."""
-    if n == 1:
-        return ranked[0]
-    j, delta = divmod((n - 1) * q, 100)
-    return (ranked[j] * (100 - delta) + ranked[j + 1] * delta) / 100
 
 
 def runtimes_report(engine: Engine, period: Period, package: str | None = None,

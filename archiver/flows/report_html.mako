@@ -139,7 +139,7 @@ ${charts.legend(charts.RATE_LEGEND)}
 
 <section id="runtimes" aria-labelledby="h-runtimes">
 <h2 id="h-runtimes">Runtime per package</h2>
-<p class="note">Completed jobs per day: the median (p50, line) inside the p5–p95 band (shaded); ◆ marks a run the archiver judged slow (job_anomalies).${f" The {len(runtimes['series'])} packages with the most runs are shown; {runtimes['more']} more are not." if runtimes["more"] else ""}</p>
+<p class="note">Finished jobs (completed, failed or stopped: the runs <code>archiver report runtimes</code> ranks) per day: the median (p50, line) inside the p5–p95 band (shaded); ◆ marks a run the archiver judged slow (job_anomalies).${f" The {len(runtimes['series'])} packages with the most runs are shown; {runtimes['more']} more are not." if runtimes["more"] else ""}</p>
 % for s in runtimes["series"]:
 <h3>${s["package"]} <span class="muted">(${num(s["runs"])} runs)</span></h3>
 ${charts.line_band(f"Daily runtime of {s['package']}: p50 line, p5 to p95 band", days,
@@ -160,7 +160,7 @@ ${charts.line_band(f"Daily runtime of {s['package']}: p50 line, p5 to p95 band",
 </tbody></table></details>
 % endfor
 % if not runtimes["series"]:
-<p>No completed jobs in this period.</p>
+<p>No finished jobs in this period.</p>
 % endif
 </section>
 

@@ -1,8 +1,10 @@
 """`archiver report html`: one self-contained HTML file with the health board, totals, trends and
 failures of a period, readable offline, printable and attachable to an email.
 
-The database does the counting (GROUP BY day and package, percentiles by window-function ranks
-as in flows/metrics.py); Python only shapes the few hundred aggregate rows. Per-package charts
+Every section reads the daily rollups every write keeps (flows/rollups.py: whole days from
+daily_package_rollup, daily_output_rollup, daily_error_rollup and daily_schedule_rollup, the
+partial days at the period's ends from the jobs themselves), so a year of a million jobs is tens
+of thousands of rows; Python only shapes the aggregates. Per-package charts
 are capped (TOP_PACKAGES and friends) so 200 packages over 90 days stay well under 1.5 MB; the
 report says how many it left out. The page is rendered by Mako (already installed with Alembic)
 with every expression HTML-escaped by default (charts.shown), because job errors and names come
@@ -20,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from mako.template import Template
-from sqlalchemy import (BigInteger, Connection, Date, Engine, Integer, String, Text, and_, case, cast, column,
-                        func, literal_column, or_, select, table)
+from sqlalchemy import (BigInteger, Connection, Engine, String, Text, and_, case, column, func, or_, select,
+                        table)
 
-from archiver import database
-from archiver.flows import charts
+from archiver import database, dialect
+from archiver.flows import charts, rollups
 from archiver.flows.checkconfig import load_config
 from archiver.flows.health import Board, evaluate
-from archiver.flows.metrics import interpolate
-from archiver.flows.report import Period, _package_filter, parse_since
-from archiver.models import JobOutputRow, JobRow, SyncRunRow
+from archiver.flows.report import Period, parse_since
+from archiver.models import JobRow, SyncRunRow
 from archiver.sqltypes import UTCDateTime
 from archiver.utc import utcnow
 
@@ -43,25 +44,11 @@ TOP_SCHEDULES = 20
 LAST_SYNCS = 15
 QUANTILES = (5, 50, 95)
 
-job_runs = table(
-    "job_runs", column("job_id", BigInteger), column("package_id", BigInteger), column("package_name", Text),
-    column("status", String), column("is_terminal", Integer), column("created_at", UTCDateTime),
-    column("run_seconds", BigInteger), column("day", Date), column("attempt", BigInteger),
-)
-job_failures = table(
-    "job_failures", column("job_id", BigInteger), column("package_id", BigInteger), column("package_name", Text),
-    column("failed_at", UTCDateTime), column("errors", Text),
-)
-schedule_attempts = table(
-    "schedule_attempts", column("schedule_id", BigInteger), column("schedule_name", Text),
-    column("package_id", BigInteger), column("package_name", Text), column("scheduled_at", UTCDateTime),
-    column("attempts", BigInteger), column("outcome", String), column("last_job_id", BigInteger),
-)
 job_anomalies = table(
     "job_anomalies", column("job_id", BigInteger), column("kind", String), column("output_key", String),
     column("package_id", BigInteger), column("message", Text), column("job_created_at", UTCDateTime),
 )
-jobs, outputs, sync_runs = JobRow.__table__, JobOutputRow.__table__, SyncRunRow.__table__
+jobs, sync_runs = JobRow.__table__, SyncRunRow.__table__
 
 
 @dataclasses.dataclass
@@ -101,13 +88,16 @@ def render(engine: Engine, period: Period, package: str | None, now: datetime, s
 
 
 def gather(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
+    dialect.report_session(conn)
     by_day = daily(conn, period, package)
     days = drawn_days(period, by_day)
+    per_package = package_sums(conn, period, package)
     return {"days": days, "totals": totals(conn, period, package),
             "previous": totals(conn, period.previous, package), "daily": by_day,
-            "failing": failing_packages(conn, period, package), "runtimes": runtimes(conn, period, package),
-            "records": records(conn, period, package), "signatures": signatures(conn, period, package),
-            "retries": retries(conn, period, package), "syncs": syncs(conn, period)}
+            "failing": failing_packages(conn, period, package, per_package),
+            "runtimes": runtimes(conn, period, per_package), "records": records(conn, period, package),
+            "signatures": signatures(conn, period, package), "retries": retries(conn, period, package),
+            "syncs": syncs(conn, period)}
 
 
 def days_of(period: Period) -> list[date]:
@@ -134,37 +124,33 @@ def share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
+def sums(conn: Connection, source: rollups.Source, period: Period, by: tuple[str, ...], measures: tuple[str, ...],
+         package: str | None = None, only: dict[str, list] | None = None) -> dict[tuple, dict[str, Any]]:
+    """The period's jobs (or scheduled runs) counted from the rollups (whole days) and
+    themselves (the partial days)."""
+    return rollups.tally(conn, source, period.start, period.end, by, measures, package, only)
+
+
 # -- totals ---------------------------------------------------------------------------------------------
+TOTALS = ("jobs", "completed", "failed", "stopped", "retries", "run_seconds")
+
+
 def totals(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
-    r = job_runs.c
-    query = _package_filter(select(func.count().label("jobs"), count_if(r.status == "completed").label("completed"),
-                                   count_if(r.status == "failed").label("failed"),
-                                   count_if(r.status == "stopped").label("stopped"),
-                                   count_if(r.attempt > 0).label("retries"),
-                                   func.sum(case((r.is_terminal == 1, r.run_seconds), else_=0)).label("run_seconds"))
-                            .where(in_period(r.created_at, period)), job_runs, package)
-    row = conn.execute(query).one()
-    written = select(func.sum(outputs.c.records_count)).select_from(outputs.join(jobs, jobs.c.id == outputs.c.job_id))
-    written = written.where(in_period(jobs.c.created_at, period))
-    if package is not None:
-        written = written.where(jobs.c.package_id.in_(_package_filter(select(job_runs.c.package_id), job_runs, package)))
-    values = {key: int(getattr(row, key) or 0) for key in ("jobs", "completed", "failed", "stopped", "retries",
-                                                          "run_seconds")}
-    values["records"] = int(conn.execute(written).scalar() or 0)
+    values = sums(conn, rollups.PACKAGE_DAYS, period, (), TOTALS, package).get((), dict.fromkeys(TOTALS, 0))
+    written = sums(conn, rollups.OUTPUT_DAYS, period, (), ("records",), package).get((), {"records": 0})
+    values = {**values, "records": written["records"]}
     values["finished"] = values["completed"] + values["failed"] + values["stopped"]
     values["failure_rate"] = share(values["failed"], values["finished"])
     return values
 
 
 # -- per day, per package -----------------------------------------------------------------------------------
+DAY_COUNTS = ("jobs", "completed", "finished", "failed")
+
+
 def daily(conn: Connection, period: Period, package: str | None) -> dict[date, dict[str, int]]:
-    r = job_runs.c
-    query = _package_filter(select(r.day, func.count().label("jobs"), count_if(r.status == "completed").label("completed"),
-                                   count_if(r.is_terminal == 1).label("finished"),
-                                   count_if(r.status == "failed").label("failed"))
-                            .where(in_period(r.created_at, period)).group_by(r.day), job_runs, package)
-    return {row.day: {"jobs": row.jobs, "completed": int(row.completed), "finished": int(row.finished),
-                      "failed": int(row.failed)} for row in conn.execute(query) if row.day is not None}
+    found = sums(conn, rollups.PACKAGE_DAYS, period, ("day",), DAY_COUNTS, package)
+    return {day: counts for (day,), counts in found.items() if day is not None}
 
 
 def success_cell(stats: dict[str, int]) -> tuple[float | None, str]:
@@ -173,29 +159,28 @@ def success_cell(stats: dict[str, int]) -> tuple[float | None, str]:
     return rate, f"{stats['jobs']} jobs, {stats['failed']} failed, {shown_rate}"
 
 
-def failing_packages(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
+def package_sums(conn: Connection, period: Period, package: str | None) -> dict[Any, dict[str, int]]:
+    """{package_id: jobs, finished, failed} of the period."""
+    found = sums(conn, rollups.PACKAGE_DAYS, period, ("package_id",), ("jobs", "finished", "failed"), package)
+    return {package_id: counts for (package_id,), counts in found.items()}
+
+
+def failing_packages(conn: Connection, period: Period, package: str | None,
+                     per_package: dict[Any, dict[str, int]]) -> dict[str, Any]:
     """The packages with the most failures, with their success share per day."""
-    r = job_runs.c
-    per_package = _package_filter(select(r.package_id, func.max(r.package_name).label("name"),
-                                         func.count().label("jobs"), count_if(r.is_terminal == 1).label("finished"),
-                                         count_if(r.status == "failed").label("failed"))
-                                  .where(in_period(r.created_at, period)).group_by(r.package_id), job_runs, package)
-    ranked = sorted(conn.execute(per_package), key=lambda p: (-int(p.failed), -p.jobs, p.package_id or 0))
-    failing = [p for p in ranked if p.failed]
+    ranked = sorted(per_package.items(), key=lambda p: (-p[1]["failed"], -p[1]["jobs"], p[0] or 0))
+    failing = [(key, counts) for key, counts in ranked if counts["failed"]]
     top = failing[:TOP_FAILING]
-    ids = [p.package_id for p in top if p.package_id is not None]
+    ids = [key for key, _ in top if key is not None]
     cells: dict[Any, dict[date, tuple]] = defaultdict(dict)
     if ids:
-        query = (select(r.package_id, r.day, func.count().label("jobs"), count_if(r.status == "completed").label("completed"),
-                        count_if(r.is_terminal == 1).label("finished"), count_if(r.status == "failed").label("failed"))
-                 .where(in_period(r.created_at, period), r.package_id.in_(ids)).group_by(r.package_id, r.day))
-        for row in conn.execute(query):
-            stats = {"jobs": row.jobs, "completed": int(row.completed), "finished": int(row.finished),
-                     "failed": int(row.failed)}
-            cells[row.package_id][row.day] = success_cell(stats)
-    rows = [{"package": label(p.name, p.package_id), "jobs": p.jobs, "failed": int(p.failed),
-             "failure_rate": share(int(p.failed), int(p.finished)), "cells": cells.get(p.package_id, {})}
-            for p in top]
+        for (package_id, day), stats in sums(conn, rollups.PACKAGE_DAYS, period, ("package_id", "day"), DAY_COUNTS,
+                                              only={"package_id": ids}).items():
+            cells[package_id][day] = success_cell(stats)
+    names = package_names(conn, {key for key, _ in top})
+    rows = [{"package": label(names.get(key), key), "jobs": counts["jobs"], "failed": counts["failed"],
+             "failure_rate": share(counts["failed"], counts["finished"]), "cells": cells.get(key, {})}
+            for key, counts in top]
     return {"rows": rows, "more": len(failing) - len(top), "packages": len(ranked)}
 
 
@@ -203,44 +188,25 @@ def label(name: str | None, package_id: int | None) -> str:
     return name or (f"package {package_id}" if package_id is not None else "(no package)")
 
 
-# -- runtimes: p5 / p50 / p95 per package and day, ranked in SQL ------------------------------------------------
-def runtimes(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
-    r = job_runs.c
-    finished = [r.status == "completed", r.run_seconds.is_not(None), r.package_id.is_not(None),
-                in_period(r.created_at, period)]
-    busiest = _package_filter(select(r.package_id, func.max(r.package_name).label("name"), func.count().label("runs"))
-                              .where(*finished).group_by(r.package_id), job_runs, package)
-    ranked = sorted(conn.execute(busiest), key=lambda p: (-p.runs, p.package_id))
+# -- runtimes: p5 / p50 / p95 per package and day ---------------------------------------------------------------
+def runtimes(conn: Connection, period: Period, per_package: dict[Any, dict[str, int]]) -> dict[str, Any]:
+    """The packages with the most finished runs (the runs `report runtimes` ranks), with the
+    quantiles of each day's runtimes (whole days from the rollup's runtimes)."""
+    ranked = sorted(((key, counts["finished"]) for key, counts in per_package.items()
+                     if key is not None and counts["finished"]), key=lambda p: (-p[1], p[0]))
     top = ranked[:TOP_PACKAGES]
-    ids = [p.package_id for p in top]
-    quantiles = daily_quantiles(conn, finished + [r.package_id.in_(ids)]) if ids else {}
+    ids = [key for key, _ in top]
+    quantiles: dict[Any, dict[date, dict[int, float]]] = defaultdict(dict)
+    if ids:
+        for (package_id, day), found in rollups.runtimes_by_day(conn, period.start, period.end,
+                                                                package_ids=ids).items():
+            found.sort()
+            quantiles[package_id][day] = {q: rollups.interpolate(found, q) for q in QUANTILES}
     marks = slow_marks(conn, period, ids)
-    series = [{"package": label(p.name, p.package_id), "runs": p.runs,
-               "days": quantiles.get(p.package_id, {}), "marks": marks.get(p.package_id, [])} for p in top]
+    names = package_names(conn, set(ids))
+    series = [{"package": label(names.get(key), key), "runs": runs, "days": quantiles.get(key, {}),
+               "marks": marks.get(key, [])} for key, runs in top]
     return {"series": series, "more": len(ranked) - len(top)}
-
-
-def daily_quantiles(conn: Connection, where: list) -> dict[int, dict[date, dict[int, float]]]:
-    """{package: {day: {q: seconds}}}: the database numbers each package-day's runtimes and
-    returns only the neighbours of each quantile's position (metrics.interpolate does the rest)."""
-    r = job_runs.c
-    partition = [r.package_id, r.day]
-    inner = (select(r.package_id, r.day, r.run_seconds.label("seconds"),
-                    func.row_number().over(partition_by=partition, order_by=r.run_seconds).label("ordinal"),
-                    func.count().over(partition_by=partition).label("n"))
-             .where(*where).subquery())
-    below = [(inner.c.n - 1) * q // 100 + 1 for q in QUANTILES]
-    wanted = or_(*(inner.c.ordinal == b for b in below), *(inner.c.ordinal == b + 1 for b in below))
-    by_rank: dict[tuple, dict[int, int]] = defaultdict(dict)
-    counts: dict[tuple, int] = {}
-    for package_id, day, ordinal, n, seconds in conn.execute(
-            select(inner.c.package_id, inner.c.day, inner.c.ordinal, inner.c.n, inner.c.seconds).where(wanted)):
-        by_rank[(package_id, day)][ordinal] = seconds
-        counts[(package_id, day)] = n
-    result: dict[int, dict[date, dict[int, float]]] = defaultdict(dict)
-    for (package_id, day), ranks in by_rank.items():
-        result[package_id][day] = {q: interpolate(ranks, counts[(package_id, day)], q) for q in QUANTILES}
-    return result
 
 
 def slow_marks(conn: Connection, period: Period, package_ids: list[int]) -> dict[int, list[tuple]]:
@@ -260,38 +226,27 @@ def slow_marks(conn: Connection, period: Period, package_ids: list[int]) -> dict
 
 
 # -- records per output ---------------------------------------------------------------------------------------
-def output_key():
-    """As docs/anomalies.md keys an output: component name, else name, else `output <id>`."""
-    return func.coalesce(outputs.c.component_name, outputs.c.name,
-                         literal_column("'output '") + cast(outputs.c.id, String))
-
-
 def records(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
-    key = output_key()
-    base = (select(jobs.c.package_id, key.label("output"), jobs.c.run_date.label("day"),
-                   outputs.c.records_count.label("records"))
-            .select_from(outputs.join(jobs, jobs.c.id == outputs.c.job_id))
-            .where(in_period(jobs.c.created_at, period), jobs.c.status == "completed"))
-    if package is not None:
-        base = base.where(jobs.c.package_id.in_(_package_filter(select(job_runs.c.package_id), job_runs, package)))
-    rows = base.subquery()
-    per_output = (select(rows.c.package_id, rows.c.output, func.count().label("runs"),
-                         func.sum(rows.c.records).label("records"))
-                  .group_by(rows.c.package_id, rows.c.output))
-    ranked = sorted(conn.execute(per_output), key=lambda o: (-o.runs, -int(o.records or 0), o.package_id or 0, o.output))
+    """The outputs completed jobs wrote to most often, with the records of each day."""
+    measures = ("completed", "completed_records")
+    per_output = sums(conn, rollups.OUTPUT_DAYS, period, ("package_id", "output"), measures, package)
+    ranked = sorted(((key, counts) for key, counts in per_output.items() if counts["completed"]),
+                    key=lambda o: (-o[1]["completed"], -o[1]["completed_records"], o[0][0] or 0, o[0][1]))
     top = ranked[:TOP_OUTPUTS]
-    names = package_names(conn, {o.package_id for o in top})
-    wanted = {(o.package_id, o.output) for o in top}
-    per_day = (select(rows.c.package_id, rows.c.output, rows.c.day, func.sum(rows.c.records).label("records"))
-               .where(rows.c.package_id.in_(list({p for p, _ in wanted})))   # not by output: MySQL collations differ
-               .group_by(rows.c.package_id, rows.c.output, rows.c.day))
+    names = package_names(conn, {package_id for (package_id, _), _ in top})
+    wanted = {key for key, _ in top}
     values: dict[tuple, dict[date, float]] = defaultdict(dict)
-    for row in conn.execute(per_day) if top else ():
-        if (row.package_id, row.output) in wanted:
-            values[(row.package_id, row.output)][row.day] = float(row.records or 0)
-    marks = volume_marks(conn, period, [(o.package_id, o.output) for o in top], values)
-    series = [{"name": f"{label(names.get(o.package_id), o.package_id)} → {o.output}", "runs": o.runs,
-               "records": int(o.records or 0), "days": values.get((o.package_id, o.output), {})} for o in top]
+    if top:   # by package, not by output: MySQL collations differ
+        ids = list({package_id for package_id, _ in wanted})
+        per_day = sums(conn, rollups.OUTPUT_DAYS, period, ("package_id", "output", "day"), measures,
+                       only={"package_id": ids})
+        for (package_id, output, day), counts in per_day.items():
+            if (package_id, output) in wanted and counts["completed"]:
+                values[(package_id, output)][day] = float(counts["completed_records"])
+    marks = volume_marks(conn, period, [key for key, _ in top], values)
+    series = [{"name": f"{label(names.get(package_id), package_id)} → {output}", "runs": counts["completed"],
+               "records": counts["completed_records"], "days": values.get((package_id, output), {})}
+              for (package_id, output), counts in top]
     return {"series": series, "marks": marks, "more": len(ranked) - len(top)}
 
 
@@ -317,48 +272,41 @@ def volume_marks(conn: Connection, period: Period, keys: list[tuple], values: di
 
 
 # -- failures by error signature --------------------------------------------------------------------------------
-MASKS = (
-    (re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`"), "'…'"),
-    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<id>"),
-    (re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.I), "<id>"),
-    (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
-    (re.compile(r"\s+"), " "),
-)
-
-
-def signature(errors: str | None) -> str:
-    """An error text with what varies from job to job masked: quoted values, ids, numbers."""
-    text = (errors or "").strip()
-    for pattern, mask in MASKS:
-        text = pattern.sub(mask, text)
-    return text[:300] or "(no error text)"
+NO_TEXT = "(no error text)"
 
 
 def signatures(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
-    """The database groups the failures by their exact text; Python merges texts of one signature."""
-    f = job_failures.c
-    query = _package_filter(select(f.errors, f.package_id, func.max(f.package_name).label("name"),
-                                   func.count().label("jobs"), func.min(f.failed_at).label("first"),
-                                   func.max(f.failed_at).label("last"), func.max(f.job_id).label("example"))
-                            .where(in_period(f.failed_at, period)).group_by(f.errors, f.package_id),
-                            job_failures, package)
-    merged: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(query):
-        s = merged.setdefault(signature(row.errors), {"signature": signature(row.errors), "jobs": 0, "first": row.first,
-                                                      "last": row.last, "packages": set(), "examples": []})
-        s["jobs"] += row.jobs
-        s["first"], s["last"] = min(s["first"], row.first), max(s["last"], row.last)
-        s["packages"].add(label(row.name, row.package_id))
-        s["examples"].append(row.example)
-    ranked = sorted(merged.values(), key=lambda s: (-s["jobs"], s["signature"]))
-    top = ranked[:TOP_SIGNATURES]
-    for s in top:
-        s["examples"] = sorted(s["examples"], reverse=True)[:EXAMPLES]
-        s["packages"] = sorted(s["packages"])
-    urls = job_urls(conn, [j for s in top for j in s["examples"]])
-    for s in top:
-        s["examples"] = [(j, urls.get(j)) for j in s["examples"]]
-    return {"rows": top, "more": len(ranked) - len(top), "failed": sum(s["jobs"] for s in ranked)}
+    """The failed jobs of the period by error signature (jobs.error_signature, counted per day
+    by daily_error_rollup); example jobs: the newest of each package and day."""
+    measures = ("jobs", "first", "last")
+    per_package = sums(conn, rollups.ERROR_DAYS, period, ("signature", "package_id"), measures, package)
+    merged: dict[str | None, dict[str, Any]] = {}
+    for (text, package_id), counts in per_package.items():
+        s = merged.setdefault(text, {"signature": text or NO_TEXT, "jobs": 0, "first": counts["first"],
+                                     "last": counts["last"], "packages": set()})
+        s["jobs"] += counts["jobs"]
+        s["first"], s["last"] = min(s["first"], counts["first"]), max(s["last"], counts["last"])
+        s["packages"].add(package_id)
+    ranked = sorted(merged.items(), key=lambda item: (-item[1]["jobs"], item[1]["signature"]))
+    top = dict(ranked[:TOP_SIGNATURES])
+    names = package_names(conn, {p for s in top.values() for p in s["packages"]})
+    examples = newest_failures(conn, period, package, list(top)) if top else {}
+    urls = job_urls(conn, [j for ids in examples.values() for j in ids])
+    for text, s in top.items():
+        s["packages"] = sorted(label(names.get(p), p) for p in s["packages"])
+        s["examples"] = [(j, urls.get(j)) for j in examples.get(text, [])]
+    return {"rows": list(top.values()), "more": len(ranked) - len(top), "failed": sum(s["jobs"] for s in merged.values())}
+
+
+def newest_failures(conn: Connection, period: Period, package: str | None,
+                    texts: list[str | None]) -> dict[str | None, list[int]]:
+    """Up to EXAMPLES job ids of each of these signatures (None: no error text): the newest
+    failed job of each package and day, newest first."""
+    found: dict[str | None, list[int]] = defaultdict(list)
+    for (text, _, _), counts in sums(conn, rollups.ERROR_DAYS, period, ("signature", "package_id", "day"),
+                                     ("example",), package, {"signature": texts}).items():
+        found[text].append(counts["example"])
+    return {text: sorted(ids, reverse=True)[:EXAMPLES] for text, ids in found.items()}
 
 
 def job_urls(conn: Connection, ids: list[int]) -> dict[int, str | None]:
@@ -374,34 +322,30 @@ def job_link(url: str | None) -> str | None:
 
 # -- retries, syncs -------------------------------------------------------------------------------------------
 def retries(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
-    s = schedule_attempts.c
-    query = _package_filter(select(s.schedule_id, func.max(s.schedule_name).label("schedule"), s.package_id,
-                                   func.max(s.package_name).label("name"), func.count().label("runs"),
-                                   count_if(s.attempts > 1).label("retried"),
-                                   func.sum(s.attempts - 1).label("retries"),
-                                   count_if(s.outcome == "recovered_on_retry").label("recovered"),
-                                   count_if(s.outcome == "failed").label("failed"))
-                            .where(in_period(s.scheduled_at, period)).group_by(s.schedule_id, s.package_id),
-                            schedule_attempts, package)
-    rows = [{"schedule": r.schedule or f"schedule {r.schedule_id}", "package": label(r.name, r.package_id),
-             "runs": r.runs, "retried": int(r.retried), "retries": int(r.retries or 0),
-             "recovered": int(r.recovered), "failed": int(r.failed)} for r in conn.execute(query)]
-    total = {key: sum(r[key] for r in rows) for key in ("runs", "retried", "retries", "recovered", "failed")}
+    """Per schedule and package: its scheduled runs of the period and their retries."""
+    measures = ("runs", "retried", "retries", "recovered", "failed")
+    found = sums(conn, rollups.SCHEDULE_DAYS, period, ("schedule_id", "package_id"), measures, package)
+    schedules, packages = schedule_names(conn, {s for s, _ in found}), package_names(conn, {p for _, p in found})
+    rows = [{"schedule": schedules.get(schedule_id) or f"schedule {schedule_id}",
+             "package": label(packages.get(package_id), package_id), **counts}
+            for (schedule_id, package_id), counts in found.items()]
+    total = {key: sum(r[key] for r in rows) for key in measures}
     shown_rows = sorted((r for r in rows if r["retried"] or r["failed"]),
                         key=lambda r: (-r["recovered"], -r["failed"], r["schedule"], r["package"]))
     return {"rows": shown_rows[:TOP_SCHEDULES], "more": max(len(shown_rows) - TOP_SCHEDULES, 0), "total": total}
 
 
-def utc_day(conn: Connection, col):
-    """The UTC calendar day of a timestamp (PostgreSQL's would be the session's zone)."""
-    if conn.dialect.name == "postgresql":
-        return cast(func.timezone(literal_column("'UTC'"), col), Date)
-    return func.date(col, type_=Date)
+def schedule_names(conn: Connection, ids: set) -> dict[int, str]:
+    known = sorted(i for i in ids if i is not None)
+    if not known:
+        return {}
+    c = table("creators", column("type", String), column("id", BigInteger), column("display_name", Text))
+    return dict(conn.execute(select(c.c.id, c.c.display_name).where(c.c.type == "Schedule", c.c.id.in_(known))).all())
 
 
 def syncs(conn: Connection, period: Period) -> dict[str, Any]:
     r = sync_runs.c
-    runs = select(utc_day(conn, r.started_at).label("day"), r.outcome, r.credits_used).where(
+    runs = select(dialect.utc_day(conn, r.started_at).label("day"), r.outcome, r.credits_used).where(
         in_period(r.started_at, period)).subquery()
     per_day = select(runs.c.day, func.count().label("runs"), func.sum(runs.c.credits_used).label("credits"),
                      count_if(runs.c.outcome.not_in(("ok", "running"))).label("not_ok")).group_by(runs.c.day)

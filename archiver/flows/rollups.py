@@ -1,0 +1,196 @@
+"""Sums over any period, read from the rollups every write keeps (archiver.store.refresh_rollup):
+whole UTC days from daily_package_rollup or daily_output_rollup, the partial days at the
+period's ends from the jobs themselves, with the same definitions. A year of a million jobs is
+then tens of thousands of rollup rows and at most two partial days of jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import BigInteger, Connection, Table, Text, and_, case, column, func, or_, select, table
+from sqlalchemy.sql import ColumnElement, FromClause
+
+from archiver import models
+from archiver.fields import TERMINAL_STATUSES
+from archiver.store import output_key
+
+jobs = models.JobRow.__table__
+outputs = models.JobOutputRow.__table__
+package_rollup = models.DailyPackageRollupRow.__table__
+output_rollup = models.DailyOutputRollupRow.__table__
+error_rollup = models.DailyErrorRollupRow.__table__
+schedule_rollup = models.DailyScheduleRollupRow.__table__
+schedule_runs = models.ScheduleRunRow.__table__
+packages = table("packages", column("id", BigInteger), column("name", Text))
+
+IS_TERMINAL = jobs.c.status.in_(sorted(TERMINAL_STATUSES))
+
+
+def _flag(condition) -> ColumnElement:
+    return case((condition, 1), else_=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A rollup and the rows it counts (jobs, or scheduled runs), which are counted directly on
+    the partial days: each key and measure as the rollup holds it and as those rows give it.
+    Measures are summed, except those named in `extremes` ("min" or "max"). `moment` is the
+    time a period selects the rows by; `counted`, which of those rows the rollup counts."""
+    rollup: Table
+    rows: FromClause
+    moment: ColumnElement
+    keys: dict[str, tuple[ColumnElement, ColumnElement]]
+    measures: dict[str, tuple[ColumnElement, ColumnElement]]
+    extremes: dict[str, str] = dataclasses.field(default_factory=dict)
+    counted: ColumnElement | None = None
+
+    def aggregate(self, name: str) -> str:
+        return self.extremes.get(name, "sum")
+
+
+r = package_rollup.c
+PACKAGE_DAYS = Source(
+    package_rollup, jobs, jobs.c.created_at,
+    keys={"package_id": (r.package_id, jobs.c.package_id), "day": (r.day, jobs.c.run_date)},
+    measures={"jobs": (r.jobs, _flag(jobs.c.id.is_not(None))),
+              "completed": (r.completed, _flag(jobs.c.status == "completed")),
+              "failed": (r.failed, _flag(jobs.c.status == "failed")),
+              "stopped": (r.stopped, _flag(jobs.c.status == "stopped")),
+              "finished": (r.completed + r.failed + r.stopped, _flag(IS_TERMINAL)),
+              "retries": (r.retries, _flag(jobs.c.attempts > 0)),
+              "run_seconds": (r.run_seconds, case((IS_TERMINAL, jobs.c.runtime_in_seconds)))})
+o = output_rollup.c
+completed_output = jobs.c.status == "completed"
+OUTPUT_DAYS = Source(
+    output_rollup, outputs.join(jobs, jobs.c.id == outputs.c.job_id), jobs.c.created_at,
+    keys={"package_id": (o.package_id, jobs.c.package_id), "day": (o.day, jobs.c.run_date),
+          "output": (o.output_key, output_key())},
+    measures={"jobs": (o.jobs, _flag(outputs.c.id.is_not(None))), "records": (o.records, outputs.c.records_count),
+              "completed": (o.completed, _flag(completed_output)),
+              "completed_records": (o.completed_records, case((completed_output, outputs.c.records_count)))})
+d, runs = schedule_rollup.c, schedule_runs.c
+SCHEDULE_DAYS = Source(
+    schedule_rollup, schedule_runs, runs.scheduled_at,
+    keys={"schedule_id": (d.schedule_id, runs.schedule_id), "package_id": (d.package_id, runs.package_id)},
+    measures={"runs": (d.runs, _flag(runs.first_job_id.is_not(None))), "retried": (d.retried, _flag(runs.attempts > 1)),
+              "retries": (d.retries, runs.attempts - 1),
+              "recovered": (d.recovered, _flag(runs.outcome == "recovered_on_retry")),
+              "failed": (d.failed, _flag(runs.outcome == "failed"))})
+e = error_rollup.c
+failed_at = func.coalesce(jobs.c.ended_at, jobs.c.created_at)
+ERROR_DAYS = Source(
+    error_rollup, jobs, jobs.c.created_at,
+    keys={"package_id": (e.package_id, jobs.c.package_id), "day": (e.day, jobs.c.run_date),
+          "signature": (e.error_signature, jobs.c.error_signature)},
+    measures={"jobs": (e.jobs, _flag(jobs.c.id.is_not(None))), "first": (e.first_failed_at, failed_at),
+              "last": (e.last_failed_at, failed_at), "example": (e.last_job_id, jobs.c.id)},
+    extremes={"first": "min", "last": "max", "example": "max"}, counted=jobs.c.status == "failed")
+del r, o, d, runs, e, failed_at
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), timezone.utc)
+
+
+def whole_days(start: datetime, end: datetime) -> tuple[date, date, list[tuple[datetime, datetime]]]:
+    """The UTC days wholly inside [start, end) as [first, last), and the partial spans at its ends."""
+    first = start.date() + timedelta(days=0 if start.timetz() == time(tzinfo=timezone.utc) else 1)
+    last = end.date()
+    if first >= last:
+        return first, first, [(start, end)]
+    return first, last, [(start, midnight(first)), (midnight(last), end)]
+
+
+def within(moment: ColumnElement, spans: list[tuple[datetime, datetime]]):
+    return or_(*[and_(moment >= a, moment < b) for a, b in spans])
+
+
+def of_package(query, package_id, package: str | None):
+    """job_runs' package filter (an id, or part of the name, any case) on a package id column."""
+    if package is None:
+        return query
+    if package.isdigit():
+        return query.where(package_id == int(package))
+    named = select(packages.c.id).where(func.lower(packages.c.name).like(f"%{package.lower()}%"))
+    return query.where(package_id.in_(named))
+
+
+def tally(conn: Connection, source: Source, start: datetime, end: datetime, by: tuple[str, ...],
+          measures: tuple[str, ...], package: str | None = None,
+          only: dict[str, list] | None = None) -> dict[tuple, dict[str, Any]]:
+    """{key (values of `by`): {measure: value}} over the rows of [start, end); a key with no rows
+    is absent. `package` filters as job_runs' package filter, `only` keeps the keys whose values
+    are in the lists given ({"package_id": [7, 8]})."""
+    first, last, edges = whole_days(start, end)
+    queries = [_aggregated(source, 1, by, measures, package, only).where(within(source.moment, edges))]
+    if first < last:
+        day = source.rollup.c.day
+        queries.append(_aggregated(source, 0, by, measures, package, only).where(day >= first, day < last))
+    found: dict[tuple, dict[str, Any]] = {}
+    for query in queries:
+        for row in conn.execute(query):
+            key, values = tuple(row[:len(by)]), dict(zip(measures, row[len(by):]))
+            found[key] = _combined(source, found.get(key, {}), values)
+    return found
+
+
+def _combined(source: Source, before: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The measures of two parts of a period as one: sums added, minimums and maximums compared."""
+    result = dict(before)
+    for name, value in values.items():
+        old, kind = before.get(name), source.aggregate(name)
+        if kind == "sum":
+            result[name] = (old or 0) + int(value or 0)
+        elif value is not None:
+            result[name] = value if old is None else (min if kind == "min" else max)(old, value)
+    return result
+
+
+def _aggregated(source: Source, side: int, by: tuple[str, ...], measures: tuple[str, ...], package: str | None,
+                only: dict[str, list] | None):
+    keys = [source.keys[name][side] for name in by]
+    query = select(*keys, *[getattr(func, source.aggregate(name))(source.measures[name][side]) for name in measures])
+    if side:
+        query = query.select_from(source.rows)
+        query = query if source.counted is None else query.where(source.counted)
+    query = query.group_by(*keys)
+    for name, values in (only or {}).items():
+        key, known = source.keys[name][side], [v for v in values if v is not None]
+        query = query.where(or_(key.in_(known), key.is_(None)) if None in values else key.in_(known))
+    return of_package(query, source.keys["package_id"][side], package)
+
+
+def runtimes_by_day(conn: Connection, start: datetime, end: datetime, package: str | None = None,
+                    package_ids: list | None = None) -> dict[tuple[Any, date], list[int]]:
+    """{(package_id, day): runtimes of the finished jobs created in [start, end)}, unsorted:
+    whole days from daily_package_rollup.runtimes, the partial days from jobs."""
+    first, last, edges = whole_days(start, end)
+    found: dict[tuple[Any, date], list[int]] = defaultdict(list)
+
+    def of(query, package_id):
+        query = query.where(package_id.in_(package_ids)) if package_ids is not None else query
+        return of_package(query, package_id, package)
+
+    r = package_rollup.c
+    if first < last:
+        whole = select(r.package_id, r.day, r.runtimes).where(r.day >= first, r.day < last, r.runtimes.is_not(None))
+        for package_id, day, runtimes in conn.execute(of(whole, r.package_id)):
+            if runtimes:
+                found[(package_id, day)].extend(map(int, runtimes.split(",")))
+    partial = select(jobs.c.package_id, jobs.c.run_date, jobs.c.runtime_in_seconds).where(
+        IS_TERMINAL, jobs.c.runtime_in_seconds.is_not(None), within(jobs.c.created_at, edges))
+    for package_id, day, runtime in conn.execute(of(partial, jobs.c.package_id)):
+        found[(package_id, day)].append(runtime)
+    return found
+
+
+def interpolate(ranked: list[int], q: int) -> float:
+    """statistics.quantiles(method="inclusive")'s q-th percentile of sorted values, from the two
+    ranks it reads (what PostgreSQL's percentile_cont gives too)."""
+    if len(ranked) == 1:
+        return ranked[0]
+    j, delta = divmod((len(ranked) - 1) * q, 100)
+    return (ranked[j] * (100 - delta) + ranked[j + 1] * delta) / 100
