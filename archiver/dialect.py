@@ -398,6 +398,11 @@ def utc_day(conn: Connection, moment):
     return func.date(moment, type_=Date)
 
 
+def utc_day_sql(conn: Connection, column: str) -> str:
+    """utc_day as SQL text, for the statements that go straight to the driver."""
+    return f"CAST({column} AT TIME ZONE 'UTC' AS DATE)" if conn.dialect.name == "postgresql" else f"DATE({column})"
+
+
 def report_session(conn: Connection) -> None:
     """A report's read transaction: on PostgreSQL without JIT, whose compilation of a big
     aggregate costs more than it saves (1.3 s of a 1.5 s query on a million jobs)."""

@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import (Connection, Engine, String, and_, case, cast, delete, func, literal_column, not_, or_, select,
-                        union_all, update)
+                        update)
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
@@ -60,7 +60,6 @@ rollup_t = models.DailyPackageRollupRow.__table__
 output_rollup_t = models.DailyOutputRollupRow.__table__
 error_rollup_t = models.DailyErrorRollupRow.__table__
 schedule_runs_t = models.ScheduleRunRow.__table__
-schedule_rollup_t = models.DailyScheduleRollupRow.__table__
 CATALOG_TABLES = {"schedules": schedules_t, "packages": packages_t, "clusters": clusters_t}
 
 # Columns that mean "what happened" go last: MySQL's guarded update reads them.
@@ -233,7 +232,8 @@ def _output_rollup_select(conn: Connection):
     j, o = jobs_t.c, outputs_t.c
     completed = j.status == "completed"
     key = output_key()
-    return (select(j.account_id, j.run_date, j.package_id, key, func.count(), func.coalesce(func.sum(o.records_count), 0),
+    return (select(j.account_id, j.run_date, j.package_id, key, func.count(),
+                   func.coalesce(func.sum(o.records_count), 0),
                    func.sum(case((completed, 1), else_=0)),
                    func.coalesce(func.sum(case((completed, o.records_count))), 0))
             .select_from(outputs_t.join(jobs_t, jobs_t.c.id == o.job_id))
@@ -419,42 +419,44 @@ def _utc_date(moment) -> date:
     return (moment.astimezone(timezone.utc) if moment.tzinfo else moment).date()
 
 
-def _of_chain(columns, key: tuple):
-    return and_(*[c.is_(None) if v is None else c == v for c, v in zip(columns, key)])
-
-
-SCHEDULE_DAY_COLUMNS = ["account_id", "day", "schedule_id", "package_id", "runs", "retried", "retries", "recovered",
-                        "failed"]
+SCHEDULE_DAYS_SQL = """
+INSERT INTO daily_schedule_rollup (account_id, day, schedule_id, package_id, runs, retried, retries, recovered, failed)
+SELECT account_id, {day}, schedule_id, package_id, COUNT(*), SUM(CASE WHEN attempts > 1 THEN 1 ELSE 0 END),
+       SUM(attempts - 1), SUM(CASE WHEN outcome = 'recovered_on_retry' THEN 1 ELSE 0 END),
+       SUM(CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END)
+FROM ({runs}) r
+GROUP BY account_id, {day}, schedule_id, package_id
+"""
+SCHEDULE_RUN_FIELDS = "account_id, schedule_id, package_id, scheduled_at, attempts, outcome"
 
 
 def _refresh_schedule_days(conn: Connection, recounts: dict[tuple, Recount]) -> None:
     """Recount daily_schedule_rollup where the runs of these chains may have changed: every day
-    from `since`'s on, and the anchor's day. One grouped SELECT per chain (a range of the
-    (schedule_id, package_id, scheduled_at) index each), as for the runs themselves."""
-    d, s = schedule_rollup_t.c, schedule_runs_t.c
-    day = dialect.utc_day(conn, s.scheduled_at)
-    gone, counts = [], []
+    from `since`'s on, and the anchor's day. Straight to the driver, one SELECT per chain and
+    day span (a range of the (schedule_id, package_id, scheduled_at) index each), as for the
+    runs themselves."""
+    gone, runs, gone_values, run_values = [], [], [], []
     for key, recount in recounts.items():
         since = _utc_date(recount.since)
-        days = [d.day >= since]
-        spans = [s.scheduled_at >= _midnight(since)]
-        if recount.anchor is not None:
-            anchor = _utc_date(recount.anchor)
-            days.append(d.day == anchor)
-            spans.append(and_(s.scheduled_at >= _midnight(anchor), s.scheduled_at < _midnight(anchor, 1)))
-        gone.append(and_(_of_chain((d.account_id, d.schedule_id, d.package_id), key), or_(*days)))
-        counts.append(select(s.account_id, day, s.schedule_id, s.package_id, func.count(),
-                             func.sum(case((s.attempts > 1, 1), else_=0)), func.sum(s.attempts - 1),
-                             func.sum(case((s.outcome == "recovered_on_retry", 1), else_=0)),
-                             func.sum(case((s.outcome == "failed", 1), else_=0)))
-                      .where(_of_chain((s.account_id, s.schedule_id, s.package_id), key), or_(*spans))
-                      .group_by(s.account_id, day, s.schedule_id, s.package_id))
-    conn.execute(delete(schedule_rollup_t).where(or_(*gone)))
-    conn.execute(schedule_rollup_t.insert().from_select(SCHEDULE_DAY_COLUMNS, union_all(*counts)))
+        days = [(since, None)]
+        anchor = None if recount.anchor is None else _utc_date(recount.anchor)
+        if anchor is not None and anchor < since:
+            days.append((anchor, anchor + timedelta(days=1)))
+        for first, end in days:
+            terms, key_values = _chain_terms(key, "daily_schedule_rollup", RUN_KEY)
+            gone.append(f"({terms} AND daily_schedule_rollup.day {'>=' if end is None else '='} ?)")
+            gone_values += [*key_values, first.isoformat()]
+            terms, key_values = _chain_terms(key, "schedule_runs", RUN_KEY)
+            runs.append(f"SELECT {SCHEDULE_RUN_FIELDS} FROM schedule_runs WHERE {terms} AND scheduled_at >= ?"
+                        + ("" if end is None else " AND scheduled_at < ?"))
+            run_values += [*key_values, _midnight(first), *([] if end is None else [_midnight(end)])]
+    dialect.execute_positional(conn, "DELETE FROM daily_schedule_rollup WHERE " + " OR ".join(gone), gone_values)
+    day = dialect.utc_day_sql(conn, "scheduled_at")
+    dialect.execute_positional(conn, SCHEDULE_DAYS_SQL.format(day=day, runs=" UNION ALL ".join(runs)), run_values)
 
 
-def _midnight(day: date, plus_days: int = 0) -> datetime:
-    return datetime.combine(day + timedelta(days=plus_days), datetime.min.time(), timezone.utc)
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), timezone.utc)
 
 
 RUN_COLUMNS = ("account_id", "schedule_id", "package_id", "last_job_id", "scheduled_at", "ended_at", "attempts",

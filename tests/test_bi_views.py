@@ -369,11 +369,33 @@ def test_schedule_runs_kept_by_shuffled_small_batches_equal_a_full_recount(tmp_p
     assert ingest(Settings(account="acme", database_url=url), records, SyncOptions(batch_size=7)).exit_code == 0
     kept = schedule_runs_of(url)
     engine = database.make_engine(url)
+    with engine.connect() as conn:   # and the retries of each day, recounted with the runs
+        assert schedule_days(conn) == schedule_days_of_runs(conn)
     database.downgrade(engine, "0007")
     database.upgrade(engine)
     engine.dispose()
     assert kept == schedule_runs_of(url)
     assert any(row[-1] == "recovered_on_retry" for row in kept)
+
+
+def schedule_days(conn) -> dict[tuple, tuple]:
+    """daily_schedule_rollup as kept by the writes."""
+    rows = conn.execute(text("SELECT account_id, day, schedule_id, package_id, runs, retried, retries, recovered, "
+                             "failed FROM daily_schedule_rollup"))
+    return {(r[0], str(r[1])[:10], r[2], r[3]): tuple(r[4:]) for r in rows}
+
+
+def schedule_days_of_runs(conn) -> dict[tuple, tuple]:
+    """daily_schedule_rollup counted here from schedule_runs (UTC day of scheduled_at)."""
+    found: dict[tuple, list[int]] = {}
+    for account, schedule, package, at, attempts, outcome in conn.execute(text(
+            "SELECT account_id, schedule_id, package_id, scheduled_at, attempts, outcome FROM schedule_runs")):
+        at = at if isinstance(at, datetime) else datetime.fromisoformat(at)
+        day = (at.astimezone(timezone.utc) if at.tzinfo else at).date().isoformat()
+        counts = found.setdefault((account, day, schedule, package), [0, 0, 0, 0, 0])
+        for i, value in enumerate((1, attempts > 1, attempts - 1, outcome == "recovered_on_retry", outcome == "failed")):
+            counts[i] += value
+    return {key: tuple(counts) for key, counts in found.items()}
 
 
 def scheduled(job_id: int, created: datetime, status: str, attempt: int, schedule: int = 5) -> dict:
@@ -397,6 +419,7 @@ def test_schedule_runs_after_a_long_healthy_stretch_equal_a_full_recount(db_url)
 
     def recount_equals_kept() -> list[tuple]:
         with archive.engine.begin() as conn:
+            assert schedule_days(conn) == schedule_days_of_runs(conn)
             kept = [tuple(r) for r in conn.execute(text("SELECT * FROM schedule_runs ORDER BY first_job_id"))]
             conn.execute(text("DELETE FROM schedule_runs"))
             conn.execute(text(SCHEDULE_RUNS_SQL.format(

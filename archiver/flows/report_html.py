@@ -295,7 +295,8 @@ def signatures(conn: Connection, period: Period, package: str | None) -> dict[st
     for text, s in top.items():
         s["packages"] = sorted(label(names.get(p), p) for p in s["packages"])
         s["examples"] = [(j, urls.get(j)) for j in examples.get(text, [])]
-    return {"rows": list(top.values()), "more": len(ranked) - len(top), "failed": sum(s["jobs"] for s in merged.values())}
+    failed = sum(s["jobs"] for s in merged.values())
+    return {"rows": list(top.values()), "more": len(ranked) - len(top), "failed": failed}
 
 
 def newest_failures(conn: Connection, period: Period, package: str | None,

@@ -1,7 +1,9 @@
-"""Sums over any period, read from the rollups every write keeps (archiver.store.refresh_rollup):
-whole UTC days from daily_package_rollup or daily_output_rollup, the partial days at the
-period's ends from the jobs themselves, with the same definitions. A year of a million jobs is
-then tens of thousands of rollup rows and at most two partial days of jobs."""
+"""Sums over any period, read from the daily rollups every write keeps (archiver.store:
+refresh_rollup, refresh_schedule_runs): whole UTC days from daily_package_rollup,
+daily_output_rollup, daily_error_rollup or daily_schedule_rollup, the partial days at the
+period's ends from the rows they count (jobs, outputs, scheduled runs), with the same
+definitions. A year of a million jobs is then tens of thousands of rollup rows and at most two
+partial days of rows."""
 
 from __future__ import annotations
 
@@ -51,44 +53,56 @@ class Source:
         return self.extremes.get(name, "sum")
 
 
-r = package_rollup.c
-PACKAGE_DAYS = Source(
-    package_rollup, jobs, jobs.c.created_at,
-    keys={"package_id": (r.package_id, jobs.c.package_id), "day": (r.day, jobs.c.run_date)},
-    measures={"jobs": (r.jobs, _flag(jobs.c.id.is_not(None))),
-              "completed": (r.completed, _flag(jobs.c.status == "completed")),
-              "failed": (r.failed, _flag(jobs.c.status == "failed")),
-              "stopped": (r.stopped, _flag(jobs.c.status == "stopped")),
-              "finished": (r.completed + r.failed + r.stopped, _flag(IS_TERMINAL)),
-              "retries": (r.retries, _flag(jobs.c.attempts > 0)),
-              "run_seconds": (r.run_seconds, case((IS_TERMINAL, jobs.c.runtime_in_seconds)))})
-o = output_rollup.c
-completed_output = jobs.c.status == "completed"
-OUTPUT_DAYS = Source(
-    output_rollup, outputs.join(jobs, jobs.c.id == outputs.c.job_id), jobs.c.created_at,
-    keys={"package_id": (o.package_id, jobs.c.package_id), "day": (o.day, jobs.c.run_date),
-          "output": (o.output_key, output_key())},
-    measures={"jobs": (o.jobs, _flag(outputs.c.id.is_not(None))), "records": (o.records, outputs.c.records_count),
-              "completed": (o.completed, _flag(completed_output)),
-              "completed_records": (o.completed_records, case((completed_output, outputs.c.records_count)))})
-d, runs = schedule_rollup.c, schedule_runs.c
-SCHEDULE_DAYS = Source(
-    schedule_rollup, schedule_runs, runs.scheduled_at,
-    keys={"schedule_id": (d.schedule_id, runs.schedule_id), "package_id": (d.package_id, runs.package_id)},
-    measures={"runs": (d.runs, _flag(runs.first_job_id.is_not(None))), "retried": (d.retried, _flag(runs.attempts > 1)),
-              "retries": (d.retries, runs.attempts - 1),
-              "recovered": (d.recovered, _flag(runs.outcome == "recovered_on_retry")),
-              "failed": (d.failed, _flag(runs.outcome == "failed"))})
-e = error_rollup.c
-failed_at = func.coalesce(jobs.c.ended_at, jobs.c.created_at)
-ERROR_DAYS = Source(
-    error_rollup, jobs, jobs.c.created_at,
-    keys={"package_id": (e.package_id, jobs.c.package_id), "day": (e.day, jobs.c.run_date),
-          "signature": (e.error_signature, jobs.c.error_signature)},
-    measures={"jobs": (e.jobs, _flag(jobs.c.id.is_not(None))), "first": (e.first_failed_at, failed_at),
-              "last": (e.last_failed_at, failed_at), "example": (e.last_job_id, jobs.c.id)},
-    extremes={"first": "min", "last": "max", "example": "max"}, counted=jobs.c.status == "failed")
-del r, o, d, runs, e, failed_at
+def _package_days() -> Source:
+    r, j = package_rollup.c, jobs.c
+    return Source(
+        package_rollup, jobs, j.created_at,
+        keys={"package_id": (r.package_id, j.package_id), "day": (r.day, j.run_date)},
+        measures={"jobs": (r.jobs, _flag(j.id.is_not(None))),
+                  "completed": (r.completed, _flag(j.status == "completed")),
+                  "failed": (r.failed, _flag(j.status == "failed")),
+                  "stopped": (r.stopped, _flag(j.status == "stopped")),
+                  "finished": (r.completed + r.failed + r.stopped, _flag(IS_TERMINAL)),
+                  "retries": (r.retries, _flag(j.attempts > 0)),
+                  "run_seconds": (r.run_seconds, case((IS_TERMINAL, j.runtime_in_seconds)))})
+
+
+def _output_days() -> Source:
+    r, j, o = output_rollup.c, jobs.c, outputs.c
+    completed = j.status == "completed"
+    return Source(
+        output_rollup, outputs.join(jobs, j.id == o.job_id), j.created_at,
+        keys={"package_id": (r.package_id, j.package_id), "day": (r.day, j.run_date),
+              "output": (r.output_key, output_key())},
+        measures={"jobs": (r.jobs, _flag(o.id.is_not(None))), "records": (r.records, o.records_count),
+                  "completed": (r.completed, _flag(completed)),
+                  "completed_records": (r.completed_records, case((completed, o.records_count)))})
+
+
+def _error_days() -> Source:
+    r, j = error_rollup.c, jobs.c
+    failed_at = func.coalesce(j.ended_at, j.created_at)
+    return Source(
+        error_rollup, jobs, j.created_at,
+        keys={"package_id": (r.package_id, j.package_id), "day": (r.day, j.run_date),
+              "signature": (r.error_signature, j.error_signature)},
+        measures={"jobs": (r.jobs, _flag(j.id.is_not(None))), "first": (r.first_failed_at, failed_at),
+                  "last": (r.last_failed_at, failed_at), "example": (r.last_job_id, j.id)},
+        extremes={"first": "min", "last": "max", "example": "max"}, counted=j.status == "failed")
+
+
+def _schedule_days() -> Source:
+    r, s = schedule_rollup.c, schedule_runs.c
+    return Source(
+        schedule_rollup, schedule_runs, s.scheduled_at,
+        keys={"schedule_id": (r.schedule_id, s.schedule_id), "package_id": (r.package_id, s.package_id)},
+        measures={"runs": (r.runs, _flag(s.first_job_id.is_not(None))), "retried": (r.retried, _flag(s.attempts > 1)),
+                  "retries": (r.retries, s.attempts - 1),
+                  "recovered": (r.recovered, _flag(s.outcome == "recovered_on_retry")),
+                  "failed": (r.failed, _flag(s.outcome == "failed"))})
+
+
+PACKAGE_DAYS, OUTPUT_DAYS, ERROR_DAYS, SCHEDULE_DAYS = _package_days(), _output_days(), _error_days(), _schedule_days()
 
 
 def midnight(day: date) -> datetime:
