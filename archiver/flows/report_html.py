@@ -277,7 +277,7 @@ NO_TEXT = "(no error text)"
 
 def signatures(conn: Connection, period: Period, package: str | None) -> dict[str, Any]:
     """The failed jobs of the period by error signature (jobs.error_signature, counted per day
-    by daily_error_rollup); example jobs: the newest of each package and day."""
+    by daily_error_rollup); example jobs: the newest failures, at most one of a package and day."""
     measures = ("jobs", "first", "last")
     per_package = sums(conn, rollups.ERROR_DAYS, period, ("signature", "package_id"), measures, package)
     merged: dict[str | None, dict[str, Any]] = {}
@@ -290,24 +290,14 @@ def signatures(conn: Connection, period: Period, package: str | None) -> dict[st
     ranked = sorted(merged.items(), key=lambda item: (-item[1]["jobs"], item[1]["signature"]))
     top = dict(ranked[:TOP_SIGNATURES])
     names = package_names(conn, {p for s in top.values() for p in s["packages"]})
-    examples = newest_failures(conn, period, package, list(top)) if top else {}
+    examples = rollups.newest(conn, rollups.ERROR_DAYS, period.start, period.end, "signature", "example", EXAMPLES,
+                              package, {"signature": list(top)}) if top else {}
     urls = job_urls(conn, [j for ids in examples.values() for j in ids])
     for text, s in top.items():
         s["packages"] = sorted(label(names.get(p), p) for p in s["packages"])
         s["examples"] = [(j, urls.get(j)) for j in examples.get(text, [])]
     failed = sum(s["jobs"] for s in merged.values())
     return {"rows": list(top.values()), "more": len(ranked) - len(top), "failed": failed}
-
-
-def newest_failures(conn: Connection, period: Period, package: str | None,
-                    texts: list[str | None]) -> dict[str | None, list[int]]:
-    """Up to EXAMPLES job ids of each of these signatures (None: no error text): the newest
-    failed job of each package and day, newest first."""
-    found: dict[str | None, list[int]] = defaultdict(list)
-    for (text, _, _), counts in sums(conn, rollups.ERROR_DAYS, period, ("signature", "package_id", "day"),
-                                     ("example",), package, {"signature": texts}).items():
-        found[text].append(counts["example"])
-    return {text: sorted(ids, reverse=True)[:EXAMPLES] for text, ids in found.items()}
 
 
 def job_urls(conn: Connection, ids: list[int]) -> dict[int, str | None]:

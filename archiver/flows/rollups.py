@@ -143,24 +143,60 @@ def tally(conn: Connection, source: Source, start: datetime, end: datetime, by: 
     if first < last:
         day = source.rollup.c.day
         queries.append(_aggregated(source, 0, by, measures, package, only).where(day >= first, day < last))
+    kinds = [source.aggregate(name) for name in measures]
     found: dict[tuple, dict[str, Any]] = {}
     for query in queries:
         for row in conn.execute(query):
-            key, values = tuple(row[:len(by)]), dict(zip(measures, row[len(by):]))
-            found[key] = _combined(source, found.get(key, {}), values)
+            key, values = tuple(row[:len(by)]), _values(kinds, row[len(by):])
+            found[key] = _combined(kinds, measures, found[key], values) if key in found else dict(zip(measures, values))
     return found
 
 
-def _combined(source: Source, before: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def _values(kinds: list[str], row) -> list[Any]:
+    """Sums as ints (0 for none: MySQL's are decimals), minimums and maximums as they are."""
+    return [int(v or 0) if kind == "sum" else v for kind, v in zip(kinds, row)]
+
+
+def _combined(kinds: list[str], measures: tuple[str, ...], before: dict[str, Any], values: list) -> dict[str, Any]:
     """The measures of two parts of a period as one: sums added, minimums and maximums compared."""
     result = dict(before)
-    for name, value in values.items():
-        old, kind = before.get(name), source.aggregate(name)
+    for kind, name, value in zip(kinds, measures, values):
+        old = before[name]
         if kind == "sum":
-            result[name] = (old or 0) + int(value or 0)
+            result[name] = old + value
         elif value is not None:
             result[name] = value if old is None else (min if kind == "min" else max)(old, value)
     return result
+
+
+def newest(conn: Connection, source: Source, start: datetime, end: datetime, key: str, measure: str, n: int,
+           package: str | None = None, only: dict[str, list] | None = None) -> dict[Any, list]:
+    """{key value: the n largest values of `measure` (a "max" measure) among its package-days of
+    [start, end)}, largest first. The database ranks the rollup's rows, so a key's whole history
+    never comes back, only its n best days."""
+    first, last, edges = whole_days(start, end)
+    found: dict[Any, list] = defaultdict(list)
+    partial = _aggregated(source, 1, (key, "package_id", "day"), (measure,), package, only).where(
+        within(source.moment, edges))
+    for value, _, _, best in conn.execute(partial):
+        found[value].append(best)
+    if first < last:
+        rollup_key, best = source.keys[key][0], source.measures[measure][0]
+        rank = func.row_number().over(partition_by=rollup_key, order_by=best.desc()).label("rank")
+        day = source.rollup.c.day
+        ranked = _filtered(source, 0, select(rollup_key.label("k"), best.label("best"), rank)
+                           .where(day >= first, day < last), package, only).subquery()
+        for value, top in conn.execute(select(ranked.c.k, ranked.c.best).where(ranked.c.rank <= n)):
+            found[value].append(top)
+    return {value: sorted(tops, reverse=True)[:n] for value, tops in found.items()}
+
+
+def _filtered(source: Source, side: int, query, package: str | None, only: dict[str, list] | None):
+    """`query` limited by `only` ({key: values}, None a value too) and the package filter."""
+    for name, values in (only or {}).items():
+        key, known = source.keys[name][side], [v for v in values if v is not None]
+        query = query.where(or_(key.in_(known), key.is_(None)) if None in values else key.in_(known))
+    return of_package(query, source.keys["package_id"][side], package)
 
 
 def _aggregated(source: Source, side: int, by: tuple[str, ...], measures: tuple[str, ...], package: str | None,
@@ -170,11 +206,7 @@ def _aggregated(source: Source, side: int, by: tuple[str, ...], measures: tuple[
     if side:
         query = query.select_from(source.rows)
         query = query if source.counted is None else query.where(source.counted)
-    query = query.group_by(*keys)
-    for name, values in (only or {}).items():
-        key, known = source.keys[name][side], [v for v in values if v is not None]
-        query = query.where(or_(key.in_(known), key.is_(None)) if None in values else key.in_(known))
-    return of_package(query, source.keys["package_id"][side], package)
+    return _filtered(source, side, query.group_by(*keys), package, only)
 
 
 def runtimes_by_day(conn: Connection, start: datetime, end: datetime, package: str | None = None,
