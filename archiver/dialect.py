@@ -94,6 +94,18 @@ def prepare_engine(engine: Engine, read_only: bool = False) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect_read_only if read_only else _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
+        event.listen(engine, "invalidate", _sqlite_release)
+
+
+def _sqlite_release(dbapi_conn, _record, _exc) -> None:
+    """Roll back a connection SQLAlchemy drops (a SIGTERM or Ctrl-C raised inside a query): its
+    close leaves it open while a statement it was reading is still referenced (by the
+    traceback being unwound), and an open write transaction would keep the file's write lock,
+    so the run's own last write (its sync_runs row) waited out the busy timeout."""
+    try:
+        dbapi_conn.rollback()
+    except Exception:   # already closed or not in a transaction: nothing held
+        pass
 
 
 def _create_private_file(path: str | None) -> None:

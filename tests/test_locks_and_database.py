@@ -348,3 +348,28 @@ def test_a_full_database_stops_the_run_at_once_and_says_so(capsys, monkeypatch, 
     assert 0 < stored < 400 and stored % 10 == 0   # whole batches kept, then nothing
     (outcome, message), = runs(sqlite_url)
     assert outcome == "failed" and message.startswith("the database has no room left")
+
+
+def test_a_connection_dropped_mid_query_leaves_no_sqlite_write_lock(tmp_path):
+    """A SIGTERM raised inside a query makes SQLAlchemy drop (invalidate) the connection. Its
+    write transaction must end there: a statement it was reading is still referenced by the
+    traceback being unwound, which kept the connection, and the file's write lock, open, so the
+    run's last write (its sync_runs row) waited out the busy timeout."""
+    path = tmp_path / "archive.db"
+    engine = database.make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1), (2), (3)"))
+    conn = engine.connect()
+    conn.begin()
+    conn.execute(text("INSERT INTO t VALUES (4)"))   # the write lock is taken
+    reading = conn.execute(text("SELECT x FROM t"))
+    reading.fetchone()
+    conn.invalidate()                                # what a signal raised in a query leads to
+    other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")             # "database is locked" while the lock is held
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (3,)   # the insert rolled back
+    finally:
+        other.close()
+        engine.dispose()
