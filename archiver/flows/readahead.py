@@ -54,9 +54,17 @@ def read_pages(reader: CursorRead, client: XplentyClient, depth: int
                ) -> contextlib.AbstractContextManager[Iterator[CursorPage]]:
     """`with read_pages(...) as pages: for page, hold in pages: ...`: read `depth` pages ahead
     in a thread, or (depth 0) strictly in turn, in this thread."""
+    return ahead(cursor_pages(reader), client, depth)
+
+
+def ahead(items: Iterator[T], client: XplentyClient, depth: int) -> contextlib.AbstractContextManager[Iterator[T]]:
+    """`with ahead(items, ...) as taken: ...`: `items` (an iterator making its requests through
+    `client`) read by a thread of their own at most `depth` ahead, or (depth 0) in turn, here.
+    By-id fetches use it too (Run.fetch): their pool of requests keeps going while a batch is
+    written, at most `depth` answers ahead of the writer."""
     if depth <= 0:
-        return contextlib.closing(cursor_pages(reader))
-    return ReadAhead(cursor_pages(reader), client, depth)
+        return contextlib.closing(items)
+    return ReadAhead(items, client, depth)
 
 
 class ReadAhead(Generic[T]):

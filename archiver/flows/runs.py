@@ -8,6 +8,7 @@ incremental and ingest each bring only their own way of finding payloads.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -21,6 +22,7 @@ from archiver import anomaly
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
 from archiver.flows.anomalies import Scorer
+from archiver.flows.readahead import ahead
 from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              DiskFull, InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited,
                              Stopped, TlsError, TooManyIds)
@@ -32,6 +34,8 @@ from archiver.textsafe import safe_text
 log = logging.getLogger(__name__)
 
 FLOOD_WINDOW, FLOOD_SHARE = 500, 0.98  # this share of 404s among the last answers ends a by-id run
+PAGE_OF_JOBS = 100   # jobs a List page holds: by-id answers read ahead per page of SyncOptions.read_ahead
+Answer = tuple[int, dict | None, BaseException | None]   # a by-id request's job id, payload or error
 STOPPING = (RateLimited, DeadlineExceeded, BudgetReached, NotFoundFlood, TooManyIds)  # end cleanly, keep what is stored
 FATAL = (AuthError, TlsError, ConfigError, Stopped, *STOPPING)  # per-job errors that end the whole run
 STOP_WRITING = (LostLock, DiskFull)  # a write that must not be retried job by job: the run ends
@@ -53,7 +57,8 @@ class SyncOptions:
     progress: Callable[["SyncSummary"], None] | None = None
     anomalies: anomaly.Thresholds = anomaly.DEFAULTS   # the [anomalies] of the check config
     score_anomalies: bool = True   # off only to measure what scoring costs (bench/anomaly_overhead.py)
-    read_ahead: int = 1   # pages of a cursor read fetched while one is written (flows.readahead); 0: in turn
+    read_ahead: int = 1   # pages of a cursor read fetched while one is written (flows.readahead), and of
+                          # by-id answers (PAGE_OF_JOBS a page) while a batch is written; 0: in turn
 
 
 @dataclasses.dataclass
@@ -180,8 +185,28 @@ class Run:
         job was found is checked with one List call (a wrong account or URL is a ConfigError),
         and a flood of 404s (FLOOD_SHARE of the last FLOOD_WINDOW answers) ends the run.
         """
+        answers = fetch_by_id(self.client, ids, self.options.concurrency, with_log_summary)
+        yield from self._checked(self._ahead_once_found(answers), record_errors, probe_404)
+
+    def _ahead_once_found(self, answers: Iterator[Answer]) -> Iterator[Answer]:
+        """The answers in turn until a job is found (a refused key, a wrong account or a first
+        404 is judged on one request, as ever), then read ahead by a thread of their own, at
+        most `read_ahead` pages' worth of jobs (PAGE_OF_JOBS each) ahead of the writer, so the
+        requests go on while a batch is written (flows.readahead)."""
+        with contextlib.closing(answers):
+            for answer in answers:
+                yield answer
+                if answer[2] is None:
+                    break
+            else:
+                return
+            with ahead(answers, self.client, self.options.read_ahead * PAGE_OF_JOBS) as rest:
+                yield from rest
+
+    def _checked(self, answers: Iterator[Answer], record_errors: bool, probe_404: bool) -> Iterator[tuple[int, dict]]:
+        """fetch's answers, errors recorded or raised as it says."""
         found, account_checked, recent = False, False, collections.deque(maxlen=FLOOD_WINDOW)
-        for job_id, raw, exc in fetch_by_id(self.client, ids, self.options.concurrency, with_log_summary):
+        for job_id, raw, exc in answers:
             if isinstance(exc, FATAL):
                 raise exc
             recent.append(isinstance(exc, NotFound))
@@ -297,7 +322,7 @@ class Run:
 
 # -- concurrent fetching --------------------------------------------------------------------------
 def fetch_by_id(client: XplentyClient, ids: Iterable[int], concurrency: int,
-                with_log_summary: bool) -> Iterator[tuple[int, dict | None, BaseException | None]]:
+                with_log_summary: bool) -> Iterator[Answer]:
     """Get each job, up to `concurrency` at a time, yielding (id, payload, error) as they arrive.
 
     The first request goes alone (a refused key costs one request, not `concurrency`);
