@@ -316,29 +316,6 @@ def _upsert_statement(dialect: str, table: Table, keys: Sequence[str], update: S
         where=guard(table.c, new) if guard is not None else None)
 
 
-def distinct_keys(conn: Connection, columns: Sequence, where: Sequence = ()) -> list[tuple]:
-    """The distinct values of `columns`, a leading prefix of an index, NULLs included. SQLite
-    and MariaDB skip through the index for a DISTINCT (2 ms over a million jobs); PostgreSQL 15
-    reads all of it (0.3 s), so there each value is found by its own descent (a loose index scan)."""
-    if conn.dialect.name != "postgresql":
-        return [tuple(row) for row in conn.execute(select(*columns).where(*where).distinct())]
-    return _descend(conn, list(columns), list(where))
-
-
-def _descend(conn: Connection, columns: list, where: list) -> list[tuple]:
-    if not columns:
-        return [()]
-    first, rest = columns[0], columns[1:]
-    values = []
-    value = conn.execute(select(func.min(first)).where(*where)).scalar()
-    while value is not None:
-        values.append(value)
-        value = conn.execute(select(func.min(first)).where(*where, first > value)).scalar()
-    if conn.execute(select(first).where(*where, first.is_(None)).limit(1)).first() is not None:
-        values.append(None)
-    return [(value, *tail) for value in values for tail in _descend(conn, rest, [*where, first == value])]
-
-
 def needs_statistics(engine: Engine) -> bool:
     """Whether the archive refreshes the planner's statistics itself after large loads
     (`refresh_statistics`): InnoDB recomputes its own after 10 % of a table changed."""
