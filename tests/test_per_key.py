@@ -1,0 +1,49 @@
+"""flows/per_key.py: the newest rows of each key are exactly those a window over all history keeps."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from archiver import database
+from archiver.flows.per_key import distinct_keys, latest_of_each, newest
+from archiver.models import JobRow
+from healthrows import Rows, job_row
+
+jobs = JobRow.__table__
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+KEY = [jobs.c.creator_type, jobs.c.creator_id, jobs.c.package_id]
+
+
+def archive(url: str) -> None:
+    """Schedule 7 runs package 1 and a job of no package; three jobs of package 1 share a created_at."""
+    rows = Rows(url)
+    made = [job_row(i, package_id=1, created_at=T0 + timedelta(hours=i), schedule_id=7) for i in range(1, 6)]
+    made += [job_row(i, package_id=1, created_at=T0 + timedelta(hours=9), schedule_id=7) for i in (6, 8, 7)]
+    made += [job_row(i, package_id=None, created_at=T0 + timedelta(hours=i - 20), schedule_id=7) for i in (21, 22)]
+    made += [job_row(31, package_id=2, created_at=T0)]
+    rows.jobs(made)
+    rows.close()
+
+
+def test_newest_rows_of_each_key_ties_by_id_and_a_null_key(db_url):
+    archive(db_url)
+    engine = database.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            keys = distinct_keys(conn, KEY)
+            found = newest(conn, [jobs.c.package_id, jobs.c.id], KEY, keys, [],
+                           [jobs.c.created_at.desc(), jobs.c.id.desc()], 2)
+    finally:
+        engine.dispose()
+    assert sorted(keys, key=str) == sorted([("Schedule", 7, 1), ("Schedule", 7, None), ("User", 1, 2)], key=str)
+    ids = {}
+    for row in found:
+        ids.setdefault(row.package_id, []).append(row.id)
+    assert {k: sorted(v) for k, v in ids.items()} == {1: [7, 8], None: [21, 22], 2: [31]}
+
+
+def test_latest_of_each_merges_keys_by_rank_oldest_first():
+    rows = [(1, 5), (1, 9), (2, 4), (1, 7), (1, 8)]
+    assert latest_of_each(rows, lambda r: r[0], lambda r: r[1], 2) == {1: [(1, 8), (1, 9)], 2: [(2, 4)]}
