@@ -117,13 +117,14 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
                              .where(jobs.c.status.in_(OPEN))).all()
     stuck_packages = sorted({j.package_id for j in open_jobs if j.package_id is not None
                              and j.status in STUCK_STATUSES})
+    known = conn.execute(select(schedules).order_by(schedules.c.id)).all()
     keys = distinct_keys(conn, KEY)
-    by_schedule = [key[1:] for key in keys if key[0] == "Schedule"]
+    by_schedule = judged_keys(keys, known)
     scheduled = _schedule_packages(conn)
     hand = hand_keys(keys, scheduled)
     hand_successes = _hand_successes(conn, hand)
     return Facts(
-        schedules=conn.execute(select(schedules).order_by(schedules.c.id)).all(),
+        schedules=known,
         schedule_packages=scheduled,
         schedule_stats=_schedule_stats(conn, by_schedule),
         schedule_runtimes=_runtimes(conn, SCHEDULE_KEY, by_schedule, [BY_SCHEDULE]),
@@ -142,6 +143,12 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
                                 .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id.desc())
                                 .limit(SYNC_FAILING_RUNS)).all(),
     )
+
+
+def judged_keys(keys: list[tuple], known: list) -> list[tuple]:
+    """The (schedule, package) keys of the enabled schedules: only they are judged on their history."""
+    enabled = {s.id for s in known if s.status == "enabled"}
+    return [key[1:] for key in keys if key[0] == "Schedule" and key[1] in enabled]
 
 
 def hand_keys(keys: list[tuple], scheduled: dict[int, list[int]]) -> list[tuple]:
@@ -165,8 +172,7 @@ def _schedule_packages(conn: Connection) -> dict[int, list[int]]:
 
 
 def _schedule_stats(conn: Connection, keys: list[tuple]) -> dict[int, Stats]:
-    """first_job and last_run by one descent a (schedule, package); last_success needs every
-    success's ended_at, which no index holds: one pass over the schedules' completed jobs."""
+    """first_job and last_run by one descent a (schedule, package), last_success by a pass."""
     found: dict[int, Stats] = defaultdict(Stats)
     dated = [BY_SCHEDULE, jobs.c.created_at.is_not(None)]
     first_attempt = func.coalesce(jobs.c.attempts, 0) == 0
@@ -178,10 +184,20 @@ def _schedule_stats(conn: Connection, keys: list[tuple]) -> dict[int, Stats]:
                       [jobs.c.created_at.desc()], 1):
         stats = found[row.creator_id]
         stats.last_run = max(filter(None, (stats.last_run, row.created_at)))
-    for row in conn.execute(select(jobs.c.creator_id, func.max(SUCCESS_AT).label("at"))
-                            .where(BY_SCHEDULE, COMPLETED).group_by(jobs.c.creator_id)):
-        found[row.creator_id].last_success = row.at
+    for schedule_id, at in _last_successes(conn, sorted({key[0] for key in keys})):
+        found[schedule_id].last_success = at
     return dict(found)
+
+
+def _last_successes(conn: Connection, schedule_ids: list[int]) -> list:
+    """When each schedule's latest success ended: every success's ended_at, as no index holds
+    it (an index on (creator_type, creator_id, COALESCE(ended_at, created_at)) WHERE status =
+    'completed' would make this a descent a schedule)."""
+    if not schedule_ids:
+        return []
+    return conn.execute(select(jobs.c.creator_id, func.max(SUCCESS_AT))
+                        .where(BY_SCHEDULE, COMPLETED, jobs.c.creator_id.in_(schedule_ids))
+                        .group_by(jobs.c.creator_id)).all()
 
 
 def _runtimes(conn: Connection, key_columns: list, keys: list[tuple], where: list) -> dict[int, list[float]]:
