@@ -1,8 +1,9 @@
 """Pipeline health from the archive alone: which schedules are late, stale, failing or stuck.
 
-`evaluate(engine, config, now)` reads a handful of aggregates (SQL does the counting and the
-"last N per schedule" windows, so 100,000 jobs take well under a second) and judges each
-schedule and each package run by hand (see docs/health.md for every rule and default).
+`evaluate(engine, config, now)` reads the newest few jobs of each schedule's package and of
+each package run by hand, by index (flows/per_key.py), and judges each enabled schedule and
+each package run by hand (see docs/health.md for every rule and default). Only the end
+times of successes are read over whole histories: no index holds ended_at.
 
 Rules that judge an *absence* (late, stale) and the stuck rule judge the archive as of the
 start of the last successful incremental sync: the archive is only known to be complete up to
