@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-
 from archiver import database
 from archiver.flows.per_key import distinct_keys, latest_of_each, newest
 from archiver.models import JobRow
