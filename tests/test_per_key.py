@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from archiver import database
-from archiver.flows.per_key import distinct_keys, latest_of_each, newest
+from archiver.dialect import distinct_keys
+from archiver.flows.per_key import latest_of_each, newest
 from archiver.models import JobRow
 from healthrows import Rows, job_row
 
@@ -15,12 +16,15 @@ KEY = [jobs.c.creator_type, jobs.c.creator_id, jobs.c.package_id]
 
 
 def archive(url: str) -> None:
-    """Schedule 7 runs package 1 and a job of no package; three jobs of package 1 share a created_at."""
+    """Schedule 7 runs package 1 and a job of no package; three jobs of package 1 share a
+    created_at; a job of no creator, and one of a schedule of no id."""
     rows = Rows(url)
     made = [job_row(i, package_id=1, created_at=T0 + timedelta(hours=i), schedule_id=7) for i in range(1, 6)]
     made += [job_row(i, package_id=1, created_at=T0 + timedelta(hours=9), schedule_id=7) for i in (6, 8, 7)]
     made += [job_row(i, package_id=None, created_at=T0 + timedelta(hours=i - 20), schedule_id=7) for i in (21, 22)]
     made += [job_row(31, package_id=2, created_at=T0)]
+    made += [job_row(41, package_id=3, created_at=T0) | {"creator_type": None, "creator_id": None},
+             job_row(42, package_id=1, created_at=T0, schedule_id=7) | {"creator_id": None}]
     rows.jobs(made)
     rows.close()
 
@@ -31,15 +35,16 @@ def test_newest_rows_of_each_key_ties_by_id_and_a_null_key(db_url):
     try:
         with engine.connect() as conn:
             keys = distinct_keys(conn, KEY)
-            found = newest(conn, [jobs.c.package_id, jobs.c.id], KEY, keys, [],
-                           [jobs.c.created_at.desc(), jobs.c.id.desc()], 2)
+            found = newest(conn, [*KEY, jobs.c.id], KEY, keys, [], [jobs.c.created_at.desc(), jobs.c.id.desc()], 2)
     finally:
         engine.dispose()
-    assert sorted(keys, key=str) == sorted([("Schedule", 7, 1), ("Schedule", 7, None), ("User", 1, 2)], key=str)
-    ids = {}
+    ids: dict = {}
     for row in found:
-        ids.setdefault(row.package_id, []).append(row.id)
-    assert {k: sorted(v) for k, v in ids.items()} == {1: [7, 8], None: [21, 22], 2: [31]}
+        ids.setdefault(tuple(row[:3]), []).append(row.id)
+    newest_two = {("Schedule", 7, 1): [7, 8], ("Schedule", 7, None): [21, 22], ("User", 1, 2): [31],
+                  (None, None, 3): [41], ("Schedule", None, 1): [42]}
+    assert sorted(keys, key=str) == sorted(newest_two, key=str)
+    assert {k: sorted(v) for k, v in ids.items()} == newest_two
 
 
 def test_latest_of_each_merges_keys_by_rank_oldest_first():

@@ -21,11 +21,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from archiver import anomaly
+from archiver.dialect import distinct_keys
 from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_anomaly_facts
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
                                         CheckConfig)
-from archiver.flows.per_key import distinct_keys, latest_of_each, matching, newest, per_key
+from archiver.flows.per_key import latest_of_each, matching, newest, per_key
 from archiver.flows.report import percentile
 from archiver.flows.schedule_time import Interval
 from archiver.models import JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow

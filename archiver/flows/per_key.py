@@ -2,7 +2,7 @@
 
 A window (ROW_NUMBER() OVER (PARTITION BY ...), then rn <= N) numbers every row of history
 to keep the newest few: 7 s on SQLite and 1.9 s on PostgreSQL at a million jobs. Here the keys
-come from an index (distinct_keys) and each key is read by ORDER BY ... LIMIT on an index that
+come from an index (dialect.distinct_keys) and each key is read by ORDER BY ... LIMIT on an index that
 starts with the key's columns, many keys to one UNION ALL statement.
 """
 
@@ -13,12 +13,6 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Connection, Select, select, union_all
 
 KEYS_A_STATEMENT = 100   # SQLite allows 500 terms in a compound SELECT
-
-
-def distinct_keys(conn: Connection, columns: Sequence) -> list[tuple]:
-    """The distinct values of `columns`, a leading prefix of an index, NULLs included. SQLite
-    skips through the index (3 ms over a million jobs); PostgreSQL 15 reads all of it (0.3 s)."""
-    return [tuple(row) for row in conn.execute(select(*columns).distinct())]
 
 
 def matching(columns: Sequence, key: tuple) -> list:
