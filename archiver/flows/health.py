@@ -193,8 +193,8 @@ def _schedule_stats(conn: Connection, keys: list[tuple]) -> dict[int, Stats]:
 
 def _last_successes(conn: Connection, schedule_ids: list[int]) -> list:
     """When each schedule's latest success ended: every success's ended_at, as no index holds
-    it (an index on (creator_type, creator_id, COALESCE(ended_at, created_at)) WHERE status =
-    'completed' would make this a descent a schedule)."""
+    it (one on (creator_type, creator_id, package_id, COALESCE(ended_at, created_at)) WHERE
+    status = 'completed' would make this and _hand_successes a descent a key)."""
     if not schedule_ids:
         return []
     return conn.execute(select(jobs.c.creator_id, func.max(SUCCESS_AT))
