@@ -13,7 +13,7 @@ An alert says what is true *now*, not what once happened (that is `report anomal
   package (anomaly.score_running over its last RUNNING_HISTORY successful runs): an early
   warning, distinct from `stuck` (a hard limit); it resolves when the job ends.
 
-Reads are bounded by time (the window, 14 days) or per package (ROW_NUMBER), never the archive.
+Reads are bounded by time (the window, 14 days) or per package (flows/per_key.py), never the archive.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sqlalchemy import Connection, func, select
 from archiver import anomaly
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import CheckConfig
+from archiver.flows.per_key import newest
 from archiver.models import JobAnomalyRow, JobRow
 
 jobs = JobRow.__table__
@@ -118,16 +119,12 @@ def _flaky_runs(conn: Connection, since: datetime) -> tuple[dict[int, list[anoma
 
 def _successful_runs(conn: Connection, package_ids: list[int]) -> dict[int, list[anomaly.Run]]:
     """The last RUNNING_HISTORY completed jobs with a runtime of each package, oldest first."""
-    number = func.row_number().over(partition_by=jobs.c.package_id,
-                                    order_by=[jobs.c.created_at.desc(), jobs.c.id.desc()]).label("rn")
-    inner = (select(jobs.c.id, jobs.c.package_id, jobs.c.created_at, jobs.c.runtime_in_seconds, jobs.c.attempts,
-                    number)
-             .where(jobs.c.package_id.in_(package_ids), jobs.c.status == "completed",
-                    jobs.c.runtime_in_seconds.is_not(None)).subquery())
-    rows = conn.execute(select(inner).where(inner.c.rn <= RUNNING_HISTORY)
-                        .order_by(inner.c.package_id, inner.c.created_at, inner.c.id)).all()
+    rows = newest(conn, [jobs.c.id, jobs.c.package_id, jobs.c.created_at, jobs.c.runtime_in_seconds,
+                         jobs.c.attempts], [jobs.c.package_id], [(p,) for p in package_ids],
+                  [jobs.c.status == "completed", jobs.c.runtime_in_seconds.is_not(None)],
+                  [jobs.c.created_at.desc(), jobs.c.id.desc()], RUNNING_HISTORY)
     found: dict[int, list[anomaly.Run]] = defaultdict(list)
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r.package_id, r.created_at, r.id)):
         found[r.package_id].append(anomaly.Run(r.id, r.package_id, r.created_at, "completed",
                                                float(r.runtime_in_seconds), r.attempts or 0))
     return found

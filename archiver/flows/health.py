@@ -1,8 +1,9 @@
 """Pipeline health from the archive alone: which schedules are late, stale, failing or stuck.
 
-`evaluate(engine, config, now)` reads a handful of aggregates (SQL does the counting and the
-"last N per schedule" windows, so 100,000 jobs take well under a second) and judges each
-schedule and each package run by hand (see docs/health.md for every rule and default).
+`evaluate(engine, config, now)` reads the newest few jobs of each schedule's package and of
+each package run by hand, by index (flows/per_key.py), and judges each enabled schedule and
+each package run by hand (see docs/health.md for every rule and default). Only the end
+times of successes are read over whole histories: no index holds ended_at.
 
 Rules that judge an *absence* (late, stale) and the stuck rule judge the archive as of the
 start of the last successful incremental sync: the archive is only known to be complete up to
@@ -17,13 +18,15 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, not_, or_, select
+from sqlalchemy import Connection, Engine, func, select
 
 from archiver import anomaly
+from archiver.dialect import distinct_keys
 from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_anomaly_facts
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
                                         CheckConfig)
+from archiver.flows.per_key import latest_of_each, matching, newest, per_key
 from archiver.flows.report import percentile
 from archiver.flows.schedule_time import Interval
 from archiver.models import JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
@@ -75,33 +78,32 @@ class Board:
     package_names: dict[int, str | None] = dataclasses.field(default_factory=dict)   # for alerts of no subject
 
 
-# -- the facts, read in a few queries ------------------------------------------------------------
-def recent(conn: Connection, columns: list, partition: list, order: list, where: list, limit: int) -> list:
-    """The newest `limit` rows of each partition (ROW_NUMBER, on every backend)."""
-    number = func.row_number().over(partition_by=partition, order_by=order).label("rn")
-    inner = select(*columns, number).where(*where).subquery()
-    return conn.execute(select(inner).where(inner.c.rn <= limit)).all()
-
-
+# -- the facts, read by index, a few rows a key ---------------------------------------------------------
 SUCCESS_AT = func.coalesce(jobs.c.ended_at, jobs.c.created_at)
 BY_SCHEDULE = jobs.c.creator_type == "Schedule"
+COMPLETED = jobs.c.status == "completed"
+KEY = [jobs.c.creator_type, jobs.c.creator_id, jobs.c.package_id]   # ix_jobs_creator_type_creator_id_package_id_*
+SCHEDULE_KEY = KEY[1:]                                               # under BY_SCHEDULE
+NEWEST_FIRST = [jobs.c.created_at.desc(), jobs.c.id.desc()]
 
 
-def hand_filter():
-    """Jobs no schedule created, of packages no schedule's task runs."""
-    scheduled = select(schedule_packages.c.package_id).where(schedule_packages.c.package_id.is_not(None))
-    return [jobs.c.package_id.is_not(None), or_(jobs.c.creator_type.is_(None), not_(BY_SCHEDULE)),
-            jobs.c.package_id.not_in(scheduled)]
+@dataclasses.dataclass
+class Stats:
+    """A schedule's (or a package's hand runs') history in a few values."""
+    first_job: datetime | None = None
+    last_run: datetime | None = None        # the newest first attempt (schedules)
+    last_success: datetime | None = None
+    successes: int = 0                      # (packages run by hand)
 
 
 @dataclasses.dataclass
 class Facts:
     schedules: list
     schedule_packages: dict[int, list[int]]
-    schedule_stats: dict[int, Any]
+    schedule_stats: dict[int, Stats]
     schedule_runtimes: dict[int, list[float]]
     schedule_jobs: dict[int, dict[int | None, list]]
-    hand_stats: dict[int, Any]
+    hand_stats: dict[int, Stats]
     hand_finished: dict[int, list]
     hand_successes: dict[int, list[datetime]]
     package_names: dict[int, str | None]
@@ -117,27 +119,25 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
                              .where(jobs.c.status.in_(OPEN))).all()
     stuck_packages = sorted({j.package_id for j in open_jobs if j.package_id is not None
                              and j.status in STUCK_STATUSES})
+    known = conn.execute(select(schedules).order_by(schedules.c.id)).all()
+    keys = distinct_keys(conn, KEY)
+    by_schedule = judged_keys(keys, known)
+    scheduled = _schedule_packages(conn)
+    hand = hand_keys(keys, scheduled)
+    hand_successes = _hand_successes(conn, hand)
     return Facts(
-        schedules=conn.execute(select(schedules).order_by(schedules.c.id)).all(),
-        schedule_packages=_schedule_packages(conn),
-        schedule_stats=_schedule_stats(conn),
-        schedule_runtimes=_runtimes(conn, jobs.c.creator_id, [BY_SCHEDULE]),
-        schedule_jobs=_schedule_jobs(conn, config.most_failing_runs() * (MAX_RETRIES + 1) + MAX_RETRIES + 1),
-        hand_stats={r.package_id: r for r in conn.execute(
-            select(jobs.c.package_id, func.count().label("jobs"), func.min(jobs.c.created_at).label("first_job"),
-                   func.max(case((jobs.c.status == "completed", SUCCESS_AT))).label("last_success"),
-                   func.sum(case((jobs.c.status == "completed", 1), else_=0)).label("successes"))
-            .where(*hand_filter()).group_by(jobs.c.package_id))},
-        hand_finished=_grouped(recent(conn, [jobs.c.package_id, jobs.c.status, jobs.c.created_at],
-                                      [jobs.c.package_id], [jobs.c.created_at.desc(), jobs.c.id.desc()],
-                                      [*hand_filter(), jobs.c.status.in_(FINISHED)], config.most_failing_runs())),
-        hand_successes={k: [r.at for r in rows] for k, rows in _grouped(recent(
-            conn, [jobs.c.package_id, SUCCESS_AT.label("at")], [jobs.c.package_id], [SUCCESS_AT.desc()],
-            [*hand_filter(), jobs.c.status == "completed"], GAP_SAMPLE)).items()},
+        schedules=known,
+        schedule_packages=scheduled,
+        schedule_stats=_schedule_stats(conn, by_schedule),
+        schedule_runtimes=_runtimes(conn, SCHEDULE_KEY, by_schedule, [BY_SCHEDULE]),
+        schedule_jobs=_schedule_jobs(conn, by_schedule,
+                                     config.most_failing_runs() * (MAX_RETRIES + 1) + MAX_RETRIES + 1),
+        hand_stats=_hand_stats(conn, hand, hand_successes),
+        hand_finished=_hand_finished(conn, hand, config.most_failing_runs()),
+        hand_successes=hand_successes,
         package_names=dict(conn.execute(select(packages.c.id, packages.c.name)).all()),
         open_jobs=open_jobs,
-        package_runtimes=_runtimes(conn, jobs.c.package_id, [jobs.c.package_id.in_(stuck_packages)])
-        if stuck_packages else {},
+        package_runtimes=_runtimes(conn, [jobs.c.package_id], [(p,) for p in stuck_packages], []),
         last_ok_sync=conn.execute(select(func.max(sync_runs.c.started_at)).where(
             sync_runs.c.mode == "incremental", sync_runs.c.outcome == "ok")).scalar(),
         last_syncs=conn.execute(select(sync_runs.c.started_at, sync_runs.c.outcome, sync_runs.c.mode)
@@ -147,12 +147,21 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
     )
 
 
-def _grouped(rows, key: str = "package_id") -> dict:
-    """Rows by `key`, oldest first (the windows return them newest first)."""
-    found: dict = defaultdict(list)
-    for row in rows:
-        found[getattr(row, key)].append(row)
-    return {k: v[::-1] for k, v in found.items()}
+def judged_keys(keys: list[tuple], known: list) -> list[tuple]:
+    """The (schedule, package) keys of the enabled schedules: only they are judged on their history."""
+    enabled = {s.id for s in known if s.status == "enabled"}
+    return [key[1:] for key in keys if key[0] == "Schedule" and key[1] in enabled]
+
+
+def hand_keys(keys: list[tuple], scheduled: dict[int, list[int]]) -> list[tuple]:
+    """The keys of jobs no schedule created, of packages no schedule's task runs."""
+    tasks = {p for ids in scheduled.values() for p in ids}
+    return [key for key in keys if key[0] != "Schedule" and key[2] is not None and key[2] not in tasks]
+
+
+def by_time(row) -> tuple:
+    """Newest last, ties by id; a job without created_at is the oldest (as in SQLite's and MySQL's ORDER BY)."""
+    return row.created_at is not None, row.created_at or datetime.min, row.id
 
 
 def _schedule_packages(conn: Connection) -> dict[int, list[int]]:
@@ -164,37 +173,82 @@ def _schedule_packages(conn: Connection) -> dict[int, list[int]]:
     return found
 
 
-def _schedule_stats(conn: Connection) -> dict[int, Any]:
+def _schedule_stats(conn: Connection, keys: list[tuple]) -> dict[int, Stats]:
+    """first_job and last_run by one descent a (schedule, package), last_success by a pass."""
+    found: dict[int, Stats] = defaultdict(Stats)
+    dated = [BY_SCHEDULE, jobs.c.created_at.is_not(None)]
     first_attempt = func.coalesce(jobs.c.attempts, 0) == 0
-    query = (select(jobs.c.creator_id,
-                    func.max(case((first_attempt, jobs.c.created_at))).label("last_run"),
-                    func.max(case((jobs.c.status == "completed", SUCCESS_AT))).label("last_success"),
-                    func.min(jobs.c.created_at).label("first_job"))
-             .where(BY_SCHEDULE).group_by(jobs.c.creator_id))
-    return {row.creator_id: row for row in conn.execute(query)}
+    for row in newest(conn, [jobs.c.creator_id, jobs.c.created_at], SCHEDULE_KEY, keys, dated,
+                      [jobs.c.created_at], 1):
+        stats = found[row.creator_id]
+        stats.first_job = min(filter(None, (stats.first_job, row.created_at)))
+    for row in newest(conn, [jobs.c.creator_id, jobs.c.created_at], SCHEDULE_KEY, keys, [*dated, first_attempt],
+                      [jobs.c.created_at.desc()], 1):
+        stats = found[row.creator_id]
+        stats.last_run = max(filter(None, (stats.last_run, row.created_at)))
+    for schedule_id, at in _last_successes(conn, sorted({key[0] for key in keys})):
+        found[schedule_id].last_success = at
+    return dict(found)
 
 
-def _runtimes(conn: Connection, by, where: list) -> dict[int, list[float]]:
-    rows = recent(conn, [by.label("owner"), jobs.c.runtime_in_seconds], [by],
-                  [jobs.c.created_at.desc(), jobs.c.id.desc()],
-                  [*where, jobs.c.status == "completed", jobs.c.runtime_in_seconds.is_not(None)], RUNTIME_SAMPLE)
-    found: dict[int, list[float]] = defaultdict(list)
-    for row in rows:
-        found[row.owner].append(float(row.runtime_in_seconds))
-    return found
+def _last_successes(conn: Connection, schedule_ids: list[int]) -> list:
+    """When each schedule's latest success ended: every success's ended_at, as no index holds
+    it (one on (creator_type, creator_id, package_id, COALESCE(ended_at, created_at)) WHERE
+    status = 'completed' would make this and _hand_successes a descent a key)."""
+    if not schedule_ids:
+        return []
+    return conn.execute(select(jobs.c.creator_id, func.max(SUCCESS_AT))
+                        .where(BY_SCHEDULE, COMPLETED, jobs.c.creator_id.in_(schedule_ids))
+                        .group_by(jobs.c.creator_id)).all()
 
 
-def _schedule_jobs(conn: Connection, limit: int) -> dict[int, dict[int | None, list]]:
-    rows = recent(conn, [jobs.c.id, jobs.c.creator_id, jobs.c.package_id, jobs.c.status, jobs.c.attempts,
-                         jobs.c.created_at], [jobs.c.creator_id, jobs.c.package_id],
-                  [jobs.c.created_at.desc(), jobs.c.id.desc()], [BY_SCHEDULE], limit)
+def _runtimes(conn: Connection, key_columns: list, keys: list[tuple], where: list) -> dict[int, list[float]]:
+    """The runtimes of the newest RUNTIME_SAMPLE completed jobs of each owner (the first key column)."""
+    owner = key_columns[0]
+    rows = newest(conn, [owner.label("owner"), jobs.c.id, jobs.c.created_at, jobs.c.runtime_in_seconds],
+                  key_columns, keys, [*where, COMPLETED, jobs.c.runtime_in_seconds.is_not(None)],
+                  NEWEST_FIRST, RUNTIME_SAMPLE)
+    return {k: [float(r.runtime_in_seconds) for r in v]
+            for k, v in latest_of_each(rows, lambda r: r.owner, by_time, RUNTIME_SAMPLE).items()}
+
+
+def _schedule_jobs(conn: Connection, keys: list[tuple], limit: int) -> dict[int, dict[int | None, list]]:
+    rows = newest(conn, [jobs.c.id, jobs.c.creator_id, jobs.c.package_id, jobs.c.status, jobs.c.attempts,
+                         jobs.c.created_at], SCHEDULE_KEY, keys, [BY_SCHEDULE], NEWEST_FIRST, limit)
     found: dict[int, dict[int | None, list]] = defaultdict(lambda: defaultdict(list))
-    for row in reversed(rows):
+    for row in sorted(rows, key=by_time):
         found[row.creator_id][row.package_id].append(row)
-    for per_package in found.values():
-        for runs in per_package.values():
-            runs.sort(key=lambda r: (r.created_at, r.id))
     return found
+
+
+def _hand_successes(conn: Connection, keys: list[tuple]) -> dict[int, list[datetime]]:
+    """The end times of each package's newest GAP_SAMPLE successes by hand, oldest first."""
+    rows = newest(conn, [jobs.c.package_id, SUCCESS_AT.label("at")], KEY, keys, [COMPLETED], [SUCCESS_AT.desc()],
+                  GAP_SAMPLE)
+    latest = latest_of_each(rows, lambda r: r.package_id, lambda r: (r.at is not None, r.at or datetime.min),
+                            GAP_SAMPLE)
+    return {k: [r.at for r in v] for k, v in latest.items()}
+
+
+def _hand_stats(conn: Connection, keys: list[tuple], successes: dict[int, list[datetime]]) -> dict[int, Stats]:
+    found = {key[2]: Stats() for key in keys}
+    for row in newest(conn, [jobs.c.package_id, jobs.c.created_at], KEY, keys, [jobs.c.created_at.is_not(None)],
+                      [jobs.c.created_at], 1):
+        stats = found[row.package_id]
+        stats.first_job = min(filter(None, (stats.first_job, row.created_at)))
+    for row in per_key(conn, keys, lambda key: select(jobs.c.package_id, func.count().label("n"))
+                       .where(*matching(KEY, key), COMPLETED).group_by(jobs.c.package_id)):
+        found[row.package_id].successes += row.n
+    for package_id, ends in successes.items():
+        found[package_id].last_success = max(filter(None, ends), default=None)
+    return found
+
+
+def _hand_finished(conn: Connection, keys: list[tuple], limit: int) -> dict[int, list]:
+    """Each package's newest `limit` finished jobs by hand, oldest first."""
+    rows = newest(conn, [jobs.c.package_id, jobs.c.id, jobs.c.status, jobs.c.created_at], KEY, keys,
+                  [jobs.c.status.in_(FINISHED)], NEWEST_FIRST, limit)
+    return latest_of_each(rows, lambda r: r.package_id, by_time, limit)
 
 
 # -- words --------------------------------------------------------------------------------------------
