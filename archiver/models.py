@@ -63,6 +63,9 @@ class JobRow(Base):
                             "creator_id", "package_id", "created_at", "attempts"),
                       Index("ix_jobs_creator_type_creator_id_package_id_status_created_at", "creator_type",
                             "creator_id", "package_id", "status", "created_at"),
+                      # a key's newest successes by end time, one descent (the health board, migration 0010)
+                      Index("ix_jobs_creator_type_creator_id_package_id_status_ended_at", "creator_type",
+                            "creator_id", "package_id", "status", "ended_at"),
                       Index("ix_jobs_status_created_at", "status", "created_at"))
     # plus, on PostgreSQL and SQLite, ix_jobs_failed_at: (COALESCE(ended_at, created_at)) WHERE
     # status = 'failed', the job_failures view's order (migration 0008; autogenerate skips it)

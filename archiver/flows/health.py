@@ -79,7 +79,6 @@ class Board:
 
 
 # -- the facts, read by index, a few rows a key ---------------------------------------------------------
-SUCCESS_AT = func.coalesce(jobs.c.ended_at, jobs.c.created_at)
 BY_SCHEDULE = jobs.c.creator_type == "Schedule"
 COMPLETED = jobs.c.status == "completed"
 KEY = [jobs.c.creator_type, jobs.c.creator_id, jobs.c.package_id]   # ix_jobs_creator_type_creator_id_package_id_*
@@ -186,20 +185,25 @@ def _schedule_stats(conn: Connection, keys: list[tuple]) -> dict[int, Stats]:
                       [jobs.c.created_at.desc()], 1):
         stats = found[row.creator_id]
         stats.last_run = max(filter(None, (stats.last_run, row.created_at)))
-    for schedule_id, at in _last_successes(conn, sorted({key[0] for key in keys})):
-        found[schedule_id].last_success = at
+    for schedule_id, successes in _newest_successes(conn, SCHEDULE_KEY, keys, [BY_SCHEDULE], 1).items():
+        stats = found[schedule_id]
+        stats.last_success = max(filter(None, (stats.last_success, *successes)), default=None)
     return dict(found)
 
 
-def _last_successes(conn: Connection, schedule_ids: list[int]) -> list:
-    """When each schedule's latest success ended: every success's ended_at, as no index holds
-    it (one on (creator_type, creator_id, package_id, COALESCE(ended_at, created_at)) WHERE
-    status = 'completed' would make this and _hand_successes a descent a key)."""
-    if not schedule_ids:
-        return []
-    return conn.execute(select(jobs.c.creator_id, func.max(SUCCESS_AT))
-                        .where(BY_SCHEDULE, COMPLETED, jobs.c.creator_id.in_(schedule_ids))
-                        .group_by(jobs.c.creator_id)).all()
+def _newest_successes(conn: Connection, key_columns: list, keys: list[tuple], where: list,
+                      limit: int) -> dict[Any, list[datetime | None]]:
+    """When the `limit` latest successes of each key ended (COALESCE(ended_at, created_at)),
+    latest first, per owner (the first key column): one descent of the (key, status, ended_at)
+    index a key, and one for the rare successes without ended_at (their created_at counts)."""
+    owner = key_columns[0].label("owner")
+    ended = newest(conn, [owner, jobs.c.ended_at.label("at")], key_columns, keys,
+                   [*where, COMPLETED, jobs.c.ended_at.is_not(None)], [jobs.c.ended_at.desc()], limit)
+    unended = newest(conn, [owner, jobs.c.created_at.label("at")], key_columns, keys,
+                     [*where, COMPLETED, jobs.c.ended_at.is_(None)], [jobs.c.created_at.desc()], limit)
+    latest = latest_of_each(ended + unended, lambda r: r.owner, lambda r: (r.at is not None, r.at or datetime.min),
+                            limit)
+    return {k: [r.at for r in reversed(v)] for k, v in latest.items()}
 
 
 def _runtimes(conn: Connection, key_columns: list, keys: list[tuple], where: list) -> dict[int, list[float]]:
@@ -223,11 +227,9 @@ def _schedule_jobs(conn: Connection, keys: list[tuple], limit: int) -> dict[int,
 
 def _hand_successes(conn: Connection, keys: list[tuple]) -> dict[int, list[datetime]]:
     """The end times of each package's newest GAP_SAMPLE successes by hand, oldest first."""
-    rows = newest(conn, [jobs.c.package_id, SUCCESS_AT.label("at")], KEY, keys, [COMPLETED], [SUCCESS_AT.desc()],
-                  GAP_SAMPLE)
-    latest = latest_of_each(rows, lambda r: r.package_id, lambda r: (r.at is not None, r.at or datetime.min),
-                            GAP_SAMPLE)
-    return {k: [r.at for r in v] for k, v in latest.items()}
+    packages_first = [KEY[2], KEY[0], KEY[1]]
+    reordered = [(key[2], key[0], key[1]) for key in keys]
+    return {k: v[::-1] for k, v in _newest_successes(conn, packages_first, reordered, [], GAP_SAMPLE).items()}
 
 
 def _hand_stats(conn: Connection, keys: list[tuple], successes: dict[int, list[datetime]]) -> dict[int, Stats]:

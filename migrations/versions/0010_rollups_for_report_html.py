@@ -11,6 +11,9 @@
   (archiver.errortext, which every write now applies when it parses a job; computed here for
   the jobs already stored), and `daily_error_rollup`: the failed jobs per account, UTC day,
   package and signature.
+- `ix_jobs_creator_type_creator_id_package_id_status_ended_at`: a schedule's or a package's
+  newest successes by end time in one descent (the health board of `check` and `report
+  html`, which read every success of the history for it).
 
 Every write of jobs recounts them for the days it touched, in its transaction (archiver.store:
 refresh_rollup, refresh_schedule_runs); this migration counts the history already stored.
@@ -32,6 +35,7 @@ branch_labels = None
 depends_on = None
 
 TERMINAL = ("completed", "failed", "stopped")
+SUCCESS_INDEX = ["creator_type", "creator_id", "package_id", "status", "ended_at"]
 LONG_TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 PACKAGE_DOCS = {
     "retries": "Jobs that were a retry (jobs.attempts > 0).",
@@ -216,9 +220,11 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("error_signature", sa.String(300), comment=SIGNATURE_DOC))
     _fill_signatures()
     _create_error_rollup()
+    op.create_index("ix_jobs_creator_type_creator_id_package_id_status_ended_at", "jobs", SUCCESS_INDEX)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_creator_type_creator_id_package_id_status_ended_at", table_name="jobs")
     op.drop_table("daily_error_rollup")
     op.drop_column("jobs", "error_signature")
     op.drop_table("daily_schedule_rollup")
