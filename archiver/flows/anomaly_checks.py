@@ -112,9 +112,11 @@ def _flaky_runs(conn: Connection, since: datetime) -> tuple[dict[int, list[anoma
                         .where(jobs.c.created_at >= since, jobs.c.package_id.in_(retried))
                         .order_by(jobs.c.package_id, jobs.c.created_at, jobs.c.id)).all()
     found: dict[int, list[anomaly.Run]] = defaultdict(list)
-    for r in rows:
-        found[r.package_id].append(anomaly.Run(r.id, r.package_id, r.created_at, r.status, None, r.attempts or 0))
-    return found, {r.id: creator_schedule(r) for r in rows}
+    creators: dict[int, int | None] = {}
+    for job_id, package_id, created_at, status, attempts, creator_type, creator_id in rows:   # 35,000 a million
+        found[package_id].append(anomaly.Run(job_id, package_id, created_at, status, None, attempts or 0))
+        creators[job_id] = creator_id if creator_type == "Schedule" else None
+    return found, creators
 
 
 def _successful_runs(conn: Connection, package_ids: list[int]) -> dict[int, list[anomaly.Run]]:
