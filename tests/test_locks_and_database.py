@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -68,6 +69,14 @@ def break_the_lock(db_url: str, account: str) -> None:
         engine.dispose()
 
 
+def wait_for_jobs(db_url: str, wanted: int, proc: subprocess.Popen, timeout: float = 60) -> int:
+    """The archive's job count once it reached `wanted` (the run writing what it fetched)."""
+    ends = time.monotonic() + timeout
+    while (found := count_jobs(db_url)) < wanted and proc.poll() is None and time.monotonic() < ends:
+        time.sleep(0.05)
+    return found
+
+
 def test_a_run_that_loses_its_lock_stops_writing_and_says_so(db_url):
     with Sandbox(jobs=30, seed=31, now=NOW) as api:
         ids = [str(i) for i in api.job_ids()]
@@ -77,7 +86,8 @@ def test_a_run_that_loses_its_lock_stops_writing_and_says_so(db_url):
                                 text=True)
         try:
             wait_parked(api, proc)
-            before = count_jobs(db_url)
+            # the fetch reads ahead of the writer: wait for the two batches it holds answers for
+            before = wait_for_jobs(db_url, 4, proc)
             break_the_lock(db_url, api.account)
         finally:
             api.release()

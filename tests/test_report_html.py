@@ -344,9 +344,11 @@ def test_chromium_draws_the_demo_report_offline_without_attempting_a_request(dem
     dom, asked = browse(demo.report, tmp_path, "--dump-dom")
     assert asked == []
     drawn = parse(dom)
-    assert len(list(drawn.iter(f"{SVG_NS}svg"))) >= 9 and len(list(drawn.iter(f"{SVG_NS}rect"))) > 20
+    assert len(list(drawn.iter(f"{SVG_NS}svg"))) >= 9
     for name in SECTIONS:
         section(drawn, name)
+    # the cells and bars are drawn (how many depends on the hour the demo's history ends)
+    assert all(list(section(drawn, name).iter(f"{SVG_NS}rect")) for name in ("calendar", "failure-rate", "syncs"))
 
 
 def test_the_proxy_sees_a_page_that_does_make_a_request(tmp_path):
