@@ -9,8 +9,8 @@ included), and schedule_attempts filtered to one day.
     ... --reuse            # time an archive built by an earlier run (same --jobs)
 
 The archive is generated here in bulk, not through the ingest path (which takes about 10
-minutes per million): a year of history ending now, 60 schedules (hourly and every 10 or 20
-minutes) running 1 to 3 packages each, failed first attempts retried up to three times,
+minutes per million): a year of history ending now, 60 schedules (their rows too, every 15th
+disabled, so the health board judges them) running 1 to 3 packages each, failed first attempts retried up to three times,
 jobs run by hand on 30 more packages, 85 % completed / 10 % failed / 2 % stopped, open jobs
 in the last hours, log-normal runtimes per package, one or two outputs a job, error texts that
 name their job (every one differs, as real ones do), a log summary on a third of the failures.
@@ -99,17 +99,35 @@ def job(job_id: int, created: datetime, package_id: int, status: str, runtime: i
             "first_seen_at": created, "last_synced_at": ended or created}
 
 
+def interval_minutes(total: int, schedules: list[tuple], every: int) -> int:
+    """A schedule's minutes between runs, stretched so that its runs make 75 % of `total`."""
+    runs_per_year = sum(len(p) * 525600 // each for _, each, p in schedules)
+    return max(1, round(every * runs_per_year / (total * 0.75)))
+
+
+def schedule_rows(total: int, seed: int = 17) -> tuple[list[dict], list[dict]]:
+    """The schedules behind the scheduled jobs (every 15th disabled), and their packages, so the
+    health board of `report html` judges them as it would a real account's."""
+    schedules, _ = plan(total, random.Random(seed))
+    start = NOW - timedelta(days=365)
+    rows = [{"id": s, "name": f"schedule {s}", "status": "disabled" if s % 15 == 0 else "enabled",
+             "start_at": start, "interval_amount": interval_minutes(total, schedules, every),
+             "interval_unit": "minutes", "auto_retry": True, "auto_retry_attempts": 3, "created_at": start}
+            for s, every, _ in schedules]
+    tasks = [{"schedule_id": s, "position": i, "package_id": p} for s, _, packages in schedules
+             for i, p in enumerate(packages)]
+    return rows, tasks
+
+
 def generate(total: int, seed: int = 17):
     """Batches of job rows, a year back from NOW, in creation order (about `total` jobs)."""
     rnd = random.Random(seed)
     schedules, hand = plan(total, rnd)
-    runs_per_year = sum(len(p) * 525600 // every for _, every, p in schedules)
-    scale = total * 0.75 / runs_per_year   # 75 % scheduled
     start = NOW - timedelta(days=365)
     median = {p: rnd.uniform(60, 1800) for p in range(100, 230)}
     events: list[tuple] = []
     for s, every, packages in schedules:
-        step = timedelta(minutes=every / scale)
+        step = timedelta(minutes=interval_minutes(total, schedules, every))
         k, moment = 0, start + timedelta(minutes=rnd.randint(0, every))
         while moment < NOW:
             for p in packages:
@@ -160,6 +178,9 @@ def build(url: str, total: int) -> int:
         dialect.insert_rows(conn, models.ClusterRow.__table__, [{"id": c, "name": f"cluster {c}"} for c in range(1, 8)])
         creators = [{"type": "Schedule", "id": s, "display_name": f"schedule {s}"} for s in range(1, 61)]
         dialect.insert_rows(conn, models.CreatorRow.__table__, creators + [{"type": "User", "id": 9, "display_name": "ana"}])
+        schedules, tasks = schedule_rows(total)
+        dialect.insert_rows(conn, models.ScheduleRow.__table__, schedules)
+        dialect.insert_rows(conn, models.SchedulePackageRow.__table__, tasks)
     summaries = models.JobLogSummaryRow.__table__
     for batch in generate(total):
         with engine.begin() as conn:
