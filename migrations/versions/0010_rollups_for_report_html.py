@@ -79,26 +79,38 @@ def _fill_package_columns() -> None:
                              "WHERE id = :rid"), values)
 
 
+def _day_table(name: str, docs: dict[str, str], columns: list, indexes: list[list[str]]) -> None:
+    """A rollup table: a surrogate id, the account and the day, then `columns`, each commented
+    with its text in `docs`."""
+    op.create_table(
+        name,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
+                  nullable=False, comment=docs["id"]),
+        sa.Column("account_id", sa.String(255), comment=docs["account_id"]),
+        sa.Column("day", sa.Date(), comment=docs["day"]),
+        *columns,
+        sa.PrimaryKeyConstraint("id", name=f"pk_{name}"),
+    )
+    for indexed in indexes:
+        op.create_index(f"ix_{name}_{'_'.join(indexed)}", name, indexed)
+
+
+def _columns(docs: dict[str, str], kind, *names: str, nullable: bool = True) -> list:
+    return [sa.Column(name, kind, nullable=nullable, comment=docs[name]) for name in names]
+
+
 def _output_key():
     return sa.func.coalesce(outputs.c.component_name, outputs.c.name,
                             sa.literal_column("'output '") + sa.cast(outputs.c.id, sa.String))
 
 
 def _create_output_rollup() -> None:
-    op.create_table(
-        "daily_output_rollup",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
-                  nullable=False, comment=OUTPUT_DOCS["id"]),
-        sa.Column("account_id", sa.String(255), comment=OUTPUT_DOCS["account_id"]),
-        sa.Column("day", sa.Date(), comment=OUTPUT_DOCS["day"]),
-        sa.Column("package_id", sa.BigInteger(), comment=OUTPUT_DOCS["package_id"]),
-        sa.Column("output_key", LONG_TEXT, nullable=False, comment=OUTPUT_DOCS["output_key"]),
-        *[sa.Column(name, sa.BigInteger(), nullable=False, comment=OUTPUT_DOCS[name])
-          for name in ("jobs", "records", "completed", "completed_records")],
-        sa.PrimaryKeyConstraint("id", name="pk_daily_output_rollup"),
-    )
-    op.create_index("ix_daily_output_rollup_day_package_id", "daily_output_rollup", ["day", "package_id"])
-    op.create_index("ix_daily_output_rollup_account_id_day", "daily_output_rollup", ["account_id", "day"])
+    _day_table("daily_output_rollup", OUTPUT_DOCS,
+               [*_columns(OUTPUT_DOCS, sa.BigInteger(), "package_id"),
+                *_columns(OUTPUT_DOCS, LONG_TEXT, "output_key", nullable=False),
+                *_columns(OUTPUT_DOCS, sa.BigInteger(), "jobs", "records", "completed", "completed_records",
+                          nullable=False)],
+               [["day", "package_id"], ["account_id", "day"]])
     completed = jobs.c.status == "completed"
     key = _output_key()
     query = (sa.select(jobs.c.account_id, jobs.c.run_date, jobs.c.package_id, key, sa.func.count(),
@@ -130,20 +142,10 @@ SCHEDULED_DAY = {"postgresql": "CAST(scheduled_at AT TIME ZONE 'UTC' AS DATE)"}
 
 
 def _create_schedule_rollup() -> None:
-    op.create_table(
-        "daily_schedule_rollup",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
-                  nullable=False, comment=SCHEDULE_DOCS["id"]),
-        sa.Column("account_id", sa.String(255), comment=SCHEDULE_DOCS["account_id"]),
-        sa.Column("day", sa.Date(), comment=SCHEDULE_DOCS["day"]),
-        sa.Column("schedule_id", sa.BigInteger(), comment=SCHEDULE_DOCS["schedule_id"]),
-        sa.Column("package_id", sa.BigInteger(), comment=SCHEDULE_DOCS["package_id"]),
-        *[sa.Column(name, sa.BigInteger(), nullable=False, comment=SCHEDULE_DOCS[name]) for name in SCHEDULE_MEASURES],
-        sa.PrimaryKeyConstraint("id", name="pk_daily_schedule_rollup"),
-    )
-    op.create_index("ix_daily_schedule_rollup_day", "daily_schedule_rollup", ["day"])
-    op.create_index("ix_daily_schedule_rollup_schedule_id_package_id_day", "daily_schedule_rollup",
-                    ["schedule_id", "package_id", "day"])
+    _day_table("daily_schedule_rollup", SCHEDULE_DOCS,
+               [*_columns(SCHEDULE_DOCS, sa.BigInteger(), "schedule_id", "package_id"),
+                *_columns(SCHEDULE_DOCS, sa.BigInteger(), *SCHEDULE_MEASURES, nullable=False)],
+               [["day"], ["schedule_id", "package_id", "day"]])
     day = SCHEDULED_DAY.get(op.get_bind().dialect.name, "DATE(scheduled_at)")
     op.execute(f"""
 INSERT INTO daily_schedule_rollup (account_id, day, schedule_id, package_id, {", ".join(SCHEDULE_MEASURES)})
@@ -176,30 +178,20 @@ def _fill_signatures() -> None:
     from archiver.errortext import signature
 
     bind = op.get_bind()
-    texts = bind.execute(sa.text("SELECT id, errors FROM jobs WHERE errors IS NOT NULL AND errors <> ''"))
-    while batch := texts.fetchmany(5000):
-        values = [{"jid": job_id, "sig": signature(errors)} for job_id, errors in batch]
-        bind.execute(sa.text("UPDATE jobs SET error_signature = :sig WHERE id = :jid"),
-                     [v for v in values if v["sig"] is not None])
+    texts = bind.execute(sa.text("SELECT id, errors FROM jobs WHERE errors IS NOT NULL AND errors <> ''")).all()
+    values = [{"jid": job_id, "sig": sig} for job_id, errors in texts if (sig := signature(errors)) is not None]
+    for start in range(0, len(values), 5000):   # read first: no update while the read is open
+        bind.execute(sa.text("UPDATE jobs SET error_signature = :sig WHERE id = :jid"), values[start:start + 5000])
 
 
 def _create_error_rollup() -> None:
-    op.create_table(
-        "daily_error_rollup",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
-                  nullable=False, comment=ERROR_DOCS["id"]),
-        sa.Column("account_id", sa.String(255), comment=ERROR_DOCS["account_id"]),
-        sa.Column("day", sa.Date(), comment=ERROR_DOCS["day"]),
-        sa.Column("package_id", sa.BigInteger(), comment=ERROR_DOCS["package_id"]),
-        sa.Column("error_signature", sa.String(300), comment=ERROR_DOCS["error_signature"]),
-        sa.Column("jobs", sa.BigInteger(), nullable=False, comment=ERROR_DOCS["jobs"]),
-        sa.Column("first_failed_at", UTCDateTime(), comment=ERROR_DOCS["first_failed_at"]),
-        sa.Column("last_failed_at", UTCDateTime(), comment=ERROR_DOCS["last_failed_at"]),
-        sa.Column("last_job_id", sa.BigInteger(), nullable=False, comment=ERROR_DOCS["last_job_id"]),
-        sa.PrimaryKeyConstraint("id", name="pk_daily_error_rollup"),
-    )
-    op.create_index("ix_daily_error_rollup_day_package_id", "daily_error_rollup", ["day", "package_id"])
-    op.create_index("ix_daily_error_rollup_account_id_day", "daily_error_rollup", ["account_id", "day"])
+    _day_table("daily_error_rollup", ERROR_DOCS,
+               [*_columns(ERROR_DOCS, sa.BigInteger(), "package_id"),
+                *_columns(ERROR_DOCS, sa.String(300), "error_signature"),
+                *_columns(ERROR_DOCS, sa.BigInteger(), "jobs", nullable=False),
+                *_columns(ERROR_DOCS, UTCDateTime(), "first_failed_at", "last_failed_at"),
+                *_columns(ERROR_DOCS, sa.BigInteger(), "last_job_id", nullable=False)],
+               [["day", "package_id"], ["account_id", "day"]])
     op.execute("""
 INSERT INTO daily_error_rollup (account_id, day, package_id, error_signature, jobs, first_failed_at, last_failed_at,
                                 last_job_id)
