@@ -478,3 +478,30 @@ def test_a_cancelled_thread_leaves_its_retry_after_wait_at_once():
         thread.join(GUARD)
         assert not thread.is_alive() and len(outcome) == 1 and not client.stop.is_set()
         client.close()
+
+
+def test_a_sync_by_id_keeps_asking_while_a_batch_is_written(sqlite_url, monkeypatch):
+    """By id, once a job is found, the pool's requests go on while a batch is written: with the
+    gate closed after 40 Get calls, a request is held while the first batch of 20 is still being
+    written (in turn, none would be asked for until that write returned)."""
+    from archiver.flows.by_id import sync_ids
+
+    write, held_during_write = Archive.write_jobs, []
+
+    def first_write_waits_for_the_gate(self, jobs, *args, **kwargs):
+        if not held_during_write:
+            try:
+                api.wait_held(1, timeout=GUARD)   # returns as soon as a request waits there
+                held_during_write.append(True)
+            except TimeoutError:
+                held_during_write.append(False)
+            api.release()
+        return write(self, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(Archive, "write_jobs", first_write_waits_for_the_gate)
+    with Sandbox(jobs=120, seed=52, now=NOW) as api:
+        ids = api.job_ids()
+        api.hold_after(40, "get_job")
+        summary = sync_ids(settings_for(api, sqlite_url), ids, SyncOptions(concurrency=4, batch_size=20))
+    assert held_during_write == [True]
+    assert summary.outcome == "ok" and summary.inserted == len(ids)
