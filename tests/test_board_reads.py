@@ -102,3 +102,20 @@ def test_flaky_packages_are_those_the_full_reading_finds(filled, monkeypatch):
     boards = same_boards(filled.url, [NOW, NOW - 4 * H, NOW + 6 * H], monkeypatch)
     flaky = {row[0] for row in boards[0] if row[0].startswith("flaky:")}
     assert flaky == {"flaky:package:1", "flaky:package:2", "flaky:package:5"}
+
+
+def test_a_running_jobs_baseline_is_read_as_far_as_it_walks_back(filled, monkeypatch):
+    """Package 7 runs daily, its runtimes spread wider before the last 40 days: its running
+    job's baseline spread comes from 8 weeks of weekday groups, past the first runs read.
+    Package 8 runs hourly: its baseline is the last 31 runs."""
+    for day in range(1, 61):
+        spread = 1.2 if day <= 40 else 2.5
+        filled.job(package_id=7, created_at=NOW - day * D, runtime=round(600 * spread ** (day * 3 % 5 - 2)))
+    for hour in range(1, 241):
+        filled.job(package_id=8, created_at=NOW - hour * H, runtime=300)
+    for package_id in (7, 8):
+        filled.job(package_id=package_id, created_at=NOW - 3 * H, started_at=NOW - 3 * H, status="running")
+    boards = [seen(filled.url, now) for now in (NOW, NOW + 6 * H)]
+    monkeypatch.setattr(anomaly_checks, "FIRST_READ", anomaly_checks.RUNNING_HISTORY)
+    assert [seen(filled.url, now) for now in (NOW, NOW + 6 * H)] == boards
+    assert len([row for row in boards[0] if row[0].startswith("slow:job:")]) == 2
