@@ -178,6 +178,28 @@ class _Samples:
         return found
 
 
+class _Reach(_Samples):
+    """_Samples that remember the oldest index read."""
+
+    __slots__ = ("oldest",)
+
+    def __init__(self, runs: Sequence[Run]):
+        super().__init__(runs)
+        self.oldest = len(runs)
+
+    def __getitem__(self, i: int) -> Sample:
+        self.oldest = min(self.oldest, i)
+        return super().__getitem__(i)
+
+
+def reaches_start(runs: Sequence[Run], moment: datetime, thresholds: Thresholds = DEFAULTS) -> bool:
+    """Whether the Past of a run at `moment` over `runs` (time order) could change with runs
+    before them: past_of's walk back read runs[0] (or there is none)."""
+    samples = _Reach(runs)
+    past_of(samples, len(runs), moment, thresholds)
+    return samples.oldest == 0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Past:
     """What a run is compared with. `prior`: the last `window` successful runs before it, oldest

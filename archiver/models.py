@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, Double, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy import (BigInteger, Boolean, Date, Double, ForeignKey, Index, Integer, MetaData, String, cast, func,
+                        literal_column)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from archiver.fields import INT, JOB_FIELDS, NUMBER, STATUS, TEXT, TIME
@@ -86,6 +87,13 @@ class JobOutputRow(Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     url: Mapped[str | None] = mapped_column(LongText)
     preview_url: Mapped[str | None] = mapped_column(LongText)
+
+
+
+def output_key():
+    """An output's key, as docs/anomalies.md gives it: component name, else name, else `output <id>`."""
+    o = JobOutputRow.__table__.c
+    return func.coalesce(o.component_name, o.name, literal_column("'output '") + cast(o.id, String))
 
 
 class JobVariableRow(Base):

@@ -20,8 +20,7 @@ from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import (Connection, Engine, String, and_, case, cast, delete, func, literal_column, not_, or_, select,
-                        update)
+from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from archiver import __version__, database, dialect, models
@@ -221,17 +220,11 @@ ROLLUP_COLUMNS = ["account_id", "day", "package_id", "jobs", "completed", "faile
                   "avg_runtime_seconds", "max_runtime_seconds", "runtimes", "retries", "run_seconds"]
 
 
-def output_key():
-    """An output's key, as docs/anomalies.md gives it: component name, else name, else `output <id>`."""
-    o = outputs_t.c
-    return func.coalesce(o.component_name, o.name, literal_column("'output '") + cast(o.id, String))
-
-
 def _output_rollup_select(conn: Connection):
     """One daily_output_rollup row per account, day, package and output key of the jobs selected."""
     j, o = jobs_t.c, outputs_t.c
     completed = j.status == "completed"
-    key = output_key()
+    key = models.output_key()
     return (select(j.account_id, j.run_date, j.package_id, key, func.count(),
                    func.coalesce(func.sum(o.records_count), 0),
                    func.sum(case((completed, 1), else_=0)),

@@ -25,6 +25,7 @@ TABLES = {"jobs", "job_outputs", "job_variables", "sync_runs", "sync_errors", "s
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_db_url):
     engine = database.make_engine(empty_db_url)
+    assert database.current_revision(engine) is None
     database.upgrade(engine)
     assert TABLES <= set(inspect(engine).get_table_names())
     assert database.current_revision(engine) == database.head_revision()
@@ -33,6 +34,16 @@ def test_upgrade_to_head_and_downgrade_to_base(empty_db_url):
     database.upgrade(engine)
     assert database.current_revision(engine) == database.head_revision()
     engine.dispose()
+
+
+def test_the_head_read_from_the_migration_files_is_alembics(tmp_path, monkeypatch):
+    assert database.head_revision() == database._chain_head() == database._alembic_head() is not None
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for name, parent in (("a", None), ("b", '"a"'), ("c", '"a"')):
+        (versions / f"{name}.py").write_text(f'revision = "{name}"\ndown_revision = {parent}\n')
+    monkeypatch.setattr(database, "migrations_folder", lambda: str(tmp_path))
+    assert database._chain_head() is None      # two heads: Alembic's to say
 
 
 def test_models_match_migrations(empty_db_url):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import select
+
 from archiver import database
 from archiver.dialect import distinct_keys
-from archiver.flows.per_key import latest_of_each, newest
+from archiver.flows.per_key import latest_of_each, matching, newest
 from archiver.models import JobRow
 from healthrows import Rows, job_row
 
@@ -50,3 +52,27 @@ def test_newest_rows_of_each_key_ties_by_id_and_a_null_key(db_url):
 def test_latest_of_each_merges_keys_by_rank_oldest_first():
     rows = [(1, 5), (1, 9), (2, 4), (1, 7), (1, 8)]
     assert latest_of_each(rows, lambda r: r[0], lambda r: r[1], 2) == {1: [(1, 8), (1, 9)], 2: [(2, 4)]}
+
+
+def test_many_keys_give_the_rows_each_key_read_alone_gives(db_url):
+    """250 keys (three statements of at most 100), some with a NULL package: every row and
+    value (aware UTC datetimes) as one SELECT a key returns it."""
+    rows = Rows(db_url)
+    rows.jobs([job_row(i, package_id=(i % 125) or None, created_at=T0 + timedelta(minutes=7 * i),
+                       schedule_id=i % 2 or None, status="completed" if i % 3 else "failed")
+               for i in range(1, 1001)])
+    rows.close()
+    columns = [*KEY, jobs.c.id, jobs.c.created_at, jobs.c.runtime_in_seconds]
+    where, order = [jobs.c.status == "completed"], [jobs.c.created_at.desc(), jobs.c.id.desc()]
+    engine = database.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            keys = distinct_keys(conn, KEY)
+            found = newest(conn, columns, KEY, keys, where, order, 3)
+            alone = [row for key in keys for row in conn.execute(
+                select(*columns).where(*where, *matching(KEY, key)).order_by(*order).limit(3))]
+    finally:
+        engine.dispose()
+    assert len(keys) == 250 and len(found) == len(alone) > 500
+    assert sorted(map(tuple, found), key=repr) == sorted(map(tuple, alone), key=repr)
+    assert all(row.created_at.tzinfo is timezone.utc for row in found)

@@ -8,9 +8,11 @@ An alert says what is true *now*, not what once happened (that is `report anomal
   next completed job without the verdict resolves it; so does the window running out.
 - `flaky:package:ID` is open while anomaly.flaky_status lists the package over its retry
   chains of the last 14 days (read here from jobs, only for packages with a retry that
-  succeeded in that time), so 5 clean first attempts or the chains ageing out resolve it.
+  succeeded in that time and at least `flaky_share` as many retries as first attempts: see
+  maybe_flaky), so 5 clean first attempts or the chains ageing out resolve it.
 - `slow:job:ID` is open while a `running` job's elapsed time is past the slow bound of its
-  package (anomaly.score_running over its last RUNNING_HISTORY successful runs): an early
+  package (anomaly.score_running over its last RUNNING_HISTORY successful runs, read as far as
+  the baseline reaches: see running_history): an early
   warning, distinct from `stuck` (a hard limit); it resolves when the job ends.
 
 Reads are bounded by time (the window, 14 days) or per package (flows/per_key.py), never the archive.
@@ -18,15 +20,18 @@ Reads are bounded by time (the window, 14 days) or per package (flows/per_key.py
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import re
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 
 from sqlalchemy import Connection, func, select
 
 from archiver import anomaly
+from archiver.flows import rollups
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import CheckConfig
 from archiver.flows.per_key import newest
@@ -37,11 +42,13 @@ job_anomalies = JobAnomalyRow.__table__
 
 ANOMALY_WINDOW = timedelta(days=7)   # a latest success older than this no longer alerts (stale does)
 RUNNING_HISTORY = 400                # successful runs a running job is compared with
+FIRST_READ = 40                      # of them read first: an hourly package's baseline needs about 31
 MAX_KEY = 255                        # alerts.key
 JOB_KINDS = (anomaly.SLOW, anomaly.ZERO_RECORDS, anomaly.VOLUME_DROP)   # read from job_anomalies
 OUTPUT_KINDS = (anomaly.ZERO_RECORDS, anomaly.VOLUME_DROP)
 PLAIN_OUTPUT = re.compile(r"[A-Za-z0-9_.\-]+")
 DIGEST_CHARS = 12
+FOREVER = datetime.max.replace(tzinfo=timezone.utc)   # the end of "since then": later jobs count too
 
 
 @dataclasses.dataclass
@@ -76,11 +83,11 @@ def anomaly_key(kind: str, package_id: int, output: str | None = None, digest: b
 
 # -- reading -------------------------------------------------------------------------------------------
 def read_anomaly_facts(conn: Connection, open_jobs: list, as_of: datetime, config: CheckConfig) -> AnomalyFacts:
-    running = sorted({j.package_id for j in open_jobs if j.status == "running" and j.package_id is not None})
-    flaky_runs, flaky_creators = _flaky_runs(conn, as_of - timedelta(days=thresholds(config).flaky_days))
+    flaky_runs, flaky_creators = _flaky_runs(conn, as_of - timedelta(days=thresholds(config).flaky_days),
+                                             thresholds(config).flaky_share)
     return AnomalyFacts(verdicts=_latest_verdicts(conn, as_of - ANOMALY_WINDOW), flaky_runs=flaky_runs,
                         flaky_creators=flaky_creators,
-                        running_history=_successful_runs(conn, running) if running else {})
+                        running_history=running_history(conn, open_jobs, thresholds(config)))
 
 
 def _latest_verdicts(conn: Connection, since: datetime) -> list:
@@ -102,34 +109,72 @@ def _latest_verdicts(conn: Connection, since: datetime) -> list:
     return conn.execute(query).all()
 
 
-def _flaky_runs(conn: Connection, since: datetime) -> tuple[dict[int, list[anomaly.Run]], dict[int, int | None]]:
-    """Every job since `since` of the packages with a retry that succeeded since then, as Runs
-    (and the schedule that created each)."""
+def _flaky_runs(conn: Connection, since: datetime,
+                share: float) -> tuple[dict[int, list[anomaly.Run]], dict[int, int | None]]:
+    """Every job since `since` of the packages with a retry that succeeded since then and that
+    maybe_flaky keeps, as Runs (and the schedule that created each)."""
+    candidates = maybe_flaky(conn, since, share)
+    if not candidates:
+        return {}, {}
     retried = (select(jobs.c.package_id).where(jobs.c.created_at >= since, jobs.c.status == "completed",
-                                                jobs.c.attempts > 0, jobs.c.package_id.is_not(None)).distinct())
+                                                jobs.c.attempts > 0, jobs.c.package_id.in_(candidates)).distinct())
     rows = conn.execute(select(jobs.c.id, jobs.c.package_id, jobs.c.created_at, jobs.c.status, jobs.c.attempts,
                                jobs.c.creator_type, jobs.c.creator_id)
                         .where(jobs.c.created_at >= since, jobs.c.package_id.in_(retried))
                         .order_by(jobs.c.package_id, jobs.c.created_at, jobs.c.id)).all()
     found: dict[int, list[anomaly.Run]] = defaultdict(list)
     creators: dict[int, int | None] = {}
-    for job_id, package_id, created_at, status, attempts, creator_type, creator_id in rows:   # 35,000 a million
+    for job_id, package_id, created_at, status, attempts, creator_type, creator_id in rows:
         found[package_id].append(anomaly.Run(job_id, package_id, created_at, status, None, attempts or 0))
         creators[job_id] = creator_id if creator_type == "Schedule" else None
     return found, creators
 
 
-def _successful_runs(conn: Connection, package_ids: list[int]) -> dict[int, list[anomaly.Run]]:
-    """The last RUNNING_HISTORY completed jobs with a runtime of each package, oldest first."""
+def maybe_flaky(conn: Connection, since: datetime, share: float) -> list[int]:
+    """The packages that anomaly.flaky_status could call flaky over their jobs since `since`.
+
+    Each first attempt opens a chain and a chain that needed a retry holds one, so a package's
+    share of such chains is at most retries / first attempts (floating division keeps that
+    order): below `share`, it is not flaky, and its jobs need not be read. Counted from the
+    daily rollup, the partial first day from jobs (a million-job archive: 33,000 jobs read
+    for nothing before)."""
+    counts = rollups.tally(conn, rollups.PACKAGE_DAYS, since, FOREVER, ("package_id",), ("jobs", "retries"))
+    return sorted(package_id for (package_id,), n in counts.items()
+                  if package_id is not None and not below(n["retries"], n["jobs"] - n["retries"], share))
+
+
+def below(retries: int, first_attempts: int, share: float) -> bool:
+    return first_attempts > 0 and retries / first_attempts < share
+
+
+def running_history(conn: Connection, open_jobs: list, limits: anomaly.Thresholds) -> dict[int, list[anomaly.Run]]:
+    """The last RUNNING_HISTORY successes of each package with a running job, as far as a
+    running job's baseline walks back (anomaly.past_of): FIRST_READ of them first, and all only
+    for a package where that walk reached the oldest one read. The same baselines as reading
+    all (19,600 rows a million-job archive, where most need 31 a package)."""
+    running = [j for j in open_jobs if j.status == "running" and j.package_id is not None]
+    found = _successful_runs(conn, sorted({j.package_id for j in running}), FIRST_READ)
+    further = sorted({j.package_id for j in running if len(found.get(j.package_id, ())) == FIRST_READ
+                      and anomaly.reaches_start(before(found[j.package_id], j.created_at), j.created_at, limits)})
+    return {**found, **_successful_runs(conn, further, RUNNING_HISTORY)}
+
+
+def _successful_runs(conn: Connection, package_ids: list[int], limit: int) -> dict[int, list[anomaly.Run]]:
+    """The last `limit` completed jobs with a runtime of each package, oldest first."""
     rows = newest(conn, [jobs.c.id, jobs.c.package_id, jobs.c.created_at, jobs.c.runtime_in_seconds,
                          jobs.c.attempts], [jobs.c.package_id], [(p,) for p in package_ids],
                   [jobs.c.status == "completed", jobs.c.runtime_in_seconds.is_not(None)],
-                  [jobs.c.created_at.desc(), jobs.c.id.desc()], RUNNING_HISTORY)
+                  [jobs.c.created_at.desc(), jobs.c.id.desc()], limit)
     found: dict[int, list[anomaly.Run]] = defaultdict(list)
-    for r in sorted(rows, key=lambda r: (r.package_id, r.created_at, r.id)):
+    for r in sorted(rows, key=attrgetter("package_id", "created_at", "id")):
         found[r.package_id].append(anomaly.Run(r.id, r.package_id, r.created_at, "completed",
                                                float(r.runtime_in_seconds), r.attempts or 0))
     return found
+
+
+def before(runs: list[anomaly.Run], moment: datetime) -> list[anomaly.Run]:
+    """The runs (in time order) created before `moment`."""
+    return runs[:bisect.bisect_left(runs, moment, key=attrgetter("created_at"))]
 
 
 def creator_schedule(row) -> int | None:
@@ -185,7 +230,7 @@ def running_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, 
     for job in open_jobs:
         if job.status != "running" or job.started_at is None or job.package_id is None:
             continue
-        history = [r for r in facts.running_history.get(job.package_id, []) if r.created_at < job.created_at]
+        history = before(facts.running_history.get(job.package_id, []), job.created_at)
         run = anomaly.Run(job.id, job.package_id, job.created_at, job.status, None)
         verdict = anomaly.score_running(run, (as_of - job.started_at).total_seconds(), history, thresholds(config))
         if verdict is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -100,24 +101,23 @@ class Facts:
     schedules: list
     schedule_packages: dict[int, list[int]]
     schedule_stats: dict[int, Stats]
-    schedule_runtimes: dict[int, list[float]]
+    schedule_keys: list[tuple]
     schedule_jobs: dict[int, dict[int | None, list]]
     hand_stats: dict[int, Stats]
     hand_finished: dict[int, list]
     hand_successes: dict[int, list[datetime]]
     package_names: dict[int, str | None]
     open_jobs: list
-    package_runtimes: dict[int, list[float]]
     last_ok_sync: datetime | None
     last_syncs: list
+    schedule_runtimes: dict[int, list[float]] = dataclasses.field(default_factory=dict)   # read_runtimes
+    package_runtimes: dict[int, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def read_facts(conn: Connection, config: CheckConfig) -> Facts:
     open_jobs = conn.execute(select(jobs.c.id, jobs.c.package_id, jobs.c.creator_type, jobs.c.creator_id,
                                     jobs.c.status, jobs.c.created_at, jobs.c.started_at)
                              .where(jobs.c.status.in_(OPEN))).all()
-    stuck_packages = sorted({j.package_id for j in open_jobs if j.package_id is not None
-                             and j.status in STUCK_STATUSES})
     known = conn.execute(select(schedules).order_by(schedules.c.id)).all()
     keys = distinct_keys(conn, KEY)
     by_schedule = judged_keys(keys, known)
@@ -128,7 +128,7 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
         schedules=known,
         schedule_packages=scheduled,
         schedule_stats=_schedule_stats(conn, by_schedule),
-        schedule_runtimes=_runtimes(conn, SCHEDULE_KEY, by_schedule, [BY_SCHEDULE]),
+        schedule_keys=by_schedule,
         schedule_jobs=_schedule_jobs(conn, by_schedule,
                                      config.most_failing_runs() * (MAX_RETRIES + 1) + MAX_RETRIES + 1),
         hand_stats=_hand_stats(conn, hand, hand_successes),
@@ -136,7 +136,6 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
         hand_successes=hand_successes,
         package_names=dict(conn.execute(select(packages.c.id, packages.c.name)).all()),
         open_jobs=open_jobs,
-        package_runtimes=_runtimes(conn, [jobs.c.package_id], [(p,) for p in stuck_packages], []),
         last_ok_sync=conn.execute(select(func.max(sync_runs.c.started_at)).where(
             sync_runs.c.mode == "incremental", sync_runs.c.outcome == "ok")).scalar(),
         last_syncs=conn.execute(select(sync_runs.c.started_at, sync_runs.c.outcome, sync_runs.c.mode)
@@ -144,6 +143,25 @@ def read_facts(conn: Connection, config: CheckConfig) -> Facts:
                                 .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id.desc())
                                 .limit(SYNC_FAILING_RUNS)).all(),
     )
+
+
+def read_runtimes(conn: Connection, facts: Facts, config: CheckConfig, as_of: datetime, disabled: set[int]) -> None:
+    """The recent runtimes of the schedules and packages whose verdict a percentile can change:
+    a schedule whose last success is two intervals old (stale_alert's p95), a package with a job
+    open longer than MIN_STUCK (stuck_limit's p99). The others' verdicts are the same without
+    them, and reading them all was a tenth of the board (200 rows a key)."""
+    timed = {s.id for s in facts.schedules if needs_p95(s, facts, config, as_of)}
+    facts.schedule_runtimes = _runtimes(conn, SCHEDULE_KEY, [k for k in facts.schedule_keys if k[0] in timed],
+                                        [BY_SCHEDULE])
+    packages = sorted({job.package_id for job, schedule_id, began in stuck_candidates(facts, disabled)
+                       if job.package_id is not None and needs_p99(job, schedule_id, began, config, as_of)})
+    facts.package_runtimes = _runtimes(conn, [jobs.c.package_id], [(p,) for p in packages], [])
+
+
+def needs_p99(job, schedule_id: int | None, began: datetime, config: CheckConfig, as_of: datetime) -> bool:
+    """Whether stuck_alerts' verdict on an open job depends on its package's p99 runtime: only
+    once it has been open MIN_STUCK, the least limit."""
+    return as_of - began >= MIN_STUCK and config.value("stuck_after", schedule_id, job.package_id) is None
 
 
 def judged_keys(keys: list[tuple], known: list) -> list[tuple]:
@@ -337,10 +355,25 @@ def late_alert(s, interval: Interval, facts: Facts, config: CheckConfig, as_of: 
                  schedule_id=s.id), ""
 
 
-def stale_alert(s, interval: Interval, facts: Facts, config: CheckConfig, as_of: datetime) -> tuple[Alert | None, str]:
+def stale_since(s, facts: Facts) -> tuple[datetime | None, datetime | None]:
+    """(last success, when staleness is counted from)."""
     stats = facts.schedule_stats.get(s.id)
     last_success = stats.last_success if stats else None
-    began = last_success or s.start_at or s.created_at or (stats.first_job if stats else None)
+    return last_success, last_success or s.start_at or s.created_at or (stats.first_job if stats else None)
+
+
+def needs_p95(s, facts: Facts, config: CheckConfig, as_of: datetime) -> bool:
+    """Whether stale_alert's verdict on an enabled schedule depends on its p95 runtime: only
+    from two intervals after `began` on, as the due time is at least that."""
+    if s.status != "enabled" or config.value("stale_after", s.id) is not None:
+        return False
+    interval = Interval.of(s.interval_amount, s.interval_unit)
+    began = stale_since(s, facts)[1]
+    return interval is not None and began is not None and as_of >= interval.add(began, 2)
+
+
+def stale_alert(s, interval: Interval, facts: Facts, config: CheckConfig, as_of: datetime) -> tuple[Alert | None, str]:
+    last_success, began = stale_since(s, facts)
     if began is None:
         return None, "no run yet"
     configured = config.value("stale_after", s.id)
@@ -476,15 +509,22 @@ def judge_package(package_id: int, facts: Facts, config: CheckConfig, as_of: dat
 
 
 # -- stuck jobs ---------------------------------------------------------------------------------------
-def stuck_alerts(facts: Facts, config: CheckConfig, as_of: datetime, disabled: set[int]) -> list[Alert]:
-    found = []
+def stuck_candidates(facts: Facts, disabled: set[int]) -> Iterator[tuple[Any, int | None, datetime]]:
+    """(job, its schedule, since when) of each running or queued job not of a disabled schedule."""
     for job in facts.open_jobs:
         schedule_id = job.creator_id if job.creator_type == "Schedule" else None
         if job.status not in STUCK_STATUSES or schedule_id in disabled:
             continue
         began = (job.started_at if job.status == "running" else None) or job.created_at
+        if began is not None:
+            yield job, schedule_id, began
+
+
+def stuck_alerts(facts: Facts, config: CheckConfig, as_of: datetime, disabled: set[int]) -> list[Alert]:
+    found = []
+    for job, schedule_id, began in stuck_candidates(facts, disabled):
         limit = stuck_limit(facts, config, schedule_id, job.package_id)
-        if began is None or as_of - began < limit:
+        if as_of - began < limit:
             continue
         found.append(Alert(f"stuck:job:{job.id}", "stuck", config.severity("stuck", schedule_id, job.package_id),
                            f"job {job.id} {job.status} since {when(began)}, {span(as_of - began)} "
@@ -511,8 +551,9 @@ def evaluate(engine: Engine, config: CheckConfig, now: datetime) -> Board:
     with engine.connect() as conn:
         facts = read_facts(conn, config)
         as_of = judged_as_of(facts, now)
+        disabled = {s.id for s in facts.schedules if s.status != "enabled"}
+        read_runtimes(conn, facts, config, as_of, disabled)
         anomaly_facts = read_anomaly_facts(conn, facts.open_jobs, as_of, config)
-    disabled = {s.id for s in facts.schedules if s.status != "enabled"}
     stuck = stuck_alerts(facts, config, as_of, disabled)
     anomalies = anomaly_alerts(anomaly_facts, facts, config, as_of, disabled)
     busy = {j.creator_id for j in facts.open_jobs if j.creator_type == "Schedule"}

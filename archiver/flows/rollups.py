@@ -17,7 +17,6 @@ from sqlalchemy.sql import ColumnElement, FromClause
 
 from archiver import models
 from archiver.fields import TERMINAL_STATUSES
-from archiver.store import output_key
 
 jobs = models.JobRow.__table__
 outputs = models.JobOutputRow.__table__
@@ -73,7 +72,7 @@ def _output_days() -> Source:
     return Source(
         output_rollup, outputs.join(jobs, j.id == o.job_id), j.created_at,
         keys={"package_id": (r.package_id, j.package_id), "day": (r.day, j.run_date),
-              "output": (r.output_key, output_key())},
+              "output": (r.output_key, models.output_key())},
         measures={"jobs": (r.jobs, _flag(o.id.is_not(None))), "records": (r.records, o.records_count),
                   "completed": (r.completed, _flag(completed)),
                   "completed_records": (r.completed_records, case((completed, o.records_count)))})
