@@ -74,10 +74,11 @@ class Stored:
     updated_at: datetime | None
     status: str | None
     payload_hash: str | None
-    account_id: str | None = None   # with run_date: the rollup group the stored row counts in
+    account_id: str | None = None   # with run_date and package_id: the rollup group the stored row counts in
     run_date: date | None = None
     chain: tuple | None = None      # (account_id, creator_id, package_id) of a scheduled job
     created_at: datetime | None = None
+    package_id: int | None = None
 
 
 def decide(stored: Stored | None, job: JobRecord) -> str:
@@ -170,32 +171,52 @@ class BatchResult:
 
 # -- the daily rollup ---------------------------------------------------------------------------
 def rollup_groups(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> set[tuple]:
-    """The (account_id, day) groups of daily_package_rollup that these written jobs count in
-    now, and counted in before (a newer snapshot may move a job to another day or account)."""
+    """The (account_id, day, package_id) groups of the daily rollups that these written jobs
+    count in now, and counted in before (a newer snapshot may move a job to another day,
+    account or package). Every rollup row belongs to one such group, and a job counts only in
+    its own: recounting these groups is recounting all the rows the write may have changed."""
     ids = sorted(j.id for j in writes)
-    before = {(stored[i].account_id, stored[i].run_date) for i in ids if i in stored}
+    before = {(stored[i].account_id, stored[i].run_date, stored[i].package_id) for i in ids if i in stored}
     now: set[tuple] = set()
+    j = jobs_t.c
     for start in range(0, len(ids), 1000):
-        query = (select(jobs_t.c.account_id, jobs_t.c.run_date).distinct()
-                 .where(dialect.in_ids(conn, jobs_t.c.id, ids[start:start + 1000])))
-        now.update((row.account_id, row.run_date) for row in conn.execute(query))
+        query = (select(j.account_id, j.run_date, j.package_id).distinct()
+                 .where(dialect.in_ids(conn, j.id, ids[start:start + 1000])))
+        now.update((row.account_id, row.run_date, row.package_id) for row in conn.execute(query))
     return before | now
 
 
-def _in_groups(table, day_column, groups: set[tuple]):
-    """Rows of these (account_id, day) groups; NULL account or day matched as NULL."""
-    by_account: dict[str | None, set] = {}
-    for account, day in groups:
-        by_account.setdefault(account, set()).add(day)
-    conditions = []
-    for account, days in sorted(by_account.items(), key=lambda item: item[0] or ""):
-        dated = sorted(d for d in days if d is not None)
-        day_match = [day_column.in_(dated)] if dated else []
-        if None in days:
-            day_match.append(day_column.is_(None))
-        who = table.c.account_id.is_(None) if account is None else table.c.account_id == account
-        conditions.append(and_(who, or_(*day_match)))
-    return or_(*conditions)
+WHOLE_DAY = None   # in a {(account_id, day): packages} map: every package of the day
+
+
+def _in_groups(days: dict[tuple, set | None], account: str, day: str, package: str) -> tuple[str, list]:
+    """SQL (`?` placeholders) and its values matching the rows of these {(account_id, day):
+    package ids, or WHOLE_DAY} groups, given the columns' names; a NULL account, day or package
+    matched as NULL. A day's packages: one term per day (the day's index range, its packages
+    filtered); whole days: one `day IN (..)` per account. Text, not SQLAlchemy expressions:
+    building and compiling those for every batch cost more than running the statements."""
+    whole: dict[str | None, set] = {}
+    terms, values = [], []
+    for (who, when), packages in sorted(days.items(), key=lambda item: (item[0][0] or "", item[0][1] or date.min)):
+        if packages is WHOLE_DAY:
+            whole.setdefault(who, set()).add(when)
+            continue
+        terms.append(" AND ".join((_sql_one_of(account, {who}, values), _sql_one_of(day, {when}, values),
+                                   _sql_one_of(package, packages, values))))
+    for who, whole_days in whole.items():
+        terms.append(" AND ".join((_sql_one_of(account, {who}, values), _sql_one_of(day, whole_days, values))))
+    return "(" + " OR ".join(f"({term})" for term in terms) + ")", values
+
+
+def _sql_one_of(column: str, choices: set, values: list) -> str:
+    """`column` equal to one of `choices` (dates bound as ISO text), a None among them matched
+    as NULL; their values appended to `values`."""
+    known = sorted(c for c in choices if c is not None)
+    values.extend(c.isoformat() if isinstance(c, date) else c for c in known)
+    terms = [f"{column} = ?" if len(known) == 1 else f"{column} IN ({', '.join('?' * len(known))})"] if known else []
+    if None in choices:
+        terms.append(f"{column} IS NULL")
+    return terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
 
 
 def _rollup_select(conn: Connection):
@@ -258,21 +279,54 @@ ERROR_ROLLUP_COLUMNS = ["account_id", "day", "package_id", "error_signature", "j
                         "last_failed_at", "last_job_id"]
 
 
-def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
-    """Recount these (account_id, day) groups of the daily rollups (packages, outputs, error
-    signatures) from jobs, in the transaction that wrote the jobs: the rollups are never out of
-    step with them, and recounting (not adding deltas) makes a rewritten job count once, where
-    it is now. One INSERT .. SELECT each: the database counts, and no job row travels to Python."""
-    groups = set(groups)
-    if not groups:
+def refresh_rollup(conn: Connection, days: set[tuple]) -> None:
+    """Recount these (account_id, day) groups of the daily rollups whole (see _recount_rollups):
+    for writes that know the days they changed, not the packages (bulk loads, a claimed account)."""
+    _recount_rollups(conn, {day: WHOLE_DAY for day in days})
+
+
+def refresh_package_rollup(conn: Connection, groups: set[tuple]) -> None:
+    """Recount these (account_id, day, package_id) groups of the daily rollups (see
+    _recount_rollups): a write's own groups (rollup_groups), not the other packages of its days."""
+    days: dict[tuple, set | None] = {}
+    for account, day, package in groups:
+        days.setdefault((account, day), set()).add(package)
+    _recount_rollups(conn, days)
+
+
+def _recount_rollups(conn: Connection, days: dict[tuple, set | None]) -> None:
+    """Recount these groups of the daily rollups (packages, outputs, error signatures) from jobs,
+    in the transaction that wrote the jobs: the rollups are never out of step with them, and
+    recounting (not adding deltas) makes a rewritten job count once, where it is now. One
+    INSERT .. SELECT each: the database counts, and no job row travels to Python. Two writers'
+    recounts of the same day are serialized whatever their packages (lock_groups)."""
+    if not days:
         return
-    dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, groups)
-    for table, select_rows, columns in ((rollup_t, _rollup_select, ROLLUP_COLUMNS),
-                                        (output_rollup_t, _output_rollup_select, OUTPUT_ROLLUP_COLUMNS),
-                                        (error_rollup_t, _error_rollup_select, ERROR_ROLLUP_COLUMNS)):
-        conn.execute(delete(table).where(_in_groups(table, table.c.day, groups)))
-        rows = select_rows(conn).where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
-        conn.execute(table.insert().from_select(columns, rows))
+    dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, set(days))
+    gone = _in_groups(days, "account_id", "day", "package_id")
+    counted = _in_groups(days, "jobs.account_id", "jobs.run_date", "jobs.package_id")
+    for table, insert in _recount_statements(conn):
+        dialect.execute_positional(conn, f"DELETE FROM {table} WHERE {gone[0]}", gone[1])
+        dialect.execute_positional(conn, insert.replace(GROUPS, counted[0]), counted[1])
+
+
+GROUPS = "__groups__"   # where _recount_statements' text takes the groups' terms
+_RECOUNTS: dict[str, list[tuple[str, str]]] = {}
+
+
+def _recount_statements(conn: Connection) -> list[tuple[str, str]]:
+    """[(rollup table, its INSERT .. SELECT with GROUPS in the WHERE)], compiled once per dialect
+    from the SQLAlchemy selects above (constants inlined: the text goes straight to the driver)."""
+    if conn.dialect.name not in _RECOUNTS:
+        statements = []
+        for table, select_rows, columns in ((rollup_t, _rollup_select, ROLLUP_COLUMNS),
+                                            (output_rollup_t, _output_rollup_select, OUTPUT_ROLLUP_COLUMNS),
+                                            (error_rollup_t, _error_rollup_select, ERROR_ROLLUP_COLUMNS)):
+            insert = table.insert().from_select(columns, select_rows(conn).where(literal_column(GROUPS)))
+            statements.append((table.name, str(insert.compile(dialect=conn.dialect,
+                                                              compile_kwargs={"literal_binds": True}))))
+        _RECOUNTS[conn.dialect.name] = statements
+    return _RECOUNTS[conn.dialect.name]
 
 
 # -- the schedule runs --------------------------------------------------------------------------
@@ -550,7 +604,7 @@ class Archive:
                 chain = ((row.account_id, row.creator_id, row.package_id) if row.creator_type == "Schedule"
                          else None)
                 found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, row.account_id, row.run_date,
-                                       chain, row.created_at)
+                                       chain, row.created_at, row.package_id)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -679,7 +733,7 @@ class Archive:
             writes = self._drop_lost_races(conn, writes, result)
         self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
-        refresh_rollup(conn, rollup_groups(conn, writes, stored))
+        refresh_package_rollup(conn, rollup_groups(conn, writes, stored))
         refresh_schedule_runs(conn, chain_starts(conn, writes, stored))
         result.finished = newly_finished(writes, stored)
         return result
