@@ -67,14 +67,16 @@ def seen_later(payload: dict, hours: int) -> dict:
 
 def write_version(folder: Path, n: int, version: int) -> Path:
     """Version k of the history: every 100th job seen k hours later."""
-    path = folder / f"jobs-v{version}.jsonl"
-    if not path.exists():
-        with open(path, "w", encoding="utf-8") as out:
+    path = folder / f"jobs-v{version}-{n}.jsonl"
+    if not path.exists():   # written whole under another name first: an interrupted run leaves no part
+        part = path.with_suffix(".part")
+        with open(part, "w", encoding="utf-8") as out:
             for i in range(n):
                 payload = make_payload(i)
                 if i % 100 == 0:
                     payload = seen_later(payload, version)
                 out.write(json.dumps(payload, separators=(",", ":")) + "\n")
+        part.rename(path)
     return path
 
 
