@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import random
 import socket
@@ -69,14 +70,49 @@ TERMINAL = [literal_column(f"'{s}'") for s in sorted(TERMINAL_STATUSES)]
 
 # -- deciding what to write ----------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, slots=True)
+class Counted:
+    """What the daily rollups read of a job row, beside its outputs."""
+
+    account_id: str | None
+    run_date: date | None
+    package_id: int | None
+    status: str | None
+    runtime_in_seconds: int | None
+    attempts: int | None
+    error_signature: str | None
+    ended_at: datetime | None
+    created_at: datetime | None
+
+    @property
+    def group(self) -> tuple:
+        """The (account_id, day, package_id) group of the rollups the job counts in."""
+        return self.account_id, self.run_date, self.package_id
+
+    def in_packages(self) -> tuple:
+        """What daily_package_rollup reads of the job."""
+        return self.group, self.status, self.runtime_in_seconds, self.attempts
+
+    def in_outputs(self) -> tuple:
+        """What daily_output_rollup reads of the job (beside its outputs)."""
+        return self.group, self.status == "completed"
+
+    def in_errors(self) -> tuple | None:
+        """What daily_error_rollup reads of the job: nothing unless it failed."""
+        if self.status != "failed":
+            return None
+        return self.group, self.error_signature, self.ended_at, self.created_at
+
+
+COUNTED_COLUMNS = [jobs_t.c[name] for name in Counted.__dataclass_fields__]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Stored:
     updated_at: datetime | None
     status: str | None
     payload_hash: str | None
-    account_id: str | None = None   # with run_date: the rollup group the stored row counts in
-    run_date: date | None = None
     chain: tuple | None = None      # (account_id, creator_id, package_id) of a scheduled job
-    created_at: datetime | None = None
+    counted: Counted | None = None  # what the rollups read of it
 
 
 def decide(stored: Stored | None, job: JobRecord) -> str:
@@ -168,33 +204,67 @@ class BatchResult:
 
 
 # -- the daily rollup ---------------------------------------------------------------------------
-def rollup_groups(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> set[tuple]:
-    """The (account_id, day) groups of daily_package_rollup that these written jobs count in
-    now, and counted in before (a newer snapshot may move a job to another day or account)."""
-    ids = sorted(j.id for j in writes)
-    before = {(stored[i].account_id, stored[i].run_date) for i in ids if i in stored}
-    now: set[tuple] = set()
-    for start in range(0, len(ids), 1000):
-        query = (select(jobs_t.c.account_id, jobs_t.c.run_date).distinct()
-                 .where(dialect.in_ids(conn, jobs_t.c.id, ids[start:start + 1000])))
-        now.update((row.account_id, row.run_date) for row in conn.execute(query))
-    return before | now
+@dataclasses.dataclass
+class RollupGroups:
+    """The (account_id, day, package_id) groups of each daily rollup that a write changed."""
+
+    packages: set[tuple] = dataclasses.field(default_factory=set)
+    outputs: set[tuple] = dataclasses.field(default_factory=set)
+    errors: set[tuple] = dataclasses.field(default_factory=set)
 
 
-def _in_groups(table, day_column, groups: set[tuple]):
-    """Rows of these (account_id, day) groups; NULL account or day matched as NULL."""
-    by_account: dict[str | None, set] = {}
-    for account, day in groups:
-        by_account.setdefault(account, set()).add(day)
-    conditions = []
-    for account, days in sorted(by_account.items(), key=lambda item: item[0] or ""):
-        dated = sorted(d for d in days if d is not None)
-        day_match = [day_column.in_(dated)] if dated else []
-        if None in days:
-            day_match.append(day_column.is_(None))
-        who = table.c.account_id.is_(None) if account is None else table.c.account_id == account
-        conditions.append(and_(who, or_(*day_match)))
-    return or_(*conditions)
+def rollup_groups(writes: Sequence[JobRecord], stored: dict[int, Stored], now: dict[int, Stored],
+                  outputs_written: set[int]) -> RollupGroups:
+    """The groups of each rollup to recount after a write: for each written job whose row
+    changed in what that rollup reads of it (or whose outputs were written: the output rollup),
+    the group it counts in now and the one it counted in before (a newer snapshot may move a
+    job to another day, account or package). Every rollup row belongs to one group, and a job
+    counts only in its own: the other groups, and these groups in the other rollups, hold the
+    same rows they would if recounted. `stored` and `now`: the rows before and after the write."""
+    groups = RollupGroups()
+    for job in writes:
+        before = stored[job.id].counted if job.id in stored else None
+        after = now[job.id].counted if job.id in now else None
+        for found, read, changed in ((groups.packages, Counted.in_packages, False),
+                                     (groups.outputs, Counted.in_outputs, job.id in outputs_written),
+                                     (groups.errors, Counted.in_errors, False)):
+            was, is_ = (None if c is None else read(c) for c in (before, after))
+            if changed or was != is_:
+                found.update(c.group for c in (before, after) if c is not None)
+    return groups
+
+
+WHOLE_DAY = None   # in a {(account_id, day): packages} map: every package of the day
+
+
+def _in_groups(days: dict[tuple, set | None], account: str, day: str, package: str) -> tuple[str, list]:
+    """SQL (`?` placeholders) and its values matching the rows of these {(account_id, day):
+    package ids, or WHOLE_DAY} groups, given the columns' names; a NULL account, day or package
+    matched as NULL. A day's packages: one term per day (the day's index range, its packages
+    filtered); whole days: one `day IN (..)` per account. Text, not SQLAlchemy expressions:
+    building and compiling those for every batch cost more than running the statements."""
+    whole: dict[str | None, set] = {}
+    terms, values = [], []
+    for (who, when), packages in sorted(days.items(), key=lambda item: (item[0][0] or "", item[0][1] or date.min)):
+        if packages is WHOLE_DAY:
+            whole.setdefault(who, set()).add(when)
+            continue
+        terms.append(" AND ".join((_sql_one_of(account, {who}, values), _sql_one_of(day, {when}, values),
+                                   _sql_one_of(package, packages, values))))
+    for who, whole_days in whole.items():
+        terms.append(" AND ".join((_sql_one_of(account, {who}, values), _sql_one_of(day, whole_days, values))))
+    return "(" + " OR ".join(f"({term})" for term in terms) + ")", values
+
+
+def _sql_one_of(column: str, choices: set, values: list) -> str:
+    """`column` equal to one of `choices` (dates bound as ISO text), a None among them matched
+    as NULL; their values appended to `values`."""
+    known = sorted(c for c in choices if c is not None)
+    values.extend(c.isoformat() if isinstance(c, date) else c for c in known)
+    terms = [f"{column} = ?" if len(known) == 1 else f"{column} IN ({', '.join('?' * len(known))})"] if known else []
+    if None in choices:
+        terms.append(f"{column} IS NULL")
+    return terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
 
 
 def _rollup_select(conn: Connection):
@@ -251,21 +321,68 @@ ERROR_ROLLUP_COLUMNS = ["account_id", "day", "package_id", "error_signature", "j
                         "last_failed_at", "last_job_id"]
 
 
-def refresh_rollup(conn: Connection, groups: set[tuple]) -> None:
-    """Recount these (account_id, day) groups of the daily rollups (packages, outputs, error
-    signatures) from jobs, in the transaction that wrote the jobs: the rollups are never out of
-    step with them, and recounting (not adding deltas) makes a rewritten job count once, where
-    it is now. One INSERT .. SELECT each: the database counts, and no job row travels to Python."""
-    groups = set(groups)
-    if not groups:
+ROLLUP_TABLES = {rollup_t: (_rollup_select, ROLLUP_COLUMNS),
+                 output_rollup_t: (_output_rollup_select, OUTPUT_ROLLUP_COLUMNS),
+                 error_rollup_t: (_error_rollup_select, ERROR_ROLLUP_COLUMNS)}
+
+
+def refresh_rollup(conn: Connection, days: set[tuple]) -> None:
+    """Recount these (account_id, day) groups of the daily rollups whole (see _recount_rollups):
+    for writes that know the days they changed, not the packages (bulk loads, a claimed account)."""
+    whole = {day: WHOLE_DAY for day in days}
+    _recount_rollups(conn, {table: whole for table in ROLLUP_TABLES})
+
+
+def refresh_rollup_groups(conn: Connection, groups: RollupGroups) -> None:
+    """Recount these (account_id, day, package_id) groups of each daily rollup (see
+    _recount_rollups): what a write changed (rollup_groups), not the other packages of its days."""
+    tables = {table: _by_day(found) for table, found in ((rollup_t, groups.packages),
+                                                          (output_rollup_t, groups.outputs),
+                                                          (error_rollup_t, groups.errors))}
+    _recount_rollups(conn, tables)
+
+
+def _by_day(groups: set[tuple]) -> dict[tuple, set]:
+    days: dict[tuple, set] = {}
+    for account, day, package in groups:
+        days.setdefault((account, day), set()).add(package)
+    return days
+
+
+def _recount_rollups(conn: Connection, tables: dict[Any, dict[tuple, set | None]]) -> None:
+    """Recount these groups of the daily rollups (packages, outputs, error signatures: {table:
+    {(account_id, day): packages}}) from jobs, in the transaction that wrote the jobs: the
+    rollups are never out of step with them, and recounting (not adding deltas) makes a
+    rewritten job count once, where it is now. One INSERT .. SELECT each: the database counts,
+    and no job row travels to Python. Two writers' recounts of the same day are serialized
+    whatever their packages and tables (lock_groups)."""
+    days = {day for found in tables.values() for day in found}
+    if not days:
         return
-    dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, groups)
-    for table, select_rows, columns in ((rollup_t, _rollup_select, ROLLUP_COLUMNS),
-                                        (output_rollup_t, _output_rollup_select, OUTPUT_ROLLUP_COLUMNS),
-                                        (error_rollup_t, _error_rollup_select, ERROR_ROLLUP_COLUMNS)):
-        conn.execute(delete(table).where(_in_groups(table, table.c.day, groups)))
-        rows = select_rows(conn).where(_in_groups(jobs_t, jobs_t.c.run_date, groups))
-        conn.execute(table.insert().from_select(columns, rows))
+    dialect.lock_groups(conn, dialect.ROLLUP_LOCKS, days)
+    for table, insert in _recount_statements(conn):
+        if tables.get(table):
+            gone = _in_groups(tables[table], "account_id", "day", "package_id")
+            counted = _in_groups(tables[table], "jobs.account_id", "jobs.run_date", "jobs.package_id")
+            dialect.execute_positional(conn, f"DELETE FROM {table.name} WHERE {gone[0]}", gone[1])
+            dialect.execute_positional(conn, insert.replace(GROUPS, counted[0]), counted[1])
+
+
+GROUPS = "__groups__"   # where _recount_statements' text takes the groups' terms
+_RECOUNTS: dict[str, list[tuple[Any, str]]] = {}
+
+
+def _recount_statements(conn: Connection) -> list[tuple[Any, str]]:
+    """[(rollup table, its INSERT .. SELECT with GROUPS in the WHERE)], compiled once per dialect
+    from the SQLAlchemy selects above (constants inlined: the text goes straight to the driver)."""
+    if conn.dialect.name not in _RECOUNTS:
+        statements = []
+        for table, (select_rows, columns) in ROLLUP_TABLES.items():
+            insert = table.insert().from_select(columns, select_rows(conn).where(literal_column(GROUPS)))
+            statements.append((table, str(insert.compile(dialect=conn.dialect,
+                                                         compile_kwargs={"literal_binds": True}))))
+        _RECOUNTS[conn.dialect.name] = statements
+    return _RECOUNTS[conn.dialect.name]
 
 
 # -- the schedule runs --------------------------------------------------------------------------
@@ -302,28 +419,17 @@ WHERE from_last = 1
 """
 
 
-def chain_starts(conn: Connection, writes: Sequence[JobRecord], stored: dict[int, Stored]) -> dict[tuple, datetime]:
+def chain_starts(writes: Sequence[JobRecord], stored: dict[int, Stored], now: dict[int, Stored]
+                 ) -> dict[tuple, datetime]:
     """{(account_id, schedule_id, package_id): earliest created_at} of the scheduled jobs written,
-    where they are now and where they were before."""
+    where they are now and where they were before (`now`, `stored`: the rows after and before)."""
     starts: dict[tuple, datetime] = {}
-
-    def note(key: tuple, moment: datetime | None) -> None:
-        if moment is not None and (key not in starts or moment < starts[key]):
-            starts[key] = moment
-
-    ids = sorted(j.id for j in writes)
-    for i in ids:
-        if i in stored and stored[i].chain is not None:
-            note(stored[i].chain, stored[i].created_at)
-    j = jobs_t.c
-    for start in range(0, len(ids), 1000):
-        # the jobs by primary key, creator_type tested here: with `creator_type = 'Schedule'` in the
-        # WHERE, SQLite without statistics reads every scheduled job through the chain index instead
-        query = select(j.account_id, j.creator_id, j.package_id, j.created_at, j.creator_type).where(
-            dialect.in_ids(conn, j.id, ids[start:start + 1000]))
-        for row in conn.execute(query):
-            if row.creator_type == "Schedule":
-                note((row.account_id, row.creator_id, row.package_id), row.created_at)
+    for job in writes:
+        for row in (stored.get(job.id), now.get(job.id)):
+            if row is not None and row.chain is not None and row.counted.created_at is not None:
+                moment = row.counted.created_at
+                if row.chain not in starts or moment < starts[row.chain]:
+                    starts[row.chain] = moment
     return starts
 
 
@@ -529,21 +635,23 @@ class Archive:
             raise LostLock(f"lost the run lock: {why}; stopped writing (another run may hold it now)")
 
     # jobs
-    def read_stored(self, conn: Connection, ids: Sequence[int]) -> dict[int, Stored]:
+    def read_stored(self, conn: Connection, ids: Sequence[int], lock: bool = True) -> dict[int, Stored]:
+        """The stored rows of these jobs, locked (`lock`, where rows are locked) for the write."""
         found: dict[int, Stored] = {}
+        j = jobs_t.c
         for start in range(0, len(ids), 1000):
             part = ids[start:start + 1000]
-            query = (select(jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.status, jobs_t.c.payload_hash,
-                            jobs_t.c.account_id, jobs_t.c.run_date, jobs_t.c.creator_type, jobs_t.c.creator_id,
-                            jobs_t.c.package_id, jobs_t.c.created_at)
-                     .where(dialect.in_ids(conn, jobs_t.c.id, part)).order_by(jobs_t.c.id))
-            if self.lock_rows:
+            # by primary key, creator_type tested here: with `creator_type = 'Schedule'` in the WHERE,
+            # SQLite without statistics read every scheduled job through the chain index instead
+            query = (select(j.id, j.updated_at, j.payload_hash, j.creator_type, j.creator_id, *COUNTED_COLUMNS)
+                     .where(dialect.in_ids(conn, j.id, part)).order_by(j.id))
+            if self.lock_rows and lock:
                 query = query.with_for_update()
             for row in conn.execute(query):
                 chain = ((row.account_id, row.creator_id, row.package_id) if row.creator_type == "Schedule"
                          else None)
-                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, row.account_id, row.run_date,
-                                       chain, row.created_at)
+                counted = Counted(*(row._mapping[c] for c in COUNTED_COLUMNS))
+                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, chain, counted)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -670,10 +778,11 @@ class Archive:
         made = self._upsert_job_rows(conn, writes, now, fresh=set(result.inserted))
         if self.lock_rows and result.inserted:
             writes = self._drop_lost_races(conn, writes, result)
-        self._replace_children(conn, writes, made)
+        outputs_written = self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
-        refresh_rollup(conn, rollup_groups(conn, writes, stored))
-        refresh_schedule_runs(conn, chain_starts(conn, writes, stored))
+        written = self.read_stored(conn, [j.id for j in writes], lock=False)
+        refresh_rollup_groups(conn, rollup_groups(writes, stored, written, outputs_written))
+        refresh_schedule_runs(conn, chain_starts(writes, stored, written))
         result.finished = newly_finished(writes, stored)
         return result
 
@@ -715,26 +824,44 @@ class Archive:
                 made.update(row["id"] for row in rows)
         return made
 
-    def _replace_children(self, conn: Connection, jobs: list[JobRecord], made: set[int]) -> None:
-        """Outputs and variables replaced as sets. Jobs new when read are deleted from too
-        (without the lock another writer may have inserted them, and their children, since),
-        except the ones this transaction surely made (`made`): a first ingest deletes nothing."""
-        with_outputs = [j for j in jobs if j.outputs is not None]
-        with_vars = [j for j in jobs if j.variables is not None]
-        with_summary = [j for j in jobs if j.log_summary is not None]
-        self._delete_where_job(conn, outputs_t, [j.id for j in with_outputs if j.id not in made])
-        rows = sorted((as_row(o) for j in with_outputs for o in j.outputs), key=lambda r: r["id"])
+    def _replace_children(self, conn: Connection, jobs: list[JobRecord], made: set[int]) -> set[int]:
+        """Outputs and variables replaced as sets, where they differ from the stored ones (a
+        changed job usually keeps them: reading them costs less than rewriting them). Jobs new
+        when read are compared too (without the lock another writer may have inserted them, and
+        their children, since), except the ones this transaction surely made (`made`): a first
+        ingest reads and deletes nothing. Returns the ids of the jobs whose outputs were written."""
+        with_outputs = self._differing(conn, outputs_t, [j for j in jobs if j.outputs is not None], made,
+                                       lambda j: sorted((as_row(o) for o in j.outputs), key=lambda r: r["id"]))
+        with_vars = self._differing(conn, variables_t, [j for j in jobs if j.variables is not None], made,
+                                    lambda j: [{"job_id": j.id, "name": n, "value": v}
+                                               for n, v in sorted(j.variables.items())])
+        self._delete_where_job(conn, outputs_t, [i for i in with_outputs if i not in made])
+        rows = sorted((row for rows in with_outputs.values() for row in rows), key=lambda r: r["id"])
         if rows:
             cols = [c for c in rows[0] if c != "id"]
             dialect.upsert(conn, outputs_t, rows, keys=("id",), update=cols, expect_new=True)
-        self._delete_where_job(conn, variables_t, [j.id for j in with_vars if j.id not in made])
-        var_rows = [{"job_id": j.id, "name": n, "value": v} for j in with_vars for n, v in sorted(j.variables.items())]
-        if var_rows:
-            dialect.insert_rows(conn, variables_t, var_rows)
-        summary_rows = [_summary_row(j) for j in with_summary]
+        self._delete_where_job(conn, variables_t, [i for i in with_vars if i not in made])
+        dialect.insert_rows(conn, variables_t, [row for rows in with_vars.values() for row in rows])
+        summary_rows = [_summary_row(j) for j in jobs if j.log_summary is not None]
         if summary_rows:
             dialect.upsert(conn, summaries_t, summary_rows, keys=("job_id",),
                            update=[c for c in summary_rows[0] if c != "job_id"])
+        return set(with_outputs)
+
+    @staticmethod
+    def _differing(conn: Connection, table, jobs: list[JobRecord], made: set[int],
+                   rows_of: Callable[[JobRecord], list[dict]]) -> dict[int, list[dict]]:
+        """{job id: its rows of `table`} for these jobs, less those whose stored rows are the
+        same (every column, as read back)."""
+        wanted = {j.id: rows_of(j) for j in jobs}
+        compare = sorted(i for i in wanted if i not in made)
+        stored: dict[int, list[dict]] = {}
+        for start in range(0, len(compare), 1000):
+            query = select(table).where(dialect.in_ids(conn, table.c.job_id, compare[start:start + 1000]))
+            for row in conn.execute(query).mappings():
+                stored.setdefault(row["job_id"], []).append(dict(row))
+        key = operator.itemgetter("id" if "id" in table.c else "name")   # the order of rows_of's rows
+        return {i: rows for i, rows in wanted.items() if i in made or sorted(stored.get(i, []), key=key) != rows}
 
     @staticmethod
     def _delete_where_job(conn: Connection, table, ids: list[int]) -> None:

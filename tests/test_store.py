@@ -288,3 +288,25 @@ def test_statistics_are_refreshed_when_the_tables_grew(db_url, payload, monkeypa
             assert "ix_jobs_package_id_created_at" in plan, plan
     assert (archive.stats_rows, archive.added) == (10, 0)
     archive.close()
+
+
+def test_a_rewrite_leaves_equal_outputs_and_variables_alone_and_replaces_differing_ones(archive, payload):
+    """A changed job usually keeps its outputs and variables: they are compared with the stored
+    rows, not deleted and written again; any difference (one column of one output) replaces them."""
+    from sqlalchemy import event
+
+    raw = dict(payload("job-v1-completed.json"), variables={"a": "1", "b": "2"})
+    write(archive, raw)
+    kept = rows(archive, models.JobOutputRow), rows(archive, models.JobVariableRow)
+    statements: list[str] = []
+    event.listen(archive.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: statements.append(sql))
+    assert write(archive, dict(raw, runtime_in_seconds=1, updated_at="2031-01-01T00:00:00Z")).updated == [157]
+    children = [s for s in statements if any(f"{verb} {table}" in " ".join(s.upper().split())
+                                             for verb in ("INSERT INTO", "DELETE FROM", "UPDATE")
+                                             for table in ("JOB_OUTPUTS", "JOB_VARIABLES"))]
+    assert children == []
+    assert (rows(archive, models.JobOutputRow), rows(archive, models.JobVariableRow)) == kept
+    outputs = [raw["outputs"][0], dict(raw["outputs"][1], records_count=424)]
+    write(archive, dict(raw, outputs=outputs, variables={"a": "1", "b": "3"}, updated_at="2031-01-02T00:00:00Z"))
+    assert [o["records_count"] for o in rows(archive, models.JobOutputRow)] == [10415234, 424]
+    assert [(v["name"], v["value"]) for v in rows(archive, models.JobVariableRow)] == [("a", "1"), ("b", "3")]

@@ -1,0 +1,125 @@
+"""The daily rollups each write keeps, against a whole recount from the jobs, on every backend.
+
+A write recounts only the (account, day, package) groups of each rollup in which its jobs
+changed what that rollup reads of them (store.rollup_groups), and rewrites a job's outputs and
+variables only where they differ from the stored rows: every kind of rewrite that must still
+recount a rollup is here, one write at a time.
+"""
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import text
+
+from archiver.parse import parse_job
+from archiver.store import Archive, refresh_rollup
+
+UTC = timezone.utc
+DAY = datetime(2026, 11, 20, 10, tzinfo=UTC)
+ROLLUPS = ("daily_package_rollup", "daily_output_rollup", "daily_error_rollup")
+
+
+def snapshot(job_id: int, version: int, *, status: str = "completed", package: int = 7, day: int = 0,
+             runtime: int = 60, records: tuple = (5, 6), error: str = "", attempts: int = 0, ended: int = 0) -> dict:
+    """Job `job_id` as seen the `version`-th time (later versions are newer)."""
+    created = DAY + timedelta(days=day, seconds=job_id)
+    finished = (created + timedelta(seconds=runtime + ended)).isoformat()
+    return {"id": job_id, "status": status, "package_id": package, "cluster_id": 1, "created_at": created.isoformat(),
+            "updated_at": (DAY + timedelta(days=30, minutes=version)).isoformat(), "runtime_in_seconds": runtime,
+            "errors": error, "attempts": attempts,
+            "completed_at": finished if status == "completed" else None,
+            "failed_at": finished if status == "failed" else None,
+            "outputs": [{"id": job_id * 10 + k, "name": f"out {k}", "records_count": n} for k, n in enumerate(records)]}
+
+
+def rollup_rows(conn) -> dict[str, list]:
+    """Every row of the rollups but its id, as text (runtimes sorted: their order is not kept)."""
+    found = {}
+    for table in ROLLUPS:
+        result = conn.execute(text(f"SELECT * FROM {table}"))
+        columns = [c for c in result.keys() if c != "id"]
+        rows = []
+        for row in result.mappings():
+            values = {c: row[c] for c in columns}
+            if values.get("runtimes"):
+                values["runtimes"] = sorted(int(v) for v in values["runtimes"].split(","))
+            rows.append(tuple(str(values[c]) for c in columns))
+        found[table] = sorted(rows)
+    return found
+
+
+def kept_and_recounted(archive: Archive) -> tuple[dict, dict]:
+    """The rollups as the writes kept them, and as a recount of every day from the jobs gives
+    them (rolled back)."""
+    with archive.engine.connect() as conn:
+        with conn.begin() as transaction:
+            kept = rollup_rows(conn)
+            days = {tuple(r) for r in conn.execute(text("SELECT account_id, run_date FROM jobs"))}
+            for table in ROLLUPS:
+                days |= {tuple(r) for r in conn.execute(text(f"SELECT account_id, day FROM {table}"))}
+            refresh_rollup(conn, days)
+            recounted = rollup_rows(conn)
+            transaction.rollback()
+    return kept, recounted
+
+
+REWRITES = [
+    ("a runtime", [snapshot(1, 1, runtime=61)]),
+    ("one output's records", [snapshot(3, 1, package=8, records=(5, 7))]),
+    ("another package, the same outputs", [snapshot(1, 2, runtime=61, package=8)]),
+    ("another day, the same outputs", [snapshot(3, 2, package=8, records=(5, 7), day=1)]),
+    ("a failed job completes, the same outputs", [snapshot(2, 1)]),
+    ("a completed job fails", [snapshot(6, 1, day=1, status="failed", error="Disk full on node 3", attempts=1)]),
+    ("another error", [snapshot(4, 1, day=1, status="failed", error="Quota exceeded")]),
+    ("the same error, failed later", [snapshot(4, 2, day=1, status="failed", error="Quota exceeded", ended=30)]),
+    ("a retry", [snapshot(1, 3, runtime=61, package=8, attempts=1)]),
+    ("a running job finishes, its outputs grown", [snapshot(5, 1, records=(9, 9))]),
+    ("a completed job stopped, no outputs", [snapshot(6, 2, day=1, status="stopped", attempts=1, records=())]),
+]
+
+
+def test_every_rewrite_leaves_the_rollups_as_a_whole_recount_would(db_url):
+    archive = Archive.open(db_url, account="acme")
+    archive.write_jobs([parse_job(s) for s in (
+        snapshot(1, 0), snapshot(2, 0, status="failed", error="Timeout after 30s"), snapshot(3, 0, package=8),
+        snapshot(4, 0, day=1, package=8, status="failed", error="Timeout after 40s"),
+        snapshot(5, 0, status="running", records=(1, 1)), snapshot(6, 0, day=1, attempts=1))])
+    kept, recounted = kept_and_recounted(archive)
+    assert kept == recounted and all(kept.values())
+    for what, snaps in REWRITES:
+        result = archive.write_jobs([parse_job(s) for s in snaps])
+        assert result.updated == [s["id"] for s in snaps], what
+        kept, recounted = kept_and_recounted(archive)
+        assert kept == recounted, what
+    archive.close()
+
+
+def test_a_write_into_a_group_another_write_is_recounting_waits_for_it(db_url):
+    """Two archives (two runs without a shared lock) writing jobs of the same day and package: the
+    second write starts while the first one, its recount done, has not committed yet. Its recount
+    waits for that commit and counts both jobs, once (PostgreSQL: the day's lock; MySQL: locking
+    reads; SQLite: one writer) instead of adding its own row beside the first one's."""
+    first, second = (Archive.open(db_url, account="acme") for _ in range(2))
+    first.write_jobs([parse_job(snapshot(1, 0))])
+    failures: list[BaseException] = []
+
+    def write_second() -> None:
+        try:
+            second.write_jobs([parse_job(snapshot(3, 0, runtime=30))])
+        except BaseException as exc:   # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=write_second)
+
+    def before_commit(conn) -> None:
+        thread.start()
+        time.sleep(1.0)   # the second write reaches its recount meanwhile
+
+    first.write_jobs([parse_job(snapshot(2, 0, runtime=20))], after=before_commit)
+    thread.join(timeout=60)
+    assert not failures, failures
+    kept, recounted = kept_and_recounted(first)
+    assert kept == recounted and [row[3] for row in kept["daily_package_rollup"]] == ["3"]
+    first.close()
+    second.close()
