@@ -246,6 +246,12 @@ class Timeline:
             self.ok.discard(key)
             self.by_weekday[s.weekday].discard(key)
 
+    def forget_before(self, key) -> None:
+        """Drop the samples with a key below `key` (a package's kept runs trimmed to a suffix)."""
+        self.ok.forget_before(key)
+        for keyed in self.by_weekday:
+            keyed.forget_before(key)
+
     def past(self, key, moment: datetime) -> Past:
         """The Past of a run at `moment` from the samples with a key below `key`."""
         weekday, window = moment.weekday(), self.window
@@ -295,6 +301,12 @@ class _Keyed:
         i = bisect.bisect_left(self.keys, key)
         if i < len(self.keys) and self.keys[i] == key:
             del self.keys[i], self.samples[i]
+            self.groups.clear()
+
+    def forget_before(self, key) -> None:
+        i = bisect.bisect_left(self.keys, key)
+        if i:
+            del self.keys[:i], self.samples[:i]
             self.groups.clear()
 
     def before(self, key, window: int) -> list[Sample]:

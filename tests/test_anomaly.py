@@ -322,6 +322,31 @@ def test_a_timeline_filled_in_any_order_gives_the_walk_backs_past():
             assert groups(timeline.past(i, run.created_at)) == groups(anomaly.past_of(samples, i, run.created_at))
 
 
+def test_a_timeline_that_forgets_its_oldest_samples_gives_what_one_of_the_rest_gives():
+    """A first sync trims each package's kept runs to a suffix (PackageRuns.trim): the Timeline
+    drops its oldest samples in place, memoised weekday groups included, and then gives every later
+    run the Past and baselines of a Timeline built from the samples it kept."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_history import generate
+
+    for runs in list(generate(seed=8, packages=6, days=60).runs.values()):
+        samples = [anomaly.sample(run) for run in runs]
+        timeline = anomaly.Timeline(DEFAULTS)
+        for i, s in enumerate(samples):
+            timeline.add(i, s)
+        for cut in (len(runs) // 5, len(runs) // 3, len(runs) // 2):
+            for i in range(cut, len(runs)):   # memoise the groups of the indexes before the cut
+                timeline.past(i, runs[i].created_at)
+            timeline.forget_before(cut)
+            kept = anomaly.Timeline(DEFAULTS)
+            for i in range(cut, len(runs)):
+                kept.add(i, samples[i])
+            for i in range(cut, len(runs)):
+                forgot, fresh = timeline.past(i, runs[i].created_at), kept.past(i, runs[i].created_at)
+                assert groups(forgot) == groups(fresh)
+                assert same(anomaly.baseline_of(forgot, anomaly.RUNTIME), anomaly.baseline_of(fresh, anomaly.RUNTIME))
+
+
 def groups(past: anomaly.Past) -> tuple:
     """A Past without its empty weekday groups (past_of keeps the run's own, even empty)."""
     return past.prior, {day: runs for day, runs in past.groups.items() if runs}, past.weekday

@@ -22,6 +22,7 @@ import bisect
 import dataclasses
 import logging
 import math
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
 anomalies_t = models.JobAnomalyRow.__table__
-TRIM_AT = 0.5       # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
+TRIM_AT = 0.25      # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
+TRIM_GROWTH = 1.25  # and this many times as many as the last trim kept
 RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
 CHUNK = 1000         # ids per IN list
 KEY_LENGTH = 255     # job_anomalies.output_key
@@ -55,7 +57,9 @@ def lookback(thresholds: Thresholds) -> timedelta:
 
 # -- reading runs ---------------------------------------------------------------------------------
 def output_key(component_name: str | None, name: str | None, output_id: int) -> str:
-    return (component_name or name or f"output {output_id}")[:KEY_LENGTH]
+    """Interned: every kept run of a package names its outputs with the same few strings, held once
+    (a first sync keeps tens of thousands of runs)."""
+    return sys.intern((component_name or name or f"output {output_id}")[:KEY_LENGTH])
 
 
 def job_columns():
@@ -248,7 +252,7 @@ class PackageRuns:
         self.thresholds = thresholds
         self.trimmed_size = 0
         self.keys = [time_key(r) for r in runs]
-        self.where = {r.job_id: time_key(r) for r in runs}
+        self.where = {r.job_id: key for r, key in zip(runs, self.keys)}
         self.samples = {r.job_id: anomaly.sample(r) for r in runs}   # what the baselines read of each run
         # id(sample) -> job id: the successful runs before `first`, loaded without their outputs
         # (`fill` reads them when a baseline is about to read the sample: most never are)
@@ -262,20 +266,20 @@ class PackageRuns:
         """Forget the runs before `keep_since` but the newest `window` successes among them (the
         `prior` of a package that runs less than daily reaches back further): a first sync keeps
         a package's runs across all its batches, and its memory must not grow with the history.
-        Done when the runs grew by half since the last trim, so its cost per run stays constant."""
-        if len(self.runs) <= max(1.5 * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
+        Done when the runs grew by a quarter since the last trim, so its cost per run stays
+        constant; what the Timeline keeps is a suffix of its samples (every success from the
+        oldest kept run on), so it only drops a prefix."""
+        if len(self.runs) <= max(TRIM_GROWTH * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
             return
         cut = bisect.bisect_left(self.keys, (keep_since,))
-        older_successes = {i for i in range(cut) if self.runs[i].succeeded}
-        kept = sorted(older_successes)[-window:] + list(range(cut, len(self.runs)))
-        runs = [self.runs[i] for i in kept]
+        kept = [i for i in range(cut) if self.runs[i].succeeded][-window:] + list(range(cut, len(self.runs)))
+        if kept:
+            self.timeline.forget_before(self.keys[kept[0]])
+        runs, keys = [self.runs[i] for i in kept], [self.keys[i] for i in kept]
         samples = {r.job_id: self.samples[r.job_id] for r in runs}
         self.pending = {key: job_id for key, job_id in self.pending.items() if job_id in samples}
-        self.runs, self.keys, self.samples = runs, [time_key(r) for r in runs], samples
-        self.where = {r.job_id: key for r, key in zip(runs, self.keys)}
-        self.timeline = anomaly.Timeline(self.thresholds)
-        for run, key in zip(runs, self.keys):
-            self.timeline.add(key, samples[run.job_id])
+        self.runs, self.keys, self.samples = runs, keys, samples
+        self.where = {r.job_id: key for r, key in zip(runs, keys)}
         self.start, self.complete = max(self.start, keep_since), max(self.complete, keep_since)
         self.trimmed_size = len(self.runs)
 
