@@ -25,15 +25,16 @@ import math
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, delete, select
 
 from archiver import anomaly, dialect, models
 from archiver.anomaly import Run, Thresholds, Verdict
 from archiver.config import Settings
 from archiver.records import JobRecord
+from archiver.sqltypes import utc_result
 from archiver.store import Archive, newest_per_id
 from archiver.utc import utcnow
 
@@ -181,28 +182,25 @@ def package_rows(conn: Connection, package_id: int, want: Want, window: int) -> 
     successes among the newest `want.recent` runs back to `want.since` (all of those, and every
     run back to `flaky_since`, when a new run is a successful retry) and older successes to fill
     `window`."""
-    c = jobs_t.c
-    newest_first = (c.created_at.desc(), c.id.desc())
-    mine = select(*job_columns()).where(c.package_id == package_id)
-    found = {r.id: r for r in conn.execute(mine.where(c.created_at >= want.first))}
-    narrow = own_weekday_rows(conn, mine, want, window)
+    found = {r.id: r for r in package_jobs(conn, package_id, "created_at >= ?", [want.first])}
+    narrow = own_weekday_rows(conn, package_id, want, window)
     if narrow is not None:
         found.update((r.id, r) for r in narrow)
         return found, True
-    recent = conn.execute(mine.where(c.created_at >= want.since, c.created_at < want.first)
-                          .order_by(*newest_first).limit(want.recent)).all()
+    recent = package_jobs(conn, package_id, "created_at >= ? AND created_at < ?", [want.since, want.first],
+                          want.recent)
     if want.flaky_since is None:
         recent = [r for r in recent if r.status == anomaly.SUCCESS]
     else:
-        recent += conn.execute(mine.where(c.created_at >= want.flaky_since, c.created_at < want.first)).all()
+        recent += flaky_rows(conn, package_id, want)
     found.update((r.id, r) for r in recent)
     if sum(1 for r in recent if r.status == anomaly.SUCCESS) < window:
-        found.update((r.id, r) for r in conn.execute(
-            mine.where(c.created_at < want.since, c.status == anomaly.SUCCESS).order_by(*newest_first).limit(window)))
+        found.update((r.id, r) for r in package_jobs(conn, package_id, "created_at < ? AND status = ?",
+                                                      [want.since, anomaly.SUCCESS], window))
     return found, False
 
 
-def own_weekday_rows(conn: Connection, mine, want: Want, window: int) -> list | None:
+def own_weekday_rows(conn: Connection, package_id: int, want: Want, window: int) -> list | None:
     """What the baselines of the new runs read when each has `window` successes of its own weekday
     in the weekday weeks (a package that runs every few hours): for each weekday of the new
     successes, its newest `window` successes before `want.first` on that weekday, from the newest
@@ -214,23 +212,52 @@ def own_weekday_rows(conn: Connection, mine, want: Want, window: int) -> list | 
     weekday before it, every one within its cutoff (the newest run's is the latest cutoff)."""
     if want.newest is None:
         return None
-    c = jobs_t.c
-    newest_first = (c.created_at.desc(), c.id.desc())
-    before = mine.where(c.created_at < want.first, c.status == anomaly.SUCCESS)
+    before, values = "created_at < ? AND status = ?", [want.first, anomaly.SUCCESS]
     cutoff = datetime.combine(want.newest.date() - timedelta(weeks=want.weeks), time(), want.newest.tzinfo)
     rows = []
     for weekday in sorted(want.weekdays):
-        spans = [and_(c.created_at >= start, c.created_at < start + timedelta(days=1))
-                 for start in (datetime.combine(day, time(), cutoff.tzinfo)
-                               for day in weekday_days(cutoff.date(), want.first.date(), weekday))]
-        found = conn.execute(before.where(or_(*spans)).order_by(*newest_first).limit(window)).all() if spans else []
+        starts = [datetime.combine(day, time(), cutoff.tzinfo)
+                  for day in weekday_days(cutoff.date(), want.first.date(), weekday)]
+        spans = " OR ".join(["(created_at >= ? AND created_at < ?)"] * len(starts))
+        found = package_jobs(conn, package_id, f"{before} AND ({spans})",
+                             [*values, *(m for start in starts for m in (start, start + timedelta(days=1)))],
+                             window) if starts else []
         if len(found) < window:
             return None
         rows += found
-    rows += conn.execute(before.order_by(*newest_first).limit(window)).all()
+    rows += package_jobs(conn, package_id, before, values, window)
     if want.flaky_since is not None:
-        rows += conn.execute(mine.where(c.created_at >= want.flaky_since, c.created_at < want.first)).all()
+        rows += flaky_rows(conn, package_id, want)
     return rows
+
+
+def flaky_rows(conn: Connection, package_id: int, want: Want) -> list[JobRun]:
+    return package_jobs(conn, package_id, "created_at >= ? AND created_at < ?", [want.flaky_since, want.first])
+
+
+class JobRun(NamedTuple):
+    """The columns of job_columns() of one job, read straight from the driver."""
+
+    id: int
+    package_id: int
+    created_at: datetime
+    status: str | None
+    runtime_in_seconds: int | None
+    attempts: int | None
+
+
+def package_jobs(conn: Connection, package_id: int, where: str, values: Sequence, newest: int | None = None
+                 ) -> list[JobRun]:
+    """The jobs of one package matching `where` (SQL over the jobs table, `?` placeholders), only
+    the `newest` that many when given. Straight on the driver (dialect.execute_positional): a later
+    sync reads a few statements of history for each package it touches, and building them through
+    SQLAlchemy cost more than the database spends running them (the texts vary with the weekdays)."""
+    sql = f"SELECT {', '.join(c.name for c in job_columns())} FROM jobs WHERE package_id = ? AND {where}"
+    if newest is not None:
+        sql += f" ORDER BY created_at DESC, id DESC LIMIT {int(newest)}"
+    return [JobRun(job_id, package, utc_result(created), status, runtime, attempts) for
+            job_id, package, created, status, runtime, attempts in
+            dialect.execute_positional(conn, sql, [package_id, *values])]
 
 
 def weekday_days(start: date, end: date, weekday: int) -> list[date]:
