@@ -260,7 +260,8 @@ class Timeline:
         if len(own) >= window:
             groups = {weekday: own}
         else:
-            groups = {day: found for day in range(7) if (found := self.by_weekday[day].newest(key, cutoff, window))}
+            groups = {day: found for day in range(7)
+                      if (found := own if day == weekday else self.by_weekday[day].newest(key, cutoff, window))}
         return Past(self.ok.before(key, window), groups, weekday)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 import math
 import sys
@@ -50,6 +51,7 @@ CHUNK = 1000         # ids per IN list
 KEY_LENGTH = 255     # job_anomalies.output_key
 
 
+@functools.cache   # asked for each package of each batch
 def lookback(thresholds: Thresholds) -> timedelta:
     """How far back the rules look in time: the weekday factors' weeks (and their first day) or the
     flaky window, whichever is longer."""
