@@ -268,6 +268,12 @@ class Timeline:
             self.ok.discard(key)
             self.by_weekday[s.weekday].discard(key)
 
+    def forget_before(self, key) -> None:
+        """Drop the samples with a key below `key` (a package's kept runs trimmed to a suffix)."""
+        self.ok.forget_before(key)
+        for keyed in self.by_weekday:
+            keyed.forget_before(key)
+
     def past(self, key, moment: datetime) -> Past:
         """The Past of a run at `moment` from the samples with a key below `key`."""
         weekday, window = moment.weekday(), self.window
@@ -276,32 +282,48 @@ class Timeline:
         if len(own) >= window:
             groups = {weekday: own}
         else:
-            groups = {day: found for day in range(7) if (found := self.by_weekday[day].newest(key, cutoff, window))}
+            groups = {day: found for day in range(7)
+                      if (found := own if day == weekday else self.by_weekday[day].newest(key, cutoff, window))}
         return Past(self.ok.before(key, window), groups, weekday)
 
 
-class Group(list):
-    """A weekday group of a Past from a `Timeline`: a list of samples (newest first) that also
+class Window(list):
+    """Samples [start:end] of a `_Keyed` (a Past's `prior`, oldest first), that knows where it
+    came from: the median of a measure over it is then kept up to date as consecutive runs ask
+    (`_Keyed.median`) instead of being sorted afresh for each run."""
+
+    __slots__ = ("keyed", "start", "end")
+
+    def __init__(self, samples, keyed: "_Keyed", start: int, end: int):
+        super().__init__(samples)
+        self.keyed, self.start, self.end = keyed, start, end
+
+
+class Group(Window):
+    """A weekday group of a Past from a `Timeline`: a Window of samples (newest first) that also
     memoises, per measure, its values, their median and their absolute deviations from it. The
     Timeline hands out the same Group while its weekday gains no run, so the other weekdays'
     medians of a daily package are computed once a week rather than once a run."""
 
     __slots__ = ("memo",)
 
-    def __init__(self, samples=()):
-        super().__init__(samples)
+    def __init__(self, samples, keyed: "_Keyed", start: int, end: int):
+        super().__init__(samples, keyed, start, end)
         self.memo: dict = {}
 
 
 class _Keyed:
-    """Samples sorted by key; `newest` memoised until the next add or discard."""
+    """Samples sorted by key; `newest` memoised until the next add or discard, and per measure
+    the sorted values of the last span `median` was asked about (a `SlidingValues`), moved along
+    while samples are only appended."""
 
-    __slots__ = ("keys", "samples", "groups")
+    __slots__ = ("keys", "samples", "groups", "sliding")
 
     def __init__(self):
         self.keys: list = []
         self.samples: list[Sample] = []
         self.groups: dict = {}
+        self.sliding: dict[object, SlidingValues] = {}
 
     def add(self, key, s: Sample) -> None:
         self.groups.clear()
@@ -309,6 +331,7 @@ class _Keyed:
             self.keys.append(key)
             self.samples.append(s)
             return
+        self.sliding.clear()   # the samples after it move
         i = bisect.bisect_left(self.keys, key)
         self.keys.insert(i, key)
         self.samples.insert(i, s)
@@ -318,11 +341,27 @@ class _Keyed:
         if i < len(self.keys) and self.keys[i] == key:
             del self.keys[i], self.samples[i]
             self.groups.clear()
+            self.sliding.clear()
 
-    def before(self, key, window: int) -> list[Sample]:
+    def forget_before(self, key) -> None:
+        i = bisect.bisect_left(self.keys, key)
+        if i:
+            del self.keys[:i], self.samples[:i]
+            self.groups.clear()
+            self.sliding.clear()
+
+    def before(self, key, window: int) -> Window:
         """The last `window` samples with a key below `key`, oldest first."""
         end = bisect.bisect_left(self.keys, key)
-        return self.samples[max(0, end - window):end]
+        start = max(0, end - window)
+        return Window(self.samples[start:end], self, start, end)
+
+    def median(self, start: int, end: int, measure) -> tuple[int, float | None]:
+        """How many of samples[start:end] have a value of `measure`, and their median (None: none)."""
+        sliding = self.sliding.get(measure)
+        if sliding is None or not sliding.moves_to(start, end):
+            sliding = self.sliding[measure] = SlidingValues(measure, start)
+        return sliding.move(self.samples, start, end)
 
     def newest(self, key, cutoff: int, window: int) -> Group:
         """The last `window` samples with a key below `key` from day `cutoff` on, newest first
@@ -334,8 +373,56 @@ class _Keyed:
             start += 1
         found = self.groups.get((start, end))
         if found is None:
-            found = self.groups[(start, end)] = Group(reversed(samples[start:end]))
+            found = self.groups[(start, end)] = Group(reversed(samples[start:end]), self, start, end)
         return found
+
+
+class SlidingValues:
+    """The values of one measure over samples[start:end], sorted, moved to a later span by
+    removing the values that left it and inserting those that came in (bisect) rather than
+    sorting the span afresh: consecutive runs of a package ask about spans one sample apart. The
+    median is that of the same values, so the same float as `median` gives. A NaN (no order)
+    makes it sort afresh every time."""
+
+    __slots__ = ("measure", "start", "end", "ordered", "exact")
+
+    def __init__(self, measure, start: int = 0):
+        """Empty, at span [start:start]."""
+        self.measure, self.start, self.end, self.ordered, self.exact = measure, start, start, [], True
+
+    def moves_to(self, start: int, end: int) -> bool:
+        """Whether moving costs less than sorting the span afresh."""
+        return (self.exact and self.start <= start <= self.end <= end
+                and (start - self.start) + (end - self.end) <= end - start)
+
+    def move(self, samples: Sequence[Sample], start: int, end: int) -> tuple[int, float | None]:
+        ordered, measure = self.ordered, self.measure
+        for s in samples[self.start:start]:
+            if (v := s.logs.get(measure)) is not None:
+                del ordered[bisect.bisect_left(ordered, v)]
+        for s in samples[self.end:end]:
+            if (v := s.logs.get(measure)) is not None:
+                if v != v:
+                    self.exact = False
+                bisect.insort(ordered, v)
+        self.start, self.end = start, end
+        if not self.exact:
+            values = _values(samples[start:end], measure)
+            return len(values), median(values) if values else None
+        n = len(ordered)
+        if not n:
+            return 0, None
+        half = n // 2
+        return n, ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
+def measure_median(runs: Sequence[Sample], measure) -> tuple[int, float | None]:
+    """How many of `runs` have a value of `measure`, and their median (None: none); from the
+    `_Keyed` a Window came from, where the sorted values slide along with the runs scored."""
+    if isinstance(runs, Window):
+        return runs.keyed.median(runs.start, runs.end, measure)
+    values = _values(runs, measure)
+    return len(values), median(values) if values else None
 
 
 def _values(runs, measure) -> list[float]:
@@ -445,17 +532,15 @@ def centre_bounds(past: Past, measure: object, thresholds: Thresholds = DEFAULTS
     the centre, the median of the prior values less their weekday's factor plus the run's, lies
     within the unshrunk factors' range R of the plain median of the prior values."""
     if len(past.own) >= thresholds.window:
-        own = [v for s in past.own if (v := s.logs.get(measure)) is not None]
-        if len(own) >= thresholds.window:
-            centre = median(own)
+        count, centre = measure_median(past.own, measure)
+        if count >= thresholds.window:
             return centre, centre
-    values = [v for s in past.prior if (v := s.logs.get(measure)) is not None]
-    if len(values) < thresholds.min_history:
+    count, centre = measure_median(past.prior, measure)
+    if count < thresholds.min_history:
         return None
     least = thresholds.weekday_min
     stats = [found for runs in past.groups.values() if len(runs) >= least
              and len((found := _group_stats(runs, measure))[0]) >= least]
-    centre = median(values)
     if len(stats) < 2:
         return centre, centre
     medians = [_stats_median(found) for found in stats]

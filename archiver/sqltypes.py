@@ -32,11 +32,17 @@ class UTCDateTime(TypeDecorator):
         return to_utc(value) if dialect.name == "postgresql" else naive_utc(value)
 
     def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQLite text, e.g. through a view
-            value = datetime.fromisoformat(value)
-        return to_utc(value)
+        return utc_result(value)
+
+
+def utc_result(value) -> datetime | None:
+    """A stored moment as a driver returns it (text on SQLite) as an aware UTC datetime: what a
+    UTCDateTime column reads, also for SQL run straight on the driver."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # raw SQLite text, e.g. through a view
+        value = datetime.fromisoformat(value)
+    return to_utc(value)
 
 
 BigId = BigInteger().with_variant(Integer, "sqlite")  # autoincrement keys (SQLite needs INTEGER)

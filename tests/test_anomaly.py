@@ -322,6 +322,73 @@ def test_a_timeline_filled_in_any_order_gives_the_walk_backs_past():
             assert groups(timeline.past(i, run.created_at)) == groups(anomaly.past_of(samples, i, run.created_at))
 
 
+def test_a_timeline_that_forgets_its_oldest_samples_gives_what_one_of_the_rest_gives():
+    """A first sync trims each package's kept runs to a suffix (PackageRuns.trim): the Timeline
+    drops its oldest samples in place, memoised weekday groups included, and then gives every later
+    run the Past and baselines of a Timeline built from the samples it kept."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_history import generate
+
+    for runs in list(generate(seed=8, packages=6, days=60).runs.values()):
+        samples = [anomaly.sample(run) for run in runs]
+        timeline = anomaly.Timeline(DEFAULTS)
+        for i, s in enumerate(samples):
+            timeline.add(i, s)
+        for cut in (len(runs) // 5, len(runs) // 3, len(runs) // 2):
+            for i in range(cut, len(runs)):   # memoise the groups of the indexes before the cut
+                timeline.past(i, runs[i].created_at)
+            timeline.forget_before(cut)
+            kept = anomaly.Timeline(DEFAULTS)
+            for i in range(cut, len(runs)):
+                kept.add(i, samples[i])
+            for i in range(cut, len(runs)):
+                forgot, fresh = timeline.past(i, runs[i].created_at), kept.past(i, runs[i].created_at)
+                assert groups(forgot) == groups(fresh)
+                assert same(anomaly.baseline_of(forgot, anomaly.RUNTIME), anomaly.baseline_of(fresh, anomaly.RUNTIME))
+
+
+def test_sliding_medians_give_what_sorting_each_span_afresh_gives():
+    """A Timeline keeps each measure's values over the span last asked about sorted, and moves it
+    (bisect out, bisect in) when the next run asks about a later span. On random and adversarial
+    values (ties, a measure some samples lack, infinities, a NaN) and spans that slide, jump back,
+    grow and shrink, while samples are appended, inserted in the middle, discarded and forgotten,
+    its count and median are those of sorting the span afresh, to the bit."""
+    import random
+
+    rng = random.Random(20261207)
+    draws = [lambda: rng.gauss(5, 2), lambda: rng.choice((1.0, 1.0, 2.0, 3.5)), lambda: None,
+             lambda: rng.choice((-math.inf, math.inf, 0.0))]
+    for case in range(60):
+        keyed, measure, next_key, span = anomaly._Keyed(), ("m",), 0, (0, 0)
+        weights = [8, 4 if case % 2 else 0, 2, 1 if case % 3 == 0 else 0]
+        for step in range(400):
+            op = rng.random()
+            if op < 0.5 or not keyed.keys:
+                value = rng.choices(draws, weights)[0]()
+                if case == 7 and 200 <= step < 300:
+                    value = math.nan   # a few: the sliding order is then no order
+                key = next_key = next_key + 1
+                if op < 0.05 and keyed.keys:   # in the middle
+                    key = rng.choice(keyed.keys) - 0.5
+                keyed.add(key, anomaly.Sample(True, 0, 0, {}, {} if value is None else {measure: value}))
+            elif op < 0.53:
+                keyed.discard(rng.choice(keyed.keys))
+            elif op < 0.55:
+                keyed.forget_before(rng.choice(keyed.keys))
+            else:
+                n = len(keyed.samples)
+                end = min(n, span[1] + rng.choice((0, 1, 1, 1, 2, 5))) if rng.random() < 0.9 else rng.randrange(n + 1)
+                span = (max(0, end - rng.choice((30, 30, 30, 8, 1, 40))), end)
+                values = [v for s in keyed.samples[span[0]:span[1]] if (v := s.logs.get(measure)) is not None]
+                expected = (len(values), anomaly.median(values) if values else None)
+                assert repr(keyed.median(*span, measure)) == repr(expected), (case, step)
+    keyed = anomaly._Keyed()   # a NaN moved past: bisecting for it would remove another value
+    for key, value in enumerate((4.0, math.nan, 1.0, 4.0, 3.0, 2.0)):
+        keyed.add(key, anomaly.Sample(True, 0, 0, {}, {("m",): value}))
+        values = [s.logs[("m",)] for s in keyed.samples[max(0, key - 3):key + 1]]
+        assert repr(keyed.median(max(0, key - 3), key + 1, ("m",))) == repr((len(values), anomaly.median(values)))
+
+
 def groups(past: anomaly.Past) -> tuple:
     """A Past without its empty weekday groups (past_of keeps the run's own, even empty)."""
     return past.prior, {day: runs for day, runs in past.groups.items() if runs}, past.weekday

@@ -380,3 +380,11 @@ def test_a_new_job_is_scored_as_stored_without_reading_it_back(db_url, name):
             assert scoring.runs_of(conn, [record.id]) == [scoring.run_of_record(record)]
     finally:
         engine.dispose()
+
+
+def test_output_keys_are_held_once_however_many_runs_name_them():
+    """Every kept run of a package names its outputs with the same few strings: one object each."""
+    first, second = "".join(["destination", "1"]), "".join(["destination", "1"])
+    assert first is not second
+    assert scoring.output_key(first, None, 1) is scoring.output_key(second, None, 2)
+    assert scoring.output_key(None, None, 12) == "output 12"

@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 import math
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, delete, select
 
 from archiver import anomaly, dialect, models
 from archiver.anomaly import Run, Thresholds, Verdict
 from archiver.config import Settings
 from archiver.records import JobRecord
+from archiver.sqltypes import utc_result
 from archiver.store import Archive, newest_per_id
 from archiver.utc import utcnow
 
@@ -41,12 +44,14 @@ log = logging.getLogger(__name__)
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
 anomalies_t = models.JobAnomalyRow.__table__
-TRIM_AT = 0.5       # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
+TRIM_AT = 0.25      # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
+TRIM_GROWTH = 1.25  # and this many times as many as the last trim kept
 RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
 CHUNK = 1000         # ids per IN list
 KEY_LENGTH = 255     # job_anomalies.output_key
 
 
+@functools.cache   # asked for each package of each batch
 def lookback(thresholds: Thresholds) -> timedelta:
     """How far back the rules look in time: the weekday factors' weeks (and their first day) or the
     flaky window, whichever is longer."""
@@ -55,7 +60,9 @@ def lookback(thresholds: Thresholds) -> timedelta:
 
 # -- reading runs ---------------------------------------------------------------------------------
 def output_key(component_name: str | None, name: str | None, output_id: int) -> str:
-    return (component_name or name or f"output {output_id}")[:KEY_LENGTH]
+    """Interned: every kept run of a package names its outputs with the same few strings, held once
+    (a first sync keeps tens of thousands of runs)."""
+    return sys.intern((component_name or name or f"output {output_id}")[:KEY_LENGTH])
 
 
 def job_columns():
@@ -177,28 +184,25 @@ def package_rows(conn: Connection, package_id: int, want: Want, window: int) -> 
     successes among the newest `want.recent` runs back to `want.since` (all of those, and every
     run back to `flaky_since`, when a new run is a successful retry) and older successes to fill
     `window`."""
-    c = jobs_t.c
-    newest_first = (c.created_at.desc(), c.id.desc())
-    mine = select(*job_columns()).where(c.package_id == package_id)
-    found = {r.id: r for r in conn.execute(mine.where(c.created_at >= want.first))}
-    narrow = own_weekday_rows(conn, mine, want, window)
+    found = {r.id: r for r in package_jobs(conn, package_id, "created_at >= ?", [want.first])}
+    narrow = own_weekday_rows(conn, package_id, want, window)
     if narrow is not None:
         found.update((r.id, r) for r in narrow)
         return found, True
-    recent = conn.execute(mine.where(c.created_at >= want.since, c.created_at < want.first)
-                          .order_by(*newest_first).limit(want.recent)).all()
+    recent = package_jobs(conn, package_id, "created_at >= ? AND created_at < ?", [want.since, want.first],
+                          want.recent)
     if want.flaky_since is None:
         recent = [r for r in recent if r.status == anomaly.SUCCESS]
     else:
-        recent += conn.execute(mine.where(c.created_at >= want.flaky_since, c.created_at < want.first)).all()
+        recent += flaky_rows(conn, package_id, want)
     found.update((r.id, r) for r in recent)
     if sum(1 for r in recent if r.status == anomaly.SUCCESS) < window:
-        found.update((r.id, r) for r in conn.execute(
-            mine.where(c.created_at < want.since, c.status == anomaly.SUCCESS).order_by(*newest_first).limit(window)))
+        found.update((r.id, r) for r in package_jobs(conn, package_id, "created_at < ? AND status = ?",
+                                                      [want.since, anomaly.SUCCESS], window))
     return found, False
 
 
-def own_weekday_rows(conn: Connection, mine, want: Want, window: int) -> list | None:
+def own_weekday_rows(conn: Connection, package_id: int, want: Want, window: int) -> list | None:
     """What the baselines of the new runs read when each has `window` successes of its own weekday
     in the weekday weeks (a package that runs every few hours): for each weekday of the new
     successes, its newest `window` successes before `want.first` on that weekday, from the newest
@@ -210,23 +214,52 @@ def own_weekday_rows(conn: Connection, mine, want: Want, window: int) -> list | 
     weekday before it, every one within its cutoff (the newest run's is the latest cutoff)."""
     if want.newest is None:
         return None
-    c = jobs_t.c
-    newest_first = (c.created_at.desc(), c.id.desc())
-    before = mine.where(c.created_at < want.first, c.status == anomaly.SUCCESS)
+    before, values = "created_at < ? AND status = ?", [want.first, anomaly.SUCCESS]
     cutoff = datetime.combine(want.newest.date() - timedelta(weeks=want.weeks), time(), want.newest.tzinfo)
     rows = []
     for weekday in sorted(want.weekdays):
-        spans = [and_(c.created_at >= start, c.created_at < start + timedelta(days=1))
-                 for start in (datetime.combine(day, time(), cutoff.tzinfo)
-                               for day in weekday_days(cutoff.date(), want.first.date(), weekday))]
-        found = conn.execute(before.where(or_(*spans)).order_by(*newest_first).limit(window)).all() if spans else []
+        starts = [datetime.combine(day, time(), cutoff.tzinfo)
+                  for day in weekday_days(cutoff.date(), want.first.date(), weekday)]
+        spans = " OR ".join(["(created_at >= ? AND created_at < ?)"] * len(starts))
+        found = package_jobs(conn, package_id, f"{before} AND ({spans})",
+                             [*values, *(m for start in starts for m in (start, start + timedelta(days=1)))],
+                             window) if starts else []
         if len(found) < window:
             return None
         rows += found
-    rows += conn.execute(before.order_by(*newest_first).limit(window)).all()
+    rows += package_jobs(conn, package_id, before, values, window)
     if want.flaky_since is not None:
-        rows += conn.execute(mine.where(c.created_at >= want.flaky_since, c.created_at < want.first)).all()
+        rows += flaky_rows(conn, package_id, want)
     return rows
+
+
+def flaky_rows(conn: Connection, package_id: int, want: Want) -> list[JobRun]:
+    return package_jobs(conn, package_id, "created_at >= ? AND created_at < ?", [want.flaky_since, want.first])
+
+
+class JobRun(NamedTuple):
+    """The columns of job_columns() of one job, read straight from the driver."""
+
+    id: int
+    package_id: int
+    created_at: datetime
+    status: str | None
+    runtime_in_seconds: int | None
+    attempts: int | None
+
+
+def package_jobs(conn: Connection, package_id: int, where: str, values: Sequence, newest: int | None = None
+                 ) -> list[JobRun]:
+    """The jobs of one package matching `where` (SQL over the jobs table, `?` placeholders), only
+    the `newest` that many when given. Straight on the driver (dialect.execute_positional): a later
+    sync reads a few statements of history for each package it touches, and building them through
+    SQLAlchemy cost more than the database spends running them (the texts vary with the weekdays)."""
+    sql = f"SELECT {', '.join(c.name for c in job_columns())} FROM jobs WHERE package_id = ? AND {where}"
+    if newest is not None:
+        sql += f" ORDER BY created_at DESC, id DESC LIMIT {int(newest)}"
+    return [JobRun(job_id, package, utc_result(created), status, runtime, attempts) for
+            job_id, package, created, status, runtime, attempts in
+            dialect.execute_positional(conn, sql, [package_id, *values])]
 
 
 def weekday_days(start: date, end: date, weekday: int) -> list[date]:
@@ -248,7 +281,7 @@ class PackageRuns:
         self.thresholds = thresholds
         self.trimmed_size = 0
         self.keys = [time_key(r) for r in runs]
-        self.where = {r.job_id: time_key(r) for r in runs}
+        self.where = {r.job_id: key for r, key in zip(runs, self.keys)}
         self.samples = {r.job_id: anomaly.sample(r) for r in runs}   # what the baselines read of each run
         # id(sample) -> job id: the successful runs before `first`, loaded without their outputs
         # (`fill` reads them when a baseline is about to read the sample: most never are)
@@ -262,20 +295,20 @@ class PackageRuns:
         """Forget the runs before `keep_since` but the newest `window` successes among them (the
         `prior` of a package that runs less than daily reaches back further): a first sync keeps
         a package's runs across all its batches, and its memory must not grow with the history.
-        Done when the runs grew by half since the last trim, so its cost per run stays constant."""
-        if len(self.runs) <= max(1.5 * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
+        Done when the runs grew by a quarter since the last trim, so its cost per run stays
+        constant; what the Timeline keeps is a suffix of its samples (every success from the
+        oldest kept run on), so it only drops a prefix."""
+        if len(self.runs) <= max(TRIM_GROWTH * self.trimmed_size, TRIM_AT * RECENT_RUNS * window):
             return
         cut = bisect.bisect_left(self.keys, (keep_since,))
-        older_successes = {i for i in range(cut) if self.runs[i].succeeded}
-        kept = sorted(older_successes)[-window:] + list(range(cut, len(self.runs)))
-        runs = [self.runs[i] for i in kept]
+        kept = [i for i in range(cut) if self.runs[i].succeeded][-window:] + list(range(cut, len(self.runs)))
+        if kept:
+            self.timeline.forget_before(self.keys[kept[0]])
+        runs, keys = [self.runs[i] for i in kept], [self.keys[i] for i in kept]
         samples = {r.job_id: self.samples[r.job_id] for r in runs}
         self.pending = {key: job_id for key, job_id in self.pending.items() if job_id in samples}
-        self.runs, self.keys, self.samples = runs, [time_key(r) for r in runs], samples
-        self.where = {r.job_id: key for r, key in zip(runs, self.keys)}
-        self.timeline = anomaly.Timeline(self.thresholds)
-        for run, key in zip(runs, self.keys):
-            self.timeline.add(key, samples[run.job_id])
+        self.runs, self.keys, self.samples = runs, keys, samples
+        self.where = {r.job_id: key for r, key in zip(runs, keys)}
         self.start, self.complete = max(self.start, keep_since), max(self.complete, keep_since)
         self.trimmed_size = len(self.runs)
 
