@@ -10,7 +10,7 @@ from datetime import date, datetime
 
 from sqlalchemy import (BigInteger, Boolean, Date, Double, ForeignKey, Index, Integer, MetaData, String, cast, func,
                         literal_column)
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 from archiver.fields import INT, JOB_FIELDS, NUMBER, STATUS, TEXT, TIME
 from archiver.schema_docs import COLUMN_DOCS
@@ -319,19 +319,29 @@ class AlertDeliveryRow(Base):
     error: Mapped[str | None] = mapped_column(LongText)
 
 
-class DailyPackageRollupRow(Base):
-    """Counts per account, UTC day and package, refreshed for the days each write of jobs
-    touched (archiver.store), so daily_package_stats reads thousands of rows, not millions.
-    A group's key columns may be NULL (no account, no package), hence the surrogate id."""
+class _DayGroups:
+    """The key of a daily rollup: account, UTC day and package, each possibly NULL (no account,
+    no package), hence the surrogate id; indexed by day and package, and by account and day
+    (migration 0010's `_day_table` makes the tables the same way)."""
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        name = cls.__tablename__
+        return (Index(f"ix_{name}_day_package_id", "day", "package_id"),
+                Index(f"ix_{name}_account_id_day", "account_id", "day"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True, sort_order=-1)
+    account_id: Mapped[str | None] = mapped_column(String(255), sort_order=-1)   # first, as in the tables
+    day: Mapped[date | None] = mapped_column(Date, sort_order=-1)
+    package_id: Mapped[int | None] = mapped_column(BigInteger, sort_order=-1)
+
+
+class DailyPackageRollupRow(_DayGroups, Base):
+    """Counts per account, UTC day and package, recounted for the groups each write of jobs
+    changed (archiver.store), so daily_package_stats reads thousands of rows, not millions."""
 
     __tablename__ = "daily_package_rollup"
-    __table_args__ = (Index("ix_daily_package_rollup_day_package_id", "day", "package_id"),
-                      Index("ix_daily_package_rollup_account_id_day", "account_id", "day"))
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str | None] = mapped_column(String(255))
-    day: Mapped[date | None] = mapped_column(Date)
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
     jobs: Mapped[int] = mapped_column(BigInteger)
     completed: Mapped[int] = mapped_column(BigInteger)
     failed: Mapped[int] = mapped_column(BigInteger)
@@ -346,18 +356,12 @@ class DailyPackageRollupRow(Base):
     run_seconds: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class DailyOutputRollupRow(Base):
+class DailyOutputRollupRow(_DayGroups, Base):
     """Outputs' records per account, UTC day, package and output key (migration 0010), kept with
     daily_package_rollup by the same writes: report html's records chart reads days, not jobs."""
 
     __tablename__ = "daily_output_rollup"
-    __table_args__ = (Index("ix_daily_output_rollup_day_package_id", "day", "package_id"),
-                      Index("ix_daily_output_rollup_account_id_day", "account_id", "day"))
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str | None] = mapped_column(String(255))
-    day: Mapped[date | None] = mapped_column(Date)
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
     output_key: Mapped[str] = mapped_column(LongText)
     jobs: Mapped[int] = mapped_column(BigInteger)
     records: Mapped[int] = mapped_column(BigInteger)
@@ -365,18 +369,12 @@ class DailyOutputRollupRow(Base):
     completed_records: Mapped[int] = mapped_column(BigInteger)
 
 
-class DailyErrorRollupRow(Base):
+class DailyErrorRollupRow(_DayGroups, Base):
     """Failed jobs per account, UTC day, package and error signature (migration 0010), kept with
     daily_package_rollup by the same writes: report html's failures by error read days, not jobs."""
 
     __tablename__ = "daily_error_rollup"
-    __table_args__ = (Index("ix_daily_error_rollup_day_package_id", "day", "package_id"),
-                      Index("ix_daily_error_rollup_account_id_day", "account_id", "day"))
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str | None] = mapped_column(String(255))
-    day: Mapped[date | None] = mapped_column(Date)
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
     error_signature: Mapped[str | None] = mapped_column(String(300))
     jobs: Mapped[int] = mapped_column(BigInteger)
     first_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
