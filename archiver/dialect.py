@@ -232,13 +232,22 @@ def execute_many(conn: Connection, table: Table, rows: Sequence[dict], shape: tu
     conn.exec_driver_sql(sql, params)
 
 
+def _binder(conn: Connection) -> Callable[[Any], Any]:
+    """A value as the driver takes it: a datetime converted as UTCDateTime stores it, anything
+    else as it is (SQL sent straight to the driver, not through SQLAlchemy's bind processing)."""
+    convert = _converter(conn.dialect.name, UTCDateTime())
+    if convert is None:
+        return lambda value: value
+    return lambda value: convert(value) if isinstance(value, datetime) else value
+
+
 def execute_positional(conn: Connection, sql: str, values: Sequence[Any]):
     """Run SQL written with `?` placeholders straight on the driver. For statements whose text
     varies from call to call (one term per schedule chain of a batch), compiling them through
     SQLAlchemy cost several times what the database spends running them. Datetimes are
     converted as UTCDateTime stores them; other values go to the driver as they are."""
-    convert = _converter(conn.dialect.name, UTCDateTime())
-    params = tuple(convert(v) if convert is not None and isinstance(v, datetime) else v for v in values)
+    bind = _binder(conn)
+    params = tuple(bind(v) for v in values)
     if conn.dialect.paramstyle != "qmark":   # psycopg and PyMySQL: %s
         sql = sql.replace("%", "%%").replace("?", "%s")
     return conn.exec_driver_sql(sql, params)
@@ -252,14 +261,13 @@ def repeated_select(conn: Connection, statement) -> Callable[[Sequence[dict[str,
     by its column type as SQLAlchemy would (aware UTC datetimes)."""
     compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     fixed = compiled.construct_params()
-    convert = _converter(conn.dialect.name, UTCDateTime())
+    bind = _binder(conn)
     columns = list(statement.selected_columns)
     make = collections.namedtuple("Row", [c.key for c in columns])
     processors = [c.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None) for c in columns]
 
     def value(values: dict[str, Any], name: str) -> Any:
-        found = values[name] if name in values else fixed[name]
-        return convert(found) if convert is not None and isinstance(found, datetime) else found
+        return bind(values[name] if name in values else fixed[name])
 
     def run(copies: Sequence[dict[str, Any]]) -> list:
         if compiled.positional:   # SQLite's ? and PyMySQL's %s
