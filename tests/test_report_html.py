@@ -4,11 +4,13 @@ draws it offline without attempting a request."""
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import socket
 import struct
 import subprocess
+import sys
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -518,3 +520,14 @@ def test_every_number_read_from_the_rollups_equals_the_jobs_themselves(db_url):
     assert page["retries"]["total"] == {k: sum(c[k] for c in want.values())
                                         for k in ("runs", "retried", "retries", "recovered", "failed")}
     assert page["retries"]["total"]["retried"] > 0
+
+
+def test_a_chart_is_the_same_bytes_whatever_the_hash_seed():
+    """The same archive gives the same page: the day labels were a set, ordered by the seed."""
+    code = ("from datetime import date, timedelta\n"
+            "from archiver.flows.charts import matrix\n"
+            "days = [date(2026, 1, 1) + timedelta(days=d) for d in range(90)]\n"
+            "print(matrix('failing packages', days, [('p', {days[0]: (0.5, 'half')})]))\n")
+    pages = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                            capture_output=True, text=True, check=True).stdout for seed in range(4)}
+    assert len(pages) == 1

@@ -87,7 +87,7 @@ class Frame:
             parts.append(f'<text x="{LEFT - 4}" y="{y}" text-anchor="end" dy="4">'
                          f"{shown(short_number(self.top * share) + unit)}</text>")
         if self.days:
-            for day in {self.days[0], self.days[len(self.days) // 2], self.days[-1]}:
+            for day in labelled_days(self.days):
                 parts.append(f'<text x="{_n(self.x(day))}" y="{base + 16}" text-anchor="middle">'
                              f"{day:%b %d}</text>")
         return parts
@@ -176,6 +176,12 @@ def calendar(title: str, start: date, end: date, cells: dict[date, tuple[float |
     return _svg(title, max(left + weeks * (size + gap) + 10, 200), top + 7 * (size + gap) + 4, body)
 
 
+def labelled_days(days: Sequence[date]) -> list[date]:
+    """The first, middle and last day, each once, in order: a set's order would follow the hash
+    seed, and the same archive would give a page with other bytes each run."""
+    return sorted({days[0], days[len(days) // 2], days[-1]})
+
+
 def matrix(title: str, days: Sequence[date], rows: Sequence[tuple[str, dict[date, tuple[float | None, str]]]]) -> Markup:
     """A row of day cells per named series (package), colored by success share like the calendar."""
     label_width, height, top = 190, 14, 16
@@ -183,7 +189,7 @@ def matrix(title: str, days: Sequence[date], rows: Sequence[tuple[str, dict[date
     index = {d: i for i, d in enumerate(days)}
     body = []
     if days:
-        for day in {days[0], days[len(days) // 2], days[-1]}:
+        for day in labelled_days(days):
             body.append(f'<text x="{_n(label_width + cell * index[day])}" y="{top - 4}">{day:%b %d}</text>')
     for r, (name, cells) in enumerate(rows):
         y = top + r * height
