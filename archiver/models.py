@@ -1,16 +1,16 @@
 """The archive's tables: the public contract BI users query. Created only by migrations.
 
-ORM classes are `...Row` (payload records are `...Record`, in archiver.records). The
-`jobs` columns that hold an API field follow archiver.fields.JOB_FIELDS.
+Each table is a class `...Row` whose `__table__` is a Core Table and whose attributes are its
+columns (payload records are `...Record`, in archiver.records). The `jobs` columns that hold an
+API field follow archiver.fields.JOB_FIELDS.
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from typing import Any, ClassVar
 
-from sqlalchemy import (BigInteger, Boolean, Date, Double, ForeignKey, Index, Integer, MetaData, String, cast, func,
-                        literal_column)
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy import (BigInteger, Boolean, Column, Date, Double, ForeignKey, Index, Integer, MetaData, String, Table,
+                        cast, func, literal_column)
 
 from archiver.fields import INT, JOB_FIELDS, NUMBER, STATUS, TEXT, TIME
 from archiver.schema_docs import COLUMN_DOCS
@@ -25,8 +25,40 @@ NAMING_CONVENTION = {
 }
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+class col:
+    """A column of a table class, named by its attribute (Column's arguments; a column is
+    nullable unless it says nullable=False or is part of the primary key)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+    def column(self, name: str) -> Column:
+        return Column(name, *self.args, **self.kwargs)
+
+
+class Base:
+    """Declares each subclass with a `__tablename__` as a Core Table in `metadata`: its `col`
+    attributes (a mixin's first) in the order written, its `__table_args__` (a tuple, or a
+    classmethod returning one), and the table's columns as class attributes (`JobRow.id`).
+    The declarative ORM did this before; nothing used its mapping, and importing it and
+    mapping 22 classes was a quarter of every command's start-up."""
+
+    metadata: ClassVar[MetaData] = MetaData(naming_convention=NAMING_CONVENTION)
+    __table__: ClassVar[Table]
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "__tablename__" not in cls.__dict__:
+            return
+        specs: dict[str, col] = {}
+        for klass in reversed(cls.__mro__):
+            specs.update((name, value) for name, value in vars(klass).items() if isinstance(value, col))
+        table_args = getattr(cls, "__table_args__", ())
+        table_args = table_args() if callable(table_args) else table_args
+        cls.__table__ = Table(cls.__tablename__, cls.metadata, *[spec.column(name) for name, spec in specs.items()],
+                              *table_args)
+        for column in cls.__table__.columns:
+            setattr(cls, column.key, column)
 
 
 # The column type of each kind of API field (archiver.fields).
@@ -35,26 +67,26 @@ KIND_TYPES = {INT: BigInteger, NUMBER: Double, TEXT: LongText, TIME: UTCDateTime
 
 def api_field_columns_for(fields) -> dict:
     """A column per declared API field, of its kind's type (nullable: a payload may omit it)."""
-    return {field.name: mapped_column(KIND_TYPES[field.kind], index=field.indexed) for field in fields}
+    return {field.name: col(KIND_TYPES[field.kind], index=field.indexed) for field in fields}
 
 
 class JobRow(Base):
     __tablename__ = "jobs"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    account_id: Mapped[str | None] = mapped_column(String(255))
+    id = col(BigInteger, primary_key=True, autoincrement=False)
+    account_id = col(String(255))
     vars().update(api_field_columns_for(JOB_FIELDS))  # status, owner_id, ... created_at, updated_at, ...
-    creator_type: Mapped[str | None] = mapped_column(String(64))
-    creator_id: Mapped[int | None] = mapped_column(BigInteger)
-    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_synced_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    payload: Mapped[dict] = mapped_column(Payload)
-    payload_hash: Mapped[str | None] = mapped_column(String(64))
+    creator_type = col(String(64))
+    creator_id = col(BigInteger)
+    first_seen_at = col(UTCDateTime, nullable=False)
+    last_synced_at = col(UTCDateTime, nullable=False)
+    payload = col(Payload, nullable=False)
+    payload_hash = col(String(64))
     # derived by the archiver when it writes the row (so views need no dialect-specific SQL)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    queue_seconds: Mapped[int | None] = mapped_column(BigInteger)
-    run_date: Mapped[date | None] = mapped_column(Date, index=True)
-    error_signature: Mapped[str | None] = mapped_column(String(300))   # migration 0010 (archiver.errortext)
+    ended_at = col(UTCDateTime)
+    queue_seconds = col(BigInteger)
+    run_date = col(Date, index=True)
+    error_signature = col(String(300))   # migration 0010 (archiver.errortext)
 
     __table_args__ = (Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
                       Index("ix_jobs_runtime_in_seconds", "runtime_in_seconds"),
@@ -75,18 +107,18 @@ class JobRow(Base):
 class JobOutputRow(Base):
     __tablename__ = "job_outputs"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str | None] = mapped_column(LongText)
-    component_name: Mapped[str | None] = mapped_column(LongText)
-    component_type: Mapped[str | None] = mapped_column(LongText)
-    records_count: Mapped[int | None] = mapped_column(BigInteger)
-    progress: Mapped[float | None] = mapped_column(Double)
-    preview_type: Mapped[str | None] = mapped_column(LongText)
-    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    url: Mapped[str | None] = mapped_column(LongText)
-    preview_url: Mapped[str | None] = mapped_column(LongText)
+    id = col(BigInteger, primary_key=True, autoincrement=False)
+    job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False)
+    name = col(LongText)
+    component_name = col(LongText)
+    component_type = col(LongText)
+    records_count = col(BigInteger)
+    progress = col(Double)
+    preview_type = col(LongText)
+    created_at = col(UTCDateTime)
+    updated_at = col(UTCDateTime)
+    url = col(LongText)
+    preview_url = col(LongText)
 
 
 
@@ -99,48 +131,48 @@ def output_key():
 class JobVariableRow(Base):
     __tablename__ = "job_variables"
 
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
+    job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
                                         primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    value: Mapped[str | None] = mapped_column(LongText)
+    name = col(String(255), primary_key=True)
+    value = col(LongText)
 
 
 class SyncRunRow(Base):
     __tablename__ = "sync_runs"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str | None] = mapped_column(String(255))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    mode: Mapped[str] = mapped_column(String(32))
-    requested: Mapped[int] = mapped_column(BigInteger, default=0)
-    inserted: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated: Mapped[int] = mapped_column(BigInteger, default=0)
-    unchanged: Mapped[int] = mapped_column(BigInteger, default=0)
-    stale: Mapped[int] = mapped_column(BigInteger, default=0)
-    not_found: Mapped[int] = mapped_column(BigInteger, default=0)
-    failed: Mapped[int] = mapped_column(BigInteger, default=0)
-    credits_used: Mapped[int] = mapped_column(BigInteger, default=0)
-    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
-    outcome: Mapped[str] = mapped_column(String(32))
-    message: Mapped[str | None] = mapped_column(LongText)
-    pid: Mapped[int | None] = mapped_column(BigInteger)
-    hostname: Mapped[str | None] = mapped_column(String(255))
-    archiver_version: Mapped[str | None] = mapped_column(String(32))
+    id = col(BigId, primary_key=True, autoincrement=True)
+    account_id = col(String(255))
+    started_at = col(UTCDateTime, index=True, nullable=False)
+    finished_at = col(UTCDateTime)
+    mode = col(String(32), nullable=False)
+    requested = col(BigInteger, default=0, nullable=False)
+    inserted = col(BigInteger, default=0, nullable=False)
+    updated = col(BigInteger, default=0, nullable=False)
+    unchanged = col(BigInteger, default=0, nullable=False)
+    stale = col(BigInteger, default=0, nullable=False)
+    not_found = col(BigInteger, default=0, nullable=False)
+    failed = col(BigInteger, default=0, nullable=False)
+    credits_used = col(BigInteger, default=0, nullable=False)
+    api_calls = col(BigInteger, default=0, nullable=False)
+    outcome = col(String(32), nullable=False)
+    message = col(LongText)
+    pid = col(BigInteger)
+    hostname = col(String(255))
+    archiver_version = col(String(32))
 
 
 class SyncErrorRow(Base):
     __tablename__ = "sync_errors"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("sync_runs.id", ondelete="CASCADE"),
-                                        index=True)
-    job_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    http_status: Mapped[int | None] = mapped_column(Integer)
-    field: Mapped[str | None] = mapped_column(String(255))
-    message: Mapped[str] = mapped_column(LongText)
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    id = col(BigId, primary_key=True, autoincrement=True)
+    run_id = col(BigInteger, ForeignKey("sync_runs.id", ondelete="CASCADE"),
+                                        index=True, nullable=False)
+    job_id = col(BigInteger, index=True)
+    kind = col(String(32), nullable=False)
+    http_status = col(Integer)
+    field = col(String(255))
+    message = col(LongText, nullable=False)
+    occurred_at = col(UTCDateTime, nullable=False)
 
 
 class SyncStateRow(Base):
@@ -149,70 +181,70 @@ class SyncStateRow(Base):
 
     __tablename__ = "sync_state"
 
-    account_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    scope: Mapped[str] = mapped_column(String(255), primary_key=True, default="")
-    high_water_mark: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_run_id: Mapped[int | None] = mapped_column(BigInteger)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    account_id = col(String(255), primary_key=True)
+    scope = col(String(255), primary_key=True, default="")
+    high_water_mark = col(UTCDateTime)
+    last_run_id = col(BigInteger)
+    updated_at = col(UTCDateTime, nullable=False)
 
 
 class JobStatusChangeRow(Base):
     __tablename__ = "job_status_changes"
     __table_args__ = (Index("ix_job_status_changes_job_id_observed_at", "job_id", "observed_at"),)
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"))
-    from_status: Mapped[str | None] = mapped_column(String(64))
-    to_status: Mapped[str | None] = mapped_column(String(64))
-    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    api_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    id = col(BigId, primary_key=True, autoincrement=True)
+    job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    from_status = col(String(64))
+    to_status = col(String(64))
+    observed_at = col(UTCDateTime, nullable=False)
+    api_updated_at = col(UTCDateTime)
+    run_id = col(BigInteger)
 
 
 class PackageRow(Base):
     __tablename__ = "packages"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    name: Mapped[str | None] = mapped_column(LongText)
-    description: Mapped[str | None] = mapped_column(LongText)
-    owner_id: Mapped[int | None] = mapped_column(BigInteger)
-    status: Mapped[str | None] = mapped_column(LongText)
-    url: Mapped[str | None] = mapped_column(LongText)
-    html_url: Mapped[str | None] = mapped_column(LongText)
-    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    flow_type: Mapped[str | None] = mapped_column(String(64))
-    variables: Mapped[dict | None] = mapped_column(Payload)
-    payload: Mapped[dict | None] = mapped_column(Payload)
+    id = col(BigInteger, primary_key=True, autoincrement=False)
+    name = col(LongText)
+    description = col(LongText)
+    owner_id = col(BigInteger)
+    status = col(LongText)
+    url = col(LongText)
+    html_url = col(LongText)
+    created_at = col(UTCDateTime)
+    updated_at = col(UTCDateTime)
+    last_synced_at = col(UTCDateTime)
+    flow_type = col(String(64))
+    variables = col(Payload)
+    payload = col(Payload)
 
 
 class ClusterRow(Base):
     __tablename__ = "clusters"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    name: Mapped[str | None] = mapped_column(LongText)
-    description: Mapped[str | None] = mapped_column(LongText)
-    status: Mapped[str | None] = mapped_column(LongText)
-    owner_id: Mapped[int | None] = mapped_column(BigInteger)
-    plan_id: Mapped[int | None] = mapped_column(BigInteger)
-    nodes: Mapped[int | None] = mapped_column(BigInteger)
-    type: Mapped[str | None] = mapped_column(LongText)
-    region: Mapped[str | None] = mapped_column(LongText)
-    zone: Mapped[str | None] = mapped_column(LongText)
-    master_instance_type: Mapped[str | None] = mapped_column(LongText)
-    slave_instance_type: Mapped[str | None] = mapped_column(LongText)
-    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    available_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    url: Mapped[str | None] = mapped_column(LongText)
-    html_url: Mapped[str | None] = mapped_column(LongText)
-    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    terminate_on_idle: Mapped[bool | None] = mapped_column(Boolean)
-    time_to_idle: Mapped[int | None] = mapped_column(BigInteger)
-    stack: Mapped[str | None] = mapped_column(LongText)
-    payload: Mapped[dict | None] = mapped_column(Payload)
+    id = col(BigInteger, primary_key=True, autoincrement=False)
+    name = col(LongText)
+    description = col(LongText)
+    status = col(LongText)
+    owner_id = col(BigInteger)
+    plan_id = col(BigInteger)
+    nodes = col(BigInteger)
+    type = col(LongText)
+    region = col(LongText)
+    zone = col(LongText)
+    master_instance_type = col(LongText)
+    slave_instance_type = col(LongText)
+    created_at = col(UTCDateTime)
+    updated_at = col(UTCDateTime)
+    available_since = col(UTCDateTime)
+    terminated_at = col(UTCDateTime)
+    url = col(LongText)
+    html_url = col(LongText)
+    last_synced_at = col(UTCDateTime)
+    terminate_on_idle = col(Boolean)
+    time_to_idle = col(BigInteger)
+    stack = col(LongText)
+    payload = col(Payload)
 
 
 class ScheduleRow(Base):
@@ -221,31 +253,31 @@ class ScheduleRow(Base):
 
     __tablename__ = "schedules"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    name: Mapped[str | None] = mapped_column(LongText)
-    description: Mapped[str | None] = mapped_column(LongText)
-    owner_id: Mapped[int | None] = mapped_column(BigInteger)
-    status: Mapped[str | None] = mapped_column(String(64))
-    start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    interval_amount: Mapped[int | None] = mapped_column(BigInteger)
-    interval_unit: Mapped[str | None] = mapped_column(String(32))
-    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_run_status: Mapped[str | None] = mapped_column(String(64))
-    execution_count: Mapped[int | None] = mapped_column(BigInteger)
-    overlap: Mapped[bool | None] = mapped_column(Boolean)
-    auto_retry: Mapped[bool | None] = mapped_column(Boolean)
-    auto_retry_attempts: Mapped[int | None] = mapped_column(BigInteger)
-    reuse_cluster_strategy: Mapped[str | None] = mapped_column(String(32))
-    task_nodes: Mapped[int | None] = mapped_column(BigInteger)
-    task_terminate_on_idle: Mapped[bool | None] = mapped_column(Boolean)
-    task_time_to_idle: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    url: Mapped[str | None] = mapped_column(LongText)
-    html_url: Mapped[str | None] = mapped_column(LongText)
-    payload: Mapped[dict | None] = mapped_column(Payload)
-    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    id = col(BigInteger, primary_key=True, autoincrement=False)
+    name = col(LongText)
+    description = col(LongText)
+    owner_id = col(BigInteger)
+    status = col(String(64))
+    start_at = col(UTCDateTime)
+    next_run_at = col(UTCDateTime)
+    interval_amount = col(BigInteger)
+    interval_unit = col(String(32))
+    last_run_at = col(UTCDateTime)
+    last_run_status = col(String(64))
+    execution_count = col(BigInteger)
+    overlap = col(Boolean)
+    auto_retry = col(Boolean)
+    auto_retry_attempts = col(BigInteger)
+    reuse_cluster_strategy = col(String(32))
+    task_nodes = col(BigInteger)
+    task_terminate_on_idle = col(Boolean)
+    task_time_to_idle = col(BigInteger)
+    created_at = col(UTCDateTime)
+    updated_at = col(UTCDateTime)
+    url = col(LongText)
+    html_url = col(LongText)
+    payload = col(Payload)
+    last_synced_at = col(UTCDateTime)
 
 
 class SchedulePackageRow(Base):
@@ -253,11 +285,11 @@ class SchedulePackageRow(Base):
 
     __tablename__ = "schedule_packages"
 
-    schedule_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("schedules.id", ondelete="CASCADE"),
+    schedule_id = col(BigInteger, ForeignKey("schedules.id", ondelete="CASCADE"),
                                              primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    package_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
-    variables: Mapped[dict | None] = mapped_column(Payload)
+    position = col(Integer, primary_key=True, autoincrement=False)
+    package_id = col(BigInteger, index=True)
+    variables = col(Payload)
 
 
 class AlertRow(Base):
@@ -265,20 +297,20 @@ class AlertRow(Base):
 
     __tablename__ = "alerts"
 
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    severity: Mapped[str] = mapped_column(String(16))
-    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
-    job_id: Mapped[int | None] = mapped_column(BigInteger)
-    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    message: Mapped[str | None] = mapped_column(LongText)
-    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    silenced_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    resolved_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    key = col(String(255), primary_key=True)
+    kind = col(String(32), nullable=False)
+    severity = col(String(16), nullable=False)
+    schedule_id = col(BigInteger)
+    package_id = col(BigInteger)
+    job_id = col(BigInteger)
+    since = col(UTCDateTime)
+    message = col(LongText)
+    first_seen_at = col(UTCDateTime, nullable=False)
+    last_seen_at = col(UTCDateTime, nullable=False)
+    resolved_at = col(UTCDateTime, index=True)
+    silenced_until = col(UTCDateTime)
+    notified_at = col(UTCDateTime)
+    resolved_notified_at = col(UTCDateTime)
 
 
 class JobAnomalyRow(Base):
@@ -288,20 +320,20 @@ class JobAnomalyRow(Base):
     __tablename__ = "job_anomalies"
     __table_args__ = (Index("ix_job_anomalies_package_id_detected_at", "package_id", "detected_at"),)
 
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
+    job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
                                         primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    output_key: Mapped[str] = mapped_column(String(255), primary_key=True, default="")
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
-    severity: Mapped[str] = mapped_column(String(16))
-    score: Mapped[float | None] = mapped_column(Double)
-    baseline_median: Mapped[float | None] = mapped_column(Double)
-    mad: Mapped[float | None] = mapped_column(Double)
-    n: Mapped[int] = mapped_column(Integer)
-    threshold: Mapped[float | None] = mapped_column(Double)
-    message: Mapped[str] = mapped_column(LongText)
-    job_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    detected_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind = col(String(32), primary_key=True)
+    output_key = col(String(255), primary_key=True, default="")
+    package_id = col(BigInteger)
+    severity = col(String(16), nullable=False)
+    score = col(Double)
+    baseline_median = col(Double)
+    mad = col(Double)
+    n = col(Integer, nullable=False)
+    threshold = col(Double)
+    message = col(LongText, nullable=False)
+    job_created_at = col(UTCDateTime, index=True)
+    detected_at = col(UTCDateTime, nullable=False)
 
 
 class AlertDeliveryRow(Base):
@@ -309,14 +341,14 @@ class AlertDeliveryRow(Base):
 
     __tablename__ = "alert_deliveries"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    alert_key: Mapped[str] = mapped_column(String(255), index=True)
-    event: Mapped[str] = mapped_column(String(16))
-    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    attempts: Mapped[int] = mapped_column(Integer)
-    http_status: Mapped[int | None] = mapped_column(Integer)
-    delivered: Mapped[bool] = mapped_column(Boolean)
-    error: Mapped[str | None] = mapped_column(LongText)
+    id = col(BigId, primary_key=True, autoincrement=True)
+    alert_key = col(String(255), index=True, nullable=False)
+    event = col(String(16), nullable=False)
+    attempted_at = col(UTCDateTime, nullable=False)
+    attempts = col(Integer, nullable=False)
+    http_status = col(Integer)
+    delivered = col(Boolean, nullable=False)
+    error = col(LongText)
 
 
 class _DayGroups:
@@ -324,16 +356,16 @@ class _DayGroups:
     no package), hence the surrogate id; indexed by day and package, and by account and day
     (migration 0010's `_day_table` makes the tables the same way)."""
 
-    @declared_attr.directive
+    @classmethod
     def __table_args__(cls) -> tuple:
         name = cls.__tablename__
         return (Index(f"ix_{name}_day_package_id", "day", "package_id"),
                 Index(f"ix_{name}_account_id_day", "account_id", "day"))
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True, sort_order=-1)
-    account_id: Mapped[str | None] = mapped_column(String(255), sort_order=-1)   # first, as in the tables
-    day: Mapped[date | None] = mapped_column(Date, sort_order=-1)
-    package_id: Mapped[int | None] = mapped_column(BigInteger, sort_order=-1)
+    id = col(BigId, primary_key=True, autoincrement=True)
+    account_id = col(String(255))   # first, as in the tables
+    day = col(Date)
+    package_id = col(BigInteger)
 
 
 class DailyPackageRollupRow(_DayGroups, Base):
@@ -342,18 +374,18 @@ class DailyPackageRollupRow(_DayGroups, Base):
 
     __tablename__ = "daily_package_rollup"
 
-    jobs: Mapped[int] = mapped_column(BigInteger)
-    completed: Mapped[int] = mapped_column(BigInteger)
-    failed: Mapped[int] = mapped_column(BigInteger)
-    stopped: Mapped[int] = mapped_column(BigInteger)
-    failure_rate: Mapped[float | None] = mapped_column(Double)
-    avg_runtime_seconds: Mapped[float | None] = mapped_column(Double)
-    max_runtime_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    jobs = col(BigInteger, nullable=False)
+    completed = col(BigInteger, nullable=False)
+    failed = col(BigInteger, nullable=False)
+    stopped = col(BigInteger, nullable=False)
+    failure_rate = col(Double)
+    avg_runtime_seconds = col(Double)
+    max_runtime_seconds = col(BigInteger)
     # every runtime_in_seconds of the finished jobs, comma-separated, any order (migration 0009):
     # exact percentiles of any run of whole days without sorting the jobs (report runtimes)
-    runtimes: Mapped[str | None] = mapped_column(LongText)
-    retries: Mapped[int] = mapped_column(BigInteger, server_default="0")     # migration 0010
-    run_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    runtimes = col(LongText)
+    retries = col(BigInteger, server_default="0", nullable=False)     # migration 0010
+    run_seconds = col(BigInteger)
 
 
 class DailyOutputRollupRow(_DayGroups, Base):
@@ -362,11 +394,11 @@ class DailyOutputRollupRow(_DayGroups, Base):
 
     __tablename__ = "daily_output_rollup"
 
-    output_key: Mapped[str] = mapped_column(LongText)
-    jobs: Mapped[int] = mapped_column(BigInteger)
-    records: Mapped[int] = mapped_column(BigInteger)
-    completed: Mapped[int] = mapped_column(BigInteger)
-    completed_records: Mapped[int] = mapped_column(BigInteger)
+    output_key = col(LongText, nullable=False)
+    jobs = col(BigInteger, nullable=False)
+    records = col(BigInteger, nullable=False)
+    completed = col(BigInteger, nullable=False)
+    completed_records = col(BigInteger, nullable=False)
 
 
 class DailyErrorRollupRow(_DayGroups, Base):
@@ -375,11 +407,11 @@ class DailyErrorRollupRow(_DayGroups, Base):
 
     __tablename__ = "daily_error_rollup"
 
-    error_signature: Mapped[str | None] = mapped_column(String(300))
-    jobs: Mapped[int] = mapped_column(BigInteger)
-    first_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_job_id: Mapped[int] = mapped_column(BigInteger)
+    error_signature = col(String(300))
+    jobs = col(BigInteger, nullable=False)
+    first_failed_at = col(UTCDateTime)
+    last_failed_at = col(UTCDateTime)
+    last_job_id = col(BigInteger, nullable=False)
 
 
 class DailyScheduleRollupRow(Base):
@@ -391,16 +423,16 @@ class DailyScheduleRollupRow(Base):
     __table_args__ = (Index("ix_daily_schedule_rollup_day", "day"),
                       Index("ix_daily_schedule_rollup_schedule_id_package_id_day", "schedule_id", "package_id", "day"))
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    account_id: Mapped[str | None] = mapped_column(String(255))
-    day: Mapped[date | None] = mapped_column(Date)
-    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
-    runs: Mapped[int] = mapped_column(BigInteger)
-    retried: Mapped[int] = mapped_column(BigInteger)
-    retries: Mapped[int] = mapped_column(BigInteger)
-    recovered: Mapped[int] = mapped_column(BigInteger)
-    failed: Mapped[int] = mapped_column(BigInteger)
+    id = col(BigId, primary_key=True, autoincrement=True)
+    account_id = col(String(255))
+    day = col(Date)
+    schedule_id = col(BigInteger)
+    package_id = col(BigInteger)
+    runs = col(BigInteger, nullable=False)
+    retried = col(BigInteger, nullable=False)
+    retries = col(BigInteger, nullable=False)
+    recovered = col(BigInteger, nullable=False)
+    failed = col(BigInteger, nullable=False)
 
 
 class ScheduleRunRow(Base):
@@ -414,17 +446,17 @@ class ScheduleRunRow(Base):
                       Index("ix_schedule_runs_scheduled_at", "scheduled_at"),
                       Index("ix_schedule_runs_outcome_scheduled_at", "outcome", "scheduled_at"))
 
-    first_job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    account_id: Mapped[str | None] = mapped_column(String(255))
-    schedule_id: Mapped[int | None] = mapped_column(BigInteger)
-    package_id: Mapped[int | None] = mapped_column(BigInteger)
-    last_job_id: Mapped[int] = mapped_column(BigInteger)
-    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    attempts: Mapped[int] = mapped_column(BigInteger)
-    failed_attempts: Mapped[int] = mapped_column(BigInteger)
-    final_status: Mapped[str | None] = mapped_column(String(64))
-    outcome: Mapped[str | None] = mapped_column(String(64))
+    first_job_id = col(BigInteger, primary_key=True, autoincrement=False)
+    account_id = col(String(255))
+    schedule_id = col(BigInteger)
+    package_id = col(BigInteger)
+    last_job_id = col(BigInteger, nullable=False)
+    scheduled_at = col(UTCDateTime)
+    ended_at = col(UTCDateTime)
+    attempts = col(BigInteger, nullable=False)
+    failed_attempts = col(BigInteger, nullable=False)
+    final_status = col(String(64))
+    outcome = col(String(64))
 
 
 class CreatorRow(Base):
@@ -432,24 +464,24 @@ class CreatorRow(Base):
 
     __tablename__ = "creators"
 
-    type: Mapped[str] = mapped_column(String(64), primary_key=True)
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    display_name: Mapped[str | None] = mapped_column(LongText)
-    url: Mapped[str | None] = mapped_column(LongText)
-    html_url: Mapped[str | None] = mapped_column(LongText)
-    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    type = col(String(64), primary_key=True)
+    id = col(BigInteger, primary_key=True, autoincrement=False)
+    display_name = col(LongText)
+    url = col(LongText)
+    html_url = col(LongText)
+    last_synced_at = col(UTCDateTime)
 
 
 class JobLogSummaryRow(Base):
     __tablename__ = "job_log_summaries"
 
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
+    job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
                                         primary_key=True, autoincrement=False)
-    log_id: Mapped[int | None] = mapped_column(BigInteger)
-    error_summary: Mapped[str | None] = mapped_column(LongText)
-    action_items: Mapped[list | None] = mapped_column(Payload)
-    body: Mapped[str | None] = mapped_column(LongText)
-    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    log_id = col(BigInteger)
+    error_summary = col(LongText)
+    action_items = col(Payload)
+    body = col(LongText)
+    created_at = col(UTCDateTime)
 
 
 def _document_columns() -> None:
