@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,8 @@ def repeated_select(conn: Connection, statement) -> Callable[[Sequence[dict[str,
     bind = _binder(conn)
     columns = list(statement.selected_columns)
     make = collections.namedtuple("Row", [c.key for c in columns])
-    processors = [c.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None) for c in columns]
+    processors = [_result_processor(conn.dialect, c.type) for c in columns]
+    processed = [(i, f) for i, f in enumerate(processors) if f is not None]
 
     def value(values: dict[str, Any], name: str) -> Any:
         return bind(values[name] if name in values else fixed[name])
@@ -276,9 +277,33 @@ def repeated_select(conn: Connection, statement) -> Callable[[Sequence[dict[str,
         else:                     # psycopg's %(name)s: each copy's names get its number
             sql = " UNION ALL ".join(_NAMED.sub(rf"%(\1_c{i})s", compiled.string) for i in range(len(copies)))
             params = {f"{name}_c{i}": value(v, name) for i, v in enumerate(copies) for name in fixed}
-        return [make(*[f(x) if f else x for f, x in zip(processors, row)])
-                for row in conn.exec_driver_sql(sql, params)]
+        rows = conn.exec_driver_sql(sql, params).fetchall()
+        if not processed:
+            return [make._make(row) for row in rows]
+        found = []
+        for row in rows:
+            values = list(row)
+            for i, f in processed:
+                values[i] = f(values[i])
+            found.append(make._make(values))
+        return found
     return run
+
+
+def _sqlite_moment(text: str | None) -> datetime | None:
+    """A UTCDateTime as SQLite stores it ('2026-11-03 04:05:06.123456', UTC) read back aware:
+    one C call where the column type chains SQLAlchemy's parser and a zone conversion."""
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _result_processor(dialect, column_type) -> Callable[[Any], Any] | None:
+    """How a driver value of this column type becomes what SQLAlchemy would return."""
+    if isinstance(column_type, UTCDateTime) and dialect.name == "sqlite":
+        return _sqlite_moment
+    return column_type.dialect_impl(dialect).result_processor(dialect, None)
 
 
 _NAMED = re.compile(r"(?<!%)%\(([^)]+)\)s")
