@@ -60,6 +60,11 @@ class Base:
         for column in cls.__table__.columns:
             setattr(cls, column.key, column)
 
+    @classmethod
+    def __clause_element__(cls) -> Table:
+        """The class stands for its table in SQL (`select(JobRow)`, `.select_from(JobRow)`)."""
+        return cls.__table__
+
 
 # The column type of each kind of API field (archiver.fields).
 KIND_TYPES = {INT: BigInteger, NUMBER: Double, TEXT: LongText, TIME: UTCDateTime, STATUS: String(64)}

@@ -106,3 +106,14 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     probe.write_text((ROOT / "archiver" / "fields.py").read_text() + "\nfrom archiver.store import Archive\n")
     edges = graph() | {"archiver.fields": archiver_imports(probe, "archiver.fields")}
     assert imports_not_pointing_down(edges) == ["archiver.fields imports archiver.store"]
+
+
+def test_commands_start_without_the_orm_or_alembic():
+    """Every cron run pays its imports: the ORM (the tables are Core, archiver.models) and
+    Alembic (only a schema change needs it) stay out of a command's start-up."""
+    import subprocess
+    import sys
+    code = ("import sys, archiver.cli, archiver.flows.report_html, archiver.flows.health, archiver.flows.incremental; "
+            "print(sorted(m for m in ('sqlalchemy.orm', 'alembic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -60,7 +60,7 @@ def test_a_new_field_is_parsed_and_given_a_column_from_its_declaration(monkeypat
     monkeypatch.setattr(parse, "JOB_FIELDS", JOB_FIELDS + (extra,))
     raw = load_payload("job-v2-failed-with-log-summary.json") | {"queue_name": "etl"}
     assert parse.parse_job(raw).columns["queue_name"] == "etl"
-    assert type(models.api_field_columns_for((extra,))["queue_name"].column.type) is Text
+    assert type(models.api_field_columns_for((extra,))["queue_name"].column("queue_name").type) is Text
 
 
 @pytest.mark.parametrize("record, table", [
