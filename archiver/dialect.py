@@ -20,14 +20,14 @@ import operator
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (BigInteger, Connection, Date, Engine, Table, any_, bindparam, case, cast, event, func,
-                        literal, literal_column, select, text, true, tuple_, types)
+                        false, literal, literal_column, select, text, true, tuple_, types, union_all)
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -404,6 +404,22 @@ def distinct_keys(conn: Connection, columns: Sequence) -> list[tuple]:
     walked = [tuple(row) for row in conn.execute(_walk(columns))]
     seen = set(walked)
     return walked + [key for key in _keys_with_nulls(conn, columns, walked) if key not in seen]
+
+
+def with_status(query, status, statuses: Sequence[str]):
+    """`query` for rows whose `status` is one of `statuses`, as one index range a status
+    (UNION ALL). With only sqlite_stat1, SQLite's planner takes each status to hold the average
+    share of the rows, so an IN of the few open statuses looked like more rows than the table
+    and it scanned a million jobs for a few dozen (0.27 s; 0.1 ms this way)."""
+    if not statuses:
+        return query.where(false())
+    return union_all(*[query.where(status == value) for value in sorted(set(statuses))])
+
+
+def statuses_except(conn: Connection, status, excluded: Collection[str]) -> list[str]:
+    """The stored values of `status` (an indexed column) other than `excluded`, read from its
+    index: a status the API adds later is not excluded."""
+    return [value for (value,) in distinct_keys(conn, [status]) if value is not None and value not in excluded]
 
 
 def _walk(columns: Sequence):

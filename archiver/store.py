@@ -962,13 +962,13 @@ class Archive:
 
     def open_jobs(self) -> list[tuple[int, datetime | None]]:
         """Stored jobs in a non-terminal status (any status not terminal): (id, updated_at)."""
-        query = (select(jobs_t.c.id, jobs_t.c.updated_at)
-                 .where(jobs_t.c.status.is_not(None), jobs_t.c.status.not_in(sorted(TERMINAL_STATUSES)))
-                 .order_by(jobs_t.c.id))
+        query = select(jobs_t.c.id, jobs_t.c.updated_at)
         if self.account:
             query = query.where(or_(jobs_t.c.account_id == self.account, jobs_t.c.account_id.is_(None)))
         with self.engine.connect() as conn:
-            return [(r.id, r.updated_at) for r in conn.execute(query)]
+            open_statuses = dialect.statuses_except(conn, jobs_t.c.status, TERMINAL_STATUSES)
+            return sorted((r.id, r.updated_at) for r in conn.execute(dialect.with_status(query, jobs_t.c.status,
+                                                                                          open_statuses)))
 
     def count_updated_since(self, moment: datetime) -> int:
         with self.engine.connect() as conn:

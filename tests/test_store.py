@@ -310,3 +310,14 @@ def test_a_rewrite_leaves_equal_outputs_and_variables_alone_and_replaces_differi
     write(archive, dict(raw, outputs=outputs, variables={"a": "1", "b": "3"}, updated_at="2031-01-02T00:00:00Z"))
     assert [o["records_count"] for o in rows(archive, models.JobOutputRow)] == [10415234, 424]
     assert [(v["name"], v["value"]) for v in rows(archive, models.JobVariableRow)] == [("a", "1"), ("b", "3")]
+
+
+def test_open_jobs_lists_every_status_not_terminal_also_one_the_api_adds_later(archive, payload):
+    """The refresh re-fetches them: each open status is read by its own index range (SQLite
+    scanned a million jobs for an IN of a few), so a status only found in the data must count."""
+    raw = payload("job-v1-completed.json")
+    statuses = {201: "completed", 202: "running", 203: "failed", 204: "pending", 205: "stopped",
+                206: "resuming_after_maintenance", 207: "queued", 208: "running"}
+    write(archive, *[{**raw, "id": job_id, "status": status} for job_id, status in statuses.items()])
+    assert [job_id for job_id, _ in archive.open_jobs()] == [202, 204, 206, 207, 208]
+    assert all(updated is not None and updated.tzinfo is not None for _, updated in archive.open_jobs())

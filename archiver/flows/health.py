@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from archiver import anomaly
-from archiver.dialect import distinct_keys
+from archiver.dialect import distinct_keys, with_status
 from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_anomaly_facts
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
@@ -115,9 +115,9 @@ class Facts:
 
 
 def read_facts(conn: Connection, config: CheckConfig) -> Facts:
-    open_jobs = conn.execute(select(jobs.c.id, jobs.c.package_id, jobs.c.creator_type, jobs.c.creator_id,
-                                    jobs.c.status, jobs.c.created_at, jobs.c.started_at)
-                             .where(jobs.c.status.in_(OPEN))).all()
+    open_jobs = conn.execute(with_status(select(jobs.c.id, jobs.c.package_id, jobs.c.creator_type, jobs.c.creator_id,
+                                                jobs.c.status, jobs.c.created_at, jobs.c.started_at),
+                                         jobs.c.status, OPEN)).all()
     known = conn.execute(select(schedules).order_by(schedules.c.id)).all()
     keys = distinct_keys(conn, KEY)
     by_schedule = judged_keys(keys, known)
