@@ -11,7 +11,7 @@ import pytest
 from archiver import database
 from archiver.flows import anomaly_checks, health
 from archiver.flows.checkconfig import MIN_STUCK, CheckConfig
-from healthrows import Rows
+from healthrows import Rows, job_row
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -119,3 +119,24 @@ def test_a_running_jobs_baseline_is_read_as_far_as_it_walks_back(filled, monkeyp
     monkeypatch.setattr(anomaly_checks, "FIRST_READ", anomaly_checks.RUNNING_HISTORY)
     assert [seen(filled.url, now) for now in (NOW, NOW + 6 * H)] == boards
     assert len([row for row in boards[0] if row[0].startswith("slow:job:")]) == 2
+
+
+def test_a_hand_packages_successes_are_counted_as_far_as_the_verdict_needs(filled):
+    """Successes are counted up to HAND_MIN_SUCCESSES a person: 4 + 3 by two people is 7, too few
+    (and said so), 5 + 3 is enough, and 20 by one is judged like 8."""
+    def runs(package_id: int, people: dict[int, int]) -> None:
+        first = NOW - 3 * D
+        rows = [job_row(filled.next_job + k, package_id=package_id, created_at=first + k * H, runtime=60)
+                | {"creator_id": person}
+                for k, person in enumerate(p for p, count in people.items() for _ in range(count))]
+        filled.next_job += len(rows)
+        filled.jobs(rows)
+
+    runs(7, {1: 4, 2: 3})
+    runs(8, {1: 5, 2: 3})
+    runs(9, {1: 20})
+    hand = {row[0]: row[1:] for row in seen(filled.url, NOW) if str(row[0]).startswith("package:")}
+    assert hand["package:7"] == ("unknown", "run by hand; 7 successes, too few (< 8) to judge staleness: "
+                                            "set stale_after for it")
+    assert hand["package:8"][0] != "unknown" and hand["package:9"][0] != "unknown"
+    assert "too few" not in hand["package:8"][1] + hand["package:9"][1]

@@ -27,7 +27,7 @@ from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_a
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
                                         CheckConfig)
-from archiver.flows.per_key import latest_of_each, matching, newest, per_key
+from archiver.flows.per_key import latest_of_each, newest
 from archiver.flows.report import percentile
 from archiver.flows.schedule_time import Interval
 from archiver.models import JobRow, PackageRow, SchedulePackageRow, ScheduleRow, SyncRunRow
@@ -251,14 +251,17 @@ def _hand_successes(conn: Connection, keys: list[tuple]) -> dict[int, list[datet
 
 
 def _hand_stats(conn: Connection, keys: list[tuple], successes: dict[int, list[datetime]]) -> dict[int, Stats]:
+    """first_job, last_success, and successes counted up to HAND_MIN_SUCCESSES a key: the board
+    asks only whether a package has that many, and shows the number only below it (counting a
+    package's whole history was a sixth of the board on PostgreSQL at a million jobs)."""
     found = {key[2]: Stats() for key in keys}
     for row in newest(conn, [jobs.c.package_id, jobs.c.created_at], KEY, keys, [jobs.c.created_at.is_not(None)],
                       [jobs.c.created_at], 1):
         stats = found[row.package_id]
         stats.first_job = min(filter(None, (stats.first_job, row.created_at)))
-    for row in per_key(conn, keys, lambda key: select(jobs.c.package_id, func.count().label("n"))
-                       .where(*matching(KEY, key), COMPLETED).group_by(jobs.c.package_id)):
-        found[row.package_id].successes += row.n
+    for row in newest(conn, [jobs.c.package_id], KEY, keys, [COMPLETED], [jobs.c.created_at.desc()],
+                      HAND_MIN_SUCCESSES):
+        found[row.package_id].successes += 1
     for package_id, ends in successes.items():
         found[package_id].last_success = max(filter(None, ends), default=None)
     return found
