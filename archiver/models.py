@@ -14,7 +14,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, Date, Double, ForeignKey, I
 
 from archiver.fields import INT, JOB_FIELDS, NUMBER, STATUS, TEXT, TIME
 from archiver.schema_docs import COLUMN_DOCS
-from archiver.sqltypes import BigId, LongText, Payload, UTCDateTime
+from archiver.sqltypes import BigId, ExactKey, LongText, Payload, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -328,7 +328,7 @@ class JobAnomalyRow(Base):
     job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"),
                                         primary_key=True, autoincrement=False)
     kind = col(String(32), primary_key=True)
-    output_key = col(String(255), primary_key=True, default="")
+    output_key = col(ExactKey, primary_key=True, default="")   # binary on MySQL (migration 0011)
     package_id = col(BigInteger)
     severity = col(String(16), nullable=False)
     score = col(Double)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, TypeDecorator
 from sqlalchemy.dialects import mysql, postgresql
 
 from archiver.utc import naive_utc, to_utc
@@ -49,3 +49,6 @@ BigId = BigInteger().with_variant(Integer, "sqlite")  # autoincrement keys (SQLi
 Payload = JSON().with_variant(postgresql.JSONB(), "postgresql")
 # Any text the API sends: MySQL's TEXT stops at 64 KB, so LONGTEXT there.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+# A key the archiver compares byte for byte ('Orders' and 'orders' are two outputs): MySQL's
+# default collation is case-blind, so its column compares in binary there (migration 0011).
+ExactKey = String(255).with_variant(mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")

@@ -388,3 +388,15 @@ def test_output_keys_are_held_once_however_many_runs_name_them():
     assert first is not second
     assert scoring.output_key(first, None, 1) is scoring.output_key(second, None, 2)
     assert scoring.output_key(None, None, 12) == "output 12"
+
+
+def test_outputs_whose_keys_differ_only_in_case_get_a_verdict_each_on_every_database(db_url):
+    """'Orders' and 'orders' are two outputs to the rules; MySQL's case-blind collation made them
+    one primary key of job_anomalies, and the batch's verdict write failed (migration 0011)."""
+    def cased(raw: dict) -> dict:
+        raw["outputs"] = [dict(o, component_name=name) for o, name in zip(raw["outputs"], ("Orders", "orders"))]
+        return raw
+
+    summary = load(db_url, [cased(j) for j in [*stable_history(), job(NEW, later(), records=(0, 0))]])
+    assert not summary.errors
+    assert kinds(db_url) == [(NEW, "zero_records", "Orders"), (NEW, "zero_records", "orders")]
