@@ -6,6 +6,8 @@
     PYTHONPATH=. python bench/anomaly_overhead.py --latency-ms 100   # an API that takes 0.1 s to answer
     PYTHONPATH=. python bench/anomaly_overhead.py --profile          # cProfile of Scorer.batch only
     PYTHONPATH=. python bench/anomaly_overhead.py --cpu --part first # CPU seconds, first syncs only
+    PYTHONPATH=. python bench/anomaly_overhead.py --catalog --latency-ms 150 --part incremental
+                                                        # `sync --incremental` as cron runs it
 
 Two measurements against an in-process sandbox API, each a fresh SQLite archive in a
 temporary folder, with scoring on (the default) and off (SyncOptions(score_anomalies=False)),
@@ -15,6 +17,10 @@ interleaved (on, off, off, on, ...) so drift in the machine hits both sides alik
   archive; every finished job is newly finished, so every one is scored.
 - incremental: an archive synced once (with scoring), the sandbox clock advanced `--hours`,
   then the incremental sync of the new and newly finished jobs, on copies of that archive.
+
+`--catalog`: the syncs also read the catalog (packages, clusters, schedules), as `archiver sync
+--incremental` does unless told `--no-catalog`; without it they read jobs only (the worst case
+for the ratio: the least work besides the scoring).
 
 Prints the median seconds of each side, the overhead in % and the seconds spent inside the
 scoring itself (flows.anomalies.Scorer.batch) during the scored runs. Exit 1 when an overhead
@@ -48,6 +54,7 @@ KEY = "sandbox-key"
 SCORING = [0.0]   # seconds inside Scorer.batch, summed
 REAL_BATCH = Scorer.batch
 CLOCKS = {"sync": time.perf_counter, "scoring": time.perf_counter}   # --cpu: process and thread CPU time
+CATALOG = [False]   # --catalog
 
 
 def timed_scoring(profile: cProfile.Profile | None = None) -> None:
@@ -70,7 +77,7 @@ def timed_scoring(profile: cProfile.Profile | None = None) -> None:
 def sync(api: Sandbox, path: Path, score: bool) -> float:
     settings = Settings(account=api.account, api_key=Secret(KEY), api_url=api.url, database_url=f"sqlite:///{path}")
     started = CLOCKS["sync"]()
-    summary = sync_incremental(settings, SyncOptions(score_anomalies=score), IncrementalOptions(catalog=False))
+    summary = sync_incremental(settings, SyncOptions(score_anomalies=score), IncrementalOptions(catalog=CATALOG[0]))
     seconds = CLOCKS["sync"]() - started
     if summary.exit_code != 0 or summary.errors:
         raise SystemExit(f"sync failed: {summary.line()} {summary.errors[:3]}")
@@ -152,10 +159,13 @@ def main() -> int:
                         help="measure only the first syncs or only the incremental ones")
     parser.add_argument("--cpu", action="store_true", help="CPU seconds instead of wall-clock ones (a shared "
                         "machine: each sync's process time, the scoring's thread time)")
+    parser.add_argument("--catalog", action="store_true", help="read the catalog too, as `sync --incremental` "
+                        "does by default (without: jobs only, as `--no-catalog`)")
     parser.add_argument("--profile", action="store_true", help="profile Scorer.batch instead of timing")
     parser.add_argument("--profile-lines", type=int, default=40)
     parser.add_argument("--sort", default="cumulative", help="the profile's order (cumulative, tottime, ...)")
     args = parser.parse_args()
+    CATALOG[0] = args.catalog
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="anomaly-overhead-") as tmp:
             profiled(args, Path(tmp))
