@@ -3,17 +3,19 @@
 
     python bench/slow_centres.py                                  # select on seeds 1-10, confirm on 11-20
     python bench/slow_centres.py --select 1 2 3 --confirm 4 5     # others
+    python bench/slow_centres.py --budget 0.1                     # choose within 0.1 false alarms / 100 package-days
 
 A package with `window` (30) earlier successes of the run's own weekday in `weekday_weeks`
 weeks (an hourly one) has as runtime centre their median and as spread their MAD. Each
 candidate replaces both, for those runs only, by the median or the 25 %-trimmed mean (the
 mean of the middle half) of the newest K (30, 60, 90) successes of that weekday in those
-weeks, the spread by 1.4826 × their MAD (floored as the rule floors it); every other run keeps
-the detector's baseline. Each candidate is tried at slow_z 3.0 / 3.25 / 3.5 and slow_ratio
+weeks, the spread by 1.4826 × their MAD (floored as the rule floors it); "spread alone" keeps
+the detector's centre and takes only the spread of the 60 or 90; every other run keeps the
+detector's baseline. Each candidate is tried at slow_z 3.0 / 3.25 / 3.5 and slow_ratio
 2.9-3.1 (60 s floor). On the `--select` seeds the setting with the most 4× slowdowns found
 whose pooled false alarms (every kind; the other kinds at the defaults) are no more than the
-defaults' and whose 10× recall is at least 0.95 is chosen; it and the defaults are then
-measured on the `--confirm` seeds. An experiment: nothing here is used by the archiver.
+defaults' (or `--budget` per 100 package-days) and whose 10× recall is at least 0.95 is chosen;
+it and the defaults are then measured on the `--confirm` seeds. An experiment: nothing here is used by the archiver.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def trimmed_mean(values: list[float], trim: float = 0.25) -> float:
     return sum(middle) / len(middle)
 
 
-def candidates(values: list[float]) -> dict[str, tuple[float, float]]:
-    """(centre, spread) of each candidate from the newest-first values of the run's weekday."""
+def candidates(values: list[float], centre: float) -> dict[str, tuple[float, float]]:
+    """(centre, spread) of each candidate from the newest-first values of the run's weekday
+    (`centre`: the detector's)."""
     found = {}
     for size in SIZES:
         some = values[:size]
@@ -58,10 +61,13 @@ def candidates(values: list[float]) -> dict[str, tuple[float, float]]:
         spread = max(MAD_TO_SD * median([abs(v - middle) for v in some]), DEFAULTS.spread_floor)
         found[f"median of {size}"] = (middle, spread)
         found[f"trimmed mean of {size}"] = (trimmed_mean(some), spread)
+        if size > DEFAULTS.window:
+            found[f"spread alone of {size}"] = (centre, spread)
     return found
 
 
-NAMES = ["detector"] + [f"{kind} of {size}" for size in SIZES for kind in ("median", "trimmed mean")]
+NAMES = ["detector"] + [f"{kind} of {size}" for size in SIZES for kind in ("median", "trimmed mean")] + \
+        [f"spread alone of {size}" for size in SIZES if size > DEFAULTS.window]
 
 
 def seed_figures(seed: int) -> dict:
@@ -83,7 +89,7 @@ def seed_figures(seed: int) -> dict:
                 if len(past.own) >= DEFAULTS.window:
                     cutoff = run.created_at.toordinal() - 7 * DEFAULTS.weekday_weeks
                     own = [v for day, v in reversed(by_weekday[run.created_at.weekday()]) if day >= cutoff]
-                    options.update(candidates(own))
+                    options.update(candidates(own, base.center))
                 value = math.log(run.runtime_s)
                 slot = {"slow4": 0, "slow10": 1, None: 2}[label]
                 for name, (centre, spread) in options.items():
@@ -120,13 +126,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--select", type=int, nargs="+", default=list(range(1, 11)))
     parser.add_argument("--confirm", type=int, nargs="+", default=list(range(11, 21)))
+    parser.add_argument("--budget", type=float, default=None,
+                        help="pooled false alarms per 100 package-days allowed on the selection seeds "
+                             "(default: the defaults' own there)")
     args = parser.parse_args(argv)
     seeds = args.select + args.confirm
     with multiprocessing.Pool(min(len(seeds), os.cpu_count() or 1, 2)) as pool:
         figures = dict(zip(seeds, pool.map(seed_figures, seeds)))
     chosen_on = [figures[s] for s in args.select]
     keys = sorted({key for s in chosen_on for key in s["counts"]})
-    allowed = pooled(chosen_on, DEFAULT_KEY)[4]
+    allowed = pooled(chosen_on, DEFAULT_KEY)[4] if args.budget is None else \
+        math.floor(args.budget * sum(s["package-days"] for s in chosen_on) / 100 + 1e-9)
     fit = [key for key in keys if pooled(chosen_on, key)[4] <= allowed
            and pooled(chosen_on, key)[2] >= 0.95 * pooled(chosen_on, key)[3]]
     best = max(fit, key=lambda key: (pooled(chosen_on, key)[0], -pooled(chosen_on, key)[4]))
@@ -138,7 +148,14 @@ def main(argv=None) -> int:
         for key in (DEFAULT_KEY, best):
             print(line(name, [figures[s] for s in group], key))
     print()
-    print(f"the next best on the selection seeds (false alarms at most the defaults' {allowed}):")
+    print("a longer-run spread alone, both seed sets:")
+    for size in SIZES:
+        if size > DEFAULTS.window:
+            for ratio in (2.95, 3.0, 3.05):
+                for name, group in (("select", args.select), ("confirm", args.confirm)):
+                    print(line(name, [figures[s] for s in group], (f"spread alone of {size}", DEFAULTS.slow_z, ratio)))
+    print()
+    print(f"the next best on the selection seeds (false alarms at most {allowed}):")
     for key in sorted(fit, key=lambda key: (-pooled(chosen_on, key)[0], pooled(chosen_on, key)[4]))[1:8]:
         print(line("select", chosen_on, key))
     return 0
