@@ -4,6 +4,7 @@
     python bench/anomalies.py                  # seeds 1-5, 200 packages × 90 days, default thresholds
     python bench/anomalies.py --seeds 7 8      # other seeds
     python bench/anomalies.py --sweep          # the threshold sweep behind the defaults
+    python bench/anomalies.py --misses         # why 4× slowdowns are missed; oracle centre / spread
 
 Each package's history (bench/anomaly_history.py) is streamed in time order and each job
 is scored with only its past, as a sync scores its new jobs. Printed per seed and as
@@ -283,6 +284,114 @@ def sweep(seeds) -> None:
               f"{min(f['precision flaky'] for f in figures):.3f} |")
 
 
+# --- why 4× slowdowns are missed --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OracleCase:
+    """One successful run with the detector's runtime baseline and the generator's own: `excess`
+    log(runtime) - the detector's centre, `spread` its floored spread, `exact_excess` log(runtime)
+    - the generator's median (level × weekday factor), `typical` and `exact_typical` in seconds."""
+
+    label: str | None
+    excess: float
+    spread: float
+    exact_excess: float
+    typical: float
+    exact_typical: float
+
+
+ORACLE_RATIOS = (2.9, 2.95, 3.0, 3.05)
+ORACLES = {  # name: (the generator's centre, the generator's spread)
+    "detector": (False, False), "exact spread": (False, True),
+    "exact centre": (True, False), "exact both": (True, True)}
+
+
+def oracle_cases(history: History) -> list[OracleCase]:
+    labels = {job: label for job, label in history.truth}
+    cases = []
+    for pid, runs in history.runs.items():
+        package = history.packages[pid]
+        for i, past in pasts(runs):
+            run = runs[i]
+            base = runtime_baseline(past)
+            if base is None:
+                continue
+            exact = math.log(package.runtime_s * package.day_factor(run.created_at)) - SIGMA * SIGMA / 2
+            value = math.log(run.runtime_s)
+            cases.append(OracleCase(labels.get(run.job_id), value - base.center, base.spread, value - exact,
+                                    math.exp(base.center), math.exp(exact)))
+    return cases
+
+
+def slow_flag(case: OracleCase, exact_centre: bool, exact_spread: bool, z: float, ratio_floor: float,
+              abs_s: float) -> bool:
+    excess, typical = (case.exact_excess, case.exact_typical) if exact_centre else (case.excess, case.typical)
+    spread = SIGMA if exact_spread else case.spread
+    return excess > max(z * spread, math.log(ratio_floor)) and typical * math.expm1(excess) > abs_s
+
+
+def misses_seed(seed: int) -> dict:
+    return misses_of(generate(seed))
+
+
+def misses_of(history: History) -> dict:
+    """For one history: the 4× misses by cause at the defaults, and per (oracle, ratio) the 4×
+    found and the false alarms of every kind (the other kinds at the defaults)."""
+    figures = measure(history, score(history))
+    other = figures["false alarms"] - figures["false slow"]
+    cases = oracle_cases(history)
+    d = DEFAULTS
+    causes = {"found": 0, "above the ratio floor (the z or 60 s bound binding)": 0,
+              "centre (the exact centre passes the ratio floor)": 0,
+              "below the ratio floor of the exact centre too": 0}
+    for case in cases:
+        if case.label != "slow4":
+            continue
+        if slow_flag(case, False, False, d.slow_z, d.slow_ratio, d.slow_abs_s):
+            causes["found"] += 1
+        elif case.excess > math.log(d.slow_ratio):
+            causes["above the ratio floor (the z or 60 s bound binding)"] += 1
+        elif case.exact_excess > math.log(d.slow_ratio):
+            causes["centre (the exact centre passes the ratio floor)"] += 1
+        else:
+            causes["below the ratio floor of the exact centre too"] += 1
+    grid = {}
+    for name, (exact_centre, exact_spread) in ORACLES.items():
+        for ratio_floor in ORACLE_RATIOS:
+            found = false = 0
+            for case in cases:
+                flagged = slow_flag(case, exact_centre, exact_spread, d.slow_z, ratio_floor, d.slow_abs_s)
+                found += flagged and case.label == "slow4"
+                false += flagged and case.label is None
+            grid[(name, ratio_floor)] = (found, false + other)
+    return {"causes": causes, "grid": grid, "injected": figures["injected slow4"], "found": figures["found slow4"],
+            "false alarms": figures["false alarms"],
+            "package-days": figures["package-days"]}
+
+
+def misses(seeds) -> None:
+    """Why the 4× slowdowns the defaults miss are missed, and what an exact centre or spread
+    (the generator's) would do to the 4× recall and the false alarms, at slow_z 3.5."""
+    with multiprocessing.Pool(min(len(seeds), os.cpu_count() or 1)) as pool:
+        per_seed = pool.map(misses_seed, seeds)
+    injected = sum(s["injected"] for s in per_seed)
+    days = sum(s["package-days"] for s in per_seed)
+    print(f"4× slowdowns at the defaults, seeds {' '.join(map(str, seeds))} ({injected:g} injected):")
+    for cause in per_seed[0]["causes"]:
+        print(f"  {cause}: {sum(s['causes'][cause] for s in per_seed)}")
+    print()
+    print("| centre, spread | slow_ratio | 4× recall pooled (95 % interval) | "
+          "false / 100 package-days pooled / max seed |")
+    print("| --- | ---: | ---: | ---: |")
+    for key in per_seed[0]["grid"]:
+        found = sum(s["grid"][key][0] for s in per_seed)
+        low, high = wilson(found, injected)
+        false = [s["grid"][key][1] / s["package-days"] * 100 for s in per_seed]
+        total = sum(s["grid"][key][1] for s in per_seed)
+        print(f"| {key[0]} | {key[1]} | {found:g}/{injected:g} = {found / injected:.3f} ({low:.3f}-{high:.3f}) | "
+              f"{100 * total / days:.3f} / {max(false):.3f} |")
+
+
 def other_seed(seed: int, settings: list[Thresholds]) -> list[dict[str, float]]:
     history = generate(seed)
     return [measure(history, score(history, thresholds), thresholds) for thresholds in settings]
@@ -292,9 +401,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--sweep", action="store_true", help="print the threshold sweep instead")
+    parser.add_argument("--misses", action="store_true",
+                        help="print why 4x slowdowns are missed and what an exact centre or spread would do")
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args.seeds)
+        return 0
+    if args.misses:
+        misses(args.seeds)
         return 0
     started = time.perf_counter()
     per_seed = run_seeds(args.seeds, DEFAULTS)

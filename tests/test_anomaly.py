@@ -301,6 +301,24 @@ def test_the_benchmark_meets_the_targets_on_a_fixed_seed():
     assert figures["recall slow4"] >= 0.8 and figures["false per 100 package-days"] <= 0.1, figures
 
 
+def test_the_benchmarks_miss_breakdown_replays_the_slow_rule():
+    """bench/anomalies.py --misses re-applies the slow rule to each run's baseline to try an exact
+    centre or spread: with the detector's own it must find exactly what the rule found, and every
+    4× slowdown falls in one cause."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import anomalies
+    from anomaly_history import generate
+
+    history = generate(seed=13, packages=40, days=45, slow4=12, slow10=4, zero_records=4, volume_drops=4, flaky=2)
+    found = anomalies.misses_of(history)
+    assert sum(found["causes"].values()) == found["injected"] == 12
+    assert found["causes"]["found"] == found["found"]
+    assert found["grid"][("detector", DEFAULTS.slow_ratio)] == (found["found"], found["false alarms"])
+    # the exact centre and spread find none of those below the ratio floor of the exact centre
+    exact = found["grid"][("exact both", DEFAULTS.slow_ratio)][0]
+    assert 0 < exact <= found["injected"] - found["causes"]["below the ratio floor of the exact centre too"]
+
+
 def test_a_timeline_filled_in_any_order_gives_the_walk_backs_past():
     """A sync writes a package's jobs in batches, not always in time order, and writes some again:
     the Timeline kept across batches still gives each run the Past that past_of walks back to."""
