@@ -406,6 +406,12 @@ def distinct_keys(conn: Connection, columns: Sequence) -> list[tuple]:
     return walked + [key for key in _keys_with_nulls(conn, columns, walked) if key not in seen]
 
 
+def has_lateral(conn: Connection) -> bool:
+    """Whether a subquery in FROM may refer to the tables before it (LATERAL): PostgreSQL here
+    (MariaDB has none; SQLite neither)."""
+    return conn.dialect.name == "postgresql"
+
+
 def with_status(query, status, statuses: Sequence[str]):
     """`query` for rows whose `status` is one of `statuses`, as one index range a status
     (UNION ALL). With only sqlite_stat1, SQLite's planner takes each status to hold the average

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Select, bindparam, select
+from sqlalchemy import Connection, Select, bindparam, column, select, true, values
 from sqlalchemy.types import NullType
 
 from archiver import dialect
@@ -55,8 +55,31 @@ def _values(key: tuple) -> dict:
 def newest(conn: Connection, columns: Sequence, key_columns: Sequence, keys: Sequence[tuple], where: Sequence,
            order: Sequence, limit: int) -> list:
     """The first `limit` rows in `order` of each key among the rows `where` selects."""
+    if dialect.has_lateral(conn):
+        return _newest_lateral(conn, columns, key_columns, keys, where, order, limit)
     return per_key(conn, keys, lambda key: select(*columns).where(*where, *matching(key_columns, key))
                    .order_by(*order).limit(limit))
+
+
+def _newest_lateral(conn: Connection, columns: Sequence, key_columns: Sequence, keys: Sequence[tuple],
+                    where: Sequence, order: Sequence, limit: int) -> list:
+    """newest() as one read planned once: the keys a VALUES list, each key's rows a LATERAL
+    subquery. PostgreSQL planned a UNION ALL of 100 index descents in 9-14 ms, more than it
+    spent running it; here the plan is one descent, run once a key."""
+    rows: list = []
+    for group in _by_nulls(keys):
+        given = [i for i, v in enumerate(group[0]) if v is not None]
+        if not given:   # the key of NULLs only
+            rows += conn.execute(select(*columns).where(*where, *matching(key_columns, group[0]))
+                                 .order_by(*order).limit(limit)).all()
+            continue
+        listed = values(*[column(f"key_{i}", key_columns[i].type) for i in given], name="keys").data(
+            [tuple(key[i] for i in given) for key in group])
+        probe = tuple(listed.c[f"key_{i}"] if i in given else None for i in range(len(key_columns)))
+        each = (select(*columns).where(*where, *matching(key_columns, probe)).order_by(*order).limit(limit)
+                .lateral("each_key"))
+        rows += conn.execute(select(*each.c).select_from(listed).join(each, true())).all()
+    return rows
 
 
 def latest_of_each(rows: list, owner: Callable, rank: Callable, limit: int) -> dict:
