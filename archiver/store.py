@@ -775,29 +775,37 @@ class Archive:
             return result
         self._upsert_dimensions(conn, writes, now)
         made = self._upsert_job_rows(conn, writes, now, fresh=set(result.inserted))
+        written: dict[int, Stored] | None = None   # the jobs rows as written (read back once)
         if self.lock_rows and result.inserted:
-            writes = self._drop_lost_races(conn, writes, result)
+            writes, written = self._drop_lost_races(conn, writes, result)
         outputs_written = self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
-        written = self.read_stored(conn, [j.id for j in writes], lock=False)
+        if written is None:
+            written = self.read_stored(conn, [j.id for j in writes], lock=False)
         refresh_rollup_groups(conn, rollup_groups(writes, stored, written, outputs_written))
         refresh_schedule_runs(conn, chain_starts(writes, stored, written))
         result.finished = newly_finished(writes, stored)
         return result
 
-    def _drop_lost_races(self, conn: Connection, writes: list[JobRecord], result: BatchResult) -> list[JobRecord]:
+    def _drop_lost_races(self, conn: Connection, writes: list[JobRecord], result: BatchResult
+                         ) -> tuple[list[JobRecord], dict[int, Stored]]:
         """Jobs that were new when read may have been written meanwhile by another process
         (runs without the lock, or another account's). Where the guarded upsert kept that
-        newer row, its outputs and variables must stay too: count ours as stale."""
+        newer row, its outputs and variables must stay too: count ours as stale.
+
+        Returns the writes left and the jobs rows of all the writes as they now are: the rows
+        the rest of the write reads back (nothing after the upsert changes a jobs row, and every
+        row written is locked by this transaction: the new ones by their insert, the others by
+        read_stored), so they are read once, here."""
         fresh = set(result.inserted)
         ours = {j.id: j.payload_hash for j in writes if j.id in fresh}
-        now_stored = self.read_stored(conn, sorted(ours))
+        now_stored = self.read_stored(conn, [j.id for j in writes])
         lost = {i for i, h in ours.items() if now_stored.get(i) is None or now_stored[i].payload_hash != h}
         if not lost:
-            return writes
+            return writes, now_stored
         result.inserted = [i for i in result.inserted if i not in lost]
         result.stale.extend(sorted(lost))
-        return [j for j in writes if j.id not in lost]
+        return [j for j in writes if j.id not in lost], now_stored
 
     def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]) -> set[int]:
         """Rows grouped by the columns their payload carried (an absent key is not written)
