@@ -224,12 +224,31 @@ def execute_many(conn: Connection, table: Table, rows: Sequence[dict], shape: tu
     """executemany straight to the driver: each statement shape is compiled once, and values
     are converted here column by column rather than by SQLAlchemy row by row (much faster)."""
     sql, order, converters, positional = _compile(conn, table, tuple(rows[0]), shape, build)
-    pairs = [(c, converters[c]) for c in order]
+    values = _row_values(order, [converters[c] for c in order])
     if positional:
-        params = [tuple([f(row[c]) if f else row[c] for c, f in pairs]) for row in rows]
+        params = [values(row) for row in rows]
     else:  # named parameters (psycopg, PyMySQL)
-        params = [{c: f(row[c]) if f else row[c] for c, f in pairs} for row in rows]
+        params = [dict(zip(order, values(row))) for row in rows]
     conn.exec_driver_sql(sql, params)
+
+
+def _row_values(order: Sequence[str], converters: Sequence[Callable[[Any], Any] | None]
+                ) -> Callable[[dict], tuple]:
+    """A row's values in `order` as a tuple, each converted by its converter (None: as it is):
+    read by one itemgetter, the converted ones replaced in place."""
+    get = operator.itemgetter(*order)
+    if len(order) == 1:
+        get = (lambda one: lambda row: (one(row),))(get)
+    changed = [(i, f) for i, f in enumerate(converters) if f is not None]
+    if not changed:
+        return get
+
+    def values(row: dict) -> tuple:
+        found = list(get(row))
+        for i, f in changed:
+            found[i] = f(found[i])
+        return tuple(found)
+    return values
 
 
 def _binder(conn: Connection) -> Callable[[Any], Any]:
@@ -342,13 +361,14 @@ def _pg_stage(conn: Connection, table: Table, rows: Sequence[dict]) -> Table:
 def _pg_copy_into(conn: Connection, table: Table, target: str, rows: Sequence[dict]) -> None:
     """COPY rows (shaped like `table`) into `target` inside the connection's transaction."""
     columns = list(rows[0])
-    converters = [_converter("postgresql", table.c[c].type) for c in columns]
+    values = _row_values(columns, [_converter("postgresql", table.c[c].type) for c in columns])
     names = ", ".join(f'"{c}"' for c in columns)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+            write = copy.write_row
             for row in rows:
-                copy.write_row([f(row[c]) if f else row[c] for c, f in zip(columns, converters)])
+                write(values(row))
     finally:
         cursor.close()
 
