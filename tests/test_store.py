@@ -310,3 +310,23 @@ def test_a_rewrite_leaves_equal_outputs_and_variables_alone_and_replaces_differi
     write(archive, dict(raw, outputs=outputs, variables={"a": "1", "b": "3"}, updated_at="2031-01-02T00:00:00Z"))
     assert [o["records_count"] for o in rows(archive, models.JobOutputRow)] == [10415234, 424]
     assert [(v["name"], v["value"]) for v in rows(archive, models.JobVariableRow)] == [("a", "1"), ("b", "3")]
+
+
+def test_select_in_reads_what_sqlalchemy_reads(archive, payload):
+    """dialect.select_in (straight to the driver) gives the values a SQLAlchemy select of the same
+    columns gives: aware UTC datetimes, dates, texts; in key order, locked or not; ids not there
+    are simply missing."""
+    from archiver import dialect
+    from archiver.store import STORED_COLUMNS, jobs_t
+
+    raw = payload("job-v1-completed.json")
+    write(archive, raw, {**raw, "id": raw["id"] + 1, "status": "failed", "attempts": 2})
+    ids = [raw["id"] + 1, 999_999_999, raw["id"]]
+    with archive.engine.begin() as conn:
+        expected = [tuple(row) for row in conn.execute(
+            select(*STORED_COLUMNS).where(jobs_t.c.id.in_(ids)).order_by(jobs_t.c.id))]
+        for lock in (False, archive.lock_rows):
+            assert dialect.select_in(conn, STORED_COLUMNS, jobs_t.c.id, ids, order=True, lock=lock) == expected
+        assert dialect.select_in(conn, STORED_COLUMNS, jobs_t.c.id, []) == []
+    assert len(expected) == 2 and all(isinstance(row[1], datetime) and row[1].tzinfo is not None
+                                      for row in expected)
