@@ -224,12 +224,31 @@ def execute_many(conn: Connection, table: Table, rows: Sequence[dict], shape: tu
     """executemany straight to the driver: each statement shape is compiled once, and values
     are converted here column by column rather than by SQLAlchemy row by row (much faster)."""
     sql, order, converters, positional = _compile(conn, table, tuple(rows[0]), shape, build)
-    pairs = [(c, converters[c]) for c in order]
+    values = _row_values(order, [converters[c] for c in order])
     if positional:
-        params = [tuple([f(row[c]) if f else row[c] for c, f in pairs]) for row in rows]
+        params = [values(row) for row in rows]
     else:  # named parameters (psycopg, PyMySQL)
-        params = [{c: f(row[c]) if f else row[c] for c, f in pairs} for row in rows]
+        params = [dict(zip(order, values(row))) for row in rows]
     conn.exec_driver_sql(sql, params)
+
+
+def _row_values(order: Sequence[str], converters: Sequence[Callable[[Any], Any] | None]
+                ) -> Callable[[dict], tuple]:
+    """A row's values in `order` as a tuple, each converted by its converter (None: as it is):
+    read by one itemgetter, the converted ones replaced in place."""
+    get = operator.itemgetter(*order)
+    if len(order) == 1:
+        get = (lambda one: lambda row: (one(row),))(get)
+    changed = [(i, f) for i, f in enumerate(converters) if f is not None]
+    if not changed:
+        return get
+
+    def values(row: dict) -> tuple:
+        found = list(get(row))
+        for i, f in changed:
+            found[i] = f(found[i])
+        return tuple(found)
+    return values
 
 
 def _binder(conn: Connection) -> Callable[[Any], Any]:
@@ -307,6 +326,42 @@ def _result_processor(dialect, column_type) -> Callable[[Any], Any] | None:
 
 
 _NAMED = re.compile(r"(?<!%)%\(([^)]+)\)s")
+IDS = "__ids__"   # where select_in's compiled text takes its `key IN (ids)` term
+_SELECT_IN: dict[tuple, tuple] = {}
+
+
+def select_in(conn: Connection, columns: Sequence, key, ids: Sequence[int], *, order: bool = False,
+              lock: bool = False) -> list[tuple]:
+    """SELECT `columns` (of one table) WHERE `key` IN `ids` [ORDER BY key] [FOR UPDATE], straight to
+    the driver: compiled by SQLAlchemy once per shape, the ids bound as in_ids binds them (one array
+    on PostgreSQL, a placeholder each elsewhere). Rows are tuples of the columns' values, each
+    processed by its column type as SQLAlchemy's execute would (aware UTC datetimes, SQLite's dates).
+    Per batch, building and compiling the SELECT cost more than running it."""
+    if not ids:
+        return []
+    name = conn.dialect.name
+    shape = (name, tuple(columns), key, order, lock)
+    compiled = _SELECT_IN.get(shape)
+    if compiled is None:
+        query = select(*columns).where(literal_column(IDS))
+        if order:
+            query = query.order_by(key)
+        if lock:
+            query = query.with_for_update()
+        sql = query.compile(dialect=conn.dialect).string
+        processors = tuple(c.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None) for c in columns)
+        compiled = _SELECT_IN[shape] = (sql, f"{key.table.name}.{key.name}", processors)
+    sql, where, processors = compiled
+    if name == "postgresql":
+        sql, params = sql.replace(IDS, f"{where} = ANY (%(ids)s::BIGINT[])"), {"ids": list(ids)}
+    else:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql, params = sql.replace(IDS, f"{where} IN ({', '.join([mark] * len(ids))})"), tuple(ids)
+    rows = conn.exec_driver_sql(sql, params).fetchall()
+    if not any(processors):
+        return [tuple(row) for row in rows]
+    pairs = tuple(enumerate(processors))
+    return [tuple([f(row[i]) if f else row[i] for i, f in pairs]) for row in rows]
 
 
 def joined_text(conn: Connection, value):
@@ -331,13 +386,14 @@ def _pg_stage(conn: Connection, table: Table, rows: Sequence[dict]) -> Table:
 def _pg_copy_into(conn: Connection, table: Table, target: str, rows: Sequence[dict]) -> None:
     """COPY rows (shaped like `table`) into `target` inside the connection's transaction."""
     columns = list(rows[0])
-    converters = [_converter("postgresql", table.c[c].type) for c in columns]
+    values = _row_values(columns, [_converter("postgresql", table.c[c].type) for c in columns])
     names = ", ".join(f'"{c}"' for c in columns)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+            write = copy.write_row
             for row in rows:
-                copy.write_row([f(row[c]) if f else row[c] for c, f in zip(columns, converters)])
+                write(values(row))
     finally:
         cursor.close()
 

@@ -104,6 +104,9 @@ class Counted:
 
 
 COUNTED_COLUMNS = [jobs_t.c[name] for name in Counted.__dataclass_fields__]
+# what read_stored reads of a job: then the Counted columns, in their order
+STORED_COLUMNS = (jobs_t.c.id, jobs_t.c.updated_at, jobs_t.c.payload_hash, jobs_t.c.creator_type,
+                  jobs_t.c.creator_id, *COUNTED_COLUMNS)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -638,20 +641,17 @@ class Archive:
     def read_stored(self, conn: Connection, ids: Sequence[int], lock: bool = True) -> dict[int, Stored]:
         """The stored rows of these jobs, locked (`lock`, where rows are locked) for the write."""
         found: dict[int, Stored] = {}
-        j = jobs_t.c
+        # by primary key, creator_type tested here: with `creator_type = 'Schedule'` in the WHERE,
+        # SQLite without statistics read every scheduled job through the chain index instead.
+        # Straight to the driver (dialect.select_in): the same SELECT, compiled once.
+        lock = self.lock_rows and lock
         for start in range(0, len(ids), 1000):
-            part = ids[start:start + 1000]
-            # by primary key, creator_type tested here: with `creator_type = 'Schedule'` in the WHERE,
-            # SQLite without statistics read every scheduled job through the chain index instead
-            query = (select(j.id, j.updated_at, j.payload_hash, j.creator_type, j.creator_id, *COUNTED_COLUMNS)
-                     .where(dialect.in_ids(conn, j.id, part)).order_by(j.id))
-            if self.lock_rows and lock:
-                query = query.with_for_update()
-            for row in conn.execute(query):
-                chain = ((row.account_id, row.creator_id, row.package_id) if row.creator_type == "Schedule"
+            for job_id, updated_at, payload_hash, creator_type, creator_id, *counted in dialect.select_in(
+                    conn, STORED_COLUMNS, jobs_t.c.id, ids[start:start + 1000], order=True, lock=lock):
+                counted = Counted(*counted)
+                chain = ((counted.account_id, creator_id, counted.package_id) if creator_type == "Schedule"
                          else None)
-                counted = Counted(*(row._mapping[c] for c in COUNTED_COLUMNS))
-                found[row.id] = Stored(row.updated_at, row.status, row.payload_hash, chain, counted)
+                found[job_id] = Stored(updated_at, counted.status, payload_hash, chain, counted)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -660,9 +660,8 @@ class Archive:
         unique = sorted(set(ids))
         with self.engine.connect() as conn:
             for start in range(0, len(unique), 1000):
-                query = select(jobs_t.c.id, jobs_t.c.payload_hash).where(
-                    dialect.in_ids(conn, jobs_t.c.id, unique[start:start + 1000]))
-                found.update((row.id, row.payload_hash) for row in conn.execute(query))
+                found.update(dialect.select_in(conn, (jobs_t.c.id, jobs_t.c.payload_hash), jobs_t.c.id,
+                                               unique[start:start + 1000]))
         return found
 
     def has_unowned_jobs(self) -> bool:
@@ -776,29 +775,37 @@ class Archive:
             return result
         self._upsert_dimensions(conn, writes, now)
         made = self._upsert_job_rows(conn, writes, now, fresh=set(result.inserted))
+        written: dict[int, Stored] | None = None   # the jobs rows as written (read back once)
         if self.lock_rows and result.inserted:
-            writes = self._drop_lost_races(conn, writes, result)
+            writes, written = self._drop_lost_races(conn, writes, result)
         outputs_written = self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
-        written = self.read_stored(conn, [j.id for j in writes], lock=False)
+        if written is None:
+            written = self.read_stored(conn, [j.id for j in writes], lock=False)
         refresh_rollup_groups(conn, rollup_groups(writes, stored, written, outputs_written))
         refresh_schedule_runs(conn, chain_starts(writes, stored, written))
         result.finished = newly_finished(writes, stored)
         return result
 
-    def _drop_lost_races(self, conn: Connection, writes: list[JobRecord], result: BatchResult) -> list[JobRecord]:
+    def _drop_lost_races(self, conn: Connection, writes: list[JobRecord], result: BatchResult
+                         ) -> tuple[list[JobRecord], dict[int, Stored]]:
         """Jobs that were new when read may have been written meanwhile by another process
         (runs without the lock, or another account's). Where the guarded upsert kept that
-        newer row, its outputs and variables must stay too: count ours as stale."""
+        newer row, its outputs and variables must stay too: count ours as stale.
+
+        Returns the writes left and the jobs rows of all the writes as they now are: the rows
+        the rest of the write reads back (nothing after the upsert changes a jobs row, and every
+        row written is locked by this transaction: the new ones by their insert, the others by
+        read_stored), so they are read once, here."""
         fresh = set(result.inserted)
         ours = {j.id: j.payload_hash for j in writes if j.id in fresh}
-        now_stored = self.read_stored(conn, sorted(ours))
+        now_stored = self.read_stored(conn, [j.id for j in writes])
         lost = {i for i, h in ours.items() if now_stored.get(i) is None or now_stored[i].payload_hash != h}
         if not lost:
-            return writes
+            return writes, now_stored
         result.inserted = [i for i in result.inserted if i not in lost]
         result.stale.extend(sorted(lost))
-        return [j for j in writes if j.id not in lost]
+        return [j for j in writes if j.id not in lost], now_stored
 
     def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]) -> set[int]:
         """Rows grouped by the columns their payload carried (an absent key is not written)

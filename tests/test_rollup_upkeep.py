@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import text
 
 from archiver.parse import parse_job
@@ -123,3 +124,38 @@ def test_a_write_into_a_group_another_write_is_recounting_waits_for_it(db_url):
     assert kept == recounted and [row[3] for row in kept["daily_package_rollup"]] == ["3"]
     first.close()
     second.close()
+
+
+def test_a_job_another_writer_inserted_after_the_read_is_stale_and_counted_as_stored(db_url, monkeypatch):
+    """Two writers without a shared lock: job 1 is new when this write reads it, then another
+    writer commits a newer snapshot of it before this write's upsert. The guarded upsert keeps that
+    row: job 1 counts as stale, job 2 (new) is inserted, job 1's row and outputs stay the other
+    writer's, and the rollups recount job 1 where that row puts it (the rows read back once after
+    the upsert serve both the race check and the recount). PostgreSQL only: there the new rows are
+    not locked by the read (MySQL's gap locks would make the other writer wait for this one; SQLite
+    has one writer)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("needs a database whose read of missing rows leaves their insert to others")
+    archive, other = Archive.open(db_url, account="acme"), Archive.open(db_url, account="acme")
+    real_read, calls = archive.read_stored, []
+
+    def read_then_race(conn, ids, lock=True):
+        found = real_read(conn, ids, lock)
+        if not calls:
+            other.write_jobs([parse_job(snapshot(1, 5, runtime=99, package=8, records=(40, 41)))])
+        calls.append(list(ids))
+        return found
+
+    monkeypatch.setattr(archive, "read_stored", read_then_race)
+    result = archive.write_jobs([parse_job(snapshot(1, 1)), parse_job(snapshot(2, 0, runtime=30))])
+    assert (result.inserted, result.stale, result.updated) == ([2], [1], [])
+    assert len(calls) == 2   # before the write, and once after its upsert (not a third time)
+    with archive.engine.connect() as conn:
+        assert conn.execute(text("SELECT runtime_in_seconds, package_id FROM jobs WHERE id = 1")).one() == (99, 8)
+        assert conn.execute(text("SELECT records_count FROM job_outputs WHERE job_id = 1 ORDER BY id")
+                            ).scalars().all() == [40, 41]
+    kept, recounted = kept_and_recounted(archive)
+    assert kept == recounted
+    assert sorted(row[2] for row in kept["daily_package_rollup"]) == ["7", "8"]
+    archive.close()
+    other.close()

@@ -321,3 +321,23 @@ def test_open_jobs_lists_every_status_not_terminal_also_one_the_api_adds_later(a
     write(archive, *[{**raw, "id": job_id, "status": status} for job_id, status in statuses.items()])
     assert [job_id for job_id, _ in archive.open_jobs()] == [202, 204, 206, 207, 208]
     assert all(updated is not None and updated.tzinfo is not None for _, updated in archive.open_jobs())
+
+
+def test_select_in_reads_what_sqlalchemy_reads(archive, payload):
+    """dialect.select_in (straight to the driver) gives the values a SQLAlchemy select of the same
+    columns gives: aware UTC datetimes, dates, texts; in key order, locked or not; ids not there
+    are simply missing."""
+    from archiver import dialect
+    from archiver.store import STORED_COLUMNS, jobs_t
+
+    raw = payload("job-v1-completed.json")
+    write(archive, raw, {**raw, "id": raw["id"] + 1, "status": "failed", "attempts": 2})
+    ids = [raw["id"] + 1, 999_999_999, raw["id"]]
+    with archive.engine.begin() as conn:
+        expected = [tuple(row) for row in conn.execute(
+            select(*STORED_COLUMNS).where(jobs_t.c.id.in_(ids)).order_by(jobs_t.c.id))]
+        for lock in (False, archive.lock_rows):
+            assert dialect.select_in(conn, STORED_COLUMNS, jobs_t.c.id, ids, order=True, lock=lock) == expected
+        assert dialect.select_in(conn, STORED_COLUMNS, jobs_t.c.id, []) == []
+    assert len(expected) == 2 and all(isinstance(row[1], datetime) and row[1].tzinfo is not None
+                                      for row in expected)
