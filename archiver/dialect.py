@@ -284,7 +284,6 @@ def repeated_select(conn: Connection, statement) -> Callable[[Sequence[dict[str,
     columns = list(statement.selected_columns)
     make = collections.namedtuple("Row", [c.key for c in columns])
     processors = [_result_processor(conn.dialect, c.type) for c in columns]
-    processed = [(i, f) for i, f in enumerate(processors) if f is not None]
 
     def value(values: dict[str, Any], name: str) -> Any:
         return bind(values[name] if name in values else fixed[name])
@@ -296,17 +295,22 @@ def repeated_select(conn: Connection, statement) -> Callable[[Sequence[dict[str,
         else:                     # psycopg's %(name)s: each copy's names get its number
             sql = " UNION ALL ".join(_NAMED.sub(rf"%(\1_c{i})s", compiled.string) for i in range(len(copies)))
             params = {f"{name}_c{i}": value(v, name) for i, v in enumerate(copies) for name in fixed}
-        rows = conn.exec_driver_sql(sql, params).fetchall()
-        if not processed:
-            return [make._make(row) for row in rows]
-        found = []
-        for row in rows:
-            values = list(row)
-            for i, f in processed:
-                values[i] = f(values[i])
-            found.append(make._make(values))
-        return found
+        return [make._make(row) for row in _processed(conn.exec_driver_sql(sql, params).fetchall(), processors)]
     return run
+
+
+def _processed(rows: Sequence, processors: Sequence[Callable[[Any], Any] | None]) -> list[tuple]:
+    """Driver rows as tuples, each value converted by its column's result processor (None: as it is)."""
+    changed = [(i, f) for i, f in enumerate(processors) if f is not None]
+    if not changed:
+        return [tuple(row) for row in rows]
+    found = []
+    for row in rows:
+        values = list(row)
+        for i, f in changed:
+            values[i] = f(values[i])
+        found.append(tuple(values))
+    return found
 
 
 def _sqlite_moment(text: str | None) -> datetime | None:
@@ -349,7 +353,7 @@ def select_in(conn: Connection, columns: Sequence, key, ids: Sequence[int], *, o
         if lock:
             query = query.with_for_update()
         sql = query.compile(dialect=conn.dialect).string
-        processors = tuple(c.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None) for c in columns)
+        processors = tuple(_result_processor(conn.dialect, c.type) for c in columns)
         compiled = _SELECT_IN[shape] = (sql, f"{key.table.name}.{key.name}", processors)
     sql, where, processors = compiled
     if name == "postgresql":
@@ -357,11 +361,7 @@ def select_in(conn: Connection, columns: Sequence, key, ids: Sequence[int], *, o
     else:
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         sql, params = sql.replace(IDS, f"{where} IN ({', '.join([mark] * len(ids))})"), tuple(ids)
-    rows = conn.exec_driver_sql(sql, params).fetchall()
-    if not any(processors):
-        return [tuple(row) for row in rows]
-    pairs = tuple(enumerate(processors))
-    return [tuple([f(row[i]) if f else row[i] for i, f in pairs]) for row in rows]
+    return _processed(conn.exec_driver_sql(sql, params).fetchall(), processors)
 
 
 def joined_text(conn: Connection, value):
