@@ -445,3 +445,22 @@ def test_schedule_runs_after_a_long_healthy_stretch_equal_a_full_recount(db_url)
     assert first[120][7:] == (2, 1, "completed", "recovered_on_retry")
     assert first[100][7:9] == (2, 2) and 101 in first and 139 in first
     archive.close()
+
+
+def test_a_report_session_turns_off_jit_and_parallel_workers_on_postgresql_only(db_url):
+    """Reports and the health board read small, indexed sets: JIT compilation and starting
+    parallel workers cost them more than they save. The settings last the transaction only."""
+    from archiver.dialect import report_session
+
+    engine = database.open_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            report_session(conn)
+            if engine.dialect.name == "postgresql":
+                assert conn.execute(text("SHOW jit")).scalar() == "off"
+                assert conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar() == "0"
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                assert conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar() != "0"
+    finally:
+        engine.dispose()

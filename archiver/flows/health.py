@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from archiver import anomaly
-from archiver.dialect import distinct_keys, with_status
+from archiver.dialect import distinct_keys, report_session, with_status
 from archiver.flows.anomaly_checks import AnomalyFacts, anomaly_findings, read_anomaly_facts
 from archiver.flows.board import Alert
 from archiver.flows.checkconfig import (GRACE_SHARE, HAND_MIN_SUCCESSES, MIN_GRACE, MIN_STUCK, SYNC_FAILING_RUNS,
@@ -552,6 +552,7 @@ def judged_as_of(facts: Facts, now: datetime) -> datetime:
 
 def evaluate(engine: Engine, config: CheckConfig, now: datetime) -> Board:
     with engine.connect() as conn:
+        report_session(conn)
         facts = read_facts(conn, config)
         as_of = judged_as_of(facts, now)
         disabled = {s.id for s in facts.schedules if s.status != "enabled"}
