@@ -576,10 +576,27 @@ def score_runtime(run: Run, past: Past, thresholds: Thresholds = DEFAULTS) -> Ve
 def score_running(run: Run, elapsed_s: float, history: Sequence[Run],
                   thresholds: Thresholds = DEFAULTS) -> Verdict | None:
     """`slow` for a job still running whose elapsed time already passed the bound."""
-    if elapsed_s <= 0:
-        return None
-    past = past_of(_Samples(history), len(history), run.created_at, thresholds)
-    return _slow_verdict(run, elapsed_s, past, thresholds, "still running after")
+    return RunningBaselines(history).score(run, elapsed_s, thresholds)
+
+
+class RunningBaselines:
+    """One package's successful runs in time order, for judging its running jobs: each job is
+    compared with the runs created before it (score_running), and the runs' samples are made
+    once for all of them (a package has several jobs running at a time)."""
+
+    def __init__(self, runs: Sequence[Run]):
+        self.runs, self.samples = runs, _Samples(runs)
+
+    def score(self, run: Run, elapsed_s: float, thresholds: Thresholds = DEFAULTS) -> Verdict | None:
+        if elapsed_s <= 0:
+            return None
+        end = bisect.bisect_left(self.runs, run.created_at, key=_created_at)
+        past = past_of(self.samples, end, run.created_at, thresholds)
+        return _slow_verdict(run, elapsed_s, past, thresholds, "still running after")
+
+
+def _created_at(run: Run) -> datetime:
+    return run.created_at
 
 
 def _slow_verdict(run: Run, seconds: float, past: Past, thresholds: Thresholds, what: str) -> Verdict | None:

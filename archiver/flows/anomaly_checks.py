@@ -227,12 +227,13 @@ def flaky_findings(facts: AnomalyFacts, config: CheckConfig, as_of: datetime) ->
 def running_findings(facts: AnomalyFacts, open_jobs: list, config: CheckConfig, as_of: datetime) -> list[Alert]:
     """`slow:job:ID`: a running job whose elapsed time (since started_at) passed the slow bound."""
     found = []
+    baselines = {package_id: anomaly.RunningBaselines(runs) for package_id, runs in facts.running_history.items()}
     for job in open_jobs:
         if job.status != "running" or job.started_at is None or job.package_id is None:
             continue
-        history = before(facts.running_history.get(job.package_id, []), job.created_at)
+        history = baselines.get(job.package_id) or anomaly.RunningBaselines([])
         run = anomaly.Run(job.id, job.package_id, job.created_at, job.status, None)
-        verdict = anomaly.score_running(run, (as_of - job.started_at).total_seconds(), history, thresholds(config))
+        verdict = history.score(run, (as_of - job.started_at).total_seconds(), thresholds(config))
         if verdict is None:
             continue
         schedule_id = creator_schedule(job)
