@@ -69,10 +69,13 @@ def engine_options(url: URL, create: bool, read_only: bool = False) -> tuple[URL
             url = url.update_query_dict({"charset": "utf8mb4"})
         return url, {"connect_args": {"init_command": MYSQL_SESSION}}
     if backend == "postgresql":
-        args: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 60}
+        # Sessions in UTC, as MySQL's (MYSQL_SESSION): the archive's only zone, and psycopg then
+        # hands out timestamps already in datetime.timezone.utc instead of the server's zone.
+        options = [url.query["options"]] if isinstance(url.query.get("options"), str) else []
+        options.append("-c timezone=UTC")
         if read_only:
-            args["options"] = "-c default_transaction_read_only=on"
-        return url, {"connect_args": args}
+            options.append("-c default_transaction_read_only=on")
+        return url, {"connect_args": {"keepalives": 1, "keepalives_idle": 60, "options": " ".join(options)}}
     if backend == "sqlite" and read_only and url.database and url.database != ":memory:" \
             and not url.database.startswith("file:"):
         return url, {"creator": _sqlite_read_only(url.database)}

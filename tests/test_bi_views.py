@@ -457,6 +457,7 @@ def test_a_report_session_turns_off_jit_and_parallel_workers_on_postgresql_only(
         with engine.connect() as conn:
             report_session(conn)
             if engine.dialect.name == "postgresql":
+                assert conn.execute(text("SHOW timezone")).scalar() == "UTC"   # every archiver session
                 assert conn.execute(text("SHOW jit")).scalar() == "off"
                 assert conn.execute(text("SHOW max_parallel_workers_per_gather")).scalar() == "0"
         with engine.connect() as conn:

@@ -383,3 +383,18 @@ def test_a_connection_dropped_mid_query_leaves_no_sqlite_write_lock(tmp_path):
     finally:
         other.close()
         engine.dispose()
+
+
+def test_postgresql_sessions_are_in_utc_read_only_for_reports_and_keep_the_urls_own_options():
+    from sqlalchemy.engine import make_url
+
+    from archiver.dialect import engine_options
+
+    url = make_url("postgresql+psycopg://u@h/db?options=-c%20statement_timeout%3D5000")
+    _, writer = engine_options(url, create=False)
+    _, reader = engine_options(url, create=False, read_only=True)
+    assert writer["connect_args"]["options"] == "-c statement_timeout=5000 -c timezone=UTC"
+    assert reader["connect_args"]["options"] == ("-c statement_timeout=5000 -c timezone=UTC "
+                                                 "-c default_transaction_read_only=on")
+    _, plain = engine_options(make_url("postgresql+psycopg://u@h/db"), create=False)
+    assert plain["connect_args"]["options"] == "-c timezone=UTC"
