@@ -26,7 +26,7 @@ import hashlib
 import re
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from sqlalchemy import Connection, func, select
 
@@ -166,9 +166,8 @@ def _successful_runs(conn: Connection, package_ids: list[int], limit: int) -> di
                   [jobs.c.status == "completed", jobs.c.runtime_in_seconds.is_not(None)],
                   [jobs.c.created_at.desc(), jobs.c.id.desc()], limit)
     found: dict[int, list[anomaly.Run]] = defaultdict(list)
-    for r in sorted(rows, key=attrgetter("package_id", "created_at", "id")):
-        found[r.package_id].append(anomaly.Run(r.id, r.package_id, r.created_at, "completed",
-                                               float(r.runtime_in_seconds), r.attempts or 0))
+    for job_id, package_id, created_at, runtime, attempts in sorted(map(tuple, rows), key=itemgetter(1, 2, 0)):
+        found[package_id].append(anomaly.Run(job_id, package_id, created_at, "completed", float(runtime), attempts or 0))
     return found
 
 
