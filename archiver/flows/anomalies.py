@@ -404,7 +404,9 @@ class Scorer:
         for package_id, runs in scored.items():
             newest = max(run.created_at for run in runs)
             self.packages[package_id].trim(newest - lookback(self.thresholds), self.thresholds.window)
-        replace_verdicts(conn, sorted(finished), verdicts, {r.job_id: r.created_at for r in fresh})
+        # a job this batch inserted has no verdict to replace (job_anomalies rows need their job)
+        replace_verdicts(conn, sorted(finished.difference(inserted)), verdicts,
+                         {r.job_id: r.created_at for r in fresh})
         return verdicts
 
     def load(self, wants: dict[int, Want], conn: Connection) -> None:
@@ -461,7 +463,8 @@ def finite(value: float | None) -> float | None:
 
 def replace_verdicts(conn: Connection, job_ids: Sequence[int], verdicts: Iterable[Verdict],
                      created: dict[int, datetime | None]) -> None:
-    """The verdicts of `job_ids`, replaced whole (deleted, then inserted in key order)."""
+    """The stored verdicts of `job_ids` deleted, then `verdicts` inserted in key order (the
+    verdicts of jobs just inserted need no delete: they cannot have any yet)."""
     ids = sorted(set(job_ids))
     for start in range(0, len(ids), CHUNK):
         conn.execute(delete(anomalies_t).where(dialect.in_ids(conn, anomalies_t.c.job_id, ids[start:start + CHUNK])))
