@@ -54,9 +54,12 @@ def test_latest_of_each_merges_keys_by_rank_oldest_first():
     assert latest_of_each(rows, lambda r: r[0], lambda r: r[1], 2) == {1: [(1, 8), (1, 9)], 2: [(2, 4)]}
 
 
-def test_many_keys_give_the_rows_each_key_read_alone_gives(db_url):
-    """250 keys (three statements of at most 100), some with a NULL package: every row and
-    value (aware UTC datetimes) as one SELECT a key returns it."""
+def test_many_keys_give_the_rows_each_key_read_alone_gives(db_url, monkeypatch):
+    """250 keys (three statements of at most 100; on PostgreSQL VALUES lists of at most 90),
+    some with a NULL package: every row and value (aware UTC datetimes) as one SELECT a key
+    returns it."""
+    from archiver.flows import per_key
+    monkeypatch.setattr(per_key, "KEYS_A_LIST", 90)
     rows = Rows(db_url)
     rows.jobs([job_row(i, package_id=(i % 125) or None, created_at=T0 + timedelta(minutes=7 * i),
                        schedule_id=i % 2 or None, status="completed" if i % 3 else "failed")

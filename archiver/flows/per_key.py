@@ -18,6 +18,7 @@ from sqlalchemy.types import NullType
 from archiver import dialect
 
 KEYS_A_STATEMENT = 100   # SQLite allows 500 terms in a compound SELECT
+KEYS_A_LIST = 2000       # PostgreSQL's VALUES list: a bind parameter a key column (65,535 at most)
 
 
 def matching(columns: Sequence, key: tuple) -> list:
@@ -73,12 +74,13 @@ def _newest_lateral(conn: Connection, columns: Sequence, key_columns: Sequence, 
             rows += conn.execute(select(*columns).where(*where, *matching(key_columns, group[0]))
                                  .order_by(*order).limit(limit)).all()
             continue
-        listed = values(*[column(f"key_{i}", key_columns[i].type) for i in given], name="keys").data(
-            [tuple(key[i] for i in given) for key in group])
-        probe = tuple(listed.c[f"key_{i}"] if i in given else None for i in range(len(key_columns)))
-        each = (select(*columns).where(*where, *matching(key_columns, probe)).order_by(*order).limit(limit)
-                .lateral("each_key"))
-        rows += conn.execute(select(*each.c).select_from(listed).join(each, true())).all()
+        for start in range(0, len(group), KEYS_A_LIST):
+            listed = values(*[column(f"key_{i}", key_columns[i].type) for i in given], name="keys").data(
+                [tuple(key[i] for i in given) for key in group[start:start + KEYS_A_LIST]])
+            probe = tuple(listed.c[f"key_{i}"] if i in given else None for i in range(len(key_columns)))
+            each = (select(*columns).where(*where, *matching(key_columns, probe)).order_by(*order).limit(limit)
+                    .lateral("each_key"))
+            rows += conn.execute(select(*each.c).select_from(listed).join(each, true())).all()
     return rows
 
 
