@@ -22,6 +22,7 @@ import bisect
 import dataclasses
 import math
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 SLOW = "slow"
@@ -590,13 +591,9 @@ class RunningBaselines:
     def score(self, run: Run, elapsed_s: float, thresholds: Thresholds = DEFAULTS) -> Verdict | None:
         if elapsed_s <= 0:
             return None
-        end = bisect.bisect_left(self.runs, run.created_at, key=_created_at)
+        end = bisect.bisect_left(self.runs, run.created_at, key=attrgetter("created_at"))
         past = past_of(self.samples, end, run.created_at, thresholds)
         return _slow_verdict(run, elapsed_s, past, thresholds, "still running after")
-
-
-def _created_at(run: Run) -> datetime:
-    return run.created_at
 
 
 def _slow_verdict(run: Run, seconds: float, past: Past, thresholds: Thresholds, what: str) -> Verdict | None:

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 
 from archiver.errors import RunLocked
 from archiver.jsonio import serialize_json
-from archiver.sqltypes import UTCDateTime
+from archiver.sqltypes import UTCDateTime, utc_result
 from archiver.utc import naive_utc, to_utc
 
 log = logging.getLogger(__name__)
@@ -324,19 +324,10 @@ def _processed(rows: Sequence, processors: Sequence[Callable[[Any], Any] | None]
     return found
 
 
-def _sqlite_moment(text: str | None) -> datetime | None:
-    """A UTCDateTime as SQLite stores it ('2026-11-03 04:05:06.123456', UTC) read back aware:
-    one C call where the column type chains SQLAlchemy's parser and a zone conversion."""
-    if text is None:
-        return None
-    moment = datetime.fromisoformat(text)
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
 def _result_processor(dialect, column_type) -> Callable[[Any], Any] | None:
     """How a driver value of this column type becomes what SQLAlchemy would return."""
     if isinstance(column_type, UTCDateTime) and dialect.name == "sqlite":
-        return _sqlite_moment
+        return utc_result   # SQLite's text by one fromisoformat, not SQLAlchemy's parser and then the type's
     return column_type.dialect_impl(dialect).result_processor(dialect, None)
 
 
