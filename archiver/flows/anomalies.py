@@ -86,12 +86,12 @@ def in_time_order(query):
 
 def read_outputs(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[str, int | None], ...]]:
     counts: dict[int, dict[str, int | None]] = defaultdict(dict)
+    columns = (outputs_t.c.job_id, outputs_t.c.id, outputs_t.c.component_name, outputs_t.c.name,
+               outputs_t.c.records_count)
     for start in range(0, len(ids), CHUNK):
-        query = select(outputs_t.c.job_id, outputs_t.c.id, outputs_t.c.component_name, outputs_t.c.name,
-                       outputs_t.c.records_count).where(dialect.in_ids(conn, outputs_t.c.job_id,
-                                                                        ids[start:start + CHUNK]))
-        for row in conn.execute(query):
-            add_count(counts[row.job_id], output_key(row.component_name, row.name, row.id), row.records_count)
+        for job_id, output_id, component_name, name, records in dialect.select_in(
+                conn, columns, outputs_t.c.job_id, ids[start:start + CHUNK]):
+            add_count(counts[job_id], output_key(component_name, name, output_id), records)
     return {job_id: tuple(sorted(found.items())) for job_id, found in counts.items()}
 
 
@@ -132,12 +132,10 @@ def written_runs(conn: Connection, written: Sequence[int], inserted: Iterable[in
 
 def runs_of(conn: Connection, ids: Sequence[int]) -> list[Run]:
     """The scoreable jobs among `ids` (with a package and a created_at)."""
-    rows = []
-    for start in range(0, len(ids), CHUNK):
-        rows += conn.execute(in_time_order(select(*job_columns()).where(
-            dialect.in_ids(conn, jobs_t.c.id, ids[start:start + CHUNK]),
-            jobs_t.c.package_id.is_not(None), jobs_t.c.created_at.is_not(None)))).all()
-    return as_runs(conn, rows)
+    rows = [JobRun._make(row) for start in range(0, len(ids), CHUNK)
+            for row in dialect.select_in(conn, job_columns(), jobs_t.c.id, ids[start:start + CHUNK])
+            if row[1] is not None and row[2] is not None]
+    return as_runs(conn, sorted(rows, key=lambda r: (r.created_at, r.id)))
 
 
 @dataclasses.dataclass(frozen=True)
