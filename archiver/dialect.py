@@ -219,13 +219,14 @@ _COMPILED: dict[tuple, tuple] = {}
 
 def _compile(conn: Connection, table: Table, columns: tuple[str, ...], shape: tuple,
              build: Callable[[], Any]) -> tuple:
-    """(sql, positional order or None, converters), compiled once per statement shape."""
+    """(sql, the parameters' columns in order, their column converters, positional or named),
+    compiled once per statement shape."""
     key = (conn.dialect.name, table.name, columns, shape)
     compiled = _COMPILED.get(key)
     if compiled is None:
         statement = build().compile(dialect=conn.dialect, column_keys=list(columns))
         order = list(statement.positiontup) if statement.positional else list(columns)
-        converters = {c: _converter(conn.dialect.name, table.c[c].type) for c in columns}
+        converters = [_column_converter(conn.dialect.name, table.c[c].type) for c in order]
         compiled = _COMPILED[key] = (statement.string, order, converters, statement.positional)
     return compiled
 
@@ -235,31 +236,31 @@ def execute_many(conn: Connection, table: Table, rows: Sequence[dict], shape: tu
     """executemany straight to the driver: each statement shape is compiled once, and values
     are converted here column by column rather than by SQLAlchemy row by row (much faster)."""
     sql, order, converters, positional = _compile(conn, table, tuple(rows[0]), shape, build)
-    values = _row_values(order, [converters[c] for c in order])
-    if positional:
-        params = [values(row) for row in rows]
-    else:  # named parameters (psycopg, PyMySQL)
-        params = [dict(zip(order, values(row))) for row in rows]
+    params = _converted_rows(rows, order, converters)
+    if not positional:  # named parameters (psycopg, PyMySQL)
+        params = [dict(zip(order, values)) for values in params]
     conn.exec_driver_sql(sql, params)
 
 
-def _row_values(order: Sequence[str], converters: Sequence[Callable[[Any], Any] | None]
-                ) -> Callable[[dict], tuple]:
-    """A row's values in `order` as a tuple, each converted by its converter (None: as it is):
-    read by one itemgetter, the converted ones replaced in place."""
-    get = operator.itemgetter(*order)
-    if len(order) == 1:
-        get = (lambda one: lambda row: (one(row),))(get)
-    changed = [(i, f) for i, f in enumerate(converters) if f is not None]
-    if not changed:
-        return get
+ColumnConverter = Callable[[Sequence[Any]], list]
 
-    def values(row: dict) -> tuple:
-        found = list(get(row))
-        for i, f in changed:
-            found[i] = f(found[i])
-        return tuple(found)
-    return values
+
+def _converted_rows(rows: Sequence[dict], order: Sequence[str],
+                    converters: Sequence[ColumnConverter | None]) -> list[tuple]:
+    """The rows' values in `order` as tuples, each column converted whole by its converter (None:
+    as it is). Rows are read by one itemgetter and turned into columns and back by zip: no Python
+    runs per row, and a column converts each distinct moment once (_column_converter)."""
+    if len(order) == 1:
+        tuples = [(row[order[0]],) for row in rows]
+    else:
+        tuples = list(map(operator.itemgetter(*order), rows))
+    changed = [(i, convert) for i, convert in enumerate(converters) if convert is not None]
+    if not changed or not tuples:
+        return tuples
+    columns = list(zip(*tuples))
+    for i, convert in changed:
+        columns[i] = convert(columns[i])
+    return list(zip(*columns))
 
 
 def _binder(conn: Connection) -> Callable[[Any], Any]:
@@ -388,14 +389,14 @@ def _pg_stage(conn: Connection, table: Table, rows: Sequence[dict]) -> Table:
 def _pg_copy_into(conn: Connection, table: Table, target: str, rows: Sequence[dict]) -> None:
     """COPY rows (shaped like `table`) into `target` inside the connection's transaction."""
     columns = list(rows[0])
-    values = _row_values(columns, [_converter("postgresql", table.c[c].type) for c in columns])
+    values = _converted_rows(rows, columns, [_column_converter("postgresql", table.c[c].type) for c in columns])
     names = ", ".join(f'"{c}"' for c in columns)
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
             write = copy.write_row
-            for row in rows:
-                write(values(row))
+            for row in values:
+                write(row)
     finally:
         cursor.close()
 
@@ -413,6 +414,23 @@ def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
     if isinstance(column_type, types.JSON):
         return lambda v: None if v is None else serialize_json(v)
     return None
+
+
+def _column_converter(dialect_name: str, column_type) -> ColumnConverter | None:
+    """_converter for a whole column of values. A moment or a day is converted once per distinct
+    value (a batch repeats some: the run's clock, an output's times, a day); other values one by
+    one (in a JSON column, True and 1 or a text and RawJSON are equal keys, not the same JSON)."""
+    convert = _converter(dialect_name, column_type)
+    if convert is None:
+        return None
+    if isinstance(column_type, (UTCDateTime, types.Date)):
+        return lambda values: _by_distinct_value(values, convert)
+    return lambda values: list(map(convert, values))
+
+
+def _by_distinct_value(values: Sequence[Any], convert: Callable[[Any], Any]) -> list:
+    converted = {value: convert(value) for value in set(values)}
+    return list(map(converted.__getitem__, values))
 
 
 _SQLITE_TEXTS: dict[datetime, str] = {}   # recent moments -> their stored text (a batch repeats many)
