@@ -123,6 +123,7 @@ def _create_private_file(path: str | None) -> None:
 
 
 SQLITE_CHECKPOINT_PAGES = 10_000
+SQLITE_CACHE_KIB = 16 * 1024
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:
@@ -136,6 +137,12 @@ def _sqlite_connect(dbapi_conn, _record) -> None:
     # first ingest. The log file is cut back to 64 MB after a checkpoint that resets it.
     cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
     cur.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+    # A page cache of 16 MiB instead of 2: a batch dirties a few thousand pages of the jobs
+    # indexes (package, cluster, runtime, chain: a page each of most of them). With 2 MiB they
+    # were spilled to the log before the commit and read back for the next batch: a first ingest
+    # of 50,000 jobs read 0.56 million pages and wrote 0.68 million, 0.09 and 0.39 million with
+    # 16 MiB; one of 100,000 jobs spent 1.1-1.8 s less CPU time (about 22.4 s instead of 23.9 s).
+    cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cur.close()
 
 
