@@ -256,7 +256,7 @@ def _converted_rows(rows: Sequence[dict], order: Sequence[str],
                     converters: Sequence[ColumnConverter | None]) -> list[tuple]:
     """The rows' values in `order` as tuples, each column converted whole by its converter (None:
     as it is). Rows are read by one itemgetter and turned into columns and back by zip: no Python
-    runs per row, and a column converts each distinct moment once (_column_converter)."""
+    runs per row."""
     if len(order) == 1:
         tuples = [(row[order[0]],) for row in rows]
     else:
@@ -424,20 +424,11 @@ def _converter(dialect_name: str, column_type) -> Callable[[Any], Any] | None:
 
 
 def _column_converter(dialect_name: str, column_type) -> ColumnConverter | None:
-    """_converter for a whole column of values. A moment or a day is converted once per distinct
-    value (a batch repeats some: the run's clock, an output's times, a day); other values one by
-    one (in a JSON column, True and 1 or a text and RawJSON are equal keys, not the same JSON)."""
+    """_converter for a whole column of values."""
     convert = _converter(dialect_name, column_type)
     if convert is None:
         return None
-    if isinstance(column_type, (UTCDateTime, types.Date)):
-        return lambda values: _by_distinct_value(values, convert)
     return lambda values: list(map(convert, values))
-
-
-def _by_distinct_value(values: Sequence[Any], convert: Callable[[Any], Any]) -> list:
-    converted = {value: convert(value) for value in set(values)}
-    return list(map(converted.__getitem__, values))
 
 
 _SQLITE_TEXTS: dict[datetime, str] = {}   # recent moments -> their stored text (a batch repeats many)
