@@ -16,7 +16,7 @@ import random
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
@@ -116,6 +116,16 @@ class Stored:
     payload_hash: str | None
     chain: tuple | None = None      # (account_id, creator_id, package_id) of a scheduled job
     counted: Counted | None = None  # what the rollups read of it
+
+
+def as_stored(updated_at, payload_hash, creator_type, creator_id, *counted) -> Stored:
+    """A job's STORED_COLUMNS (after its id) as the write reads them."""
+    counted = Counted(*counted)
+    chain = (counted.account_id, creator_id, counted.package_id) if creator_type == "Schedule" else None
+    return Stored(updated_at, counted.status, payload_hash, chain, counted)
+
+
+STORED_NAMES = [column.name for column in STORED_COLUMNS[1:]]
 
 
 def decide(stored: Stored | None, job: JobRecord) -> str:
@@ -646,12 +656,9 @@ class Archive:
         # Straight to the driver (dialect.select_in): the same SELECT, compiled once.
         lock = self.lock_rows and lock
         for start in range(0, len(ids), 1000):
-            for job_id, updated_at, payload_hash, creator_type, creator_id, *counted in dialect.select_in(
-                    conn, STORED_COLUMNS, jobs_t.c.id, ids[start:start + 1000], order=True, lock=lock):
-                counted = Counted(*counted)
-                chain = ((counted.account_id, creator_id, counted.package_id) if creator_type == "Schedule"
-                         else None)
-                found[job_id] = Stored(updated_at, counted.status, payload_hash, chain, counted)
+            for job_id, *values in dialect.select_in(conn, STORED_COLUMNS, jobs_t.c.id, ids[start:start + 1000],
+                                                     order=True, lock=lock):
+                found[job_id] = as_stored(*values)
         return found
 
     def stored_hashes(self, ids: Sequence[int]) -> dict[int, str | None]:
@@ -781,7 +788,7 @@ class Archive:
         outputs_written = self._replace_children(conn, writes, made)
         self._record_status_changes(conn, writes, stored, now, run_id)
         if written is None:
-            written = self.read_stored(conn, [j.id for j in writes], lock=False)
+            written = self._as_written(conn, writes, made)
         refresh_rollup_groups(conn, rollup_groups(writes, stored, written, outputs_written))
         refresh_schedule_runs(conn, chain_starts(writes, stored, written))
         result.finished = newly_finished(writes, stored)
@@ -807,15 +814,25 @@ class Archive:
         result.stale.extend(sorted(lost))
         return [j for j in writes if j.id not in lost], now_stored
 
-    def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]) -> set[int]:
+    def _as_written(self, conn: Connection, writes: list[JobRecord], made: dict[int, dict]) -> dict[int, Stored]:
+        """The jobs rows of the writes as they now are (nothing after the upsert changes a jobs
+        row): the rows this transaction made as it inserted them (an absent column is NULL), the
+        others read back. A first ingest into SQLite read back every row it had just written."""
+        written = self.read_stored(conn, [j.id for j in writes if j.id not in made], lock=False)
+        for job_id, row in made.items():
+            written[job_id] = as_stored(*map(row.get, STORED_NAMES))
+        return written
+
+    def _upsert_job_rows(self, conn: Connection, jobs: list[JobRecord], now: datetime, fresh: set[int]
+                         ) -> dict[int, dict]:
         """Rows grouped by the columns their payload carried (an absent key is not written)
         and by whether the job was new when read (new ones may be bulk-loaded).
 
-        Returns the ids this transaction surely made: new when read and inserted by a plain
-        insert (PostgreSQL's COPY, which fails on a key already there) or on SQLite (whose
+        Returns the rows this transaction surely made, by id: new when read and inserted by a
+        plain insert (PostgreSQL's COPY, which fails on a key already there) or on SQLite (whose
         write lock is held from the read on). They have no outputs or variables to delete."""
         groups: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
-        made: set[int] = set()
+        made: dict[int, dict] = {}
         for job in jobs:
             row = {"id": job.id, **job.columns, "payload": RawJSON(job.payload_text),
                    "payload_hash": job.payload_hash, "first_seen_at": now, "last_synced_at": now}
@@ -828,10 +845,10 @@ class Archive:
             plain = dialect.upsert(conn, jobs_t, rows, keys=("id",), update=update_cols, guard=newer_wins,
                                    expect_new=new)
             if new and (plain or not self.lock_rows):
-                made.update(row["id"] for row in rows)
+                made.update((row["id"], row) for row in rows)
         return made
 
-    def _replace_children(self, conn: Connection, jobs: list[JobRecord], made: set[int]) -> set[int]:
+    def _replace_children(self, conn: Connection, jobs: list[JobRecord], made: Container[int]) -> set[int]:
         """Outputs and variables replaced as sets, where they differ from the stored ones (a
         changed job usually keeps them: reading them costs less than rewriting them). Jobs new
         when read are compared too (without the lock another writer may have inserted them, and
@@ -856,7 +873,7 @@ class Archive:
         return set(with_outputs)
 
     @staticmethod
-    def _differing(conn: Connection, table, jobs: list[JobRecord], made: set[int],
+    def _differing(conn: Connection, table, jobs: list[JobRecord], made: Container[int],
                    rows_of: Callable[[JobRecord], list[dict]]) -> dict[int, list[dict]]:
         """{job id: its rows of `table`} for these jobs, less those whose stored rows are the
         same (every column, as read back)."""
