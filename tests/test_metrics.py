@@ -338,23 +338,29 @@ def test_errors_name_the_path_and_leave_the_old_file(archive, tmp_path, capsys, 
 
 def test_a_reader_never_sees_a_partial_textfile(tmp_path):
     """200 rewrites of different sizes while a reader parses the file 1,000 times: every parse
-    finds one whole version. The writer runs ahead of the reader by at most a few rewrites
-    (a handshake, no sleeps), so reads and rewrites overlap all along."""
+    finds one whole version. Neither side runs more than a few steps ahead of the other (a
+    handshake both ways, no sleeps), so reads and rewrites overlap all along, however the
+    threads are scheduled."""
     target = tmp_path / "xplenty.prom"
     versions = [textfile_version(n) for n in (1, 40, 3, 400, 0, 150)]
     metrics.write_textfile(str(target), versions[0])
-    reads, progress = 0, threading.Condition()
+    reads, writes, progress = 0, 0, threading.Condition()
 
     def write() -> None:
+        nonlocal writes
         for i in range(200):
-            metrics.write_textfile(str(target), versions[i % len(versions)])
+            metrics.write_textfile(str(target), versions[(i + 1) % len(versions)])
             with progress:
+                writes += 1
+                progress.notify_all()
                 progress.wait_for(lambda: reads >= 5 * i)
 
     writer = threading.Thread(target=write)
     writer.start()
     problems, seen = [], set()
-    for _ in range(1000):
+    for r in range(1000):
+        with progress:
+            progress.wait_for(lambda: writes >= min(200, r // 5))
         text = target.read_text(encoding="utf-8")
         problems += [problem] if (problem := torn(text, versions)) else []
         seen.add(text)
