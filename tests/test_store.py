@@ -323,6 +323,29 @@ def test_open_jobs_lists_every_status_not_terminal_also_one_the_api_adds_later(a
     assert all(updated is not None and updated.tzinfo is not None for _, updated in archive.open_jobs())
 
 
+def test_the_rows_a_write_inserted_are_taken_as_reading_them_back_gives(sqlite_url, payload, monkeypatch):
+    """A write takes the jobs rows it has just inserted as it inserted them instead of reading
+    them back (the rollups and schedule chains are recounted from them): for new jobs of each
+    shape (v1 completed, v1 failed, v2 scheduled with a log summary) they equal the stored rows."""
+    archive = Archive.open(sqlite_url, "acme")
+    taken = {}
+    real = Archive._as_written
+
+    def as_written(self, conn, writes, made):
+        found = real(self, conn, writes, made)
+        taken.update((job_id, found[job_id]) for job_id in made)
+        return found
+
+    monkeypatch.setattr(Archive, "_as_written", as_written)
+    raws = [payload(name) for name in ("job-v1-completed.json", "job-v1-failed.json",
+                                       "job-v2-failed-with-log-summary.json")]
+    assert write(archive, *raws).inserted == sorted(r["id"] for r in raws)
+    with archive.engine.connect() as conn:
+        assert taken == archive.read_stored(conn, sorted(taken), lock=False)
+    assert any(stored.chain for stored in taken.values())   # the scheduled one's chain is in it
+    archive.close()
+
+
 def test_select_in_reads_what_sqlalchemy_reads(archive, payload):
     """dialect.select_in (straight to the driver) gives the values a SQLAlchemy select of the same
     columns gives: aware UTC datetimes, dates, texts; in key order, locked or not; ids not there
