@@ -229,6 +229,84 @@ def test_unchanged_payloads_cost_one_read_and_no_write(payload, db_url, monkeypa
     assert (again.unchanged, again.inserted, again.updated) == (300, 0, 0) and writes == []
 
 
+def numbered_jobs(payload, n: int) -> list[dict]:
+    records = [dict(payload("job-v1-completed.json"), id=i) for i in range(1, n + 1)]
+    for r in records:
+        r["outputs"] = [dict(o, id=10 * r["id"] + k) for k, o in enumerate(r["outputs"])]
+    return records
+
+
+def seen_later(record: dict, hours: int = 1) -> dict:
+    return dict(record, updated_at=f"2013-05-1{hours}T09:47:09Z", runtime_in_seconds=1000 + hours)
+
+
+def counted_writes(monkeypatch) -> list[list[int]]:
+    """The job ids of each write_jobs call, the calls going through."""
+    writes, original = [], Archive.write_jobs
+
+    def write_jobs(self, jobs, *args, **kwargs):
+        writes.append([j.id for j in jobs])
+        return original(self, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(Archive, "write_jobs", write_jobs)
+    return writes
+
+
+def test_a_re_ingest_gathers_the_few_changed_jobs_of_many_batches_into_one_write(payload, db_url, monkeypatch):
+    """1 % changed used to cost a transaction per batch of payloads (5 jobs each); now the
+    changed jobs are written a batch of them at a time, and the archive is the same."""
+    from archiver.config import Settings
+    settings = Settings(account="acme", database_url=db_url)
+    records = numbered_jobs(payload, 300)
+    assert ingest(settings, iter(records), SyncOptions(batch_size=20)).inserted == 300
+    later = [seen_later(r) if r["id"] % 10 == 0 else r for r in records]
+    writes = counted_writes(monkeypatch)
+    summary = ingest(settings, iter(later), SyncOptions(batch_size=20))
+    assert (summary.updated, summary.unchanged, summary.inserted) == (30, 270, 0)
+    assert writes == [list(range(10, 210, 10)), list(range(210, 310, 10))]   # 20 a write, then the rest
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        runtimes = dict(conn.execute(select(models.JobRow.id, models.JobRow.runtime_in_seconds)).all())
+    archive.close()
+    assert {i for i, seconds in runtimes.items() if seconds == 1001} == set(range(10, 310, 10))
+
+
+def test_a_job_met_twice_in_a_run_is_judged_against_its_earlier_snapshot_as_in_turn(payload, db_url, monkeypatch):
+    """Gathered changed jobs are written before a second snapshot of one of them is judged:
+    newer then older counts updated then stale, and the newer one stays."""
+    from archiver.config import Settings
+    settings = Settings(account="acme", database_url=db_url)
+    records = numbered_jobs(payload, 40)
+    ingest(settings, iter(records), SyncOptions(batch_size=10))
+    newer, older_again = seen_later(records[4], 2), records[4]
+    stream = records[:10] + [newer] + records[10:30] + [older_again, seen_later(records[6], 1)]
+    writes = counted_writes(monkeypatch)
+    summary = ingest(settings, iter(stream), SyncOptions(batch_size=10))
+    assert (summary.updated, summary.stale, summary.unchanged) == (2, 1, 30)
+    assert writes == [[5], [5, 7]]
+    archive = Archive.open(db_url)
+    with archive.engine.connect() as conn:
+        runtimes = dict(conn.execute(select(models.JobRow.id, models.JobRow.runtime_in_seconds)).all())
+    archive.close()
+    assert (runtimes[5], runtimes[7]) == (1002, 1001)
+
+
+def test_a_run_stopped_at_its_deadline_writes_the_changed_jobs_it_gathered(payload, sqlite_url, monkeypatch):
+    from archiver.config import Settings
+    from archiver.errors import DeadlineExceeded
+    settings = Settings(account="acme", database_url=sqlite_url)
+    records = numbered_jobs(payload, 50)
+    ingest(settings, iter(records), SyncOptions(batch_size=10))
+
+    def until_the_deadline():
+        for r in records[:35]:
+            yield seen_later(r) if r["id"] in (3, 14) else r
+        raise DeadlineExceeded("the run's deadline passed")
+
+    summary = ingest(settings, until_the_deadline(), SyncOptions(batch_size=10))
+    assert summary.outcome == "deadline" and (summary.updated, summary.unchanged) == (2, 33)
+
+
 def test_with_log_summary_fetches_each_failed_job_once(sqlite_url):
     with Sandbox(jobs=300, seed=6, now=NOW) as api:
         failed = [i for i in api.job_ids() if api.job(i)["status"] == "failed"]
