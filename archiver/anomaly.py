@@ -368,14 +368,17 @@ class _Keyed:
         """The last `window` samples with a key below `key` from day `cutoff` on, newest first
         (the same Group for the same samples while none is added or discarded)."""
         end = bisect.bisect_left(self.keys, key)
-        start = max(0, end - window)
         samples = self.samples
-        while start < end and samples[start].day < cutoff:
-            start += 1
+        start = max(0, end - window)
+        if start < end and samples[start].day < cutoff:   # samples are in time order, so their days too
+            start = bisect.bisect_left(samples, cutoff, start, end, key=_DAY)
         found = self.groups.get((start, end))
         if found is None:
             found = self.groups[(start, end)] = Group(reversed(samples[start:end]), self, start, end)
         return found
+
+
+_DAY = attrgetter("day")
 
 
 class SlidingValues:
