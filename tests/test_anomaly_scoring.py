@@ -239,14 +239,18 @@ def test_scoring_reads_only_the_tail_of_a_long_history(sqlite_url, monkeypatch):
 
 def test_a_run_gives_the_collector_back_the_objects_it_kept_from_it(sqlite_url, monkeypatch):
     """During a run the objects older than it are left out of the cyclic collector's passes
-    (gc.freeze: scoring allocates a lot); when it ends, however it ends, they are handed back, so
-    a process that runs many syncs (a scheduler, these tests) never keeps dead cycles for good."""
-    frozen_while_scoring = []
+    (gc.freeze: scoring allocates a lot) and the collector runs less often; when it ends, however
+    it ends, they are handed back and its thresholds set back, so a process that runs many syncs
+    (a scheduler, these tests) never keeps dead cycles for good nor a changed collector."""
+    seen_while_scoring = []
     real = scoring.Scorer.batch
-    monkeypatch.setattr(scoring.Scorer, "batch",
-                        lambda self, *args: frozen_while_scoring.append(gc.get_freeze_count()) or real(self, *args))
+    monkeypatch.setattr(scoring.Scorer, "batch", lambda self, *args: seen_while_scoring.append(
+        (gc.get_freeze_count(), gc.get_threshold())) or real(self, *args))
+    before = gc.get_threshold()
     assert load(sqlite_url, stable_history()).outcome == "ok"
-    assert frozen_while_scoring and min(frozen_while_scoring) > 0 and gc.get_freeze_count() == 0
+    assert seen_while_scoring and min(frozen for frozen, _ in seen_while_scoring) > 0
+    assert {thresholds for _, thresholds in seen_while_scoring} == {(50_000, 20, 20)}
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -254,7 +258,24 @@ def test_a_run_gives_the_collector_back_the_objects_it_kept_from_it(sqlite_url, 
     monkeypatch.setattr(Archive, "write_jobs", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load(sqlite_url, [job(NEW, START + timedelta(days=40))])
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_a_run_keeps_a_callers_higher_collector_thresholds_and_a_collector_switched_off(sqlite_url, monkeypatch):
+    seen = []
+    real = scoring.Scorer.batch
+    monkeypatch.setattr(scoring.Scorer, "batch", lambda self, *args: seen.append(gc.get_threshold()) or real(self, *args))
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(100_000, 5, 50)
+        load(sqlite_url, stable_history())
+        assert set(seen) == {(100_000, 20, 50)} and gc.get_threshold() == (100_000, 5, 50)
+        seen.clear()
+        gc.set_threshold(0, 10, 10)
+        load(sqlite_url, [job(NEW, START + timedelta(days=40))])
+        assert set(seen) == {(0, 10, 10)} and gc.get_threshold() == (0, 10, 10)
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_scoring_in_many_batches_agrees_with_a_rescore(db_url):
