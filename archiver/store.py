@@ -734,10 +734,21 @@ class Archive:
         raise AssertionError("unreachable")
 
     def write_jobs(self, jobs: Sequence[JobRecord], run_id: int | None = None,
-                   after: Callable[[Connection], None] | None = None) -> BatchResult:
-        """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) commits with it."""
+                   after: Callable[[Connection], None] | None = None,
+                   then: Callable[[Connection, BatchResult], None] | None = None) -> BatchResult:
+        """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) and `then(conn,
+        result)` (the anomaly verdicts on what it wrote) commit with it."""
         unique = newest_per_id(jobs)
-        result = self._transact_with(lambda conn: self._write(conn, unique, run_id), after)
+
+        def write(conn: Connection) -> BatchResult:
+            result = self._write(conn, unique, run_id)
+            if after is not None:
+                after(conn)
+            if then is not None:
+                then(conn, result)
+            return result
+
+        result = self.transact(write)
         self.grew(len(result.inserted))
         return result
 

@@ -150,6 +150,24 @@ def test_a_scoring_failure_loses_no_job_and_is_recorded(db_url, monkeypatch):
     assert kinds(db_url) == []
 
 
+def test_a_run_killed_while_scoring_leaves_no_job_that_no_run_will_score(db_url, monkeypatch):
+    """Jobs and their verdicts commit together: a run killed while scoring a batch stored none of
+    it, so the next run stores and scores it. (Stored unscored, a job would stay so: a run scores
+    the jobs it finds newly finished, and the next one finds it unchanged.)"""
+    load(db_url, stable_history())
+    real = scoring.Scorer.batch
+
+    def killed(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring.Scorer, "batch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load(db_url, [job(NEW, later(), runtime=6000)])
+    monkeypatch.setattr(scoring.Scorer, "batch", real)
+    assert load(db_url, [job(NEW, later(), runtime=6000)]).inserted == 1
+    assert kinds(db_url) == [(NEW, "slow", "")]
+
+
 def test_dry_run_and_switched_off_scoring_write_no_verdict(db_url):
     load(db_url, stable_history())
     load(db_url, [job(NEW, later(), runtime=6000)], dry_run=True)

@@ -1,15 +1,16 @@
 """Anomaly verdicts in the archive: the newly finished jobs of each written batch, and re-scoring.
 
 archiver.anomaly holds the rules (pure functions); this module feeds them from the archive and
-stores what they say in job_anomalies. After each batch a sync or ingest commits, the jobs that
-became terminal in it are scored against their package's earlier runs (`Scorer`): only the tail
-the rules read is loaded (`Want`: the newest RECENT_RUNS × window runs of the lookback before
-the first new job, the flaky window only for a successful retry, the last `window` successes of
-a package that runs less than daily), once per run and package, and kept up to date with what
-the run writes, so the cost grows with the new jobs, not with the archive. A package none of
-whose new jobs succeeded is not loaded (no verdict needs it), and the outputs of the earlier
-runs loaded are read only for the runs some new job's baseline holds (`PackageRuns.pending`). `rescore` replays every package's whole history with
-anomaly.score_history (linear) after a threshold change.
+stores what they say in job_anomalies. In each batch a sync or ingest writes, the jobs that
+became terminal in it are scored, in the batch's transaction (they and their verdicts commit
+together), against their package's earlier runs (`Scorer`): only the tail the rules read is
+loaded (`Want`: the newest RECENT_RUNS × window runs of the lookback before the first new job,
+the flaky window only for a successful retry, the last `window` successes of a package that runs
+less than daily), once per run and package, and kept up to date with what the run writes, so the
+cost grows with the new jobs, not with the archive. A package none of whose new jobs succeeded
+is not loaded (no verdict needs it), and the outputs of the earlier runs loaded are read only
+for the runs some new job's baseline holds (`PackageRuns.pending`). `rescore` replays every
+package's whole history with anomaly.score_history (linear) after a threshold change.
 
 A verdict is replaced whole: a job's verdicts are deleted and its new ones inserted in one
 transaction, so scoring a job again (a re-score) is idempotent. An output is keyed by its
@@ -360,7 +361,7 @@ def time_key(run: Run) -> tuple[datetime, int]:
 
 
 class Scorer:
-    """Scores the newly finished jobs of each batch a run commits and stores their verdicts.
+    """Scores the newly finished jobs of each batch a run writes and stores their verdicts.
 
     Each job is scored against the runs of its package before it (never itself), loaded from the
     archive once per run and package (`Want`) and kept up to date
@@ -371,18 +372,24 @@ class Scorer:
         self.archive, self.thresholds = archive, thresholds
         self.packages: dict[int, PackageRuns] = {}
 
-    def batch(self, written: Sequence[int], finished: Sequence[int], inserted: Sequence[int] = (),
+    def batch(self, conn: Connection, written: Sequence[int], finished: Sequence[int], inserted: Sequence[int] = (),
               records: Sequence[JobRecord] = ()) -> list[Verdict]:
         """`written`: every job the batch inserted or updated; `finished`: those that became terminal;
         `inserted` (of `written`) with their `records`: built from the records, not read back.
-        One transaction after the batch's: a failure here never touches the jobs."""
+        In the batch's own transaction (`conn`), so that its jobs and their verdicts commit together
+        (Run.write puts it under a savepoint: a failure here never touches the jobs)."""
         if not finished and not self.packages:
             return []
         try:
-            return self.archive.transact(lambda conn: self._batch(conn, written, set(finished), inserted, records))
+            return self._batch(conn, written, set(finished), inserted, records)
         except BaseException:
-            self.packages.clear()   # the kept runs may be half updated
+            self.forget()   # the kept runs may be half updated
             raise
+
+    def forget(self) -> None:
+        """Drop the kept runs: the next batch loads what it needs from the archive again (after a
+        failed scoring, or a write that did not commit: its runs may be kept already)."""
+        self.packages.clear()
 
     def _batch(self, conn: Connection, written: Sequence[int], finished: set[int], inserted: Sequence[int],
                records: Sequence[JobRecord]) -> list[Verdict]:

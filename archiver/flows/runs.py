@@ -19,6 +19,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from archiver import anomaly
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import Settings, mask_url
@@ -307,7 +309,8 @@ class Run:
         return jobs
 
     def write(self, batch: list[JobRecord], after: Callable | None = None) -> None:
-        """Write a batch whole; `after(conn)` (the bookmark) commits with it or not at all.
+        """Write a batch whole; `after(conn)` (the bookmark) commits with it or not at all, and
+        so do the anomaly verdicts on the jobs it finished (`scoring`).
 
         A failed batch without a bookmark falls back to job-by-job writes, so one bad
         job never sinks its neighbours; with a bookmark the error stops the run.
@@ -315,11 +318,15 @@ class Run:
         if self.options.dry_run:
             self.archive.plan(batch).add_to(self.summary)
             return
+        failures: list[BaseException] = []
         try:
-            result = self.archive.write_jobs(batch, self.summary.run_id, after=after)
+            result = self.archive.write_jobs(batch, self.summary.run_id, after=after,
+                                             then=self.scoring(batch, failures))
         except STOP_WRITING:  # never retried job by job: nothing more is written
             raise
         except Exception as exc:
+            if self.scorer is not None:
+                self.scorer.forget()   # it may keep runs of jobs that were not written
             if after is not None:
                 raise
             if len(batch) == 1:
@@ -330,27 +337,42 @@ class Run:
                 self.write([job])
         else:
             result.add_to(self.summary)
-            self.score(result, batch)
+            for exc in failures:
+                self.scoring_failed(result, exc)
         if self.options.progress:
             self.options.progress(self.summary)
 
-
-    def score(self, result: BatchResult, records: list[JobRecord]) -> None:
-        """Anomaly verdicts on the jobs a committed batch finished. A failure is logged and
-        recorded (sync_errors kind 'anomaly', no job) and the run goes on: the jobs are stored,
-        and `archiver anomalies --rescore` computes the verdicts again."""
+    def scoring(self, records: list[JobRecord], failures: list[BaseException]
+                ) -> Callable[[Connection, BatchResult], None] | None:
+        """Anomaly verdicts on the jobs a batch finished, in the batch's transaction under a
+        savepoint: the jobs and their verdicts commit together (a run killed in between left
+        jobs that no later run would score: they are not newly finished then), and a failure
+        rolls back the verdicts only; it lands in `failures` (the last attempt's, as a
+        transaction may be retried whole), and the run goes on: `archiver anomalies --rescore`
+        computes the verdicts again."""
         if self.scorer is None:
-            return
-        try:
-            self.scorer.batch(result.inserted + result.updated, result.finished, result.inserted, records)
-        except STOP_WRITING:
-            raise
-        except Exception as exc:
-            message = f"anomaly scoring of {len(result.finished)} jobs failed: {describe_error(exc)}"
-            log.warning("%s; the jobs are stored (archiver anomalies --rescore scores them again)", message)
-            log.debug("anomaly scoring failed", exc_info=True)
-            self.summary.errors.append({"job_id": None, "kind": "anomaly", "http_status": None, "field": None,
-                                        "message": message})
+            return None
+        scorer = self.scorer
+
+        def score(conn: Connection, result: BatchResult) -> None:
+            failures.clear()
+            try:
+                with conn.begin_nested():
+                    scorer.batch(conn, result.inserted + result.updated, result.finished, result.inserted, records)
+            except STOP_WRITING:
+                raise
+            except Exception as exc:
+                failures.append(exc)
+
+        return score
+
+    def scoring_failed(self, result: BatchResult, exc: BaseException) -> None:
+        """A failed scoring is logged and recorded (sync_errors kind 'anomaly', no job)."""
+        message = f"anomaly scoring of {len(result.finished)} jobs failed: {describe_error(exc)}"
+        log.warning("%s; the jobs are stored (archiver anomalies --rescore scores them again)", message)
+        log.debug("anomaly scoring failed", exc_info=exc)
+        self.summary.errors.append({"job_id": None, "kind": "anomaly", "http_status": None, "field": None,
+                                    "message": message})
 
 
 # -- concurrent fetching --------------------------------------------------------------------------
