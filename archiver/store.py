@@ -739,16 +739,7 @@ class Archive:
         """Write a batch in one transaction; `after(conn)` (e.g. the bookmark) and `then(conn,
         result)` (the anomaly verdicts on what it wrote) commit with it."""
         unique = newest_per_id(jobs)
-
-        def write(conn: Connection) -> BatchResult:
-            result = self._write(conn, unique, run_id)
-            if after is not None:
-                after(conn)
-            if then is not None:
-                then(conn, result)
-            return result
-
-        result = self.transact(write)
+        result = self._transact_with(lambda conn: self._write(conn, unique, run_id), after, then)
         self.grew(len(result.inserted))
         return result
 
@@ -768,13 +759,16 @@ class Archive:
         except SQLAlchemyError as exc:
             log.warning("could not refresh the planner's statistics (%s); writes may slow down", describe_error(exc))
 
-    def _transact_with(self, write: Callable[[Connection], BatchResult],
-                       after: Callable[[Connection], None] | None) -> BatchResult:
-        """`write(conn)` then `after(conn)` in one transaction: a page and its bookmark land together."""
-        def work(conn: Connection) -> BatchResult:
+    def _transact_with(self, write: Callable[[Connection], T], after: Callable[[Connection], None] | None,
+                       then: Callable[[Connection, T], None] | None = None) -> T:
+        """`write(conn)`, `after(conn)` then `then(conn, result)` in one transaction: a page, its
+        bookmark and the verdicts on what it wrote land together."""
+        def work(conn: Connection) -> T:
             result = write(conn)
             if after is not None:
                 after(conn)
+            if then is not None:
+                then(conn, result)
             return result
 
         return self.transact(work)

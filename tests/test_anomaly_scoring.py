@@ -168,6 +168,35 @@ def test_a_run_killed_while_scoring_leaves_no_job_that_no_run_will_score(db_url,
     assert kinds(db_url) == [(NEW, "slow", "")]
 
 
+def test_a_write_retried_whole_reports_only_its_last_attempts_scoring(sqlite_url, monkeypatch):
+    """The verdicts ride in the batch's transaction, which is retried whole on a busy database: a
+    scoring that failed in an attempt rolled back is neither reported nor missing after the retry."""
+    import sqlite3
+    from sqlalchemy.exc import OperationalError
+
+    load(sqlite_url, stable_history())
+    real_batch, real_check = scoring.Scorer.batch, Archive.check_lock
+    failed_once, busy_once = [], []
+
+    def batch(self, *args):
+        if not failed_once:
+            failed_once.append(True)
+            raise ValueError("a bug in a rule, once")
+        return real_batch(self, *args)
+
+    def check_lock(self):
+        if failed_once and not busy_once:   # the attempt whose scoring failed does not commit
+            busy_once.append(True)
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
+        return real_check(self)
+
+    monkeypatch.setattr(scoring.Scorer, "batch", batch)
+    monkeypatch.setattr(Archive, "check_lock", check_lock)
+    summary = load(sqlite_url, [job(NEW, later(), runtime=6000)])
+    assert busy_once and (summary.inserted, summary.errors) == (1, [])
+    assert kinds(sqlite_url) == [(NEW, "slow", "")]
+
+
 def test_dry_run_and_switched_off_scoring_write_no_verdict(db_url):
     load(db_url, stable_history())
     load(db_url, [job(NEW, later(), runtime=6000)], dry_run=True)
