@@ -582,6 +582,11 @@ def in_ids(conn: Connection, column, ids: Sequence[int]):
     return column.in_(list(ids))
 
 
+def binds_arrays(conn: Connection) -> bool:
+    """Whether one array parameter can stand for a list of integers (`= ANY(CAST(? AS BIGINT[]))`)."""
+    return conn.dialect.name == "postgresql"
+
+
 def insert_missing(conn: Connection, table: Table, rows: Sequence[dict], keys: Sequence[str]) -> None:
     """Insert rows whose key is new; existing rows are left exactly as they are."""
     upsert(conn, table, rows, keys=keys, update=())

@@ -346,6 +346,44 @@ def test_the_rows_a_write_inserted_are_taken_as_reading_them_back_gives(sqlite_u
     archive.close()
 
 
+def test_a_first_write_of_many_new_jobs_takes_its_rows_as_inserted_on_every_database(db_url, payload, monkeypatch):
+    """A batch of new jobs large enough for PostgreSQL's COPY (which fails on any key already
+    there, so no other writer can have won a race for them) is not read back to look for lost
+    races: the write reads the jobs once, before writing. The rows it takes as inserted equal the
+    stored ones on every database (MySQL, whose upsert cannot tell, still reads them back)."""
+    archive = Archive.open(db_url, "acme")
+    taken, reads = {}, []
+    real_written, real_read = Archive._as_written, archive.read_stored
+
+    def as_written(self, conn, writes, made):
+        found = real_written(self, conn, writes, made)
+        taken.update(found)
+        return found
+
+    def read_stored(conn, ids, lock=True):
+        reads.append(len(ids))
+        return real_read(conn, ids, lock)
+
+    monkeypatch.setattr(Archive, "_as_written", as_written)
+    monkeypatch.setattr(archive, "read_stored", read_stored)
+    raws = []
+    for i in range(60):   # more than dialect.COPY_THRESHOLD
+        raw = payload("job-v1-completed.json")
+        raw["id"] += i
+        for k, output in enumerate(raw["outputs"]):
+            output["id"] = 10_000 + 10 * i + k
+        raws.append(raw)
+    assert write(archive, *raws).inserted == sorted(r["id"] for r in raws)
+    mysql = db_url.startswith("mysql")
+    assert reads == ([60, 60] if mysql else [60, 0])   # before the write, then the rows not taken
+    monkeypatch.undo()
+    with archive.engine.connect() as conn:
+        assert len(taken) == (0 if mysql else 60)
+        assert taken == archive.read_stored(conn, sorted(taken), lock=False)
+    assert count(archive, models.JobOutputRow) == 60 * len(raws[0]["outputs"])
+    archive.close()
+
+
 def test_select_in_reads_what_sqlalchemy_reads(archive, payload):
     """dialect.select_in (straight to the driver) gives the values a SQLAlchemy select of the same
     columns gives: aware UTC datetimes, dates, texts; in key order, locked or not; ids not there
