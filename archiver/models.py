@@ -90,11 +90,13 @@ class JobRow(Base):
     # derived by the archiver when it writes the row (so views need no dialect-specific SQL)
     ended_at = col(UTCDateTime)
     queue_seconds = col(BigInteger)
-    run_date = col(Date, index=True)
+    run_date = col(Date)   # indexed with package_id (migration 0012)
     error_signature = col(String(300))   # migration 0010 (archiver.errortext)
 
     __table_args__ = (Index("ix_jobs_package_id_created_at", "package_id", "created_at"),
                       Index("ix_jobs_runtime_in_seconds", "runtime_in_seconds"),
+                      # a day's packages' jobs, one descent a day (the rollups' recounts)
+                      Index("ix_jobs_run_date_package_id", "run_date", "package_id"),
                       # a schedule's chain (schedule_runs upkeep, migration 0009): its jobs by time, with
                       # attempts read from the index; its last failed attempt in one descent
                       Index("ix_jobs_creator_type_creator_id_package_id_created_at_attempts", "creator_type",
