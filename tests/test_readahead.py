@@ -418,6 +418,36 @@ def test_the_reader_is_never_more_than_depth_pages_ahead(depth):
     assert readers_alive() == []
 
 
+def test_a_signal_while_the_reader_starts_ends_it_before_the_items_are_closed():
+    """SIGTERM arriving while the reader's thread starts, with the reader already inside its
+    first request: the exception must reach the caller as it is, the reader be done with the
+    items before the caller closes them (else: "generator already executing", and the run
+    exited 1 as an unexpected error instead of 143), and no thread be left behind."""
+    inside = threading.Event()
+    reader = None
+
+    def pages():
+        inside.set()
+        reader._cancel.wait(GUARD)   # a request in flight: the cancel ends it (XplentyClient.cancelled_by)
+        yield 1
+
+    items = pages()
+    reader = ReadAhead(items, idle_client(), 1)
+    start = reader._thread.start
+
+    def start_then_signal():
+        start()
+        inside.wait(GUARD)
+        raise KeyboardInterrupt   # what the SIGTERM handler raises in the thread that waits for the start
+
+    reader._thread.start = start_then_signal
+    with pytest.raises(KeyboardInterrupt):
+        with reader:
+            pass
+    items.close()   # what Run.fetch's contextlib.closing does next: raised ValueError before
+    assert readers_alive() == []
+
+
 def test_an_error_of_the_read_comes_after_every_page_read_before_it():
     failure = ApiError(503, "overloaded", kind="server_error")
 

@@ -82,7 +82,14 @@ class ReadAhead(Generic[T]):
         self._thread = threading.Thread(target=self._read, name="read-ahead", daemon=True)
 
     def __enter__(self) -> "ReadAhead[T]":
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            # a signal (SIGTERM, Ctrl-C) while the thread starts: the reader may be inside
+            # next(items) already, and the caller closes the items as the exception passes
+            # ("generator already executing" would then replace it): cancel and join it first
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -111,6 +118,8 @@ class ReadAhead(Generic[T]):
             raise
 
     def _read(self) -> None:
+        if self._cancel.is_set():
+            return   # cancelled as it started (close() may not have joined it): the items stay the caller's
         try:
             with self._client.cancelled_by(self._cancel):
                 while self._room.acquire() and not self._cancel.is_set():
