@@ -77,6 +77,9 @@ REWRITES = [
     ("a retry", [snapshot(1, 3, runtime=61, package=8, attempts=1)]),
     ("a running job finishes, its outputs grown", [snapshot(5, 1, records=(9, 9))]),
     ("a completed job stopped, no outputs", [snapshot(6, 2, day=1, status="stopped", attempts=1, records=())]),
+    # a day's groups of two packages and of none (PostgreSQL: package_id = ANY(array) OR IS NULL)
+    ("a job without a package gets one, another changes package",
+     [snapshot(1, 4, runtime=61, package=7, attempts=1), snapshot(7, 1, package=8)]),
 ]
 
 
@@ -85,7 +88,8 @@ def test_every_rewrite_leaves_the_rollups_as_a_whole_recount_would(db_url):
     archive.write_jobs([parse_job(s) for s in (
         snapshot(1, 0), snapshot(2, 0, status="failed", error="Timeout after 30s"), snapshot(3, 0, package=8),
         snapshot(4, 0, day=1, package=8, status="failed", error="Timeout after 40s"),
-        snapshot(5, 0, status="running", records=(1, 1)), snapshot(6, 0, day=1, attempts=1))])
+        snapshot(5, 0, status="running", records=(1, 1)), snapshot(6, 0, day=1, attempts=1),
+        snapshot(7, 0, package=None))])
     kept, recounted = kept_and_recounted(archive)
     assert kept == recounted and all(kept.values())
     for what, snaps in REWRITES:
