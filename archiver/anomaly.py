@@ -64,6 +64,8 @@ class Thresholds:
     min_history: int = 8         # fewer prior successful runs (runs, for flaky): no verdict
     weekday_min: int = 4         # samples of a weekday needed for a weekday factor
     weekday_weeks: int = 8       # weeks looked back for the weekday factors
+    new_weekday_margin: float = 2.0  # a run whose weekday has fewer than weekday_min earlier runs:
+                                     # its volume floor this many times wider (÷ 1 - volume_drop)
     spread_floor: float = 0.1    # floor of the robust sd of the log values (0.1 ≈ ±10 %)
     slow_z: float = 3.5          # robust z of log(runtime) above the baseline
     slow_ratio: float = 3.0      # and at least this many times the baseline median
@@ -86,6 +88,8 @@ class Thresholds:
             raise ValueError("volume_drop must be between 0 and 1 (0.8 flags a drop of 80 % or more)")
         if self.window < self.min_history or self.min_history < 1:
             raise ValueError("need 1 <= min_history <= window")
+        if not self.new_weekday_margin >= 1:
+            raise ValueError("new_weekday_margin must be at least 1 (1: no wider floors on a new weekday)")
 
 
 DEFAULTS = Thresholds()
@@ -215,6 +219,15 @@ class Past:
     @property
     def own(self) -> list[Sample]:
         return self.groups.get(self.weekday, [])
+
+    def margin(self, thresholds: Thresholds) -> float:
+        """How much wider the volume floors are for this run: `new_weekday_margin` while its
+        weekday has fewer than `weekday_min` earlier runs in the look-back (a package's first
+        weekend may load half as much, and no factor says so yet), else 1. Not for runtimes:
+        measured, it cost more 4× slowdowns found than the false alarms it saved."""
+        if thresholds.weekday_weeks and len(self.own) < thresholds.weekday_min:
+            return thresholds.new_weekday_margin
+        return 1.0
 
 
 def past_of(samples, end: int, moment: datetime, thresholds: Thresholds = DEFAULTS) -> Past:
@@ -647,10 +660,11 @@ def score_output(run: Run, key: str, count: int, past: Past, thresholds: Thresho
     if bounds is None:
         return None
     low, high = math.expm1(bounds[0]), math.expm1(bounds[1])
-    keep, direction = 1 - thresholds.volume_drop, thresholds.volume_direction
+    margin = past.margin(thresholds)
+    keep, direction = (1 - thresholds.volume_drop) / margin, thresholds.volume_direction
     if not ((count < high * keep and direction != "up") or (count > low / keep and direction != "down")):
         return None  # inside the relative floor wherever the centre lies, whatever the spread
-    return _volume_change(run, key, count, baseline_of(past, key, thresholds), thresholds)
+    return _volume_change(run, key, count, baseline_of(past, key, thresholds), thresholds, margin)
 
 
 def _zero_records(run: Run, key: str, typical: float, n: int) -> Verdict:
@@ -658,12 +672,13 @@ def _zero_records(run: Run, key: str, typical: float, n: int) -> Verdict:
                    f"completed with 0 records on {key}; median {typical:,.0f} over {n} prior successful runs", key)
 
 
-def _volume_change(run: Run, key: str, count: int, baseline: Baseline, thresholds: Thresholds) -> Verdict | None:
+def _volume_change(run: Run, key: str, count: int, baseline: Baseline, thresholds: Thresholds,
+                   margin: float = 1.0) -> Verdict | None:
     typical = math.expm1(baseline.center)
     z = (math.log1p(count) - baseline.center) / baseline.spread
-    low = min(typical * (1 - thresholds.volume_drop),
-              math.expm1(baseline.center - thresholds.volume_z * baseline.spread))
-    high = max(typical / (1 - thresholds.volume_drop),
+    keep = (1 - thresholds.volume_drop) / margin
+    low = min(typical * keep, math.expm1(baseline.center - thresholds.volume_z * baseline.spread))
+    high = max(typical / keep,
                math.expm1(baseline.center + thresholds.volume_z * baseline.spread))
     direction = thresholds.volume_direction
     if count < low and direction in ("down", "both"):
@@ -675,7 +690,11 @@ def _volume_change(run: Run, key: str, count: int, baseline: Baseline, threshold
     scope = f"{run.created_at:%A} median" if baseline.by_weekday else "median"
     return Verdict(run.job_id, run.package_id, VOLUME_DROP, z, typical, baseline.mad, baseline.n, bound,
                    f"{key}: {count:,} records, {change} {_change(count, typical)} the {scope} {typical:,.0f} "
-                   f"of {baseline.n} prior successful runs (bound {bound:,.0f}, z {z:.1f})", key)
+                   f"of {baseline.n} prior successful runs (bound {bound:,.0f}, z {z:.1f}{_new_weekday(run, margin)})", key)
+
+
+def _new_weekday(run: Run, margin: float) -> str:
+    return f"; few earlier {run.created_at:%A}s: floor ×{margin:g}" if margin != 1 else ""
 
 
 def _change(count: int, typical: float) -> str:

@@ -5,6 +5,7 @@
     python bench/anomalies.py --seeds 7 8      # other seeds
     python bench/anomalies.py --sweep          # the threshold sweep behind the defaults
     python bench/anomalies.py --misses         # why 4× slowdowns are missed; oracle centre / spread
+    python bench/anomalies.py --set slow_ratio=2.95 --set new_weekday_margin=1   # other thresholds
 
 Each package's history (bench/anomaly_history.py) is streamed in time order and each job
 is scored with only its past, as a sync scores its new jobs. Printed per seed and as
@@ -147,7 +148,11 @@ def pooled(per_seed: dict[int, dict[str, float]]) -> str:
                      f"(95 % interval {low:.3f}-{high:.3f})")
     false = sum(f["false alarms"] for f in per_seed.values())
     days = sum(f["package-days"] for f in per_seed.values())
-    lines.append(f"  false alarms: {false:g} in {days:g} package-days = {100 * false / days:.3f} per 100")
+    kinds = ", ".join(f"{kind} {sum(f['false ' + kind] for f in per_seed.values()):g}"
+                      for kind in ("slow", "zero_records", "volume_drop", "flaky"))
+    over = sum(f["false per 100 package-days"] > 0.1 for f in per_seed.values())
+    lines.append(f"  false alarms: {false:g} in {days:g} package-days = {100 * false / days:.3f} per 100 "
+                 f"({kinds}; above 0.1 on {over} of {len(per_seed)} seeds)")
     return "\n".join(lines)
 
 
@@ -397,13 +402,25 @@ def other_seed(seed: int, settings: list[Thresholds]) -> list[dict[str, float]]:
     return [measure(history, score(history, thresholds), thresholds) for thresholds in settings]
 
 
+def threshold_setting(text: str) -> tuple[str, object]:
+    """NAME=VALUE of a Thresholds field, VALUE of the field's type."""
+    name, _, value = text.partition("=")
+    kinds = {f.name: f.type for f in dataclasses.fields(Thresholds)}
+    if name not in kinds or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE, NAME one of {', '.join(kinds)}")
+    return name, {"int": int, "float": float}.get(kinds[name], str)(value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--sweep", action="store_true", help="print the threshold sweep instead")
     parser.add_argument("--misses", action="store_true",
                         help="print why 4x slowdowns are missed and what an exact centre or spread would do")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", type=threshold_setting,
+                        help="score with this field of Thresholds changed (repeatable)")
     args = parser.parse_args(argv)
+    thresholds = dataclasses.replace(DEFAULTS, **dict(args.set))
     if args.sweep:
         sweep(args.seeds)
         return 0
@@ -411,7 +428,9 @@ def main(argv=None) -> int:
         misses(args.seeds)
         return 0
     started = time.perf_counter()
-    per_seed = run_seeds(args.seeds, DEFAULTS)
+    if args.set:
+        print("thresholds: " + ", ".join(f"{name}={value!r}" for name, value in args.set))
+    per_seed = run_seeds(args.seeds, thresholds)
     print(table(per_seed))
     print()
     print(pooled(per_seed))

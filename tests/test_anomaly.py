@@ -177,6 +177,36 @@ def test_a_volume_drop_below_the_relative_floor(count, flagged):
     assert all(v.output_key == "orders" and v.score < 0 for v in verdicts)
 
 
+def weekdays_only(weeks: int = 3) -> list[Run]:
+    """A package that has run Monday to Friday only, loading about 10,000 orders a day."""
+    days = [MONDAY + timedelta(weeks=w, days=d) for w in range(weeks) for d in range(5)]
+    return [Run(i + 1, 7, moment, "completed", 600 * wobble(i), 0, (("orders", round(10_000 * wobble(i))),))
+            for i, moment in enumerate(days)]
+
+
+@pytest.mark.parametrize("count, flagged", [(2500, False), (1500, False), (500, True)])
+def test_a_first_saturday_needs_twice_the_drop(count, flagged):
+    """A weekday with fewer than 4 earlier runs may differ by itself (a first weekend loading a
+    quarter): its volume floor is twice as wide, 10 % of the median instead of 20 %."""
+    history = weekdays_only()
+    saturday = dataclasses.replace(history[-1], job_id=99, created_at=MONDAY + timedelta(weeks=3, days=5),
+                                   outputs=(("orders", count),))
+    assert saturday.created_at.weekday() == 5
+    verdicts = score_run(saturday, history)
+    assert kinds(verdicts) == ([VOLUME_DROP] if flagged else [])
+    assert all("few earlier Saturdays: floor ×2" in v.message for v in verdicts)
+    assert kinds(score_run(saturday, history, Thresholds(new_weekday_margin=1.0))) == (
+        [VOLUME_DROP] if count < 2000 else [])
+
+
+def test_a_first_saturdays_runtime_has_the_usual_floor():
+    history = weekdays_only()
+    saturday = dataclasses.replace(history[-1], job_id=99, created_at=MONDAY + timedelta(weeks=3, days=5),
+                                   runtime_s=600 * 3.5)
+    [verdict] = score_run(saturday, history)
+    assert verdict.kind == SLOW and "floor" not in verdict.message
+
+
 def test_a_rise_is_flagged_only_when_asked():
     history = volume_history()
     surge = then(history, outputs=(("orders", 200_000), ("audit", 50)))
@@ -281,6 +311,8 @@ def test_thresholds_are_checked():
         Thresholds(volume_drop=80)
     with pytest.raises(ValueError):
         Thresholds(window=5)
+    with pytest.raises(ValueError):
+        Thresholds(new_weekday_margin=0.5)
 
 
 # --- the benchmark, small -------------------------------------------------------------------

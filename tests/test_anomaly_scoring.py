@@ -259,6 +259,7 @@ def test_config_anomalies_overrides_a_threshold_for_ingest_and_rescore(sqlite_ur
                                        ("window = 0", "anomalies.window"),
                                        ("volume_direction = \"sideways\"", "anomalies.volume_direction"),
                                        ("flaky_share = 1.5", "anomalies.flaky_share"),
+                                       ("new_weekday_margin = 0.5", "anomalies.new_weekday_margin"),
                                        ("slow_z = \"high\"", "anomalies.slow_z")])
 def test_a_bad_anomalies_key_exits_2_naming_file_and_key(sqlite_url, tmp_path, capsys, monkeypatch, text, key):
     config = tmp_path / "check.toml"

@@ -196,7 +196,7 @@ def _severities(value: Any, source: str, where: str) -> dict[str, str]:
 
 THRESHOLD_TYPES = {f.name: f.type for f in dataclasses.fields(anomaly.Thresholds)}  # "int", "float", "str"
 SHARES = ("zero_loaded_share", "disappear_share", "flaky_share")  # 0 to 1
-AT_LEAST_ONE = ("window", "min_history", "weekday_min", "flaky_min_chains", "flaky_clear")
+AT_LEAST_ONE = ("window", "min_history", "weekday_min", "flaky_min_chains", "flaky_clear", "new_weekday_margin")
 
 
 def _thresholds(table: Mapping[str, Any], source: str) -> anomaly.Thresholds:
