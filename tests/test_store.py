@@ -264,7 +264,7 @@ def test_new_jobs_have_nothing_deleted_and_written_again_have_their_children_rep
 
 
 def test_statistics_are_refreshed_when_the_tables_grew(db_url, payload, monkeypatch):
-    """PostgreSQL and SQLite: once the tables grew by ANALYZE_AFTER (then by half), the planner
+    """PostgreSQL and SQLite: once the tables grew by ANALYZE_AFTER (then 4×), the planner
     knows them. On SQLite, without statistics a package's successes were read through the
     (status, created_at) index, every completed job of the archive, instead of the package's."""
     from sqlalchemy import text
@@ -287,6 +287,11 @@ def test_statistics_are_refreshed_when_the_tables_grew(db_url, payload, monkeypa
                 "AND created_at < '2030-01-01' ORDER BY created_at DESC LIMIT 30")))
             assert "ix_jobs_package_id_created_at" in plan, plan
     assert (archive.stats_rows, archive.added) == (10, 0)
+    # then once the tables grew 4x: not at 30 jobs (half as many again would have), at 40
+    write(archive, *[dict(payload("job-v1-completed.json"), id=200 + i, package_id=i % 5) for i in range(20)])
+    assert (archive.stats_rows, archive.added) == (10, 20)
+    write(archive, *[dict(payload("job-v1-completed.json"), id=300 + i, package_id=i % 5) for i in range(10)])
+    assert (archive.stats_rows, archive.added) == (40, 0)
     archive.close()
 
 
