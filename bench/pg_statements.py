@@ -35,7 +35,7 @@ CALLS: collections.Counter = collections.Counter()
 
 
 def label(query) -> str:
-    text = query if isinstance(query, str) else getattr(query, "as_string", lambda _: str(query))(None)
+    text = query if isinstance(query, str) else query.as_string(None)   # psycopg.sql.Composed (COPY)
     return re.sub(r"\s+", " ", text).strip()[:90]
 
 
