@@ -312,6 +312,11 @@ class Window(list):
         super().__init__(samples)
         self.keyed, self.start, self.end = keyed, start, end
 
+    def shifted(self, by: int) -> "Window":
+        """The same samples after `by` samples before them were dropped from its `_Keyed`."""
+        self.start, self.end = self.start - by, self.end - by
+        return self
+
 
 class Group(Window):
     """A weekday group of a Past from a `Timeline`: a Window of samples (newest first) that also
@@ -358,11 +363,16 @@ class _Keyed:
             self.sliding.clear()
 
     def forget_before(self, key) -> None:
+        """Drop the samples with a key below `key`; what is memoised of the samples kept moves
+        along with them (a first sync trims a package's runs every few dozen, and sorting their
+        spans afresh after each trim cost more than the trim)."""
         i = bisect.bisect_left(self.keys, key)
         if i:
             del self.keys[:i], self.samples[:i]
-            self.groups.clear()
-            self.sliding.clear()
+            self.groups = {(start - i, end - i): group.shifted(i) for (start, end), group in self.groups.items()
+                           if start >= i}
+            self.sliding = {measure: values.shifted(i) for measure, values in self.sliding.items()
+                            if values.start >= i}
 
     def before(self, key, window: int) -> Window:
         """The last `window` samples with a key below `key`, oldest first."""
@@ -408,6 +418,11 @@ class SlidingValues:
     def __init__(self, measure, start: int = 0):
         """Empty, at span [start:start]."""
         self.measure, self.start, self.end, self.ordered, self.exact = measure, start, start, [], True
+
+    def shifted(self, by: int) -> "SlidingValues":
+        """The same span after `by` samples before it were dropped."""
+        self.start, self.end = self.start - by, self.end - by
+        return self
 
     def moves_to(self, start: int, end: int) -> bool:
         """Whether moving costs less than sorting the span afresh."""

@@ -374,8 +374,9 @@ def test_a_timeline_filled_in_any_order_gives_the_walk_backs_past():
 
 def test_a_timeline_that_forgets_its_oldest_samples_gives_what_one_of_the_rest_gives():
     """A first sync trims each package's kept runs to a suffix (PackageRuns.trim): the Timeline
-    drops its oldest samples in place, memoised weekday groups included, and then gives every later
-    run the Past and baselines of a Timeline built from the samples it kept."""
+    drops its oldest samples in place, moving what it memoised of the rest (weekday groups, sorted
+    spans) along, and then gives every later run the Past, baselines and quick bounds of a Timeline
+    built from the samples it kept."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from anomaly_history import generate
 
@@ -395,6 +396,7 @@ def test_a_timeline_that_forgets_its_oldest_samples_gives_what_one_of_the_rest_g
                 forgot, fresh = timeline.past(i, runs[i].created_at), kept.past(i, runs[i].created_at)
                 assert groups(forgot) == groups(fresh)
                 assert same(anomaly.baseline_of(forgot, anomaly.RUNTIME), anomaly.baseline_of(fresh, anomaly.RUNTIME))
+                assert anomaly.centre_bounds(forgot, anomaly.RUNTIME) == anomaly.centre_bounds(fresh, anomaly.RUNTIME)
 
 
 def test_sliding_medians_give_what_sorting_each_span_afresh_gives():

@@ -481,6 +481,25 @@ def test_output_keys_are_held_once_however_many_runs_name_them():
     assert scoring.output_key(None, None, 12) == "output 12"
 
 
+def test_kept_runs_are_ordered_by_created_at_then_job_id_and_trimmed_at_a_moment():
+    """The int keys of the kept runs sort as (created_at, job id) would, down to a microsecond and
+    across the whole range of job ids; a moment's key falls between the runs before it and those
+    at or after it (what a trim cuts at)."""
+    moment = datetime(2026, 9, 1, 6, 0, 0, 500, tzinfo=timezone.utc)
+    tick = timedelta(microseconds=1)
+    ids = (1, 2, 2**63 - 1, 7)
+    runs = [anomaly.Run(job_id, PACKAGE, at, "completed", 60.0)
+            for at in (moment - tick, moment, moment + tick, moment + timedelta(days=400))
+            for job_id in ids]
+    assert sorted(runs, key=scoring.time_key) == sorted(runs, key=lambda r: (r.created_at, r.job_id))
+    cut = scoring.moment_key(moment)
+    assert {r.created_at for r in runs if scoring.time_key(r) < cut} == {moment - tick}
+    naive = moment.replace(tzinfo=None)
+    assert scoring.moment_key(naive) == cut
+    assert scoring.time_key(anomaly.Run(5, PACKAGE, naive, "completed", 60.0)) == \
+        scoring.time_key(anomaly.Run(5, PACKAGE, moment, "completed", 60.0))
+
+
 def test_outputs_whose_keys_differ_only_in_case_get_a_verdict_each_on_every_database(db_url):
     """'Orders' and 'orders' are two outputs to the rules; MySQL's case-blind collation made them
     one primary key of job_anomalies, and the batch's verdict write failed (migration 0011)."""
