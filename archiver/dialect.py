@@ -189,7 +189,7 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, keys: Sequen
     On PostgreSQL a larger batch is COPied into a staging table and upserted from there
     by one INSERT .. SELECT .. ON CONFLICT, in key order; rows whose keys are `expect_new`
     (absent when read in this transaction) are COPied straight into the table: a surprise
-    duplicate fails the batch, which the caller then writes job by job (small: upserts).
+    duplicate fails the batch, which the caller then writes again in halves (upserts).
     True: the rows were inserted by a plain insert, which fails on any key already there (so
     this transaction made each of them).
     """

@@ -353,7 +353,7 @@ def test_a_full_database_stops_the_run_at_once_and_says_so(capsys, monkeypatch, 
     assert result.code == 1, result.err
     assert "[failed: the database has no room left" in result.out, result.out + result.err
     assert "database or disk is full" in result.out
-    assert "writing job by job" not in result.err   # stopped at once, no retries job by job
+    assert "in halves" not in result.err   # stopped at once, not written again in parts
     stored = count_jobs(sqlite_url)
     assert 0 < stored < 400 and stored % 10 == 0   # whole batches kept, then nothing
     (outcome, message), = runs(sqlite_url)

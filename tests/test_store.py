@@ -204,26 +204,30 @@ def test_dry_run_plan_writes_nothing(archive, payload):
     assert count(archive, models.JobRow) == 1
 
 
-def test_a_failing_batch_falls_back_to_job_by_job(db_url, payload, monkeypatch):
-    """One job the database refuses never sinks its neighbours: the rest are stored."""
+def test_a_failing_batch_is_written_again_in_halves_down_to_the_job_refused(db_url, payload, monkeypatch):
+    """One job the database refuses never sinks its neighbours: the rest are stored, and finding
+    it takes a few transactions (halves of halves), not one per job of its batch."""
     from archiver.config import Settings
     from archiver.flows.ingest import ingest
     from archiver.flows.runs import SyncOptions
 
     real = Archive._write
+    writes = []
 
     def refuse_job_5(self, conn, jobs, run_id):
+        writes.append(len(jobs))
         if any(j.id == 5 for j in jobs):
             raise RuntimeError("the database refused job 5")
         return real(self, conn, jobs, run_id)
 
     monkeypatch.setattr(Archive, "_write", refuse_job_5)
-    records = [dict(payload("job-v1-failed.json"), id=i) for i in range(1, 11)]
-    summary = ingest(Settings(account="acme", database_url=db_url), iter(records), SyncOptions(batch_size=10))
-    assert (summary.inserted, summary.failed) == (9, 1)
+    records = [dict(payload("job-v1-failed.json"), id=i) for i in range(1, 65)]
+    summary = ingest(Settings(account="acme", database_url=db_url), iter(records), SyncOptions(batch_size=64))
+    assert (summary.inserted, summary.failed) == (63, 1)
     assert summary.errors[0]["job_id"] == 5 and summary.errors[0]["kind"] == "db_error"
+    assert sorted(writes) == sorted([64, 32, 32, 16, 16, 8, 8, 4, 4, 2, 2, 1, 1])
     archive = Archive.open(db_url)
-    assert [r["id"] for r in rows(archive, models.JobRow)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert [r["id"] for r in rows(archive, models.JobRow)] == [i for i in range(1, 65) if i != 5]
     archive.close()
 
 
