@@ -398,3 +398,26 @@ def test_postgresql_sessions_are_in_utc_read_only_for_reports_and_keep_the_urls_
                                                  "-c default_transaction_read_only=on")
     _, plain = engine_options(make_url("postgresql+psycopg://u@h/db"), create=False)
     assert plain["connect_args"]["options"] == "-c timezone=UTC"
+
+
+def test_every_sqlite_connection_keeps_few_prepared_statements(tmp_path, monkeypatch):
+    """Most statements of a write are made for their batch (IN lists of its ids, the recounts of
+    its days): a connection that cached 128 of them held the largest ones for nothing, and a long
+    ingest's peak memory grew with the archive. Writers, readers and a plain open cache few."""
+    import sqlite3.dbapi2
+
+    real, seen = sqlite3.dbapi2.connect, []
+
+    def connect(*args, **kwargs):
+        seen.append(kwargs.get("cached_statements"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", connect)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    for engine in (database.open_engine(url), database.open_engine(url, read_only=True),
+                   database.make_engine(url, create=False)):
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        engine.dispose()
+    assert len(seen) >= 3 and set(seen) == {dialect.SQLITE_CACHED_STATEMENTS} and dialect.SQLITE_CACHED_STATEMENTS <= 16
