@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import json
 import logging
 import re
@@ -17,7 +18,8 @@ import threading
 import click
 
 from archiver import __version__
-from archiver.config import DEFAULT_API_URL, DEFAULT_DATABASE_URL, LOG_LEVELS, load_settings, scrub
+from archiver.config import (DEFAULT_API_URL, DEFAULT_DATABASE_URL, INGEST_BATCH_SIZE, LOG_LEVELS, SYNC_BATCH_SIZE,
+                             load_settings, scrub)
 from archiver.errors import ArchiverError, ConfigError
 from archiver.fields import KNOWN_STATUSES
 from archiver.textsafe import SafeFormatter, safe_text
@@ -80,13 +82,17 @@ def api_options(f):
     return db_option(f)
 
 
-def run_options(f):
-    """Options every fetching or loading command shares."""
+def run_options(batch_size: int):
+    """Options every fetching or loading command shares; `batch_size`: the default --batch-size."""
+    return functools.partial(_run_options, batch_size=batch_size)
+
+
+def _run_options(f, batch_size: int):
     for decorator in reversed([
         click.option("--dry-run", is_flag=True, help="Fetch and validate; write nothing; report what "
                      "would be inserted, updated or left alone."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
-        click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True,
+        click.option("--batch-size", type=click.IntRange(1, 10_000), default=batch_size, show_default=True,
                      help="Jobs written per transaction."),
         click.option("--wait", type=click.FloatRange(0), default=0, help="Wait up to SECONDS for "
                      "another run's lock instead of exiting with code 4."),
@@ -148,7 +154,7 @@ def to_json(data, indent: int | None = None) -> str:
 @click.option("--no-catalog", is_flag=True, help="--incremental: do not read schedules, packages and "
               "clusters after the jobs (an unfiltered run does, for a few credits).")
 @api_options
-@run_options
+@run_options(SYNC_BATCH_SIZE)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Jobs fetched at once.")
 @click.option("--with-log-summary", is_flag=True, help="Ask for the v2 log_summary of each job.")
@@ -206,7 +212,7 @@ def sync(ids, ids_file, incremental, refresh_open, since_text, full, status, pac
 @click.argument("file", type=click.File("rb"))
 @db_option
 @account_option("Account id to record on the jobs.")
-@run_options
+@run_options(INGEST_BATCH_SIZE)
 @click.option("--quiet", "-q", is_flag=True, help="No progress line, even on a terminal.")
 def ingest(file, db, account, dry_run, as_json, batch_size, wait, no_lock, quiet):
     """Load saved job payloads into the archive, with no API call.

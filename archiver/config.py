@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.xplenty.com"
 DEFAULT_DATABASE_URL = "sqlite:///xplenty_archive.db"
+SYNC_BATCH_SIZE = 500       # jobs a sync writes per transaction: what a killed run fetched for nothing
+INGEST_BATCH_SIZE = 2000    # an ingest's: a file costs nothing to read again, and a bulk load is
+                            # faster in fewer, larger transactions (README, "A large one-off load")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

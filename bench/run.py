@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from archiver.config import Secret, Settings  # noqa: E402
+from archiver.config import INGEST_BATCH_SIZE, Secret, Settings  # noqa: E402
 from archiver.parse import parse_job  # noqa: E402
 from archiver.payloads import read_payloads  # noqa: E402
 from archiver.database import make_engine, upgrade  # noqa: E402
@@ -387,7 +387,8 @@ def rss_child(path: str) -> None:
         before = vm_hwm()   # own peak after imports + migration (ru_maxrss would show the parent's)
         with open(path, "rb") as stream:
             start = time.perf_counter()
-            summary = ingest(Settings(account=ACCOUNT, database_url=url), read_payloads(stream), SyncOptions())
+            summary = ingest(Settings(account=ACCOUNT, database_url=url), read_payloads(stream),
+                             SyncOptions(batch_size=INGEST_BATCH_SIZE))
             seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
         print(json.dumps({"maxrss_kib": peak, "before_kib": before, "vmhwm_kib": vm_hwm(),
@@ -640,7 +641,7 @@ def scale_child(url: str, path: str, window: int) -> None:
 
     with open(path, "rb") as stream:
         summary = ingest(Settings(account=ACCOUNT, database_url=url), read_payloads(stream),
-                         SyncOptions(progress=progress))
+                         SyncOptions(batch_size=INGEST_BATCH_SIZE, progress=progress))
     total = marks[-1][0]
     first = next(t for n, t in marks if n >= window)
     before_last = max(t for n, t in marks if n <= total - window)
@@ -1015,7 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="a throwaway PostgreSQL database")
     parser.add_argument("--skip-pg", action="store_true", help="SQLite only")
     parser.add_argument("--quick", action="store_true", help="1/10 of every size (smoke run)")
-    parser.add_argument("--batch-size", type=int, default=SyncOptions().batch_size)
+    parser.add_argument("--batch-size", type=int, default=INGEST_BATCH_SIZE,
+                        help="jobs per transaction of every ingest (default: `archiver ingest`'s)")
     parser.add_argument("--profile", type=int, metavar="N", help="profile an ingest of N jobs instead")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every timed figure (median, spread)")
     parser.add_argument("--scale-jobs", type=int, default=300_000,

@@ -93,3 +93,28 @@ def test_the_readmes_example_ids_exist_in_the_default_sandbox():
     assert examples
     ids = set(Sandbox(jobs=1000, seed=1).job_ids())   # `archiver sandbox` with its defaults
     assert all(int(a) in ids and int(b) in ids for a, b in examples)
+
+
+def test_ingest_writes_larger_transactions_than_sync_by_default(capsys, monkeypatch, tmp_path, sqlite_url):
+    """A bulk load from a file (nothing to pay for again if it is killed) writes 2,000 jobs a
+    transaction unless told otherwise; sync keeps 500 (what a killed run fetched for nothing)."""
+    import archiver.flows.by_id
+    import archiver.flows.ingest
+
+    seen = []
+
+    def capture(name):
+        def fake(settings, source, options):
+            seen.append((name, options.batch_size))
+            raise SystemExit(0)
+        return fake
+
+    monkeypatch.setattr(archiver.flows.ingest, "ingest", capture("ingest"))
+    monkeypatch.setattr(archiver.flows.by_id, "sync_ids", capture("sync"))
+    saved = tmp_path / "jobs.jsonl"
+    saved.write_text("")
+    assert run_cli(capsys, monkeypatch, ["ingest", str(saved), "--db", sqlite_url]).code == 0
+    assert run_cli(capsys, monkeypatch, ["sync", "7", "--db", sqlite_url, "--account", "acme"],
+                   {"XPLENTY_API_KEY": "k"}).code == 0
+    assert run_cli(capsys, monkeypatch, ["ingest", str(saved), "--db", sqlite_url, "--batch-size", "10"]).code == 0
+    assert seen == [("ingest", 2000), ("sync", 500), ("ingest", 10)]

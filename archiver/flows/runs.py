@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from archiver import anomaly
 from archiver.client import MIB, RetryPolicy, XplentyClient
-from archiver.config import Settings, mask_url
+from archiver.config import SYNC_BATCH_SIZE, Settings, mask_url
 from archiver.flows.anomalies import Scorer
 from archiver.flows.readahead import ahead
 from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
@@ -48,7 +48,7 @@ STOP_WRITING = (LostLock, DiskFull)  # a write that must not be retried in parts
 class SyncOptions:
     dry_run: bool = False
     concurrency: int = 8
-    batch_size: int = 500
+    batch_size: int = SYNC_BATCH_SIZE
     with_log_summary: bool = False
     wait: float = 0.0
     lock: bool = True
