@@ -61,7 +61,7 @@ SQLITE_BUSY_TIMEOUT = 30  # seconds a write waits for another writer's lock
 # write's statements are made for their batch (IN lists of its ids, the rollup recounts of its
 # days and packages), so a cache of them held the largest, never used again: a first ingest of
 # 100,000 jobs at 2,000 a transaction peaked at 176 MiB against 131 MiB for 10,000, at 16
-# statements 150 against 126 MiB (bench/run.py's payloads).
+# statements 154 against 129 MiB (bench/run.py's payloads and figure 6).
 SQLITE_CACHED_STATEMENTS = 16
 
 

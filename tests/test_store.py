@@ -204,7 +204,7 @@ def test_dry_run_plan_writes_nothing(archive, payload):
     assert count(archive, models.JobRow) == 1
 
 
-def test_a_failing_batch_is_written_again_in_halves_down_to_the_job_refused(db_url, payload, monkeypatch):
+def test_a_failing_batch_is_written_again_in_halves_down_to_the_job_refused(db_url, payload, monkeypatch, caplog):
     """One job the database refuses never sinks its neighbours: the rest are stored, and finding
     it takes a few transactions (halves of halves), not one per job of its batch."""
     from archiver.config import Settings
@@ -226,6 +226,8 @@ def test_a_failing_batch_is_written_again_in_halves_down_to_the_job_refused(db_u
     assert (summary.inserted, summary.failed) == (63, 1)
     assert summary.errors[0]["job_id"] == 5 and summary.errors[0]["kind"] == "db_error"
     assert sorted(writes) == sorted([64, 32, 32, 16, 16, 8, 8, 4, 4, 2, 2, 1, 1])
+    assert [r.getMessage()[:18] for r in caplog.records if r.levelname == "WARNING" and "halves" in r.getMessage()] \
+        == ["batch of 64 failed"]   # one warning for the batch, not one per half
     archive = Archive.open(db_url)
     assert [r["id"] for r in rows(archive, models.JobRow)] == [i for i in range(1, 65) if i != 5]
     archive.close()

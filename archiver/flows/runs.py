@@ -308,14 +308,15 @@ class Run:
                 jobs.append(job)
         return jobs
 
-    def write(self, batch: list[JobRecord], after: Callable | None = None) -> None:
+    def write(self, batch: list[JobRecord], after: Callable | None = None, halved: bool = False) -> None:
         """Write a batch whole; `after(conn)` (the bookmark) commits with it or not at all, and
         so do the anomaly verdicts on the jobs it finished (`scoring`).
 
         A failed batch without a bookmark is written again in halves, each halved again while
         it fails, down to the one job the database refuses: one bad job never sinks its
         neighbours, and costs about 2 × log2(batch) transactions rather than one per job of
-        its batch. With a bookmark the error stops the run.
+        its batch (one warning for the batch; the job's error is recorded). With a bookmark the
+        error stops the run.
         """
         if self.options.dry_run:
             self.archive.plan(batch).add_to(self.summary)
@@ -334,10 +335,11 @@ class Run:
             if len(batch) == 1:
                 self.fail(batch[0].id, exc)
                 return
-            log.warning("batch of %d failed (%s); writing it again in halves", len(batch), describe_error(exc))
+            (log.debug if halved else log.warning)("batch of %d failed (%s); writing it again in halves",
+                                                   len(batch), describe_error(exc))
             middle = len(batch) // 2
-            self.write(batch[:middle])
-            self.write(batch[middle:])
+            self.write(batch[:middle], halved=True)
+            self.write(batch[middle:], halved=True)
         else:
             result.add_to(self.summary)
             for exc in failures:
