@@ -26,10 +26,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from archiver.config import INGEST_BATCH_SIZE as BATCH  # noqa: E402  (both trees ingest at this one's default)
 
 CHILD = r"""
 import sys
-tree, what, url, path, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+tree, what, url, path, n, batch = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 sys.path.insert(0, tree)
 from pathlib import Path
 import bench.run as br
@@ -46,14 +48,14 @@ if what == "base":
         print(br.copy_pg(url, rows))
 else:
     target = br.fresh_sqlite(path.parent, "ingest") if url.startswith("sqlite:///") else (br.reset_pg(url), url)[1]
-    seconds, _ = br.timed_ingest(target, path, 500, {"inserted": n, "updated": 0}, score=False)
+    seconds, _ = br.timed_ingest(target, path, batch, {"inserted": n, "updated": 0}, score=False)
     print(seconds)
 """
 
 
 def child(tree: Path, what: str, url: str, path: Path, n: int) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), what, url, str(path), str(n)],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), what, url, str(path), str(n), str(BATCH)],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{what} by {tree} failed: {done.stderr[-3000:]}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from run import ACCOUNT, make_payload  # noqa: E402
+from run import ACCOUNT, INGEST_BATCH_SIZE, make_payload  # noqa: E402
 
 CHILD = r"""
 import gc, json, sys, time
@@ -38,7 +38,8 @@ from archiver.flows.ingest import ingest
 from archiver.flows.runs import SyncOptions
 from archiver.payloads import read_payloads
 url, path, account = sys.argv[2], sys.argv[3], sys.argv[4]
-profile = sys.argv[5] if len(sys.argv) > 5 else ""
+batch = int(sys.argv[5])
+profile = sys.argv[6] if len(sys.argv) > 6 else ""
 gc.collect()
 with open(path, "rb") as stream:
     if profile:
@@ -46,7 +47,7 @@ with open(path, "rb") as stream:
         profiler = cProfile.Profile()
         profiler.enable()
     began = time.perf_counter()
-    summary = ingest(Settings(account=account, database_url=url), read_payloads(stream), SyncOptions())
+    summary = ingest(Settings(account=account, database_url=url), read_payloads(stream), SyncOptions(batch_size=batch))
     seconds = time.perf_counter() - began
     if profile:
         profiler.disable()
@@ -92,7 +93,8 @@ def fresh_database(url: str) -> None:
 
 
 def ingest(tree: Path, url: str, path: Path, expect: dict, profile: str = "") -> float:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), url, str(path), ACCOUNT, profile],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(tree), url, str(path), ACCOUNT, str(INGEST_BATCH_SIZE),
+                           profile],
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the ingest by {tree} failed: {done.stderr[-3000:]}")

@@ -81,7 +81,7 @@ def main() -> int:
             timed(name)
         timed_copy()
         cpu = time.process_time()
-        seconds, _ = br.timed_ingest(args.pg_url, path, 500, {"inserted": args.jobs, "updated": 0}, score=args.score)
+        seconds, _ = br.timed_ingest(args.pg_url, path, br.INGEST_BATCH_SIZE, {"inserted": args.jobs, "updated": 0}, score=args.score)
         cpu = time.process_time() - cpu
     print(f"ingest of {args.jobs:,} jobs ({'with' if args.score else 'without'} scoring): {seconds:.2f} s, "
           f"{cpu:.2f} s CPU; inside statements {sum(SPENT.values()):.2f} s")

@@ -379,7 +379,7 @@ def bench_incremental(tmp: Path, n: int) -> dict:
             "stats": stats, "ideal": math.ceil(n / 100)}
 
 
-def rss_child(path: str) -> None:
+def rss_child(path: str, batch: int) -> None:
     """Child mode: ingest one file into a fresh SQLite archive, print the peak RSS as JSON."""
     tmp = Path(tempfile.mkdtemp(prefix="archiver-bench-rss-"))
     try:
@@ -388,7 +388,7 @@ def rss_child(path: str) -> None:
         with open(path, "rb") as stream:
             start = time.perf_counter()
             summary = ingest(Settings(account=ACCOUNT, database_url=url), read_payloads(stream),
-                             SyncOptions(batch_size=INGEST_BATCH_SIZE))
+                             SyncOptions(batch_size=batch))
             seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
         print(json.dumps({"maxrss_kib": peak, "before_kib": before, "vmhwm_kib": vm_hwm(),
@@ -410,11 +410,12 @@ def vm_hwm() -> int | None:
     return None
 
 
-def measure_rss(path: Path) -> dict:
+def measure_rss(path: Path, batch: int = INGEST_BATCH_SIZE) -> dict:
     # On Linux a child's ru_maxrss starts at the spawning process's peak RSS (it survives exec),
     # so the children are started early, while this process is still small, and the child also
     # reports VmHWM (its own peak only) as a cross-check.
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path)],
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path),
+                           "--batch-size", str(batch)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"--rss-child {path.name} failed:\n{proc.stderr[-2000:]}")
@@ -630,7 +631,7 @@ def reset_mysql(url: str) -> None:
 
 
 # -- linear at scale -------------------------------------------------------------------------------
-def scale_child(url: str, path: str, window: int) -> None:
+def scale_child(url: str, path: str, window: int, batch: int) -> None:
     """Child mode: one ingest of a large file into `url`; the time of its first and last `window`
     jobs (from the run's progress after each batch) and the peak RSS, as JSON."""
     marks: list[tuple[int, float]] = []
@@ -641,7 +642,7 @@ def scale_child(url: str, path: str, window: int) -> None:
 
     with open(path, "rb") as stream:
         summary = ingest(Settings(account=ACCOUNT, database_url=url), read_payloads(stream),
-                         SyncOptions(batch_size=INGEST_BATCH_SIZE, progress=progress))
+                         SyncOptions(batch_size=batch, progress=progress))
     total = marks[-1][0]
     first = next(t for n, t in marks if n >= window)
     before_last = max(t for n, t in marks if n <= total - window)
@@ -649,9 +650,9 @@ def scale_child(url: str, path: str, window: int) -> None:
                       "inserted": summary.inserted, "outcome": summary.outcome, "vmhwm_kib": vm_hwm()}))
 
 
-def measure_scale(url: str, path: Path, window: int) -> dict:
+def measure_scale(url: str, path: Path, window: int, batch: int = INGEST_BATCH_SIZE) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--scale-child", str(path),
-                           "--pg-url", url, "--scale-window", str(window)],
+                           "--pg-url", url, "--scale-window", str(window), "--batch-size", str(batch)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"--scale-child failed:\n{proc.stderr[-2000:]}")
@@ -705,8 +706,8 @@ def main_run(args: argparse.Namespace) -> int:
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss = {"big": [], "little": []}
         for rep in range(reps):
-            rss["little"].append(measure_rss(files["small"]))
-            rss["big"].append(measure_rss(files["full"]))
+            rss["little"].append(measure_rss(files["small"], args.batch_size))
+            rss["big"].append(measure_rss(files["full"], args.batch_size))
         big_kib = [r["maxrss_kib"] for r in rss["big"]]
         little_kib = [r["maxrss_kib"] for r in rss["little"]]
         step(f"peak RSS {statistics.median(big_kib) / 1024:.0f} vs {statistics.median(little_kib) / 1024:.0f} MiB")
@@ -823,7 +824,7 @@ def main_run(args: argparse.Namespace) -> int:
             scale_runs = []
             for rep in range(reps):
                 reset_pg(pg_url)
-                scale_runs.append(measure_scale(pg_url, big_file, window))
+                scale_runs.append(measure_scale(pg_url, big_file, window, args.batch_size))
                 s = scale_runs[-1]
                 step(f"scale rep {rep + 1}: {big_n:,} jobs in {s['total']:.1f}s; first {window:,} "
                      f"{s['first']:.1f}s, last {s['last']:.1f}s")
@@ -1033,10 +1034,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.rss_child:
-        rss_child(args.rss_child)
+        rss_child(args.rss_child, args.batch_size)
         return 0
     if args.scale_child:
-        scale_child(args.pg_url, args.scale_child, args.scale_window)
+        scale_child(args.pg_url, args.scale_child, args.scale_window, args.batch_size)
         return 0
     if args.reps < 1:
         parser.error("--reps must be at least 1")
