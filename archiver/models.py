@@ -343,6 +343,16 @@ class JobAnomalyRow(Base):
     detected_at = col(UTCDateTime, nullable=False)
 
 
+class UnscoredJobRow(Base):
+    """A newly finished job whose verdicts a second process is still computing
+    (archiver.flows.scoring): listed with its batch, taken off with its verdicts."""
+
+    __tablename__ = "unscored_jobs"
+
+    job_id = col(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False)
+    run_id = col(BigInteger)
+
+
 class AlertDeliveryRow(Base):
     """Each POST of `check --notify`: which alert, which event, and whether it arrived."""
 

@@ -190,6 +190,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {'jobs': {'id': 'Job id from the API. P
                    'message': 'Why, in words.',
                    'job_created_at': 'created_at of the job (for time filters without a join).',
                    'detected_at': 'When the archiver scored it.'},
+ 'unscored_jobs': {'job_id': '→ jobs.id. Primary key: a newly finished job whose anomaly verdicts are not stored yet.',
+                   'run_id': '→ sync_runs.id of the run that wrote it. NULL: none recorded.'},
  'daily_package_rollup': {
      'id': 'Auto-increment. Primary key.',
      'account_id': 'jobs.account_id of the jobs counted.',

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
 
 from archiver import __version__, database, dialect, models
 from archiver.errors import ArchiverError, DiskFull, LostLock
@@ -620,11 +621,24 @@ class Archive:
         self.lock: dialect.RunLockHolder | None = None  # the run lock while held: checked before each commit
         self.stats_rows: int | None = None  # jobs the planner's statistics know of, once asked
         self.added = 0                      # jobs inserted since
+        self.url: str | None = None         # as opened (Archive.open): another process may open it too
 
     @classmethod
     def open(cls, url: str, account: str | None = None, create: bool = True) -> "Archive":
         """Open an archive; an empty database is migrated first unless `create` is False."""
-        return cls(database.open_engine(url, create=create), account)
+        archive = cls(database.open_engine(url, create=create), account)
+        archive.url = url
+        return archive
+
+    def shared_url(self) -> str | None:
+        """The URL another process can open this archive by (None: it cannot, e.g. SQLite in memory)."""
+        if self.url is None:
+            return None
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite" and (parsed.database in (None, "", ":memory:")
+                                                      or "mode=memory" in str(parsed)):
+            return None
+        return self.url
 
     @classmethod
     def scratch(cls, account: str | None = None) -> "Archive":

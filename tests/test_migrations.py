@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"jobs", "job_outputs", "job_variables", "sync_runs", "sync_errors", "sync_state", "schedules",
           "schedule_packages", "alerts", "alert_deliveries", "job_anomalies", "daily_package_rollup",
           "daily_output_rollup", "daily_error_rollup", "daily_schedule_rollup", "schedule_runs",
-          "job_status_changes", "packages", "clusters", "creators", "job_log_summaries"}
+          "job_status_changes", "packages", "clusters", "creators", "job_log_summaries", "unscored_jobs"}
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_db_url):

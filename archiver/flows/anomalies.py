@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 jobs_t = models.JobRow.__table__
 outputs_t = models.JobOutputRow.__table__
 anomalies_t = models.JobAnomalyRow.__table__
+unscored_t = models.UnscoredJobRow.__table__
 TRIM_AT = 0.25      # × RECENT_RUNS × window: runs of a package kept before the oldest are forgotten
 TRIM_GROWTH = 1.25  # and this many times as many as the last trim kept
 RECENT_RUNS = 8      # × window: the runs before a new job loaded for its baselines (past_of reads fewer)
@@ -399,7 +400,9 @@ class Scorer:
         if not finished and not self.packages:
             return []
         try:
-            return self._batch(conn, written, set(finished), inserted, records)
+            scored = self.score(conn, written_runs(conn, written, inserted, records), finished, inserted)
+            store_scored(conn, scored)
+            return scored.verdicts
         except BaseException:
             self.forget()   # the kept runs may be half updated
             raise
@@ -409,9 +412,18 @@ class Scorer:
         failed scoring, or a write that did not commit: its runs may be kept already)."""
         self.packages.clear()
 
-    def _batch(self, conn: Connection, written: Sequence[int], finished: set[int], inserted: Sequence[int],
-               records: Sequence[JobRecord]) -> list[Verdict]:
-        fresh = written_runs(conn, written, inserted, records)
+    def score(self, conn: Connection, fresh: Sequence[Run], finished: Iterable[int], inserted: Iterable[int]
+              ) -> "Scored":
+        """The verdicts on the `finished` jobs among the `fresh` runs a batch wrote (written_runs),
+        to store with store_scored; `conn` is only read (the history of their packages). A second
+        process calls this on runs the writing process sent it (flows.scoring)."""
+        try:
+            return self._score(conn, fresh, set(finished), set(inserted))
+        except BaseException:
+            self.forget()
+            raise
+
+    def _score(self, conn: Connection, fresh: Sequence[Run], finished: set[int], inserted: set[int]) -> "Scored":
         for run in fresh:
             held = self.packages.get(run.package_id)
             if held is not None and run.created_at >= held.start:
@@ -428,9 +440,9 @@ class Scorer:
             newest = max(run.created_at for run in runs)
             self.packages[package_id].trim(newest - lookback(self.thresholds), self.thresholds.window)
         # a job this batch inserted has no verdict to replace (job_anomalies rows need their job)
-        replace_verdicts(conn, sorted(finished.difference(inserted)), verdicts,
-                         {r.job_id: r.created_at for r in fresh})
-        return verdicts
+        with_verdicts = {v.job_id for v in verdicts}
+        return Scored(verdicts, sorted(finished.difference(inserted)),
+                      {r.job_id: r.created_at for r in fresh if r.job_id in with_verdicts}, sorted(finished))
 
     def load(self, wants: dict[int, Want], conn: Connection) -> None:
         """Load the packages whose kept runs do not reach back far enough (or grew too long)."""
@@ -471,6 +483,55 @@ def fill(samples: dict[int, anomaly.Sample], outputs: dict[int, tuple[tuple[str,
 
 
 # -- writing verdicts -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """What scoring a batch's newly finished jobs decided, to store in one transaction."""
+
+    verdicts: list[Verdict]
+    replace: list[int]                      # finished jobs that may hold verdicts already: theirs go
+    created: dict[int, datetime]            # created_at of the scored jobs (job_anomalies.job_created_at)
+    finished: list[int]                     # every job scored: taken off unscored_jobs
+
+
+def store_scored(conn: Connection, scored: Scored, listed: bool = False) -> None:
+    """Store a batch's verdicts; with `listed`, its jobs were in unscored_jobs: taken off."""
+    replace_verdicts(conn, scored.replace, scored.verdicts, scored.created)
+    if listed:
+        for start in range(0, len(scored.finished), CHUNK):
+            conn.execute(delete(unscored_t).where(
+                dialect.in_ids(conn, unscored_t.c.job_id, scored.finished[start:start + CHUNK])))
+
+
+def list_unscored(conn: Connection, job_ids: Sequence[int], run_id: int | None) -> None:
+    """Mark jobs as finished but not scored yet, in the transaction that writes them."""
+    dialect.insert_missing(conn, unscored_t, [{"job_id": job_id, "run_id": run_id} for job_id in sorted(set(job_ids))],
+                           ["job_id"])
+
+
+def unscored(conn: Connection, limit: int) -> list[int]:
+    return list(conn.execute(select(unscored_t.c.job_id).order_by(unscored_t.c.job_id).limit(limit)).scalars())
+
+
+def score_unscored(archive: Archive, scorer: "Scorer", batch: int = 2000) -> int:
+    """Score the jobs unscored_jobs lists (a run killed while a second process scored its batches,
+    or one whose scoring process failed), a batch at a time, each batch's verdicts stored and its
+    jobs taken off in one transaction. Returns how many jobs were scored."""
+    scorer.forget()   # what it kept may predate jobs another process scored
+    done = 0
+    while True:
+        def work(conn: Connection) -> int:
+            ids = unscored(conn, batch)
+            if ids:
+                scored = scorer.score(conn, runs_of(conn, ids), ids, ())
+                store_scored(conn, scored, listed=True)
+            return len(ids)
+
+        found = archive.transact(work)
+        done += found
+        if found < batch:
+            return done
+
+
 def verdict_row(verdict: Verdict, created_at: datetime | None, now: datetime) -> dict:
     return {"job_id": verdict.job_id, "kind": verdict.kind, "output_key": (verdict.output_key or "")[:KEY_LENGTH],
             "package_id": verdict.package_id, "severity": verdict.severity, "score": finite(verdict.score),
@@ -543,5 +604,7 @@ def rescore_package(conn: Connection, package_id: int, thresholds: Thresholds) -
     runs = as_runs(conn, rows)
     verdicts = anomaly.score_history(runs, thresholds)
     conn.execute(delete(anomalies_t).where(anomalies_t.c.package_id == package_id))
+    conn.execute(delete(unscored_t).where(unscored_t.c.job_id.in_(
+        select(jobs_t.c.id).where(jobs_t.c.package_id == package_id).scalar_subquery())))
     replace_verdicts(conn, [r.job_id for r in runs], verdicts, {r.job_id: r.created_at for r in runs})
     return len(runs), verdicts

@@ -24,7 +24,8 @@ from sqlalchemy import Connection
 from archiver import anomaly
 from archiver.client import MIB, RetryPolicy, XplentyClient
 from archiver.config import SYNC_BATCH_SIZE, Settings, mask_url
-from archiver.flows.anomalies import Scorer
+from archiver.flows.anomalies import Scorer, list_unscored, score_unscored, store_scored, written_runs
+from archiver.flows.scoring import IN_FLIGHT, ScoringWorker, Verdicts, worker_default
 from archiver.flows.readahead import ahead
 from archiver.errors import (ApiError, ArchiverError, AuthError, BudgetReached, ConfigError, DeadlineExceeded,
                              DiskFull, InvalidPayload, LostLock, NotFound, NoArchive, NotFoundFlood, RateLimited,
@@ -62,6 +63,9 @@ class SyncOptions:
     score_anomalies: bool = True   # off only to measure what scoring costs (bench/anomaly_overhead.py)
     read_ahead: int = 1   # pages of a cursor read fetched while one is written (flows.readahead), and of
                           # by-id answers (PAGE_OF_JOBS a page) while a batch is written; 0: in turn
+    # jobs a run scores itself before a second process scores the rest while it writes (flows.scoring);
+    # None: never (one CPU); 0: from the first batch on
+    scoring_worker_after: int | None = dataclasses.field(default_factory=worker_default)
 
 
 @dataclasses.dataclass
@@ -161,6 +165,13 @@ class Run:
         # an ingest with an account gives it to jobs an earlier ingest stored without one; asked
         # once (jobs this run stores get the account), so no other run pays a query per batch
         self.scorer = Scorer(archive, options.anomalies) if options.score_anomalies and not options.dry_run else None
+        self.worker: ScoringWorker | None = None   # scores the batches once this run scored enough itself
+        self.worker_after = options.scoring_worker_after if self.scorer is not None and archive.shared_url() else None
+        self.scored_here = 0   # newly finished jobs this process scored
+        self.arrived: list[Verdicts] = []   # the worker's answers, stored with the next batch
+        self.storing = 0   # how many of them the batch being written stores
+        self.deadline = (client.deadline if client is not None
+                         else time.monotonic() + options.max_runtime if options.max_runtime else None)
         self.claim = (summary.mode == "ingest" and bool(archive.account) and not options.dry_run
                       and archive.has_unowned_jobs())
 
@@ -322,9 +333,10 @@ class Run:
             self.archive.plan(batch).add_to(self.summary)
             return
         failures: list[BaseException] = []
+        sent: list[tuple] = []   # for the worker: what the batch's transaction wrote and finished
         try:
             result = self.archive.write_jobs(batch, self.summary.run_id, after=after,
-                                             then=self.scoring(batch, failures))
+                                             then=self.scoring(batch, failures, sent))
         except STOP_WRITING:  # never retried in parts: nothing more is written
             raise
         except Exception as exc:
@@ -343,37 +355,157 @@ class Run:
         else:
             result.add_to(self.summary)
             for exc in failures:
-                self.scoring_failed(result, exc)
+                self.scoring_failed(len(result.finished), exc)
+            self.scored(result, sent)
         if self.options.progress:
             self.options.progress(self.summary)
 
-    def scoring(self, records: list[JobRecord], failures: list[BaseException]
+    def scoring(self, records: list[JobRecord], failures: list[BaseException], sent: list[tuple]
                 ) -> Callable[[Connection, BatchResult], None] | None:
         """Anomaly verdicts on the jobs a batch finished, in the batch's transaction under a
         savepoint: the jobs and their verdicts commit together (a run killed in between left
         jobs that no later run would score: they are not newly finished then), and a failure
         rolls back the verdicts only; it lands in `failures` (the last attempt's, as a
         transaction may be retried whole), and the run goes on: `archiver anomalies --rescore`
-        computes the verdicts again."""
+        computes the verdicts again.
+
+        Once a worker scores (flows.scoring), the transaction instead lists the finished jobs in
+        unscored_jobs and keeps what the worker is to be sent (`sent`) for after the commit; it
+        also stores the verdicts the worker sent back since the last batch (`arrived`), so they
+        cost no transaction of their own."""
         if self.scorer is None:
             return None
-        scorer = self.scorer
+        scorer, worker = self.scorer, self.worker
 
         def score(conn: Connection, result: BatchResult) -> None:
             failures.clear()
+            sent.clear()
+            written = result.inserted + result.updated
             try:
                 with conn.begin_nested():
-                    scorer.batch(conn, result.inserted + result.updated, result.finished, result.inserted, records)
+                    if worker is None:
+                        scorer.batch(conn, written, result.finished, result.inserted, records)
+                    elif written:
+                        sent.append((written_runs(conn, written, result.inserted, records), result.finished,
+                                     result.inserted))
+                        list_unscored(conn, result.finished, self.summary.run_id)
             except STOP_WRITING:
                 raise
             except Exception as exc:
                 failures.append(exc)
+            if worker is not None:
+                self.store_arrived(conn, failures)
 
         return score
 
-    def scoring_failed(self, result: BatchResult, exc: BaseException) -> None:
+    def store_arrived(self, conn: Connection, failures: list[BaseException]) -> None:
+        """The verdicts the worker sent back, stored and their jobs taken off unscored_jobs in
+        `conn`'s transaction under a savepoint; forgotten once it commits (`scored`). If storing
+        them fails, they are dropped: their jobs stay listed, and finish_scoring scores them."""
+        arrived, self.storing = self.arrived, len(self.arrived)
+        try:
+            with conn.begin_nested():
+                for answer in arrived:
+                    store_scored(conn, answer.scored, listed=True)
+        except STOP_WRITING:
+            raise
+        except Exception as exc:
+            failures.append(exc)
+
+    def scored(self, result: BatchResult, sent: list[tuple]) -> None:
+        """After a batch committed: send it to the worker, or count what this process scored and
+        start a worker once that passed `worker_after`."""
+        if self.worker is not None:
+            del self.arrived[:self.storing]   # stored (or dropped) with the batch that just committed
+            self.storing = 0
+            try:
+                if sent:
+                    self.worker.send(*sent[0])
+                self.take_answers(IN_FLIGHT)
+            except STOP_WRITING:
+                raise
+            except Exception as exc:   # WorkerGone, or an answer that made no sense
+                self.worker_failed(exc)
+            return
+        self.scored_here += len(result.finished)
+        if self.worker_after is not None and self.scored_here >= self.worker_after:
+            self.worker_after = None   # one worker a run: one that failed is not started again
+            try:
+                self.worker = ScoringWorker(self.archive.shared_url(), self.archive.account, self.options.anomalies)
+            except Exception as exc:
+                log.warning("could not start the scoring process (%s); this run scores by itself", describe_error(exc))
+            else:
+                self.scorer.forget()   # the worker keeps the runs now: ours would go stale
+
+    def take_answers(self, in_flight: int) -> None:
+        """The worker's answers, waiting until at most `in_flight` batches are out: kept to store
+        with the next batch; a batch the worker could not score is recorded and stays listed in
+        unscored_jobs (finish_scoring tries again)."""
+        for answer in self.worker.answers_ready(in_flight, self.deadline, self.options.stop):
+            if answer.scored is None:
+                self.scoring_failed(len(answer.finished), ArchiverError(answer.error or "unknown error"))
+            else:
+                self.arrived.append(answer)
+
+    def store_answers_left(self) -> None:
+        """What the worker answered after the last batch, in a transaction of its own."""
+        failures: list[BaseException] = []
+        if self.arrived:
+            self.archive.transact(lambda conn: self.store_arrived(conn, failures))
+        self.arrived, self.storing = [], 0
+        for exc in failures:
+            self.scoring_failed(None, exc)
+
+    def worker_failed(self, exc: BaseException) -> None:
+        log.warning("the scoring process failed (%s); this run scores the rest by itself", describe_error(exc))
+        self.close_worker()
+        self.scorer.forget()
+
+    def close_worker(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.close(hurry=self.out_of_time())
+
+    def finish_scoring(self) -> None:
+        """At the end of a run: the worker's last answers stored (waiting no later than the
+        deadline or a stop), then the jobs still listed in unscored_jobs (by a worker that
+        failed, or a run killed before) scored here; left for the next run when out of time."""
+        if self.worker is not None:
+            try:
+                self.take_answers(0)
+            except STOP_WRITING:
+                raise
+            except Exception as exc:
+                log.warning("the scoring process failed (%s); this run scores its jobs by itself", describe_error(exc))
+            finally:
+                self.close_worker()
+        if self.arrived:
+            try:
+                self.store_answers_left()
+            except STOP_WRITING:
+                raise
+            except Exception as exc:
+                self.scoring_failed(None, exc)
+        if self.scorer is None or self.out_of_time():
+            return
+        try:
+            scored = score_unscored(self.archive, self.scorer)
+        except STOP_WRITING:
+            raise
+        except Exception as exc:
+            self.scoring_failed(None, exc)
+        else:
+            if scored:
+                log.info("scored %d jobs that were waiting for their anomaly verdicts", scored)
+
+    def out_of_time(self) -> bool:
+        return ((self.options.stop is not None and self.options.stop.is_set())
+                or (self.deadline is not None and time.monotonic() >= self.deadline))
+
+    def scoring_failed(self, jobs: int | None, exc: BaseException) -> None:
         """A failed scoring is logged and recorded (sync_errors kind 'anomaly', no job)."""
-        message = f"anomaly scoring of {len(result.finished)} jobs failed: {describe_error(exc)}"
+        what = f"of {jobs} jobs " if jobs is not None else "of the jobs waiting for it "
+        message = f"anomaly scoring {what}failed: {describe_error(exc)}"
         log.warning("%s; the jobs are stored (archiver anomalies --rescore scores them again)", message)
         log.debug("anomaly scoring failed", exc_info=exc)
         self.summary.errors.append({"job_id": None, "kind": "anomaly", "http_status": None, "field": None,
@@ -493,6 +625,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
             run = Run(archive, summary, options, client)
             try:
                 body(run)
+                run.finish_scoring()
                 summary.outcome = "partial" if summary.has_errors else "ok"
             except AuthError as exc:
                 summary.outcome, summary.message = "auth_failed", exc.message
@@ -505,6 +638,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 summary.message = str(exc)
                 try:
                     run.flush()
+                    run.finish_scoring()
                 except STOP_WRITING as lost:
                     _stopped_writing(summary, lost)
             except (ApiError, InvalidPayload) as exc:  # a List jobs page failed after its retries
@@ -521,6 +655,7 @@ def execute(settings: Settings, summary: SyncSummary, options: SyncOptions, clie
                 log.debug("the run failed", exc_info=True)
                 summary.errors.append(error_row(None, exc))
             finally:
+                run.close_worker()
                 run.report_missing()
                 summary.seconds = time.monotonic() - started
                 if client is not None:

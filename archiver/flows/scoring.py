@@ -1,0 +1,250 @@
+"""Anomaly scoring in a second process, while the run writes its next batch.
+
+Scoring a batch's newly finished jobs costs about as much CPU as parsing and writing them
+(flows.anomalies), and it ran in the batch's own transaction: a long ingest or first sync
+kept one core busy and left the other to the database, or idle. A run that has scored
+`SyncOptions.scoring_worker_after` jobs itself hands the rest to a `ScoringWorker`: a
+process of its own (a new interpreter: it shares no connection, lock or thread with the run) with
+its own read-only connection to the archive and its own `Scorer`. The run sends each batch's
+written runs once their transaction committed; the worker reads their packages' history,
+scores them and sends the verdicts back; the run stores them in a transaction of their own.
+
+Crash safety stays what it was: the jobs a batch finished are listed in unscored_jobs in the
+batch's own transaction and taken off in the transaction that stores their verdicts, so a run
+killed in between, or a worker that fails, leaves them listed, and the end of this run or the
+next one scores them in the run's own process (`anomalies.score_unscored`). Every wait for the
+worker ends at the run's deadline and at SIGTERM (the stop event); the worker ends when the
+run ends, and by itself when the run's process is gone.
+
+A verdict still reads the history as the archive holds it when it is computed: a batch's
+baselines may include a later batch's jobs already committed (an ingest of a file not in time
+order), as a re-score's would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection
+
+from archiver import anomaly, database
+from archiver.anomaly import Run
+from archiver.flows.anomalies import Scored, Scorer
+from archiver.store import Archive, describe_error
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IN_FLIGHT = 4        # batches sent and not yet answered: the run waits for one before sending more
+POLL_SECONDS = 0.5   # how often a wait looks at the stop event, the deadline and the worker's life
+GONE = None          # what the receiver hands on once the worker's output ended
+STARTUP = -1         # the number of the answer of a worker that could not start
+START_SECONDS = 60.0  # a worker that has answered nothing this long after its first batch is judged stuck
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_default() -> int | None:
+    """SyncOptions.scoring_worker_after: jobs a run scores itself before a worker takes over
+    (the worker's start, about half a second, only pays off on a long run); None with one CPU,
+    where the two would only take turns."""
+    return 2000 if available_cpus() >= 2 else None
+
+
+class WorkerGone(Exception):
+    """The worker ended, failed to start or stopped answering: the run scores on by itself."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    number: int
+    fresh: list[Run]
+    finished: list[int]
+    inserted: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdicts:
+    number: int
+    scored: Scored | None
+    error: str | None = None   # why scoring this batch failed (describe_error: no URL, no key)
+    finished: tuple[int, ...] = ()
+
+
+class ScoringWorker:
+    """The run's side of the worker: send batches, take answers, end it.
+
+    The worker is `python -m archiver.flows.scoring` on two pipes of its own (not
+    multiprocessing's spawn, which would import the caller's main module again in the child:
+    a script calling ingest() without a main guard would run twice). The run's batches go
+    down through a thread of their own and the answers come up through another, so neither
+    side ever blocks on a full pipe; the run takes the answers when it asks, each wait bounded."""
+
+    def __init__(self, url: str, account: str | None, thresholds: anomaly.Thresholds):
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        env = dict(os.environ)   # the archiver the run imported, wherever it came from
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (PACKAGE_ROOT, env.get("PYTHONPATH"))))
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "archiver.flows.scoring", str(down_r), str(up_w)],
+                pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)   # Ctrl-C is the run's to handle: it ends the worker
+        except BaseException:
+            for fd in (down_r, down_w, up_r, up_w):
+                os.close(fd)
+            raise
+        finally:
+            if hasattr(self, "process"):
+                os.close(down_r)
+                os.close(up_w)
+        self.inbox = Connection(up_r, writable=False)
+        self.outbox = Connection(down_w, readable=False)
+        self.queue: queue.Queue = queue.Queue()     # to send
+        self.answers: queue.Queue = queue.Queue()   # received (GONE when the worker's output ended)
+        for target, name in ((self._send_all, "sender"), (self._receive_all, "receiver")):
+            threading.Thread(target=target, name=f"archiver-scoring-{name}", daemon=True).start()
+        # the URL (a password in it) goes down the pipe, never on a command line
+        self.queue.put((url, account, thresholds))
+        self.sent = self.received = 0
+        self.waiting: dict[int, list[int]] = {}   # batch number -> its finished jobs
+
+    def _send_all(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                self.outbox.send(item)
+        except OSError:   # the worker is gone: answers_ready says so
+            pass
+        finally:
+            self.outbox.close()   # the worker reads the end of its input and ends
+
+    def _receive_all(self) -> None:
+        """Read every answer as it comes (so the worker never waits on a full pipe for the run
+        to ask), until the worker's output ends."""
+        try:
+            while True:
+                self.answers.put(self.inbox.recv())
+        except (EOFError, OSError):
+            self.answers.put(GONE)
+        except Exception as exc:   # an answer that does not unpickle: the worker is of no more use
+            self.answers.put(GONE)
+            log.debug("an answer of the scoring process could not be read", exc_info=exc)
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.received
+
+    def send(self, fresh: Sequence[Run], finished: Sequence[int], inserted: Sequence[int]) -> None:
+        if self.process.poll() is not None:
+            raise WorkerGone(f"the scoring process ended (exit code {self.process.returncode})")
+        self.sent += 1
+        self.waiting[self.sent] = list(finished)
+        self.queue.put(Task(self.sent, list(fresh), list(finished), list(inserted)))
+
+    def answers_ready(self, wait_for: int, deadline: float | None, stop: threading.Event | None
+                      ) -> Iterator[Verdicts]:
+        """The answers that arrived, in the order the batches were sent, waiting until at most
+        `wait_for` batches are in flight; a wait ends early (its batches left in flight) at the
+        run's deadline or stop. Raises WorkerGone when the worker died or stopped answering."""
+        quiet_since = time.monotonic()
+        while self.in_flight:
+            must_wait = self.in_flight > wait_for
+            if must_wait and ((stop is not None and stop.is_set())
+                              or (deadline is not None and time.monotonic() >= deadline)):
+                return
+            timeout = POLL_SECONDS if must_wait else 0.0
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            try:
+                answer = self.answers.get(timeout=timeout) if timeout else self.answers.get_nowait()
+            except queue.Empty:
+                if not must_wait:
+                    return
+                if self.received == 0 and time.monotonic() - quiet_since > START_SECONDS:
+                    raise WorkerGone(f"the scoring process answered nothing in {START_SECONDS:.0f} s") from None
+                continue
+            if answer is GONE:
+                self.answers.put(GONE)   # for any later wait
+                try:
+                    code = self.process.wait(timeout=POLL_SECONDS * 4)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise WorkerGone(f"the scoring process ended (exit code {code})")
+            if answer.number == STARTUP:
+                raise WorkerGone(f"the scoring process could not open the archive: {answer.error}")
+            quiet_since = time.monotonic()
+            self.received += 1
+            finished = self.waiting.pop(answer.number, [])
+            yield dataclasses.replace(answer, finished=tuple(finished), scored=None if answer.scored is None
+                                      else dataclasses.replace(answer.scored, finished=finished))
+
+    def close(self, hurry: bool = False) -> None:
+        """End the worker: its input closed (it ends by itself once its batch is scored), then,
+        if it has not ended within a moment or the run is in a `hurry` (a stop or the deadline),
+        killed: it holds nothing the run needs, and writes nothing."""
+        self.queue.put(None)
+        try:
+            self.process.wait(timeout=0 if hurry else 2.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        # the receiver ends with the worker's output (it holds the pipe's read end until then)
+
+
+def work(inbox: Connection, outbox: Connection) -> None:
+    """The worker process: score each batch it is sent with a Scorer of its own, over a
+    read-only connection, until its input ends (the run closed it, or the run is gone)."""
+    try:
+        url, account, thresholds = inbox.recv()
+    except EOFError:
+        return
+    try:
+        archive = Archive(database.open_engine(url, create=False, read_only=True), account)
+    except Exception as exc:   # said to the run (masked), not as a traceback on stderr
+        outbox.send(Verdicts(STARTUP, None, describe_error(exc)))
+        return
+    scorer = Scorer(archive, thresholds)
+    try:
+        while True:
+            try:
+                task = inbox.recv()
+            except EOFError:
+                return
+            outbox.send(score_task(archive, scorer, task))
+    except BrokenPipeError:   # the run is gone
+        return
+    finally:
+        archive.close()
+
+
+def score_task(archive: Archive, scorer: Scorer, task: Task) -> Verdicts:
+    try:
+        with archive.engine.connect() as conn:
+            scored = scorer.score(conn, task.fresh, task.finished, task.inserted)
+            conn.rollback()
+        return Verdicts(task.number, dataclasses.replace(scored, finished=[]))   # the run knows them
+    except Exception as exc:
+        return Verdicts(task.number, None, describe_error(exc))
+
+
+def main(argv: Sequence[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    work(Connection(int(argv[1]), writable=False), Connection(int(argv[2]), readable=False))
+
+
+if __name__ == "__main__":   # the module itself, so that what it sends unpickles as archiver.flows.scoring's
+    from archiver.flows import scoring
+    scoring.main(sys.argv)

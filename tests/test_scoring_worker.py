@@ -1,0 +1,177 @@
+"""Anomaly scoring in a second process (flows.scoring): the same verdicts as the run's own
+scoring, nothing left unscored when the worker dies or the run is killed, every wait bounded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from archiver import anomaly, models
+from archiver.config import Settings
+from archiver.database import open_engine
+from archiver.flows import anomalies, runs, scoring
+from archiver.flows.runs import SyncOptions
+from tests.test_anomaly_scoring import START, job, load, verdicts
+
+UNSCORED = models.UnscoredJobRow.__table__
+
+
+def history(n: int = 120) -> list[dict]:
+    """A package every 7 hours with three slow runs, a zero-record success and a lost output."""
+    raws = [job(i, START + timedelta(hours=7 * i), runtime=600 + (i * 37) % 200,
+                records=(1000 + (i * 53) % 300, 0 if i % 3 == 0 else 400)) for i in range(1, n + 1)]
+    for i in (40, 77, 101):
+        raws[i]["runtime_in_seconds"] = 9000
+    raws[90]["outputs"][0]["records_count"] = 0
+    raws[60]["outputs"] = raws[60]["outputs"][:1]
+    return raws
+
+
+def unscored(db_url: str) -> int:
+    engine = open_engine(db_url, create=False)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(UNSCORED)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def workers(monkeypatch) -> list[scoring.ScoringWorker]:
+    """Every worker the runs of a test start."""
+    started: list[scoring.ScoringWorker] = []
+    real = scoring.ScoringWorker.__init__
+
+    def init(self, *args):
+        real(self, *args)
+        started.append(self)
+
+    monkeypatch.setattr(scoring.ScoringWorker, "__init__", init)
+    return started
+
+
+def rescored(db_url: str) -> list[tuple]:
+    anomalies.rescore(Settings(account="acme", database_url=db_url))
+    return [v[:4] for v in verdicts(db_url)]
+
+
+def test_a_worker_gives_every_job_the_verdicts_the_run_itself_would(db_url, workers):
+    """Batches of 7 scored in the worker from the third batch on (14 jobs scored in the run):
+    the verdicts are a re-score's, as the run's own are (test_anomaly_scoring), and nothing
+    stays listed as unscored."""
+    summary = load(db_url, history(), batch_size=7, scoring_worker_after=14)
+    assert (summary.inserted, summary.errors) == (120, [])
+    assert len(workers) == 1 and workers[0].sent == 120 // 7 + 1 - 2
+    assert workers[0].process.poll() is not None   # ended with the run
+    at_sync = [v[:4] for v in verdicts(db_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    assert unscored(db_url) == 0
+    assert rescored(db_url) == at_sync
+
+
+def test_a_run_scores_by_itself_what_a_worker_that_died_left(sqlite_url, workers, monkeypatch, caplog):
+    """The worker killed after its third batch: the run notices at its next wait, scores the
+    rest itself, and at its end the batches the worker never answered: every verdict, no error."""
+    real_send = scoring.ScoringWorker.send
+
+    def send(self, *args):
+        real_send(self, *args)
+        if self.sent == 3:
+            self.process.kill()
+            self.process.wait()
+
+    monkeypatch.setattr(scoring.ScoringWorker, "send", send)
+    caplog.set_level(logging.WARNING)
+    summary = load(sqlite_url, history(), batch_size=7, scoring_worker_after=0)
+    assert (summary.inserted, summary.errors, summary.exit_code) == (120, [], 0)
+    assert len(workers) == 1 and workers[0].sent == 3
+    assert "the scoring process failed" in caplog.text
+    assert unscored(sqlite_url) == 0
+    at_sync = [v[:4] for v in verdicts(sqlite_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    assert rescored(sqlite_url) == at_sync
+
+
+def test_jobs_a_killed_run_left_unscored_are_scored_by_the_next_run(db_url, monkeypatch):
+    """Killed after its last batch, before the worker's last answers were stored: those jobs
+    are stored and listed in unscored_jobs; the next run, with nothing new to write, scores them."""
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.Run, "finish_scoring", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load(db_url, history(), batch_size=7, scoring_worker_after=0)
+    left = unscored(db_url)
+    assert left >= 7   # at least the last batch's jobs
+    monkeypatch.undo()
+    summary = load(db_url, [])
+    assert (summary.inserted, summary.errors) == (0, [])
+    assert unscored(db_url) == 0
+    at_sync = [v[:4] for v in verdicts(db_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    assert rescored(db_url) == at_sync
+
+
+def test_a_rescore_scores_what_is_listed_and_empties_the_list(sqlite_url, monkeypatch):
+    monkeypatch.setattr(runs.Run, "finish_scoring", lambda self: None)   # the list stays as left
+    load(sqlite_url, history(), batch_size=7, scoring_worker_after=0)
+    assert unscored(sqlite_url) > 0
+    rescored(sqlite_url)
+    assert unscored(sqlite_url) == 0
+
+
+def test_a_run_without_a_worker_lists_nothing(sqlite_url, workers):
+    load(sqlite_url, history(), batch_size=7, scoring_worker_after=None)
+    assert workers == [] and unscored(sqlite_url) == 0
+
+
+def test_a_worker_that_cannot_open_the_archive_says_why_without_the_password():
+    worker = scoring.ScoringWorker("postgresql+psycopg://archiver:s3cret-pw@127.0.0.1:1/none", None,
+                                   anomaly.DEFAULTS)
+    try:
+        worker.send([], [1], [1])
+        with pytest.raises(scoring.WorkerGone) as gone:
+            list(worker.answers_ready(0, None, None))
+        assert "could not open the archive" in str(gone.value)
+        assert "s3cret-pw" not in str(gone.value)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("ended", ["stop", "deadline"])
+def test_a_wait_for_the_worker_ends_at_a_stop_or_the_deadline(sqlite_url, ended):
+    """With a stop set or the deadline passed, a wait returns at once, its batch left in flight
+    (its jobs stay listed for the next run)."""
+    load(sqlite_url, history()[:20])
+    worker = scoring.ScoringWorker(sqlite_url, "acme", anomaly.DEFAULTS)
+    stop = threading.Event()
+    try:
+        worker.send([], [1], [])
+        if ended == "stop":
+            stop.set()
+        deadline = 0.0 if ended == "deadline" else None
+        assert list(worker.answers_ready(0, deadline, stop)) == []
+        assert worker.in_flight == 1
+    finally:
+        worker.close(hurry=True)
+    assert worker.process.poll() is not None
+
+
+def test_the_default_hands_scoring_to_a_worker_only_with_a_second_cpu(monkeypatch):
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 1)
+    assert SyncOptions().scoring_worker_after is None
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
+    assert SyncOptions().scoring_worker_after == 2000
+
+
+def test_an_archive_in_memory_is_never_handed_to_a_worker():
+    from archiver.store import Archive
+    archive = Archive.open("sqlite://")
+    try:
+        assert archive.shared_url() is None
+    finally:
+        archive.close()
