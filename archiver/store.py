@@ -59,6 +59,7 @@ packages_t = models.PackageRow.__table__
 clusters_t = models.ClusterRow.__table__
 creators_t = models.CreatorRow.__table__
 summaries_t = models.JobLogSummaryRow.__table__
+unscored_t = models.UnscoredJobRow.__table__
 schedules_t = models.ScheduleRow.__table__
 schedule_packages_t = models.SchedulePackageRow.__table__
 rollup_t = models.DailyPackageRollupRow.__table__
@@ -697,6 +698,11 @@ class Archive:
                 found.update(dialect.select_in(conn, (jobs_t.c.id, jobs_t.c.payload_hash), jobs_t.c.id,
                                                unique[start:start + 1000]))
         return found
+
+    def unscored_count(self) -> int:
+        """Jobs listed in unscored_jobs: stored, their anomaly verdicts not yet (flows.scoring)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(unscored_t)).scalar_one()
 
     def has_unowned_jobs(self) -> bool:
         with self.engine.connect() as conn:

@@ -61,6 +61,24 @@ def test_all_checks_pass_against_the_sandbox_then_name_the_last_sync(capsys, mon
     code, checks = statuses(capsys, monkeypatch, env)
     assert code == 0
     assert "incremental: 50 jobs archived (50 new" in checks["last sync"]["detail"]
+    assert "anomaly verdicts" not in checks["last sync"]["detail"]
+
+
+def test_the_last_sync_says_how_many_jobs_wait_for_their_verdicts(capsys, monkeypatch, api, sqlite_url):
+    """A run killed while a worker scored its batches left jobs listed in unscored_jobs."""
+    from sqlalchemy import insert, select
+
+    from archiver import database, models
+    env = env_for(api, sqlite_url)
+    assert run_cli(capsys, monkeypatch, ["sync", "--incremental"], env).code == 0
+    engine = database.make_engine(sqlite_url)
+    with engine.begin() as conn:
+        ids = conn.execute(select(models.JobRow.id).limit(3)).scalars().all()
+        conn.execute(insert(models.UnscoredJobRow.__table__), [{"job_id": i} for i in ids])
+    engine.dispose()
+    code, checks = statuses(capsys, monkeypatch, env)
+    assert code == 0 and checks["last sync"]["status"] == "ok"
+    assert "3 jobs wait for their anomaly verdicts" in checks["last sync"]["detail"]
 
 
 def test_as_a_subprocess_with_the_key_from_a_private_file(api, sqlite_url, tmp_path):

@@ -457,6 +457,9 @@ def _last_sync(engine: Engine, account: str | None, empty: bool, at_head: bool) 
         return ok("last sync", "never")
     archived = run["inserted"] + run["updated"] + run["unchanged"]
     when = run["finished_at"] or run["started_at"]
+    waiting = Archive(engine, account).unscored_count()
     return ok("last sync", f"{when:%Y-%m-%d %H:%M:%S} UTC, {run['mode']}: {archived} jobs archived "
               f"({run['inserted']} new, {run['updated']} updated, {run['unchanged']} unchanged)"
-              + (" [stopped at the credit budget]" if run["outcome"] == "budget" else ""))
+              + (" [stopped at the credit budget]" if run["outcome"] == "budget" else "")
+              + (f"; {waiting} jobs wait for their anomaly verdicts (a run was stopped or killed before "
+                 "storing them: the next run scores them)" if waiting else ""))
