@@ -43,10 +43,11 @@ from archiver.store import Archive, describe_error
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IN_FLIGHT = 4        # batches sent and not yet answered: the run waits for one before sending more
+IN_FLIGHT = 8        # batches sent and not yet answered: the run waits for one before sending more
 POLL_SECONDS = 0.5   # how often a wait looks at the stop event, the deadline and the worker's life
 GONE = None          # what the receiver hands on once the worker's output ended
 STARTUP = -1         # the number of the answer of a worker that could not start
+EXIT_SECONDS = 5.0    # a worker told to end that has not ended this long after is killed
 START_SECONDS = 60.0  # a worker that has answered nothing this long after its first batch is judged stuck
 
 
@@ -192,12 +193,20 @@ class ScoringWorker:
                                       else dataclasses.replace(answer.scored, finished=finished))
 
     def close(self, hurry: bool = False) -> None:
-        """End the worker: its input closed (it ends by itself once its batch is scored), then,
-        if it has not ended within a moment or the run is in a `hurry` (a stop or the deadline),
-        killed: it holds nothing the run needs, and writes nothing."""
+        """End the worker: its input closed, so it ends by itself once its batch is scored (the
+        run does not wait for that: a thread reaps it, and kills it if it has not ended within a
+        moment); in a `hurry` (a stop or the deadline) killed at once. It holds nothing the run
+        needs, and writes nothing."""
         self.queue.put(None)
+        if hurry:
+            self.process.kill()
+            self.process.wait()
+        else:
+            threading.Thread(target=self._reap, name="archiver-scoring-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
         try:
-            self.process.wait(timeout=0 if hurry else 2.0)
+            self.process.wait(timeout=EXIT_SECONDS)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
