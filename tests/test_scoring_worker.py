@@ -3,6 +3,7 @@ scoring, nothing left unscored when the worker dies or the run is killed, every 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from datetime import timedelta
@@ -96,6 +97,30 @@ def test_a_run_scores_by_itself_what_a_worker_that_died_left(sqlite_url, workers
     assert rescored(sqlite_url) == at_sync
 
 
+def test_a_batch_the_worker_could_not_score_is_scored_at_the_runs_end(sqlite_url, workers, monkeypatch, caplog):
+    """The worker fails on one batch (sent a run it cannot order): a warning, and the run
+    scores that batch's jobs itself at its end; no error is recorded, no verdict is missing."""
+    real = runs.written_runs
+    calls = []
+
+    def spoiled(*args):
+        fresh = real(*args)
+        calls.append(True)
+        if len(calls) == 3 and fresh:
+            fresh[0] = dataclasses.replace(fresh[0], created_at="not a moment")
+        return fresh
+
+    monkeypatch.setattr(runs, "written_runs", spoiled)
+    caplog.set_level(logging.WARNING)
+    summary = load(sqlite_url, history(), batch_size=7, scoring_worker_after=0)
+    assert (summary.inserted, summary.errors) == (120, [])
+    assert "could not score 7 jobs" in caplog.text
+    assert len(workers) == 1 and unscored(sqlite_url) == 0
+    at_sync = [v[:4] for v in verdicts(sqlite_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    assert rescored(sqlite_url) == at_sync
+
+
 def test_jobs_a_killed_run_left_unscored_are_scored_by_the_next_run(db_url, monkeypatch):
     """Killed after its last batch, before the worker's last answers were stored: those jobs
     are stored and listed in unscored_jobs; the next run, with nothing new to write, scores them."""
@@ -175,3 +200,38 @@ def test_an_archive_in_memory_is_never_handed_to_a_worker():
         assert archive.shared_url() is None
     finally:
         archive.close()
+
+
+def test_a_script_without_a_main_guard_runs_once_and_its_worker_scores(sqlite_url, tmp_path):
+    """The worker is a new interpreter with the run's module path, not multiprocessing's spawn,
+    which would run the caller's script again in the child (writing its archive twice)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    payloads = tmp_path / "jobs.json"
+    payloads.write_text(json.dumps(history()))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from archiver.config import Settings\n"
+        "from archiver.flows import scoring\n"
+        "from archiver.flows.ingest import ingest\n"
+        "from archiver.flows.runs import SyncOptions\n"
+        "import json\n"
+        "started = []\n"
+        "real = scoring.ScoringWorker.__init__\n"
+        "scoring.ScoringWorker.__init__ = lambda self, *a: started.append(1) or real(self, *a)\n"
+        "print('script ran', flush=True)\n"
+        f"raws = json.load(open({str(payloads)!r}))\n"
+        f"s = ingest(Settings(account='acme', database_url={sqlite_url!r}), iter(raws),\n"
+        "           SyncOptions(batch_size=7, scoring_worker_after=0))\n"
+        "print(s.outcome, s.inserted, len(s.errors), len(started), flush=True)\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["script ran", "ok 120 0 1"]
+    assert "scoring process" not in done.stderr
+    assert unscored(sqlite_url) == 0
+    assert {k for _, k, _, _ in [v[:4] for v in verdicts(sqlite_url)]} == {"slow", "zero_records", "volume_drop"}

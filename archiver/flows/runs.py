@@ -439,11 +439,12 @@ class Run:
 
     def take_answers(self, in_flight: int) -> None:
         """The worker's answers, waiting until at most `in_flight` batches are out: kept to store
-        with the next batch; a batch the worker could not score is recorded and stays listed in
-        unscored_jobs (finish_scoring tries again)."""
+        with the next batch. A batch the worker could not score stays listed in unscored_jobs:
+        finish_scoring scores it (and records an error only if that fails too)."""
         for answer in self.worker.answers_ready(in_flight, self.deadline, self.options.stop):
             if answer.scored is None:
-                self.scoring_failed(len(answer.finished), ArchiverError(answer.error or "unknown error"))
+                log.warning("the scoring process could not score %d jobs (%s); this run scores them at its end",
+                            len(answer.finished), answer.error)
             else:
                 self.arrived.append(answer)
 

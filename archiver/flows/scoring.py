@@ -42,7 +42,13 @@ from archiver.store import Archive, describe_error
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The worker's first lines: an isolated interpreter (-I: no PYTHON* variables, no script or
+# working folder on its path) that takes the run's sys.path from its input before it imports
+# anything of the archiver, so it runs the archiver the run imported (a checkout, a venv, an
+# installed package) and nothing else of the run's (a script without a main guard stays unrun).
+BOOTSTRAP = ("import sys; from multiprocessing.connection import Connection; "
+             "inbox = Connection(int(sys.argv[1]), writable=False); sys.path[:] = inbox.recv(); "
+             "from archiver.flows.scoring import main; main(inbox, int(sys.argv[2]))")
 IN_FLIGHT = 8        # batches sent and not yet answered: the run waits for one before sending more
 POLL_SECONDS = 0.5   # how often a wait looks at the stop event, the deadline and the worker's life
 GONE = None          # what the receiver hands on once the worker's output ended
@@ -88,21 +94,19 @@ class Verdicts:
 class ScoringWorker:
     """The run's side of the worker: send batches, take answers, end it.
 
-    The worker is `python -m archiver.flows.scoring` on two pipes of its own (not
-    multiprocessing's spawn, which would import the caller's main module again in the child:
-    a script calling ingest() without a main guard would run twice). The run's batches go
+    The worker is a new interpreter on two pipes of its own (BOOTSTRAP; not multiprocessing's
+    spawn, which imports the caller's main module again in the child: a script calling
+    ingest() without a main guard would run twice). The run's batches go
     down through a thread of their own and the answers come up through another, so neither
     side ever blocks on a full pipe; the run takes the answers when it asks, each wait bounded."""
 
     def __init__(self, url: str, account: str | None, thresholds: anomaly.Thresholds):
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
-        env = dict(os.environ)   # the archiver the run imported, wherever it came from
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (PACKAGE_ROOT, env.get("PYTHONPATH"))))
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "archiver.flows.scoring", str(down_r), str(up_w)],
-                pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL, env=env,
+                [sys.executable, "-I", "-c", BOOTSTRAP, str(down_r), str(up_w)],
+                pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL,
                 start_new_session=True)   # Ctrl-C is the run's to handle: it ends the worker
         except BaseException:
             for fd in (down_r, down_w, up_r, up_w):
@@ -118,7 +122,9 @@ class ScoringWorker:
         self.answers: queue.Queue = queue.Queue()   # received (GONE when the worker's output ended)
         for target, name in ((self._send_all, "sender"), (self._receive_all, "receiver")):
             threading.Thread(target=target, name=f"archiver-scoring-{name}", daemon=True).start()
-        # the URL (a password in it) goes down the pipe, never on a command line
+        # the modules the run imported, found where it found them (BOOTSTRAP); then the URL (a
+        # password in it) goes down the pipe, never on a command line
+        self.queue.put(list(sys.path))
         self.queue.put((url, account, thresholds))
         self.sent = self.received = 0
         self.waiting: dict[int, list[int]] = {}   # batch number -> its finished jobs
@@ -249,11 +255,7 @@ def score_task(archive: Archive, scorer: Scorer, task: Task) -> Verdicts:
         return Verdicts(task.number, None, describe_error(exc))
 
 
-def main(argv: Sequence[str]) -> None:
+def main(inbox: Connection, output_fd: int) -> None:
+    """The worker's entry (BOOTSTRAP): its input is open, its sys.path the run's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    work(Connection(int(argv[1]), writable=False), Connection(int(argv[2]), readable=False))
-
-
-if __name__ == "__main__":   # the module itself, so that what it sends unpickles as archiver.flows.scoring's
-    from archiver.flows import scoring
-    scoring.main(sys.argv)
+    work(inbox, Connection(output_fd, readable=False))
