@@ -38,6 +38,7 @@ FAMILY_TYPES = {  # as the prometheus_client parser names them (a counter's _tot
     "xplenty_package_runtime_seconds": "summary", "xplenty_runtime_window_seconds": "gauge",
     "xplenty_schedule_info": "gauge", "xplenty_schedule_last_success_timestamp_seconds": "gauge",
     "xplenty_alerts_open": "gauge", "xplenty_alerts_acknowledged": "gauge", "xplenty_anomalies": "counter",
+    "archiver_unscored_jobs": "gauge",
     "archiver_last_successful_sync_timestamp_seconds": "gauge", "archiver_sync_runs": "counter",
 }
 FAMILIES = set(FAMILY_TYPES)
@@ -240,7 +241,23 @@ def test_an_empty_archive_says_never_synced_and_zero_alerts(sqlite_url):
     assert found[key("xplenty_alerts_open", kind="stale", severity="critical")] == 0
     assert found[key("xplenty_alerts_open", kind="zero_records", severity="critical")] == 0
     assert all(found[key("xplenty_anomalies_total", kind=k)] == 0 for k in anomaly.KINDS)
+    assert found[key("archiver_unscored_jobs")] == 0
     assert not [k for k in found if k[0].startswith("xplenty_package")]
+
+
+def test_jobs_waiting_for_their_verdicts_are_a_gauge(sqlite_url):
+    """What a run killed while its worker scored left in unscored_jobs (the next run scores it)."""
+    from sqlalchemy import insert, select
+
+    from archiver import database, models
+    from tests.test_anomaly_scoring import load, stable_history
+    load(sqlite_url, stable_history())
+    engine = database.make_engine(sqlite_url)
+    with engine.begin() as conn:
+        ids = conn.execute(select(models.JobRow.id).limit(4)).scalars().all()
+        conn.execute(insert(models.UnscoredJobRow.__table__), [{"job_id": i} for i in ids])
+    engine.dispose()
+    assert samples(metrics.run_metrics(sqlite_url, now=NOW))[key("archiver_unscored_jobs")] == 4
 
 
 # -- names, labels and escaping ------------------------------------------------------------------------

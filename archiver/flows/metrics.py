@@ -27,7 +27,7 @@ from archiver import anomaly, database
 from archiver.errors import ArchiverError, ConfigError
 from archiver.flows.checkconfig import KINDS, SEVERITIES
 from archiver.flows.report import parse_span
-from archiver.models import AlertRow, CreatorRow, JobAnomalyRow, JobRow, PackageRow, ScheduleRow, SyncRunRow
+from archiver.models import AlertRow, CreatorRow, JobAnomalyRow, JobRow, PackageRow, ScheduleRow, SyncRunRow, UnscoredJobRow
 from archiver.textsafe import safe_text
 from archiver.utc import to_utc
 
@@ -41,7 +41,7 @@ DEFAULT_WINDOW = "7d"
 
 jobs, packages, schedules = JobRow.__table__, PackageRow.__table__, ScheduleRow.__table__
 creators, alerts, sync_runs = CreatorRow.__table__, AlertRow.__table__, SyncRunRow.__table__
-job_anomalies = JobAnomalyRow.__table__
+job_anomalies, unscored_jobs = JobAnomalyRow.__table__, UnscoredJobRow.__table__
 
 
 @dataclasses.dataclass
@@ -236,7 +236,11 @@ def anomaly_families(conn) -> list[Family]:
     found = dict(conn.execute(select(job_anomalies.c.kind, func.count()).group_by(job_anomalies.c.kind)).all())
     for kind in [*anomaly.KINDS, *sorted(set(found) - set(anomaly.KINDS), key=str)]:
         verdicts.add(found.get(kind, 0), kind=label_text(kind))
-    return [verdicts]
+    waiting = Family("archiver_unscored_jobs", "gauge",
+                     "Stored jobs whose anomaly verdicts are not stored yet (unscored_jobs): 0 after a run "
+                     "that ended normally; a run killed while its worker scored leaves some for the next run.")
+    waiting.add(conn.execute(select(func.count()).select_from(unscored_jobs)).scalar_one())
+    return [verdicts, waiting]
 
 
 def sync_families(conn) -> list[Family]:
