@@ -61,12 +61,12 @@ def rescored(db_url: str) -> list[tuple]:
 
 
 def test_a_worker_gives_every_job_the_verdicts_the_run_itself_would(db_url, workers):
-    """Batches of 7 scored in the worker from the third batch on (14 jobs scored in the run):
-    the verdicts are a re-score's, as the run's own are (test_anomaly_scoring), and nothing
-    stays listed as unscored."""
+    """Batches of 7: the first scored in the run, the rest in the worker (from the batch that
+    brings the run's jobs to 14): the verdicts are a re-score's, as the run's own are
+    (test_anomaly_scoring), and nothing stays listed as unscored."""
     summary = load(db_url, history(), batch_size=7, scoring_worker_after=14)
     assert (summary.inserted, summary.errors) == (120, [])
-    assert len(workers) == 1 and workers[0].sent == 120 // 7 + 1 - 2
+    assert len(workers) == 1 and workers[0].sent == 120 // 7 + 1 - 1
     assert workers[0].process.wait(timeout=30) == 0   # told to end with the run, it ends by itself
     at_sync = [v[:4] for v in verdicts(db_url)]
     assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}

@@ -503,9 +503,12 @@ def store_scored(conn: Connection, scored: Scored, listed: bool = False) -> None
 
 
 def list_unscored(conn: Connection, job_ids: Sequence[int], run_id: int | None) -> None:
-    """Mark jobs as finished but not scored yet, in the transaction that writes them."""
-    dialect.insert_missing(conn, unscored_t, [{"job_id": job_id, "run_id": run_id} for job_id in sorted(set(job_ids))],
-                           ["job_id"])
+    """Mark jobs as finished but not scored yet, in the transaction that writes them. Each is
+    new to the list (a listed job is terminal, and a terminal job never finishes again), so
+    PostgreSQL COPies them straight in; should one be there after all, the insert fails and the
+    caller records the batch's scoring as failed (`archiver anomalies --rescore` scores it)."""
+    dialect.upsert(conn, unscored_t, [{"job_id": job_id, "run_id": run_id} for job_id in sorted(set(job_ids))],
+                   keys=["job_id"], update=(), expect_new=True)
 
 
 def unscored(conn: Connection, limit: int) -> list[int]:

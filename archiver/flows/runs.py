@@ -63,8 +63,8 @@ class SyncOptions:
     score_anomalies: bool = True   # off only to measure what scoring costs (bench/anomaly_overhead.py)
     read_ahead: int = 1   # pages of a cursor read fetched while one is written (flows.readahead), and of
                           # by-id answers (PAGE_OF_JOBS a page) while a batch is written; 0: in turn
-    # jobs a run scores itself before a second process scores the rest while it writes (flows.scoring);
-    # None: never (one CPU); 0: from the first batch on
+    # a second process scores the batches while the run writes (flows.scoring) from the batch that
+    # brings the run's jobs to this many; None: never (one CPU); 0: from the first batch on
     scoring_worker_after: int | None = dataclasses.field(default_factory=worker_default)
 
 
@@ -332,6 +332,7 @@ class Run:
         if self.options.dry_run:
             self.archive.plan(batch).add_to(self.summary)
             return
+        self.start_worker_for(batch)
         failures: list[BaseException] = []
         sent: list[tuple] = []   # for the worker: what the batch's transaction wrote and finished
         try:
@@ -386,9 +387,9 @@ class Run:
                     if worker is None:
                         scorer.batch(conn, written, result.finished, result.inserted, records)
                     elif written:
-                        sent.append((written_runs(conn, written, result.inserted, records), result.finished,
-                                     result.inserted))
+                        fresh = written_runs(conn, written, result.inserted, records)
                         list_unscored(conn, result.finished, self.summary.run_id)
+                        sent.append((fresh, result.finished, result.inserted))   # only once listed
             except STOP_WRITING:
                 raise
             except Exception as exc:
@@ -413,8 +414,7 @@ class Run:
             failures.append(exc)
 
     def scored(self, result: BatchResult, sent: list[tuple]) -> None:
-        """After a batch committed: send it to the worker, or count what this process scored and
-        start a worker once that passed `worker_after`."""
+        """After a batch committed: send it to the worker, or count what this process scored."""
         if self.worker is not None:
             del self.arrived[:self.storing]   # stored (or dropped) with the batch that just committed
             self.storing = 0
@@ -428,14 +428,19 @@ class Run:
                 self.worker_failed(exc)
             return
         self.scored_here += len(result.finished)
-        if self.worker_after is not None and self.scored_here >= self.worker_after:
-            self.worker_after = None   # one worker a run: one that failed is not started again
-            try:
-                self.worker = ScoringWorker(self.archive.shared_url(), self.archive.account, self.options.anomalies)
-            except Exception as exc:
-                log.warning("could not start the scoring process (%s); this run scores by itself", describe_error(exc))
-            else:
-                self.scorer.forget()   # the worker keeps the runs now: ours would go stale
+
+    def start_worker_for(self, batch: list[JobRecord]) -> None:
+        """Start the worker before a batch that brings the jobs this run scored to
+        `worker_after` (so a batch of that size on its own goes to the worker)."""
+        if self.worker_after is None or self.scored_here + len(batch) < self.worker_after:
+            return
+        self.worker_after = None   # one worker a run: one that failed is not started again
+        try:
+            self.worker = ScoringWorker(self.archive.shared_url(), self.archive.account, self.options.anomalies)
+        except Exception as exc:
+            log.warning("could not start the scoring process (%s); this run scores by itself", describe_error(exc))
+        else:
+            self.scorer.forget()   # the worker keeps the runs now: ours would go stale
 
     def take_answers(self, in_flight: int) -> None:
         """The worker's answers, waiting until at most `in_flight` batches are out: kept to store

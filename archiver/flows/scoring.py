@@ -2,12 +2,12 @@
 
 Scoring a batch's newly finished jobs costs about as much CPU as parsing and writing them
 (flows.anomalies), and it ran in the batch's own transaction: a long ingest or first sync
-kept one core busy and left the other to the database, or idle. A run that has scored
-`SyncOptions.scoring_worker_after` jobs itself hands the rest to a `ScoringWorker`: a
-process of its own (a new interpreter: it shares no connection, lock or thread with the run) with
-its own read-only connection to the archive and its own `Scorer`. The run sends each batch's
-written runs once their transaction committed; the worker reads their packages' history,
-scores them and sends the verdicts back; the run stores them in a transaction of their own.
+kept one core busy and left the other to the database, or idle. From the batch that brings
+its jobs to `SyncOptions.scoring_worker_after`, a run hands the scoring to a `ScoringWorker`:
+a process of its own (a new interpreter: it shares no connection, lock or thread with the run)
+with its own read-only connection to the archive and its own `Scorer`. The run sends each
+batch's written runs once their transaction committed; the worker reads their packages'
+history, scores them and sends the verdicts back; the run stores them with its next batch.
 
 Crash safety stays what it was: the jobs a batch finished are listed in unscored_jobs in the
 batch's own transaction and taken off in the transaction that stores their verdicts, so a run
@@ -65,9 +65,9 @@ def available_cpus() -> int:
 
 
 def worker_default() -> int | None:
-    """SyncOptions.scoring_worker_after: jobs a run scores itself before a worker takes over
-    (the worker's start, about half a second, only pays off on a long run); None with one CPU,
-    where the two would only take turns."""
+    """SyncOptions.scoring_worker_after: a worker takes over the scoring from the batch that
+    brings a run's jobs to this many (its start, about half a second on the other core, only
+    pays off on a long run); None with one CPU, where the two would only take turns."""
     return 2000 if available_cpus() >= 2 else None
 
 
