@@ -121,6 +121,30 @@ def test_a_batch_the_worker_could_not_score_is_scored_at_the_runs_end(sqlite_url
     assert rescored(sqlite_url) == at_sync
 
 
+def test_verdicts_that_could_not_be_stored_are_scored_again_at_the_runs_end(sqlite_url, workers, monkeypatch,
+                                                                              caplog):
+    """Storing the worker's verdicts with a batch fails once: a warning naming how many jobs, no
+    error recorded, the batch still commits, and the end of the run scores those jobs again."""
+    real = runs.store_scored
+    failed = []
+
+    def store(*args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise ValueError("a verdict the database refused")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "store_scored", store)
+    caplog.set_level(logging.WARNING)
+    summary = load(sqlite_url, history(), batch_size=7, scoring_worker_after=0)
+    assert failed and (summary.inserted, summary.errors) == (120, [])
+    assert "storing the anomaly verdicts of" in caplog.text
+    assert unscored(sqlite_url) == 0
+    at_sync = [v[:4] for v in verdicts(sqlite_url)]
+    assert {k for _, k, _, _ in at_sync} == {"slow", "zero_records", "volume_drop"}
+    assert rescored(sqlite_url) == at_sync
+
+
 def test_jobs_a_killed_run_left_unscored_are_scored_by_the_next_run(db_url, monkeypatch):
     """Killed after its last batch, before the worker's last answers were stored: those jobs
     are stored and listed in unscored_jobs; the next run, with nothing new to write, scores them."""

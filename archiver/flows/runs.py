@@ -395,15 +395,18 @@ class Run:
             except Exception as exc:
                 failures.append(exc)
             if worker is not None:
-                self.store_arrived(conn, failures)
+                self.store_arrived(conn)
 
         return score
 
-    def store_arrived(self, conn: Connection, failures: list[BaseException]) -> None:
+    def store_arrived(self, conn: Connection) -> None:
         """The verdicts the worker sent back, stored and their jobs taken off unscored_jobs in
         `conn`'s transaction under a savepoint; forgotten once it commits (`scored`). If storing
-        them fails, they are dropped: their jobs stay listed, and finish_scoring scores them."""
+        them fails, they are dropped with a warning: their jobs stay listed, and finish_scoring
+        scores them (recording an error only if that fails too)."""
         arrived, self.storing = self.arrived, len(self.arrived)
+        if not arrived:
+            return
         try:
             with conn.begin_nested():
                 for answer in arrived:
@@ -411,7 +414,8 @@ class Run:
         except STOP_WRITING:
             raise
         except Exception as exc:
-            failures.append(exc)
+            log.warning("storing the anomaly verdicts of %d jobs failed (%s); this run scores them again at its end",
+                        sum(len(answer.finished) for answer in arrived), describe_error(exc))
 
     def scored(self, result: BatchResult, sent: list[tuple]) -> None:
         """After a batch committed: send it to the worker, or count what this process scored."""
@@ -455,12 +459,11 @@ class Run:
 
     def store_answers_left(self) -> None:
         """What the worker answered after the last batch, in a transaction of its own."""
-        failures: list[BaseException] = []
-        if self.arrived:
-            self.archive.transact(lambda conn: self.store_arrived(conn, failures))
-        self.arrived, self.storing = [], 0
-        for exc in failures:
-            self.scoring_failed(None, exc)
+        try:
+            if self.arrived:
+                self.archive.transact(self.store_arrived)
+        finally:
+            self.arrived, self.storing = [], 0
 
     def worker_failed(self, exc: BaseException) -> None:
         log.warning("the scoring process failed (%s); this run scores the rest by itself", describe_error(exc))
@@ -485,13 +488,12 @@ class Run:
                 log.warning("the scoring process failed (%s); this run scores its jobs by itself", describe_error(exc))
             finally:
                 self.close_worker()
-        if self.arrived:
-            try:
-                self.store_answers_left()
-            except STOP_WRITING:
-                raise
-            except Exception as exc:
-                self.scoring_failed(None, exc)
+        try:
+            self.store_answers_left()
+        except STOP_WRITING:
+            raise
+        except Exception as exc:   # their jobs stay listed: scored just below
+            log.warning("storing the last anomaly verdicts failed (%s); this run scores them again", describe_error(exc))
         if self.scorer is None or self.out_of_time():
             return
         try:
