@@ -236,10 +236,70 @@ def test_a_wait_for_the_worker_ends_at_a_stop_or_the_deadline(sqlite_url, ended)
 
 
 def test_the_default_hands_scoring_to_a_worker_only_with_a_second_cpu(monkeypatch):
+    monkeypatch.delenv(scoring.SETTING, raising=False)
     monkeypatch.setattr(scoring, "available_cpus", lambda: 1)
     assert SyncOptions().scoring_worker_after is None
     monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
     assert SyncOptions().scoring_worker_after == 2000
+
+
+@pytest.mark.parametrize("cpu_max, cpus", [("100000 100000", 1.0), ("50000 100000", 0.5), ("250000 100000", 2.5),
+                                           ("max 100000", None), ("nonsense", None)])
+def test_the_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max, cpus):
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    assert scoring.cpu_quota(str(tmp_path / "cpu.max"), (str(tmp_path / "none"),) * 2) == cpus
+
+
+@pytest.mark.parametrize("quota, cpus", [("200000", 2.0), ("-1", None)])
+def test_the_cgroup_v1_cpu_quota_is_read(tmp_path, quota, cpus):
+    (tmp_path / "quota").write_text(quota + "\n")
+    (tmp_path / "period").write_text("100000\n")
+    assert scoring.cpu_quota(str(tmp_path / "cpu.max"), (str(tmp_path / "quota"), str(tmp_path / "period"))) == cpus
+
+
+def test_a_container_limited_to_one_cpu_gets_no_worker(tmp_path, monkeypatch):
+    """A pod limited to one CPU sees all of its node's CPUs: the quota decides."""
+    monkeypatch.delenv(scoring.SETTING, raising=False)
+    monkeypatch.setattr(scoring.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(scoring, "CGROUP_V1", (str(tmp_path / "none"),) * 2)
+    monkeypatch.setattr(scoring, "CGROUP_V2", str(tmp_path / "cpu.max"))
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert scoring.available_cpus() == 1 and SyncOptions().scoring_worker_after is None
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert scoring.available_cpus() == 2 and SyncOptions().scoring_worker_after == 2000
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert scoring.available_cpus() == 4
+
+
+@pytest.mark.parametrize("setting, after", [("off", None), (" OFF ", None), ("500", 500), ("0", 0), ("auto", 2000)])
+def test_the_setting_keeps_scoring_in_the_run_or_sets_when_a_worker_takes_over(monkeypatch, setting, after):
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
+    monkeypatch.setenv(scoring.SETTING, setting)
+    assert SyncOptions().scoring_worker_after == after
+
+
+def test_the_setting_works_from_the_command_line(sqlite_url, tmp_path, capsys, monkeypatch, workers):
+    """`ARCHIVER_SCORING_WORKER=0 archiver ingest` hands the first batch to a worker, `off`
+    scores in the run: the same verdicts either way; a value that is neither is exit 2 naming it."""
+    import json
+
+    from tests.clirun import run_cli
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(raw) + "\n" for raw in history()))
+    def ingest(url: str, setting: str):
+        return run_cli(capsys, monkeypatch, ["ingest", str(path), "--db", url, "--account", "acme", "--quiet"],
+                       {scoring.SETTING: setting})
+
+    assert ingest(sqlite_url, "0").code == 0
+    assert len(workers) == 1 and unscored(sqlite_url) == 0
+    in_worker = [v[:4] for v in verdicts(sqlite_url)]
+    assert {k for _, k, _, _ in in_worker} == {"slow", "zero_records", "volume_drop"}
+    in_process = f"sqlite:///{tmp_path / 'in-process.db'}"
+    assert ingest(in_process, "off").code == 0
+    assert len(workers) == 1 and [v[:4] for v in verdicts(in_process)] == in_worker
+    bad = ingest(in_process, "soon")
+    assert bad.code == 2 and "ARCHIVER_SCORING_WORKER='soon' is not auto, off or a number of jobs" in bad.err
 
 
 def test_an_archive_in_memory_is_never_handed_to_a_worker():

@@ -32,11 +32,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 
 from archiver import anomaly, database
 from archiver.anomaly import Run
+from archiver.errors import ConfigError
 from archiver.flows.anomalies import Scored, Scorer
 from archiver.store import Archive, describe_error
 
@@ -57,18 +58,61 @@ EXIT_SECONDS = 5.0    # a worker told to end that has not ended this long after 
 START_SECONDS = 60.0  # a worker that has answered nothing this long after its first batch is judged stuck
 
 
+SETTING = "ARCHIVER_SCORING_WORKER"   # auto (the default), off, or the jobs a run scores itself first
+CGROUP_V2 = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1 = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
 def available_cpus() -> int:
+    """The CPUs this process may use: those it may run on, fewer under a container's CPU quota
+    (a pod limited to one CPU sees every CPU of its node, but gets one CPU's time)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:   # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota(CGROUP_V2, CGROUP_V1)
+    return max(1, min(cpus, int(quota))) if quota is not None else cpus
 
 
-def worker_default() -> int | None:
+def cpu_quota(cgroup_v2: str, cgroup_v1: tuple[str, str]) -> float | None:
+    """CPUs' worth of time the cgroup quota allows (cgroup v2 `cpu.max`, else v1's CFS quota and
+    period); None without a quota, or where none can be read."""
+    try:
+        quota, period = read_small(cgroup_v2).split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = read_small(cgroup_v1[0]), read_small(cgroup_v1[1])
+        except OSError:
+            return None
+    try:
+        allowed, per = int(quota), int(period)
+    except ValueError:   # "max": no quota
+        return None
+    return allowed / per if allowed > 0 and per > 0 else None
+
+
+def read_small(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read(256).strip()
+
+
+def worker_default(environ: Mapping[str, str] | None = None) -> int | None:
     """SyncOptions.scoring_worker_after: a worker takes over the scoring from the batch that
     brings a run's jobs to this many (its start, about half a second on the other core, only
-    pays off on a long run); None with one CPU, where the two would only take turns."""
-    return 2000 if available_cpus() >= 2 else None
+    pays off on a long run); None with one CPU, where the two would only take turns.
+
+    ARCHIVER_SCORING_WORKER overrides it: `off` keeps the scoring in the run's process (a
+    container tight on memory: the worker is a second interpreter, about 70-90 MiB), a number
+    of jobs sets the threshold (a worker then starts even on one CPU), `auto` is the default."""
+    given = (os.environ if environ is None else environ).get(SETTING, "")
+    value = given.strip().lower()
+    if value in ("", "auto"):
+        return 2000 if available_cpus() >= 2 else None
+    if value == "off":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise ConfigError(f"{SETTING}={given[:40]!r} is not auto, off or a number of jobs")
 
 
 class WorkerGone(Exception):
