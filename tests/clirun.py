@@ -18,7 +18,8 @@ class Result:
 
 def run_cli(capsys, monkeypatch, args: list[str], env: dict[str, str] | None = None) -> Result:
     for name in ("XPLENTY_ACCOUNT_ID", "XPLENTY_API_KEY", "XPLENTY_API_KEY_FILE", "XPLENTY_API_URL",
-                 "ARCHIVER_DATABASE_URL", "ARCHIVER_DATABASE_URL_FILE", "ARCHIVER_LOG_LEVEL"):
+                 "ARCHIVER_DATABASE_URL", "ARCHIVER_DATABASE_URL_FILE", "ARCHIVER_LOG_LEVEL",
+                 "ARCHIVER_SCORING_WORKER"):
         monkeypatch.delenv(name, raising=False)
     for name, value in (env or {}).items():
         monkeypatch.setenv(name, value)

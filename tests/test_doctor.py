@@ -274,3 +274,27 @@ def test_a_leftover_running_row_of_a_dead_process_is_not_named_as_the_holder(cap
         holder.close()
     assert result.code == 0 and "warning  lock: held by another run (pid " in result.out
     assert f"pid {dead_pid}" not in result.out
+
+
+@pytest.mark.parametrize("setting, detail", [
+    (None, "anomaly scoring: in a second process once a run has written 2,000 jobs (2 CPUs)"),
+    ("off", "anomaly scoring: in the run's process (ARCHIVER_SCORING_WORKER=off)"),
+    ("500", "anomaly scoring: in a second process once a run has written 500 jobs (ARCHIVER_SCORING_WORKER=500)"),
+])
+def test_doctor_says_where_anomalies_are_scored(capsys, monkeypatch, sqlite_url, setting, detail):
+    from archiver.flows import scoring
+
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
+    monkeypatch.setattr(scoring, "CGROUP_V2", "/nonexistent/cpu.max")
+    monkeypatch.setattr(scoring, "CGROUP_V1", ("/nonexistent/quota", "/nonexistent/period"))
+    env = {"ARCHIVER_DATABASE_URL": sqlite_url} | ({scoring.SETTING: setting} if setting else {})
+    result = run_cli(capsys, monkeypatch, ["doctor"], env)
+    assert detail in result.out
+
+
+def test_a_bad_scoring_setting_is_a_doctor_problem_shown_escaped(capsys, monkeypatch, sqlite_url):
+    code, checks = statuses(capsys, monkeypatch, {"ARCHIVER_DATABASE_URL": sqlite_url,
+                                                  "ARCHIVER_SCORING_WORKER": "soon\x1b[2J"})
+    found = checks["anomaly scoring"]
+    assert code == 2 and found["status"] == "problem" and "\x1b" not in found["detail"]
+    assert "ARCHIVER_SCORING_WORKER" in found["detail"] and "auto, off or a number of jobs" in found["fix"]

@@ -34,12 +34,14 @@ from archiver.client import ACCEPT, RetryPolicy, XplentyClient
 from archiver.config import DEFAULT_API_URL, Secret, api_root, check_api_url, mask_url, read_api_key, \
     resolve_database_url
 from archiver.errors import ApiError, ArchiverError, AuthError, ConfigError, RunLocked, TlsError
+from archiver.flows import scoring
 from archiver.store import Archive
 
 OK, WARNING, PROBLEM, SKIPPED = "ok", "warning", "problem", "skipped"
 STATUSES = (OK, WARNING, PROBLEM, SKIPPED)
 CHECKS = ("account", "api key", "api url", "credentials", "api version", "rate budget",
-          "database", "database write", "schema", "lock", "last sync")
+          "database", "database write", "schema", "lock", "last sync", "anomaly scoring")
+DATABASE_REST = ("database write", "schema", "lock", "last sync")   # skipped when "database" fails
 # One quick retry at most: a doctor says what is wrong now rather than wait out an outage.
 DOCTOR_POLICY = RetryPolicy(max_attempts=2, backoff_base=0.5, backoff_max=1.0, connect_timeout=10.0,
                             read_timeout=30.0)
@@ -130,7 +132,8 @@ def run_doctor(*, account: str | None = None, api_url: str | None = None, db: st
         checks += _database(resolve_database_url(db, env), account)
     except ConfigError as exc:  # ARCHIVER_DATABASE_URL_FILE unreadable
         checks += [problem("database", str(exc), DB_FIX), *(skipped(n, "no usable database URL")
-                                                             for n in CHECKS[CHECKS.index("database") + 1:])]
+                                                             for n in DATABASE_REST)]
+    checks.append(_scoring(env))
     return DoctorResult([_shown(c, key) for c in checks])
 
 
@@ -247,7 +250,7 @@ def _api(client: XplentyClient) -> list[Check]:
 # -- the database ----------------------------------------------------------------------------------
 def _database(url: str, account: str | None) -> list[Check]:
     shown = mask_url(url)
-    rest = ("database write", "schema", "lock", "last sync")
+    rest = DATABASE_REST
     try:
         with database.database_errors(url):
             parsed = make_url(url)
@@ -463,3 +466,21 @@ def _last_sync(engine: Engine, account: str | None, empty: bool, at_head: bool) 
               + (" [stopped at the credit budget]" if run["outcome"] == "budget" else "")
               + (f"; {waiting} jobs wait for their anomaly verdicts (a run was stopped or killed before "
                  "storing them: the next run scores them)" if waiting else ""))
+
+
+def _scoring(env: Mapping[str, str]) -> Check:
+    """Where `sync` and `ingest` will score anomalies: ARCHIVER_SCORING_WORKER, else the CPUs."""
+    try:
+        after = scoring.worker_default(env)
+    except ConfigError as exc:
+        return problem("anomaly scoring", str(exc), f"set {scoring.SETTING} to auto, off or a number of jobs, "
+                       "or unset it")
+    cpus = scoring.available_cpus()
+    quota = scoring.cpu_quota(scoring.CGROUP_V2, scoring.CGROUP_V1)
+    why = f"{cpus} CPU{'s' if cpus != 1 else ''}" + (f" (a CPU quota of {quota:g})" if quota is not None else "")
+    setting = env.get(scoring.SETTING, "").strip()
+    if setting and setting.lower() != "auto":
+        why = f"{scoring.SETTING}={setting}"
+    if after is None:
+        return ok("anomaly scoring", f"in the run's process ({why})")
+    return ok("anomaly scoring", f"in a second process once a run has written {after:,} jobs ({why})")
