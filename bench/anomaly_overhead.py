@@ -129,11 +129,14 @@ def incremental(args, folder: Path) -> tuple[dict[bool, list[float]], int]:
 def line(name: str, times: dict[bool, list[float]], scoring: float, target: float) -> tuple[str, bool]:
     on, off = statistics.median(times[True]), statistics.median(times[False])
     overhead = on / off - 1
+    # each round ran both sides back to back: the median of the rounds' ratios is not moved by
+    # the machine drifting between rounds (a neighbour's load), the ratio of the medians is
+    paired = statistics.median(a / b for a, b in zip(times[True], times[False])) - 1
     per_run = scoring / len(times[True])
     spread = " ".join(f"{side} {min(times[key]):.2f}-{max(times[key]):.2f}"
                       for side, key in (("with", True), ("without", False)))
     return (f"{name}: with scoring {on:.2f} s, without {off:.2f} s (medians of {len(times[True])}; spread {spread}); "
-            f"overhead {overhead:+.1%} (target <= {target:.0%}); inside Scorer.batch {per_run:.2f} s a run "
+            f"overhead {overhead:+.1%}, paired {paired:+.1%} (target <= {target:.0%}); inside Scorer.batch {per_run:.2f} s a run "
             f"({per_run / on:.1%} of it)"), overhead <= target
 
 
