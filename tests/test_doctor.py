@@ -285,8 +285,7 @@ def test_doctor_says_where_anomalies_are_scored(capsys, monkeypatch, sqlite_url,
     from archiver.flows import scoring
 
     monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
-    monkeypatch.setattr(scoring, "CGROUP_V2", "/nonexistent/cpu.max")
-    monkeypatch.setattr(scoring, "CGROUP_V1", ("/nonexistent/quota", "/nonexistent/period"))
+    monkeypatch.setattr(scoring, "CGROUP_ROOT", "/nonexistent/cgroup")
     env = {"ARCHIVER_DATABASE_URL": sqlite_url} | ({scoring.SETTING: setting} if setting else {})
     result = run_cli(capsys, monkeypatch, ["doctor"], env)
     assert detail in result.out

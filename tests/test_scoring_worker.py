@@ -243,35 +243,57 @@ def test_the_default_hands_scoring_to_a_worker_only_with_a_second_cpu(monkeypatc
     assert SyncOptions().scoring_worker_after == 2000
 
 
+def cgroups(tmp_path, proc: str, files: dict[str, str]) -> tuple[str, str]:
+    """A fake /sys/fs/cgroup holding `files` and a fake /proc/self/cgroup holding `proc`."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (tmp_path / "proc").write_text(proc)
+    return str(root), str(tmp_path / "proc")
+
+
 @pytest.mark.parametrize("cpu_max, cpus", [("100000 100000", 1.0), ("50000 100000", 0.5), ("250000 100000", 2.5),
                                            ("max 100000", None), ("nonsense", None)])
-def test_the_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max, cpus):
-    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
-    assert scoring.cpu_quota(str(tmp_path / "cpu.max"), (str(tmp_path / "none"),) * 2) == cpus
+def test_a_containers_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max, cpus):
+    root, proc = cgroups(tmp_path, "0::/\n", {"cpu.max": cpu_max})
+    assert scoring.cpu_quota(root, proc) == cpus
+
+
+def test_a_services_own_cgroup_v2_quota_comes_before_the_roots(tmp_path):
+    """A systemd service with CPUQuota=100% has its own cpu.max (the root has none)."""
+    root, proc = cgroups(tmp_path, "0::/system.slice/archiver.service\n",
+                         {"system.slice/archiver.service/cpu.max": "100000 100000"})
+    assert scoring.cpu_quota(root, proc) == 1.0
+    root, proc = cgroups(tmp_path / "b", "0::/system.slice/archiver.service\n",
+                         {"system.slice/archiver.service/cpu.max": "max 100000", "cpu.max": "200000 100000"})
+    assert scoring.cpu_quota(root, proc) == 2.0
 
 
 @pytest.mark.parametrize("quota, cpus", [("200000", 2.0), ("-1", None)])
-def test_the_cgroup_v1_cpu_quota_is_read(tmp_path, quota, cpus):
-    (tmp_path / "quota").write_text(quota + "\n")
-    (tmp_path / "period").write_text("100000\n")
-    assert scoring.cpu_quota(str(tmp_path / "cpu.max"), (str(tmp_path / "quota"), str(tmp_path / "period"))) == cpus
+def test_a_cgroup_v1_cpu_quota_is_read(tmp_path, quota, cpus):
+    root, proc = cgroups(tmp_path, "4:memory:/x\n2:cpu,cpuacct:/batch\n0::/\n",
+                         {"cpu/batch/cpu.cfs_quota_us": quota, "cpu/batch/cpu.cfs_period_us": "100000"})
+    assert scoring.cpu_quota(root, proc) == cpus
+
+
+def test_no_cgroup_files_is_no_quota(tmp_path):
+    assert scoring.cpu_quota(str(tmp_path / "none"), str(tmp_path / "no-proc")) is None
 
 
 def test_a_container_limited_to_one_cpu_gets_no_worker(tmp_path, monkeypatch):
     """A pod limited to one CPU sees all of its node's CPUs: the quota decides."""
     monkeypatch.delenv(scoring.SETTING, raising=False)
     monkeypatch.setattr(scoring.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    monkeypatch.setattr(scoring, "CGROUP_V1", (str(tmp_path / "none"),) * 2)
-    monkeypatch.setattr(scoring, "CGROUP_V2", str(tmp_path / "cpu.max"))
-    (tmp_path / "cpu.max").write_text("100000 100000\n")
-    assert scoring.available_cpus() == 1 and SyncOptions().scoring_worker_after is None
-    (tmp_path / "cpu.max").write_text("200000 100000\n")
-    assert scoring.available_cpus() == 2 and SyncOptions().scoring_worker_after == 2000
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert scoring.available_cpus() == 4
+    for cpu_max, cpus, after in (("100000 100000", 1, None), ("200000 100000", 2, 2000), ("max 100000", 4, 2000)):
+        root, proc = cgroups(tmp_path / cpu_max.replace(" ", "-"), "0::/\n", {"cpu.max": cpu_max})
+        monkeypatch.setattr(scoring, "CGROUP_ROOT", root)
+        monkeypatch.setattr(scoring, "PROC_CGROUP", proc)
+        assert (scoring.available_cpus(), SyncOptions().scoring_worker_after) == (cpus, after)
 
 
-@pytest.mark.parametrize("setting, after", [("off", None), (" OFF ", None), ("500", 500), ("0", 0), ("auto", 2000)])
+@pytest.mark.parametrize("setting, after", [("off", None), (" OFF ", None), ("500", 500), ("0", 0), ("auto", 2000),
+                                            ("", 2000)])
 def test_the_setting_keeps_scoring_in_the_run_or_sets_when_a_worker_takes_over(monkeypatch, setting, after):
     monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
     monkeypatch.setenv(scoring.SETTING, setting)
@@ -298,6 +320,7 @@ def test_the_setting_works_from_the_command_line(sqlite_url, tmp_path, capsys, m
     in_process = f"sqlite:///{tmp_path / 'in-process.db'}"
     assert ingest(in_process, "off").code == 0
     assert len(workers) == 1 and [v[:4] for v in verdicts(in_process)] == in_worker
+    assert ingest(in_process, "²").code == 2   # a digit to str.isdigit, not to int()
     bad = ingest(in_process, "soon")
     assert bad.code == 2 and "ARCHIVER_SCORING_WORKER='soon' is not auto, off or a number of jobs" in bad.err
 

@@ -476,7 +476,7 @@ def _scoring(env: Mapping[str, str]) -> Check:
         return problem("anomaly scoring", str(exc), f"set {scoring.SETTING} to auto, off or a number of jobs, "
                        "or unset it")
     cpus = scoring.available_cpus()
-    quota = scoring.cpu_quota(scoring.CGROUP_V2, scoring.CGROUP_V1)
+    quota = scoring.cpu_quota(scoring.CGROUP_ROOT, scoring.PROC_CGROUP)
     why = f"{cpus} CPU{'s' if cpus != 1 else ''}" + (f" (a CPU quota of {quota:g})" if quota is not None else "")
     setting = env.get(scoring.SETTING, "").strip()
     if setting and setting.lower() != "auto":

@@ -59,31 +59,54 @@ START_SECONDS = 60.0  # a worker that has answered nothing this long after its f
 
 
 SETTING = "ARCHIVER_SCORING_WORKER"   # auto (the default), off, or the jobs a run scores itself first
-CGROUP_V2 = "/sys/fs/cgroup/cpu.max"
-CGROUP_V1 = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_CGROUP = "/proc/self/cgroup"
 
 
 def available_cpus() -> int:
-    """The CPUs this process may use: those it may run on, fewer under a container's CPU quota
-    (a pod limited to one CPU sees every CPU of its node, but gets one CPU's time)."""
+    """The CPUs this process may use: those it may run on, fewer under a CPU quota (a pod or a
+    systemd service limited to one CPU sees every CPU of its machine, but gets one CPU's time)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:   # not Linux
         cpus = os.cpu_count() or 1
-    quota = cpu_quota(CGROUP_V2, CGROUP_V1)
+    quota = cpu_quota(CGROUP_ROOT, PROC_CGROUP)
     return max(1, min(cpus, int(quota))) if quota is not None else cpus
 
 
-def cpu_quota(cgroup_v2: str, cgroup_v1: tuple[str, str]) -> float | None:
-    """CPUs' worth of time the cgroup quota allows (cgroup v2 `cpu.max`, else v1's CFS quota and
-    period); None without a quota, or where none can be read."""
+def cpu_quota(root: str, proc_cgroup: str) -> float | None:
+    """CPUs' worth of time the CPU quota of this process's cgroup allows (cgroup v2 `cpu.max`,
+    else v1's CFS quota and period), else that of the root (what a container sees); None
+    without a quota, or where none can be read."""
+    own_v2 = own_v1 = "/"
     try:
-        quota, period = read_small(cgroup_v2).split()[:2]
+        for line in read_small(proc_cgroup, 4096).splitlines():
+            number, controllers, path = line.split(":", 2)
+            if number == "0" and not controllers:
+                own_v2 = path
+            elif "cpu" in controllers.split(","):
+                own_v1 = path
     except (OSError, ValueError):
+        pass
+    for folder in dict.fromkeys((own_v2.rstrip("/"), "")):
         try:
-            quota, period = read_small(cgroup_v1[0]), read_small(cgroup_v1[1])
+            found = _quota(*read_small(f"{root}{folder}/cpu.max").split()[:2])
+        except (OSError, TypeError):
+            continue
+        if found is not None:
+            return found
+    for folder in dict.fromkeys((own_v1.rstrip("/"), "")):
+        base = f"{root}/cpu{folder}"
+        try:
+            found = _quota(read_small(f"{base}/cpu.cfs_quota_us"), read_small(f"{base}/cpu.cfs_period_us"))
         except OSError:
-            return None
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _quota(quota: str, period: str) -> float | None:
     try:
         allowed, per = int(quota), int(period)
     except ValueError:   # "max": no quota
@@ -91,9 +114,9 @@ def cpu_quota(cgroup_v2: str, cgroup_v1: tuple[str, str]) -> float | None:
     return allowed / per if allowed > 0 and per > 0 else None
 
 
-def read_small(path: str) -> str:
+def read_small(path: str, most: int = 256) -> str:
     with open(path, encoding="ascii", errors="replace") as f:
-        return f.read(256).strip()
+        return f.read(most).strip()
 
 
 def worker_default(environ: Mapping[str, str] | None = None) -> int | None:
@@ -110,7 +133,7 @@ def worker_default(environ: Mapping[str, str] | None = None) -> int | None:
         return 2000 if available_cpus() >= 2 else None
     if value == "off":
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     raise ConfigError(f"{SETTING}={given[:40]!r} is not auto, off or a number of jobs")
 
