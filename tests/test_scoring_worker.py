@@ -309,6 +309,7 @@ def test_the_setting_works_from_the_command_line(sqlite_url, tmp_path, capsys, m
 
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps(raw) + "\n" for raw in history()))
+
     def ingest(url: str, setting: str):
         return run_cli(capsys, monkeypatch, ["ingest", str(path), "--db", url, "--account", "acme", "--quiet"],
                        {scoring.SETTING: setting})
