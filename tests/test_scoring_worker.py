@@ -265,9 +265,10 @@ def test_a_services_own_cgroup_v2_quota_comes_before_the_roots(tmp_path):
     root, proc = cgroups(tmp_path, "0::/system.slice/archiver.service\n",
                          {"system.slice/archiver.service/cpu.max": "100000 100000"})
     assert scoring.cpu_quota(root, proc) == 1.0
-    root, proc = cgroups(tmp_path / "b", "0::/system.slice/archiver.service\n",
-                         {"system.slice/archiver.service/cpu.max": "max 100000", "cpu.max": "200000 100000"})
-    assert scoring.cpu_quota(root, proc) == 2.0
+    for own, found in (("100000 100000", 1.0), ("max 100000", 2.0)):   # the own one first; none: the root's
+        root, proc = cgroups(tmp_path / own.replace(" ", "-"), "0::/system.slice/archiver.service\n",
+                             {"system.slice/archiver.service/cpu.max": own, "cpu.max": "200000 100000"})
+        assert scoring.cpu_quota(root, proc) == found
 
 
 @pytest.mark.parametrize("quota, cpus", [("200000", 2.0), ("-1", None)])

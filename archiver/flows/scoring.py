@@ -78,32 +78,35 @@ def cpu_quota(root: str, proc_cgroup: str) -> float | None:
     """CPUs' worth of time the CPU quota of this process's cgroup allows (cgroup v2 `cpu.max`,
     else v1's CFS quota and period), else that of the root (what a container sees); None
     without a quota, or where none can be read."""
-    own_v2 = own_v1 = "/"
-    try:
-        for line in read_small(proc_cgroup, 4096).splitlines():
-            number, controllers, path = line.split(":", 2)
-            if number == "0" and not controllers:
-                own_v2 = path
-            elif "cpu" in controllers.split(","):
-                own_v1 = path
-    except (OSError, ValueError):
-        pass
-    for folder in dict.fromkeys((own_v2.rstrip("/"), "")):
+    own_v2, own_v1 = own_cgroups(proc_cgroup)
+    readings = [lambda folder=folder: read_small(f"{root}{folder}/cpu.max").split()
+                for folder in dict.fromkeys((own_v2, ""))]
+    readings += [lambda base=f"{root}/cpu{folder}": [read_small(f"{base}/cpu.cfs_quota_us"),
+                                                     read_small(f"{base}/cpu.cfs_period_us")]
+                 for folder in dict.fromkeys((own_v1, ""))]
+    for reading in readings:
         try:
-            found = _quota(*read_small(f"{root}{folder}/cpu.max").split()[:2])
-        except (OSError, TypeError):
-            continue
-        if found is not None:
-            return found
-    for folder in dict.fromkeys((own_v1.rstrip("/"), "")):
-        base = f"{root}/cpu{folder}"
-        try:
-            found = _quota(read_small(f"{base}/cpu.cfs_quota_us"), read_small(f"{base}/cpu.cfs_period_us"))
-        except OSError:
+            found = _quota(*reading()[:2])
+        except (OSError, TypeError):   # no such file, or not "quota period"
             continue
         if found is not None:
             return found
     return None
+
+
+def own_cgroups(proc_cgroup: str) -> tuple[str, str]:
+    """This process's cgroup v2 path and its v1 `cpu` controller's ("" for the root)."""
+    own_v2 = own_v1 = ""
+    try:
+        for line in read_small(proc_cgroup, 4096).splitlines():
+            number, controllers, path = line.split(":", 2)
+            if number == "0" and not controllers:
+                own_v2 = path.rstrip("/")
+            elif "cpu" in controllers.split(","):
+                own_v1 = path.rstrip("/")
+    except (OSError, ValueError):
+        pass
+    return own_v2, own_v1
 
 
 def _quota(quota: str, period: str) -> float | None:
