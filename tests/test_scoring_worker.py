@@ -4,7 +4,9 @@ scoring, nothing left unscored when the worker dies or the run is killed, every 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import multiprocessing
 import threading
 from datetime import timedelta
 
@@ -214,6 +216,28 @@ def test_a_worker_that_cannot_open_the_archive_says_why_without_the_password():
         assert "s3cret-pw" not in str(gone.value)
     finally:
         worker.close()
+
+
+def test_the_worker_scores_with_the_collector_eased_as_the_run_does(sqlite_url, monkeypatch):
+    """The worker keeps a package's recent runs across batches, as the run's own scoring does, so
+    it eases the cyclic collector the same way (its full passes would walk them all again and
+    again: a quarter of its CPU in a 100,000-job ingest), and sets it back when its input ends."""
+    load(sqlite_url, history())
+    seen = []
+    real = scoring.score_task
+    monkeypatch.setattr(scoring, "score_task", lambda *args: seen.append(
+        (gc.get_freeze_count(), gc.get_threshold())) or real(*args))
+    to_worker, down = multiprocessing.Pipe(duplex=False)
+    answers, up = multiprocessing.Pipe(duplex=False)
+    down.send((sqlite_url, "acme", anomaly.DEFAULTS))
+    down.send(scoring.Task(1, [], [], []))
+    down.close()
+    before = gc.get_threshold()
+    scoring.work(to_worker, up)
+    answer = answers.recv()
+    assert answer.number == 1 and answer.error is None
+    assert len(seen) == 1 and seen[0][0] > 0 and seen[0][1] == (50_000, 20, 20)
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
 
 @pytest.mark.parametrize("ended", ["stop", "deadline"])

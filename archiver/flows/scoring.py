@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection
 
 from archiver import anomaly, database
 from archiver.anomaly import Run
+from archiver.collector import collector_eased
 from archiver.errors import ConfigError
 from archiver.flows.anomalies import Scored, Scorer
 from archiver.store import Archive, describe_error
@@ -303,12 +304,13 @@ def work(inbox: Connection, outbox: Connection) -> None:
         return
     scorer = Scorer(archive, thresholds)
     try:
-        while True:
-            try:
-                task = inbox.recv()
-            except EOFError:
-                return
-            outbox.send(score_task(archive, scorer, task))
+        with collector_eased():   # as in the run: the kept runs are walked by every full pass
+            while True:
+                try:
+                    task = inbox.recv()
+                except EOFError:
+                    return
+                outbox.send(score_task(archive, scorer, task))
     except BrokenPipeError:   # the run is gone
         return
     finally:
