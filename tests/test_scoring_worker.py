@@ -284,15 +284,27 @@ def test_a_containers_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max, cpus):
     assert scoring.cpu_quota(root, proc) == cpus
 
 
-def test_a_services_own_cgroup_v2_quota_comes_before_the_roots(tmp_path):
-    """A systemd service with CPUQuota=100% has its own cpu.max (the root has none)."""
-    root, proc = cgroups(tmp_path, "0::/system.slice/archiver.service\n",
-                         {"system.slice/archiver.service/cpu.max": "100000 100000"})
+def test_the_tightest_cgroup_v2_quota_from_the_services_own_up_to_the_root_binds(tmp_path):
+    """A systemd service with CPUQuota=100% has its own cpu.max (the root has none); one in a
+    slice limited to one CPU has it on the slice only; every level binds, so the smallest wins."""
+    service = "0::/system.slice/archiver.service\n"
+    root, proc = cgroups(tmp_path, service, {"system.slice/archiver.service/cpu.max": "100000 100000"})
     assert scoring.cpu_quota(root, proc) == 1.0
-    for own, found in (("100000 100000", 1.0), ("max 100000", 2.0)):   # the own one first; none: the root's
-        root, proc = cgroups(tmp_path / own.replace(" ", "-"), "0::/system.slice/archiver.service\n",
-                             {"system.slice/archiver.service/cpu.max": own, "cpu.max": "200000 100000"})
-        assert scoring.cpu_quota(root, proc) == found
+    for name, files, found in (
+            ("own-below-root", {"system.slice/archiver.service/cpu.max": "100000 100000", "cpu.max": "200000 100000"}, 1.0),
+            ("own-none", {"system.slice/archiver.service/cpu.max": "max 100000", "cpu.max": "200000 100000"}, 2.0),
+            ("own-above-root", {"system.slice/archiver.service/cpu.max": "300000 100000", "cpu.max": "200000 100000"}, 2.0),
+            ("slice-only", {"system.slice/archiver.service/cpu.max": "max 100000",
+                            "system.slice/cpu.max": "150000 100000"}, 1.5),
+            ("own-above-slice", {"system.slice/archiver.service/cpu.max": "400000 100000",
+                                 "system.slice/cpu.max": "100000 100000", "cpu.max": "max 100000"}, 1.0)):
+        root, proc = cgroups(tmp_path / name, service, files)
+        assert scoring.cpu_quota(root, proc) == found, name
+
+
+def test_a_cgroup_path_and_its_ancestors():
+    assert scoring.lineage("/system.slice/archiver.service") == ["/system.slice/archiver.service", "/system.slice", ""]
+    assert scoring.lineage("") == scoring.lineage("/") == [""]
 
 
 @pytest.mark.parametrize("quota, cpus", [("200000", 2.0), ("-1", None)])

@@ -76,23 +76,31 @@ def available_cpus() -> int:
 
 
 def cpu_quota(root: str, proc_cgroup: str) -> float | None:
-    """CPUs' worth of time the CPU quota of this process's cgroup allows (cgroup v2 `cpu.max`,
-    else v1's CFS quota and period), else that of the root (what a container sees); None
-    without a quota, or where none can be read."""
+    """CPUs' worth of time the tightest CPU quota on the way from this process's cgroup up to
+    the root allows (cgroup v2 `cpu.max`, v1's CFS quota and period); None without a quota, or
+    where none can be read. Every level binds: a systemd service gets its own `CPUQuota=` or its
+    slice's, whichever is smaller, and a container sees its limit as its root's."""
     own_v2, own_v1 = own_cgroups(proc_cgroup)
     readings = [lambda folder=folder: read_small(f"{root}{folder}/cpu.max").split()
-                for folder in dict.fromkeys((own_v2, ""))]
+                for folder in lineage(own_v2)]
     readings += [lambda base=f"{root}/cpu{folder}": [read_small(f"{base}/cpu.cfs_quota_us"),
                                                      read_small(f"{base}/cpu.cfs_period_us")]
-                 for folder in dict.fromkeys((own_v1, ""))]
+                 for folder in lineage(own_v1)]
+    quotas = []
     for reading in readings:
         try:
             found = _quota(*reading()[:2])
         except (OSError, TypeError):   # no such file, or not "quota period"
             continue
         if found is not None:
-            return found
-    return None
+            quotas.append(found)
+    return min(quotas, default=None)
+
+
+def lineage(path: str) -> list[str]:
+    """A cgroup's path and those of its ancestors, the root's ("") last."""
+    parts = [part for part in path.split("/") if part]
+    return ["/" + "/".join(parts[:depth]) for depth in range(len(parts), 0, -1)] + [""]
 
 
 def own_cgroups(proc_cgroup: str) -> tuple[str, str]:
