@@ -298,12 +298,13 @@ class Timeline:
         """The Past of a run at `moment` from the samples with a key below `key`."""
         weekday, window = moment.weekday(), self.window
         cutoff = moment.toordinal() - 7 * self.weeks
-        own = self.by_weekday[weekday].newest(key, cutoff, window)
-        if len(own) >= window:
-            groups = {weekday: own}
-        else:
-            groups = {day: found for day in range(7)
-                      if (found := own if day == weekday else self.by_weekday[day].newest(key, cutoff, window))}
+        by_weekday = self.by_weekday
+        own = by_weekday[weekday].newest(key, cutoff, window)
+        groups = {weekday: own} if own else {}
+        if len(own) < window:
+            for day, keyed in enumerate(by_weekday):
+                if day != weekday and (found := keyed.newest(key, cutoff, window)):
+                    groups[day] = found
         return Past(self.ok.before(key, window), groups, weekday)
 
 
@@ -578,15 +579,25 @@ def centre_bounds(past: Past, measure: object, thresholds: Thresholds = DEFAULTS
     count, centre = measure_median(past.prior, measure)
     if count < thresholds.min_history:
         return None
-    least = thresholds.weekday_min
-    stats = [found for runs in past.groups.values() if len(runs) >= least
-             and len((found := _group_stats(runs, measure))[0]) >= least]
-    if len(stats) < 2:
+    medians = _group_medians(past, measure, thresholds.weekday_min)
+    if len(medians) < 2:
         return centre, centre
-    medians = [_stats_median(found) for found in stats]
-    typical = median(medians)
-    reach = max(0.0, max(medians) - typical) - min(0.0, min(medians) - typical) + ROUNDING
+    medians.sort()
+    n, half = len(medians), len(medians) // 2
+    typical = medians[half] if n % 2 else (medians[half - 1] + medians[half]) / 2
+    reach = max(0.0, medians[-1] - typical) - min(0.0, medians[0] - typical) + ROUNDING
     return centre - reach, centre + reach
+
+
+def _group_medians(past: Past, measure, least: int) -> list[float]:
+    """The medians of `measure` over the weekday groups of `past` with at least `least` values."""
+    medians = []
+    for runs in past.groups.values():
+        if len(runs) >= least:
+            stats = _group_stats(runs, measure)
+            if len(stats[0]) >= least:
+                medians.append(_stats_median(stats) if stats[1] is None else stats[1])
+    return medians
 
 
 ROUNDING = 1e-9   # the bounds' margin for the exact centre's rounding (log scale)
