@@ -26,8 +26,8 @@ def collector_eased() -> Iterator[None]:
     goes at the next full pass), and it runs after 50,000 net allocations instead of 700: 6 passes,
     0.08 s, the same peak memory (bench/run.py figure 6). A higher threshold a caller set is kept,
     and a collector switched off stays off. The scoring worker, which keeps those runs instead
-    once it takes over, works under the same: at the default thresholds its collector took a
-    quarter of its CPU (11.7-12.2 s against 8.5-9.7 s for a 100,000-job ingest)."""
+    once it takes over, works under the same: at the default thresholds its collector took about
+    a fifth of its CPU (11.73 s against 9.07 s for a 100,000-job ingest, medians of 3)."""
     previous = gc.get_threshold()
     gc.freeze()
     if previous[0]:   # 0: automatic collection is off

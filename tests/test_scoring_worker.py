@@ -221,7 +221,7 @@ def test_a_worker_that_cannot_open_the_archive_says_why_without_the_password():
 def test_the_worker_scores_with_the_collector_eased_as_the_run_does(sqlite_url, monkeypatch):
     """The worker keeps a package's recent runs across batches, as the run's own scoring does, so
     it eases the cyclic collector the same way (its full passes would walk them all again and
-    again: a quarter of its CPU in a 100,000-job ingest), and sets it back when its input ends."""
+    again: about a fifth of its CPU in a 100,000-job ingest), and sets it back when its input ends."""
     load(sqlite_url, history())
     seen = []
     real = scoring.score_task
