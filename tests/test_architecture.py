@@ -16,7 +16,7 @@ LAYERS = [
     {"archiver.dialect", "archiver.models"},
     {"archiver.records", "archiver.schema_docs", "archiver.sqltypes", "archiver.config", "archiver.anomaly"},
     {"archiver.errors", "archiver.jsonio", "archiver.fields", "archiver.utc", "archiver.textsafe",
-     "archiver.errortext", "archiver"},
+     "archiver.errortext", "archiver.collector", "archiver"},
 ]
 SIDEWAYS = ("archiver.flows", "archiver.sandbox")
 # errortext: migration 0010 computes jobs.error_signature as the writes do (a frozen copy could drift)
