@@ -22,7 +22,8 @@ interleaved (on, off, off, on, ...) so drift in the machine hits both sides alik
 --incremental` does unless told `--no-catalog`; without it they read jobs only (the worst case
 for the ratio: the least work besides the scoring).
 
-Prints the median seconds of each side, the overhead in % and the seconds spent inside the
+Prints the median seconds of each side, the overhead in % (the ratio of the medians, and the
+median of the rounds' own ratios with a distribution-free 95 % interval from 6 rounds on) and the seconds spent inside the
 scoring itself in the run's own process (flows.anomalies.Scorer.batch: a long sync scores
 its first 2,000 jobs there and the rest in a worker process, flows.scoring; `--cpu` counts the
 worker's CPU seconds too) during the scored runs. Exit 1 when an overhead
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import pstats
 import resource
 import shutil
@@ -126,17 +128,35 @@ def incremental(args, folder: Path) -> tuple[dict[bool, list[float]], int]:
     return times, new
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of `values`: the k-th smallest to the k-th
+    largest, k the largest with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2 (each value falls
+    on either side of the true median with even odds); None with too few values for one."""
+    ordered, n = sorted(values), len(values)
+    below, k = 0.0, 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2 ** n   # P(Binomial(n, 1/2) <= k)
+        if below > (1 - confidence) / 2:
+            break
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k else None
+
+
 def line(name: str, times: dict[bool, list[float]], scoring: float, target: float) -> tuple[str, bool]:
     on, off = statistics.median(times[True]), statistics.median(times[False])
     overhead = on / off - 1
     # each round ran both sides back to back: the median of the rounds' ratios is not moved by
     # the machine drifting between rounds (a neighbour's load), the ratio of the medians is
-    paired = statistics.median(a / b for a, b in zip(times[True], times[False])) - 1
+    ratios = [a / b for a, b in zip(times[True], times[False])]
+    paired = statistics.median(ratios) - 1
+    interval = median_interval(ratios)
+    around = (f" (95 % interval {interval[0] - 1:+.1%} to {interval[1] - 1:+.1%})" if interval
+              else " (too few rounds for a 95 % interval: 6 or more)")
     per_run = scoring / len(times[True])
     spread = " ".join(f"{side} {min(times[key]):.2f}-{max(times[key]):.2f}"
                       for side, key in (("with", True), ("without", False)))
     return (f"{name}: with scoring {on:.2f} s, without {off:.2f} s (medians of {len(times[True])}; spread {spread}); "
-            f"overhead {overhead:+.1%}, paired {paired:+.1%} (target <= {target:.0%}); inside Scorer.batch {per_run:.2f} s a run "
+            f"overhead {overhead:+.1%}, paired {paired:+.1%}{around} (target <= {target:.0%}); inside Scorer.batch {per_run:.2f} s a run "
             f"({per_run / on:.1%} of it)"), overhead <= target
 
 

@@ -333,6 +333,19 @@ def test_the_benchmark_meets_the_targets_on_a_fixed_seed():
     assert figures["recall slow4"] >= 0.8 and figures["false per 100 package-days"] <= 0.1, figures
 
 
+def test_the_overhead_benchmarks_interval_for_the_median_round_is_the_binomial_one():
+    """bench/anomaly_overhead.py's 95 % interval of the rounds' median ratio: the 2nd to the 8th of
+    9 (P(Binomial(9, 1/2) <= 1) = 10/512 <= 2.5 %, <= 2 is 46/512), the 4th to the 12th of 15;
+    none from 5 rounds, where even the whole range holds the median with only 94 % confidence."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from anomaly_overhead import median_interval
+
+    shuffled = [1.09, 1.02, 1.15, 0.97, 1.11, 1.05, 1.30, 1.08, 1.01]
+    assert median_interval(shuffled) == (1.01, 1.15)
+    assert median_interval([float(i) for i in range(15, 0, -1)]) == (4.0, 12.0)
+    assert median_interval([1.0, 1.1, 1.2, 1.3, 1.4]) is None
+
+
 def test_the_benchmarks_miss_breakdown_replays_the_slow_rule():
     """bench/anomalies.py --misses re-applies the slow rule to each run's baseline to try an exact
     centre or spread: with the detector's own it must find exactly what the rule found, and every
