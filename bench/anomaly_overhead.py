@@ -23,10 +23,10 @@ interleaved (on, off, off, on, ...) so drift in the machine hits both sides alik
 for the ratio: the least work besides the scoring).
 
 Prints the median seconds of each side, the overhead in % (the ratio of the medians, and the
-median of the rounds' own ratios with a distribution-free 95 % interval from 6 rounds on) and the seconds spent inside the
-scoring itself in the run's own process (flows.anomalies.Scorer.batch: a long sync scores
-its first 2,000 jobs there and the rest in a worker process, flows.scoring; `--cpu` counts the
-worker's CPU seconds too) during the scored runs. Exit 1 when an overhead
+median of the rounds' own ratios with a distribution-free 95 % interval from 6 rounds on) and
+the seconds spent inside the scoring itself in the run's own process (flows.anomalies.Scorer.batch:
+a long sync scores its first 2,000 jobs there and the rest in a worker process, flows.scoring;
+`--cpu` counts the worker's CPU seconds too) during the scored runs. Exit 1 when an overhead
 passes `--target` (10 %). `--profile`: one scored run of each kind instead, with a cProfile of
 what happens inside Scorer.batch (the top `--profile-lines` functions by cumulative time).
 """
@@ -156,7 +156,8 @@ def line(name: str, times: dict[bool, list[float]], scoring: float, target: floa
     spread = " ".join(f"{side} {min(times[key]):.2f}-{max(times[key]):.2f}"
                       for side, key in (("with", True), ("without", False)))
     return (f"{name}: with scoring {on:.2f} s, without {off:.2f} s (medians of {len(times[True])}; spread {spread}); "
-            f"overhead {overhead:+.1%}, paired {paired:+.1%}{around} (target <= {target:.0%}); inside Scorer.batch {per_run:.2f} s a run "
+            f"overhead {overhead:+.1%}, paired {paired:+.1%}{around} (target <= {target:.0%}); "
+            f"inside Scorer.batch {per_run:.2f} s a run "
             f"({per_run / on:.1%} of it)"), overhead <= target
 
 
