@@ -100,6 +100,32 @@ def test_every_rewrite_leaves_the_rollups_as_a_whole_recount_would(db_url):
     archive.close()
 
 
+def output_days_counted_directly(conn) -> list[tuple]:
+    """daily_output_rollup's measures counted from the jobs' outputs by a plain GROUP BY written
+    here, not by the store's recount (whose own statement both sides of the test above share)."""
+    return sorted(tuple(str(v) for v in row) for row in conn.execute(text(
+        "SELECT j.account_id, j.run_date, j.package_id, COALESCE(o.component_name, o.name), COUNT(*), "
+        "SUM(o.records_count), SUM(CASE WHEN j.status = 'completed' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN j.status = 'completed' THEN o.records_count ELSE 0 END) "
+        "FROM job_outputs o JOIN jobs j ON j.id = o.job_id "
+        "GROUP BY j.account_id, j.run_date, j.package_id, COALESCE(o.component_name, o.name)")))
+
+
+def test_the_output_rollup_counts_each_outputs_records_as_the_jobs_hold_them(db_url):
+    archive = Archive.open(db_url, account="acme")
+    archive.write_jobs([parse_job(s) for s in (
+        snapshot(1, 0, records=(5, 6)), snapshot(2, 0, status="failed", records=(0, 3)),
+        snapshot(3, 0, package=8, records=(7,)), snapshot(4, 0, day=1, records=(11, 13)))])
+    archive.write_jobs([parse_job(snapshot(3, 1, package=8, records=(8, 9))), parse_job(snapshot(4, 1, day=2))])
+    with archive.engine.connect() as conn:
+        kept = sorted(tuple(str(v) for v in row) for row in conn.execute(text(
+            "SELECT account_id, day, package_id, output_key, jobs, records, completed, completed_records "
+            "FROM daily_output_rollup")))
+        assert kept == output_days_counted_directly(conn)
+        assert ("acme", "2026-11-20", "8", "out 1", "1", "9", "1", "9") in kept
+    archive.close()
+
+
 def test_a_write_into_a_group_another_write_is_recounting_waits_for_it(db_url):
     """Two archives (two runs without a shared lock) writing jobs of the same day and package: the
     second write starts while the first one, its recount done, has not committed yet. Its recount
