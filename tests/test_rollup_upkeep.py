@@ -126,6 +126,32 @@ def test_the_output_rollup_counts_each_outputs_records_as_the_jobs_hold_them(db_
     archive.close()
 
 
+def test_the_output_rollups_recount_reads_a_batchs_outputs_by_index_on_postgresql(db_url):
+    """However the planner weighs them, a batch's recount looks its jobs' outputs up by job_id:
+    hashing the whole of job_outputs for each batch made a first ingest slow down as it grew."""
+    from archiver import store
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a plan of PostgreSQL's planner")
+    archive = Archive.open(db_url, account="acme")
+    archive.write_jobs([parse_job(snapshot(job_id, 0, package=7 + job_id % 50, day=job_id % 20))
+                        for job_id in range(1, 3001)])
+    with archive.engine.connect() as conn:
+        conn.execute(text("ANALYZE jobs, job_outputs"))
+        groups = store._by_day({("acme", (DAY + timedelta(days=day)).date(), 7 + package)
+                                for day in (1, 2) for package in range(50)})   # a batch's tenth of the jobs
+        (insert,) = [sql for table, sql in store._recount_statements(conn) if table.name == "daily_output_rollup"]
+        terms, values = store._in_groups(groups, "jobs.account_id", "jobs.run_date", "jobs.package_id", True)
+        select = insert[insert.index("SELECT"):].replace(store.GROUPS, terms).replace("?", "%s")
+        with conn.connection.driver_connection.cursor() as cursor:
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            cursor.execute("EXPLAIN " + select, values)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        conn.rollback()
+    assert "job_outputs_job_id" in plan and "Seq Scan on job_outputs" not in plan, plan
+    archive.close()
+
+
 def test_a_write_into_a_group_another_write_is_recounting_waits_for_it(db_url):
     """Two archives (two runs without a shared lock) writing jobs of the same day and package: the
     second write starts while the first one, its recount done, has not committed yet. Its recount
