@@ -144,9 +144,14 @@ class Baseline:
 def median(values: Iterable[float]) -> float:
     """statistics.median without its per-call overhead (a scored job computes a dozen)."""
     ordered = sorted(values)
-    n = len(ordered)
-    if not n:
+    if not ordered:
         raise ValueError("no median of no values")
+    return middle(ordered)
+
+
+def middle(ordered: Sequence[float]) -> float:
+    """The median of values already in order (at least one)."""
+    n = len(ordered)
     half = n // 2
     return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
 
@@ -450,11 +455,7 @@ class SlidingValues:
         if not self.exact:
             values = _values(samples[start:end], measure)
             return len(values), median(values) if values else None
-        n = len(ordered)
-        if not n:
-            return 0, None
-        half = n // 2
-        return n, ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
+        return (len(ordered), middle(ordered)) if ordered else (0, None)
 
 
 def measure_median(runs: Sequence[Sample], measure) -> tuple[int, float | None]:
@@ -583,8 +584,7 @@ def centre_bounds(past: Past, measure: object, thresholds: Thresholds = DEFAULTS
     if len(medians) < 2:
         return centre, centre
     medians.sort()
-    n, half = len(medians), len(medians) // 2
-    typical = medians[half] if n % 2 else (medians[half - 1] + medians[half]) / 2
+    typical = middle(medians)
     reach = max(0.0, medians[-1] - typical) - min(0.0, medians[0] - typical) + ROUNDING
     return centre - reach, centre + reach
 
@@ -596,7 +596,7 @@ def _group_medians(past: Past, measure, least: int) -> list[float]:
         if len(runs) >= least:
             stats = _group_stats(runs, measure)
             if len(stats[0]) >= least:
-                medians.append(_stats_median(stats) if stats[1] is None else stats[1])
+                medians.append(_stats_median(stats))
     return medians
 
 

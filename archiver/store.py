@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, literal_column, not_, or_, select, true, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import make_url
 
@@ -330,7 +330,7 @@ def _output_rollup_select(conn: Connection):
     if dialect.has_lateral(conn):
         each = (select(outputs_t.c.records_count, models.output_key().label("output_key"))
                 .where(outputs_t.c.job_id == j.id).offset(0).lateral("o"))   # OFFSET 0: kept apart
-        o, key, joined = each.c, each.c.output_key, jobs_t.join(each, literal_column("TRUE"))
+        o, key, joined = each.c, each.c.output_key, jobs_t.join(each, true())
     else:
         o, key, joined = outputs_t.c, models.output_key(), outputs_t.join(jobs_t, j.id == outputs_t.c.job_id)
     return (select(j.account_id, j.run_date, j.package_id, key, func.count(),
