@@ -405,7 +405,8 @@ def in_child(task: str, **params) -> dict:
     """One of CHILD_TASKS in a fresh process of its own, its JSON result back. Each side of figures
     1-3 is timed so: neither pays for what the other left in the process (the baseline's 1.2
     million prebuilt rows held in the benchmark's own process made the same first ingest into
-    PostgreSQL 1-2 s slower, 18.4-18.9 s against 16.9-17.4 s), as a user's run starts fresh too."""
+    PostgreSQL about 2 s slower: 1.0-3.2 s over 5 interleaved rounds), as a user's run starts
+    fresh too."""
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child-task",
                            json.dumps({"task": task, **params})], stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
